@@ -1,0 +1,128 @@
+// The one pybind11 module, segrt.kernels._C: thin wrappers that check buffers, release
+// the GIL and call the plain C++ kernels.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <stdexcept>
+
+#include "parallel.hpp"
+#include "starnms.hpp"
+
+namespace py = pybind11;
+using namespace segrt::starnms;
+
+template <typename T>
+using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
+
+namespace {
+
+template <typename T>
+py::array_t<int64_t> select_candidates_py(carray<T> prob, double thresh, std::vector<int64_t> lo,
+                                          std::vector<int64_t> hi) {
+    std::vector<int64_t> shape(prob.shape(), prob.shape() + prob.ndim());
+    if (lo.size() != shape.size() || hi.size() != shape.size())
+        throw std::invalid_argument("border bounds must have one entry per axis");
+    std::vector<int64_t> idx;
+    {
+        py::gil_scoped_release release;
+        idx = select_candidates<T>(prob.data(), shape, (T)thresh, lo, hi);
+    }
+    py::array_t<int64_t> out(idx.size());
+    std::copy(idx.begin(), idx.end(), out.mutable_data());
+    return out;
+}
+
+py::dict stats_2d(const Nms2DStats& s) {
+    py::dict d;
+    d["candidates"] = s.candidates;
+    d["kept"] = s.kept;
+    d["pairs_considered"] = s.pairs_considered;
+    d["pairs_bound_rejected"] = s.pairs_bound_rejected;
+    d["pairs_exact_star"] = s.pairs_exact_star;
+    d["pairs_exact_general"] = s.pairs_exact_general;
+    d["pairs_exact_two_star"] = s.pairs_exact_two_star;
+    return d;
+}
+
+py::dict stats_3d(const Nms3DStats& s) {
+    py::dict d;
+    d["candidates"] = s.candidates;
+    d["kept"] = s.kept;
+    d["pairs_considered"] = s.pairs_considered;
+    d["decided_upper_bound"] = s.decided_upper_bound;
+    d["decided_inner_sphere"] = s.decided_inner_sphere;
+    d["decided_kernel"] = s.decided_kernel;
+    d["decided_hull"] = s.decided_hull;
+    d["decided_render"] = s.decided_render;
+    return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+    m.doc() = "segrt compiled kernels";
+#if SEGRT_HAVE_OPENMP
+    m.attr("has_openmp") = true;
+#else
+    m.attr("has_openmp") = false;
+#endif
+    m.def("max_threads", []() { return segrt::effective_threads(0); });
+
+    m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
+          py::arg("hi"));
+    m.def("select_candidates", &select_candidates_py<double>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
+          py::arg("hi"));
+
+    m.def(
+        "nms_2d",
+        [](carray<float> dist, carray<int64_t> order, int64_t width, int gy, int gx, float thresh, int n_threads) {
+            if (dist.ndim() != 2) throw std::invalid_argument("dist must be (cells, n_rays)");
+            const int n_rays = (int)dist.shape(1);
+            const int64_t n = order.size();
+            const int64_t cells = dist.shape(0);
+            const int64_t* o = order.data();
+            for (int64_t i = 0; i < n; ++i)
+                if (o[i] < 0 || o[i] >= cells) throw std::invalid_argument("candidate index out of range");
+            std::vector<uint8_t> keep;
+            Nms2DStats st;
+            {
+                py::gil_scoped_release release;
+                keep = nms_2d(dist.data(), n_rays, o, n, width, gy, gx, thresh, n_threads, &st);
+            }
+            py::array_t<bool> out(n);
+            bool* p = out.mutable_data();
+            for (int64_t i = 0; i < n; ++i) p[i] = keep[i] != 0;
+            return py::make_tuple(out, stats_2d(st));
+        },
+        py::arg("dist"), py::arg("order"), py::arg("width"), py::arg("grid_y"), py::arg("grid_x"),
+        py::arg("thresh"), py::arg("n_threads") = 0);
+
+    m.def(
+        "polygon_overlap_2d",
+        [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by, int force) {
+            if (a.ndim() != 2 || a.shape(1) != 2 || b.ndim() != 2 || b.shape(1) != 2)
+                throw std::invalid_argument("polygons must be (n, 2) integer (x, y) vertices");
+            const PairOverlap r = polygon_overlap_2d(a.data(), (int)a.shape(0), ax, ay, b.data(), (int)b.shape(0), bx,
+                                                     by, force);
+            return py::make_tuple(r.inter, r.area_a, r.area_b, r.method);
+        },
+        py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("b"), py::arg("bx"), py::arg("by"),
+        py::arg("force") = 0);
+
+    m.def(
+        "render_2d",
+        [](carray<float> coords, carray<int32_t> labels, int64_t height, int64_t width) {
+            if (coords.ndim() != 3 || coords.shape(1) != 2) throw std::invalid_argument("coords must be (n, 2, n_rays)");
+            if (labels.size() != coords.shape(0)) throw std::invalid_argument("one label per polygon");
+            py::array_t<int32_t> out({height, width});
+            int32_t* o = out.mutable_data();
+            std::fill(o, o + height * width, 0);
+            {
+                py::gil_scoped_release release;
+                render_2d(coords.data(), coords.shape(0), (int)coords.shape(2), labels.data(), o, height, width);
+            }
+            return out;
+        },
+        py::arg("coords"), py::arg("labels"), py::arg("height"), py::arg("width"));
+}

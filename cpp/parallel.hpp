@@ -1,0 +1,59 @@
+// Thread fan-out shared by the kernels: OpenMP where the build has it, plain serial
+// execution otherwise (the result never depends on the thread count).
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+
+#if SEGRT_HAVE_OPENMP
+#include <omp.h>
+#endif
+
+namespace segrt {
+
+inline int effective_threads(int requested) {
+#if SEGRT_HAVE_OPENMP
+    const int avail = omp_get_max_threads();
+#else
+    const int avail = 1;
+#endif
+    if (requested <= 0) return std::max(1, avail);
+#if SEGRT_HAVE_OPENMP
+    return std::max(1, requested);
+#else
+    return 1;
+#endif
+}
+
+// fn(begin, end, thread_id) over [0, n) in dynamically handed-out chunks.
+template <typename F>
+void parallel_for_tid(int64_t n, int threads, F&& fn) {
+    threads = effective_threads(threads);
+    if (threads <= 1 || n < 2) {
+        fn(0, n, 0);
+        return;
+    }
+#if SEGRT_HAVE_OPENMP
+    const int64_t chunk = std::max<int64_t>(1, n / (int64_t)(threads * 8));
+    std::atomic<int64_t> next(0);
+#pragma omp parallel num_threads(threads)
+    {
+        const int tid = omp_get_thread_num();
+        while (true) {
+            const int64_t b = next.fetch_add(chunk);
+            if (b >= n) break;
+            fn(b, std::min(n, b + chunk), tid);
+        }
+    }
+#else
+    fn(0, n, 0);
+#endif
+}
+
+template <typename F>
+void parallel_for(int64_t n, int threads, F&& fn) {
+    parallel_for_tid(n, threads, [&](int64_t b, int64_t e, int) { fn(b, e); });
+}
+
+}  // namespace segrt

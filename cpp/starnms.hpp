@@ -1,0 +1,92 @@
+// Star-convex non-maximum suppression and rendering (2D polygons, 3D polyhedra).
+//
+// The decisions reproduce StarDist's (stardist 0.9.x) exactly, including its geometry
+// conventions, so the kept set is the same; the algorithm around them is ours:
+//
+// 2D. A candidate is the polygon p + d_k (sin t_k, cos t_k), t_k = 2 pi k / n, computed in
+//     float32 and truncated to the integer lattice (StarDist hands integer points to
+//     Clipper). The overlap of polygons a and b is |a n b| / min(|a|, |b|) where the
+//     intersection polygon has its edge-crossing points rounded to the lattice with
+//     Clipper's formulas. We never build Clipper's sweep: when both polygons are
+//     star-shaped about one common point z (almost always: z = a's centre), the boundary
+//     of a n b is the inner envelope of the two boundaries seen from z, found by merging
+//     the two angularly sorted vertex lists in O(n + m) integer operations. Otherwise a
+//     general O(n m) routine sums, by Green's theorem, the pieces of each boundary lying
+//     inside the other polygon. Both give the exact lattice area in int64.
+//     Candidates are bucketed on a uniform grid sized by the largest polygon, so each kept
+//     polygon looks only at nearby candidates; a bounding-box bound rejects pairs that
+//     cannot reach the threshold before any exact work. Work on the neighbours of one kept
+//     polygon is shared among threads (OpenMP), as the greedy order itself is sequential.
+//
+// 3D. See starnms3d.cpp.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace segrt {
+namespace starnms {
+
+struct Nms2DStats {
+    int64_t candidates = 0;
+    int64_t kept = 0;
+    int64_t pairs_considered = 0;    // unsuppressed later candidates near a kept one
+    int64_t pairs_bound_rejected = 0;  // decided by the bounding-box bound
+    int64_t pairs_exact_star = 0;    // exact overlap, common-star-centre merge
+    int64_t pairs_exact_general = 0; // exact overlap, general routine
+    int64_t pairs_exact_two_star = 0; // exact overlap, each star-shaped about its own centre
+};
+
+// Flat indices of cells with prob > thresh outside the border, ordered by descending
+// prob, ties by ascending flat index (a stable LSD radix sort on the float bits).
+template <typename T>
+std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
+                                       const std::vector<int64_t>& border_lo,
+                                       const std::vector<int64_t>& border_hi);
+
+// Greedy suppression over candidates given in visiting order (flat cell indices into a
+// grid with `width` columns). dist: (cells, n_rays) float32. Returns keep flags.
+std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n,
+                            int64_t width, int grid_y, int grid_x, float thresh, int n_threads,
+                            Nms2DStats* stats);
+
+// Intersection area (as float, StarDist's convention) and own areas of two candidate
+// polygons given by integer vertices; exposed for tests.
+struct PairOverlap {
+    double inter;
+    double area_a;
+    double area_b;
+    int method;  // 1 common-centre merge, 2 general, 3 two-star
+};
+PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
+                               const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
+                               int force_general);
+
+// Labels as skimage.draw.polygon fills them: pixel (r, c) is inside when a crossing test at
+// its centre says so. coords: (n, 2, n_rays) float32 rows / cols, drawn in the given order,
+// later polygons overwrite earlier ones. labels[i] is written for polygon i.
+void render_2d(const float* coords, int64_t n, int n_rays, const int32_t* labels, int32_t* out,
+               int64_t height, int64_t width);
+
+// ---- 3D ----
+struct Nms3DStats {
+    int64_t candidates = 0;
+    int64_t kept = 0;
+    int64_t pairs_considered = 0;
+    int64_t decided_upper_bound = 0;
+    int64_t decided_inner_sphere = 0;
+    int64_t decided_kernel = 0;
+    int64_t decided_hull = 0;
+    int64_t decided_render = 0;
+};
+
+std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays,
+                            const float* verts, const int32_t* faces, int n_faces, float thresh,
+                            int n_threads, Nms3DStats* stats);
+
+void render_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
+               const int32_t* faces, int n_faces, const int32_t* labels, int32_t* out,
+               int64_t nz, int64_t ny, int64_t nx, int n_threads);
+
+}  // namespace starnms
+}  // namespace segrt

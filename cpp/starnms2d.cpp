@@ -1,0 +1,878 @@
+// 2D star-convex NMS: see starnms.hpp for the algorithm and the conventions it keeps.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+#include "parallel.hpp"
+#include "starnms.hpp"
+
+namespace segrt {
+namespace starnms {
+
+namespace {
+
+struct Pt {
+    int64_t x, y;
+};
+
+inline int64_t orient(const Pt& a, const Pt& b, const Pt& c) {
+    return (b.x - a.x) * (c.y - a.y) - (b.y - a.y) * (c.x - a.x);
+}
+inline int sgn(int64_t v) { return (v > 0) - (v < 0); }
+
+// ---- Clipper-compatible rounding of an edge crossing ---------------------------------
+// Clipper orders an edge bottom (larger y) to top and keeps dx = dX/dY; crossings are
+// rounded half away from zero, the row from the line equations and the column from the
+// steeper edge; a crossing with a horizontal edge takes the other edge's column at that row.
+struct ClipEdge {
+    Pt bot, top;
+    double dx;
+    bool horizontal;
+};
+
+inline ClipEdge make_clip_edge(const Pt& cur, const Pt& next) {
+    ClipEdge e;
+    if (cur.y >= next.y) {
+        e.bot = cur;
+        e.top = next;
+    } else {
+        e.bot = next;
+        e.top = cur;
+    }
+    const int64_t dy = e.top.y - e.bot.y;
+    e.horizontal = (dy == 0);
+    e.dx = e.horizontal ? -1.0e40 : (double)(e.top.x - e.bot.x) / (double)dy;
+    return e;
+}
+
+inline int64_t clip_round(double v) { return v < 0 ? (int64_t)(v - 0.5) : (int64_t)(v + 0.5); }
+
+inline int64_t top_x(const ClipEdge& e, int64_t y) {
+    return y == e.top.y ? e.top.x : e.bot.x + clip_round(e.dx * (double)(y - e.bot.y));
+}
+
+Pt clipper_crossing(const ClipEdge& a, const ClipEdge& b) {
+    if (a.horizontal) return Pt{top_x(b, a.bot.y), a.bot.y};
+    if (b.horizontal) return Pt{top_x(a, b.bot.y), b.bot.y};
+    // Clipper's first edge is the one on the left just below the crossing: the smaller dx.
+    const ClipEdge& e1 = (a.dx < b.dx) ? a : b;
+    const ClipEdge& e2 = (a.dx < b.dx) ? b : a;
+    Pt ip;
+    if (e1.dx == 0) {
+        ip.x = e1.bot.x;
+        const double b2 = (double)e2.bot.y - ((double)e2.bot.x / e2.dx);
+        ip.y = clip_round((double)ip.x / e2.dx + b2);
+    } else if (e2.dx == 0) {
+        ip.x = e2.bot.x;
+        const double b1 = (double)e1.bot.y - ((double)e1.bot.x / e1.dx);
+        ip.y = clip_round((double)ip.x / e1.dx + b1);
+    } else {
+        const double b1 = (double)e1.bot.x - (double)e1.bot.y * e1.dx;
+        const double b2 = (double)e2.bot.x - (double)e2.bot.y * e2.dx;
+        const double q = (b2 - b1) / (e1.dx - e2.dx);
+        ip.y = clip_round(q);
+        ip.x = std::fabs(e1.dx) < std::fabs(e2.dx) ? clip_round(e1.dx * q + b1)
+                                                   : clip_round(e2.dx * q + b2);
+    }
+    if (ip.y < e1.top.y || ip.y < e2.top.y) {
+        ip.y = std::max(e1.top.y, e2.top.y);
+        ip.x = std::fabs(e1.dx) < std::fabs(e2.dx) ? top_x(e1, ip.y) : top_x(e2, ip.y);
+    }
+    const int64_t bottom = std::min(e1.bot.y, e2.bot.y);
+    if (ip.y > bottom) {
+        ip.y = bottom;
+        ip.x = std::fabs(e1.dx) > std::fabs(e2.dx) ? top_x(e2, ip.y) : top_x(e1, ip.y);
+    }
+    return ip;
+}
+
+// ---- polygon helpers -------------------------------------------------------------------
+inline int64_t shoelace2(const Pt* v, int n) {
+    int64_t s = 0;
+    for (int k = 0; k < n; ++k) {
+        const Pt& a = v[k];
+        const Pt& b = v[k + 1 == n ? 0 : k + 1];
+        s += a.x * b.y - a.y * b.x;
+    }
+    return s;
+}
+
+// Angle order about the origin, starting at +x and turning towards +y.
+inline int half_plane(int64_t x, int64_t y) { return (y < 0 || (y == 0 && x < 0)) ? 1 : 0; }
+inline bool angle_less(int64_t ux, int64_t uy, int64_t vx, int64_t vy) {
+    const int hu = half_plane(ux, uy), hv = half_plane(vx, vy);
+    if (hu != hv) return hu < hv;
+    return ux * vy - uy * vx > 0;
+}
+
+// Star-shapedness about a centre z given doubled (z2 = 2 z, so z may be a midpoint).
+// Weakly star-shaped is enough: an edge may run radially (truncation puts consecutive
+// vertices on one ray), but no vertex may sit on z and the boundary winds once.
+// Writes the vertices relative to z (doubled) and returns the index of the first vertex in
+// angular order, or -1 when the polygon is not star-shaped about z.
+int star_prepare(const Pt* v, int n, const Pt& z2, int64_t* rel_x, int64_t* rel_y) {
+    if (n < 3) return -1;
+    for (int k = 0; k < n; ++k) {
+        rel_x[k] = 2 * v[k].x - z2.x;
+        rel_y[k] = 2 * v[k].y - z2.y;
+    }
+    int wraps = 0, start = -1;
+    for (int k = 0; k < n; ++k) {
+        const int k1 = k + 1 == n ? 0 : k + 1;
+        const int64_t ax = rel_x[k], ay = rel_y[k], bx = rel_x[k1], by = rel_y[k1];
+        const int64_t c = ax * by - ay * bx;
+        if (c < 0) return -1;
+        if (c == 0 && ax * bx + ay * by <= 0) return -1;  // through z, or a vertex on z
+        if (angle_less(bx, by, ax, ay)) {
+            ++wraps;
+            start = k1;
+        }
+    }
+    return wraps == 1 ? start : -1;
+}
+
+// Twice the lattice area of a n b when both are star-shaped about z: seen from z, the
+// boundary of a n b is the inner of the two boundaries at every angle. Events are the
+// vertices of both in angular order; between two events one edge of each is active, and
+// where the inner one changes strictly inside a wedge those two edges cross.
+int64_t star_intersection_area2(const Pt* a, int n, int sa, const int64_t* arx, const int64_t* ary, const Pt* b,
+                                int m, int sb, const int64_t* brx, const int64_t* bry, Pt* ring) {
+    int ia = 0, ib = 0;  // events taken from each
+    int ka = sa, kb = sb;  // current vertex index in each
+    // active edges start at the last vertex at or before the event: before the first event,
+    // the last vertex in angular order
+    int last_a = sa == 0 ? n - 1 : sa - 1, last_b = sb == 0 ? m - 1 : sb - 1;
+    int nr = 0, g_first = 0, prev_g = 0, prev_last_a = 0, prev_last_b = 0;
+    const int ne = n + m;
+    for (int e = 0; e <= ne; ++e) {
+        int g = 0;
+        bool from_a = false;
+        if (e < ne) {
+            if (ia == n) from_a = false;
+            else if (ib == m) from_a = true;
+            else from_a = !angle_less(brx[kb], bry[kb], arx[ka], ary[ka]);
+            if (from_a) {
+                last_a = ka;
+                const Pt& q0 = b[last_b];
+                const Pt& q1 = b[last_b + 1 == m ? 0 : last_b + 1];
+                g = sgn(orient(q0, q1, a[ka]));
+            } else {
+                last_b = kb;
+                const Pt& p0 = a[last_a];
+                const Pt& p1 = a[last_a + 1 == n ? 0 : last_a + 1];
+                g = -sgn(orient(p0, p1, b[kb]));
+            }
+        } else {
+            g = g_first;
+        }
+        if (e > 0 && prev_g * g < 0) {
+            const Pt& p0 = a[prev_last_a];
+            const Pt& p1 = a[prev_last_a + 1 == n ? 0 : prev_last_a + 1];
+            const Pt& q0 = b[prev_last_b];
+            const Pt& q1 = b[prev_last_b + 1 == m ? 0 : prev_last_b + 1];
+            ring[nr++] = clipper_crossing(make_clip_edge(p0, p1), make_clip_edge(q0, q1));
+        }
+        if (e == ne) break;
+        if (from_a) {
+            if (g >= 0) ring[nr++] = a[ka];
+            ++ia;
+            if (++ka == n) ka = 0;
+        } else {
+            if (g <= 0) ring[nr++] = b[kb];
+            ++ib;
+            if (++kb == m) kb = 0;
+        }
+        if (e == 0) g_first = g;
+        prev_g = g;
+        prev_last_a = last_a;
+        prev_last_b = last_b;
+    }
+    if (nr < 3) return 0;
+    const int64_t s2 = shoelace2(ring, nr);
+    return s2 < 0 ? -s2 : s2;
+}
+
+// ---- general routine -------------------------------------------------------------------
+// For any pair (self-intersecting, spiky, degenerate polygons included): split every edge of
+// both polygons at every contact with any other edge (crossings rounded as Clipper rounds
+// them), keep each distinct piece once, and add a piece to the boundary integral when the
+// NonZero intersection region lies on exactly one of its sides.
+struct Split {
+    double t;
+    Pt p;
+};
+
+struct Piece {
+    Pt s, e;
+    double mx, my, dx, dy;
+};
+
+int winding(const Pt* v, int n, double x, double y) {
+    int w = 0;
+    for (int k = 0; k < n; ++k) {
+        const Pt& a = v[k];
+        const Pt& b = v[k + 1 == n ? 0 : k + 1];
+        const double cr = (double)(b.x - a.x) * (y - (double)a.y) - (double)(b.y - a.y) * (x - (double)a.x);
+        if ((double)a.y <= y) {
+            if ((double)b.y > y && cr > 0) ++w;
+        } else {
+            if ((double)b.y <= y && cr < 0) --w;
+        }
+    }
+    return w;
+}
+
+inline bool strictly_inside_segment(const Pt& p, const Pt& a, const Pt& b) {
+    return (p.x - a.x) * (b.x - a.x) + (p.y - a.y) * (b.y - a.y) > 0 &&
+           (p.x - b.x) * (a.x - b.x) + (p.y - b.y) * (a.y - b.y) > 0;
+}
+
+struct GeneralScratch {
+    std::vector<Pt> ep, eq;
+    std::vector<ClipEdge> ce;
+    std::vector<Split> splits;
+    std::vector<Piece> pieces;
+};
+
+int64_t general_intersection_area2(const Pt* a, int n, const Pt* b, int m, GeneralScratch& S) {
+    S.ep.clear();
+    S.eq.clear();
+    S.ce.clear();
+    S.pieces.clear();
+    for (int k = 0; k < n; ++k) {
+        const Pt& p = a[k];
+        const Pt& q = a[k + 1 == n ? 0 : k + 1];
+        if (p.x != q.x || p.y != q.y) {
+            S.ep.push_back(p);
+            S.eq.push_back(q);
+        }
+    }
+    for (int k = 0; k < m; ++k) {
+        const Pt& p = b[k];
+        const Pt& q = b[k + 1 == m ? 0 : k + 1];
+        if (p.x != q.x || p.y != q.y) {
+            S.ep.push_back(p);
+            S.eq.push_back(q);
+        }
+    }
+    const int ne = (int)S.ep.size();
+    for (int i = 0; i < ne; ++i) S.ce.push_back(make_clip_edge(S.ep[i], S.eq[i]));
+    for (int i = 0; i < ne; ++i) {
+        const Pt p0 = S.ep[i], p1 = S.eq[i];
+        const int64_t ex0 = std::min(p0.x, p1.x), ex1 = std::max(p0.x, p1.x);
+        const int64_t ey0 = std::min(p0.y, p1.y), ey1 = std::max(p0.y, p1.y);
+        const double len2 = (double)((p1.x - p0.x) * (p1.x - p0.x) + (p1.y - p0.y) * (p1.y - p0.y));
+        auto param = [&](const Pt& q) {
+            return (double)((q.x - p0.x) * (p1.x - p0.x) + (q.y - p0.y) * (p1.y - p0.y)) / len2;
+        };
+        S.splits.clear();
+        S.splits.push_back({0.0, p0});
+        S.splits.push_back({1.0, p1});
+        for (int j = 0; j < ne; ++j) {
+            if (j == i) continue;
+            const Pt q0 = S.ep[j], q1 = S.eq[j];
+            if (std::max(q0.x, q1.x) < ex0 || std::min(q0.x, q1.x) > ex1 || std::max(q0.y, q1.y) < ey0 ||
+                std::min(q0.y, q1.y) > ey1)
+                continue;
+            const int64_t o1 = orient(p0, p1, q0), o2 = orient(p0, p1, q1);
+            if (o1 == 0 && o2 == 0) {
+                if (strictly_inside_segment(q0, p0, p1)) S.splits.push_back({param(q0), q0});
+                if (strictly_inside_segment(q1, p0, p1)) S.splits.push_back({param(q1), q1});
+                continue;
+            }
+            const int64_t o3 = orient(q0, q1, p0), o4 = orient(q0, q1, p1);
+            if (((o1 > 0 && o2 < 0) || (o1 < 0 && o2 > 0)) && ((o3 > 0 && o4 < 0) || (o3 < 0 && o4 > 0))) {
+                S.splits.push_back({(double)o3 / (double)(o3 - o4), clipper_crossing(S.ce[i], S.ce[j])});
+            } else {
+                if (o1 == 0 && strictly_inside_segment(q0, p0, p1)) S.splits.push_back({param(q0), q0});
+                if (o2 == 0 && strictly_inside_segment(q1, p0, p1)) S.splits.push_back({param(q1), q1});
+            }
+        }
+        std::sort(S.splits.begin(), S.splits.end(), [](const Split& u, const Split& v) { return u.t < v.t; });
+        const double dx = (double)(p1.x - p0.x), dy = (double)(p1.y - p0.y);
+        for (size_t s = 0; s + 1 < S.splits.size(); ++s) {
+            const double ta = S.splits[s].t, tb = S.splits[s + 1].t;
+            if (!(tb - ta > 1e-12)) continue;
+            const double tm = 0.5 * (ta + tb);
+            S.pieces.push_back(Piece{S.splits[s].p, S.splits[s + 1].p, (double)p0.x + tm * dx, (double)p0.y + tm * dy,
+                                     dx, dy});
+        }
+    }
+    // collinear overlapping pieces (shared by both polygons, or spikes of one) count once
+    std::sort(S.pieces.begin(), S.pieces.end(), [](const Piece& u, const Piece& v) {
+        return u.mx < v.mx || (u.mx == v.mx && u.my < v.my);
+    });
+    int64_t total = 0;
+    const double tol = 1e-7;
+    for (size_t k = 0; k < S.pieces.size(); ++k) {
+        const Piece& pc = S.pieces[k];
+        bool dup = false;
+        for (size_t l = k; l-- > 0;) {
+            if (pc.mx - S.pieces[l].mx > tol) break;
+            if (std::fabs(pc.my - S.pieces[l].my) <= tol) {
+                dup = true;
+                break;
+            }
+        }
+        if (dup) continue;
+        const double len = std::sqrt(pc.dx * pc.dx + pc.dy * pc.dy);
+        const double eps = 1e-6;
+        const double nx = -pc.dy / len * eps, ny = pc.dx / len * eps;
+        const bool in_left = winding(a, n, pc.mx + nx, pc.my + ny) != 0 && winding(b, m, pc.mx + nx, pc.my + ny) != 0;
+        const bool in_right = winding(a, n, pc.mx - nx, pc.my - ny) != 0 && winding(b, m, pc.mx - nx, pc.my - ny) != 0;
+        if (in_left == in_right) continue;
+        // the region on the left: the piece runs counter-clockwise around it
+        const Pt& u = in_left ? pc.s : pc.e;
+        const Pt& v = in_left ? pc.e : pc.s;
+        total += u.x * v.y - u.y * v.x;
+    }
+    return total < 0 ? -total : total;
+}
+
+// ---- two-star routine -------------------------------------------------------------------
+// Each polygon is star-shaped about its own centre but no common centre was found. Each
+// polygon's edges partition the angles about its centre, so the edges of b an edge of a can
+// touch are those in the angular sectors (about b's centre) that the edge spans, and a point
+// lies inside b when it lies on the centre's side of the one edge of its sector.
+struct StarView {
+    const Pt* v;
+    int n;
+    Pt z2;          // doubled centre
+    int start;      // first vertex in angular order
+    const int64_t* rx;  // doubled coordinates relative to the centre
+    const int64_t* ry;
+    inline int at(int i) const {
+        const int k = start + i;
+        return k >= n ? k - n : k;
+    }
+};
+
+inline bool angle_less_d(double ux, double uy, double vx, double vy) {
+    const int hu = (uy < 0 || (uy == 0 && ux < 0)) ? 1 : 0, hv = (vy < 0 || (vy == 0 && vx < 0)) ? 1 : 0;
+    if (hu != hv) return hu < hv;
+    return ux * vy - uy * vx > 0;
+}
+
+// Rotated position of the last vertex whose angle is <= the direction's (wrapping to n - 1).
+template <typename T>
+int sector_pos(const StarView& P, T dx, T dy) {
+    int lo = 0, hi = P.n - 1, ans = P.n - 1;
+    while (lo <= hi) {
+        const int mid = (lo + hi) >> 1;
+        const int k = P.at(mid);
+        bool less;
+        if constexpr (std::is_same<T, double>::value) less = angle_less_d(dx, dy, (double)P.rx[k], (double)P.ry[k]);
+        else less = angle_less(dx, dy, P.rx[k], P.ry[k]);
+        if (!less) {
+            ans = mid;
+            lo = mid + 1;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    return ans;
+}
+
+inline bool inside_star(const StarView& P, double x, double y) {
+    const double dx = 2 * x - (double)P.z2.x, dy = 2 * y - (double)P.z2.y;
+    if (dx == 0 && dy == 0) return true;
+    const int k = P.at(sector_pos(P, dx, dy));
+    const Pt& a = P.v[k];
+    const Pt& b = P.v[k + 1 == P.n ? 0 : k + 1];
+    const double cr = (double)(b.x - a.x) * (y - (double)a.y) - (double)(b.y - a.y) * (x - (double)a.x);
+    return cr > 0;
+}
+
+struct SharedSpan {
+    double lo, hi;
+    bool same_dir;
+};
+
+// Twice the signed area of the pieces of A's boundary inside B (plus, when count_shared,
+// those running along B's boundary in the same direction).
+int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shared, std::vector<Split>& splits,
+                           std::vector<SharedSpan>& shared) {
+    int64_t total = 0;
+    const int m = B.n;
+    for (int k = 0; k < A.n; ++k) {
+        const Pt& p0 = A.v[k];
+        const Pt& p1 = A.v[k + 1 == A.n ? 0 : k + 1];
+        const double len2 = (double)((p1.x - p0.x) * (p1.x - p0.x) + (p1.y - p0.y) * (p1.y - p0.y));
+        auto param = [&](const Pt& q) {
+            return (double)((q.x - p0.x) * (p1.x - p0.x) + (q.y - p0.y) * (p1.y - p0.y)) / len2;
+        };
+        // edges of B in the angular range the edge spans about B's centre (one sector margin)
+        const int64_t ax = 2 * p0.x - B.z2.x, ay = 2 * p0.y - B.z2.y;
+        const int64_t bx = 2 * p1.x - B.z2.x, by = 2 * p1.y - B.z2.y;
+        const int64_t turn = ax * by - ay * bx;
+        int first = 0, count = m;
+        if (turn != 0 || ax * bx + ay * by > 0) {
+            int s0 = sector_pos(B, ax, ay), s1 = sector_pos(B, bx, by);
+            if (turn < 0) std::swap(s0, s1);
+            int span = s1 - s0;
+            if (span < 0) span += m;
+            if (turn == 0) span = std::min(span, m - span), s0 = std::min(s0, s1);
+            first = s0 - 1;
+            if (first < 0) first += m;
+            count = std::min(m, span + 3);
+        }
+        splits.clear();
+        shared.clear();
+        splits.push_back({0.0, p0});
+        splits.push_back({1.0, p1});
+        const ClipEdge ce = make_clip_edge(p0, p1);
+        for (int c = 0; c < count; ++c) {
+            int pos = first + c;
+            if (pos >= m) pos -= m;
+            const int l = B.at(pos);
+            const Pt& q0 = B.v[l];
+            const Pt& q1 = B.v[l + 1 == m ? 0 : l + 1];
+            const int64_t o1 = orient(p0, p1, q0), o2 = orient(p0, p1, q1);
+            if (o1 == 0 && o2 == 0) {
+                const double t0 = param(q0), t1 = param(q1);
+                const double lo = std::max(0.0, std::min(t0, t1)), hi = std::min(1.0, std::max(t0, t1));
+                if (hi > lo) {
+                    if (t0 > 0 && t0 < 1) splits.push_back({t0, q0});
+                    if (t1 > 0 && t1 < 1) splits.push_back({t1, q1});
+                    shared.push_back({lo, hi, t1 > t0});
+                }
+                continue;
+            }
+            const int64_t o3 = orient(q0, q1, p0), o4 = orient(q0, q1, p1);
+            if (((o1 > 0 && o2 < 0) || (o1 < 0 && o2 > 0)) && ((o3 > 0 && o4 < 0) || (o3 < 0 && o4 > 0))) {
+                splits.push_back({(double)o3 / (double)(o3 - o4), clipper_crossing(ce, make_clip_edge(q0, q1))});
+            } else {
+                if (o1 == 0 && strictly_inside_segment(q0, p0, p1)) splits.push_back({param(q0), q0});
+                if (o2 == 0 && strictly_inside_segment(q1, p0, p1)) splits.push_back({param(q1), q1});
+            }
+        }
+        if (splits.size() > 2)
+            std::sort(splits.begin(), splits.end(), [](const Split& u, const Split& v) { return u.t < v.t; });
+        for (size_t s = 0; s + 1 < splits.size(); ++s) {
+            const double ta = splits[s].t, tb = splits[s + 1].t;
+            if (!(tb > ta)) continue;
+            const double tm = 0.5 * (ta + tb);
+            int on_shared = -1;
+            for (const SharedSpan& sp : shared)
+                if (tm > sp.lo && tm < sp.hi) {
+                    on_shared = sp.same_dir ? 1 : 0;
+                    break;
+                }
+            bool include;
+            if (on_shared >= 0) include = count_shared && on_shared == 1;
+            else include = inside_star(B, (double)p0.x + tm * (double)(p1.x - p0.x), (double)p0.y + tm * (double)(p1.y - p0.y));
+            if (include) {
+                const Pt& u = splits[s].p;
+                const Pt& v = splits[s + 1].p;
+                total += u.x * v.y - u.y * v.x;
+            }
+        }
+    }
+    return total;
+}
+
+struct PairScratch {
+    std::vector<Pt> ring;
+    std::vector<int64_t> arx, ary, brx, bry;
+    std::vector<Split> splits;
+    std::vector<SharedSpan> shared;
+    GeneralScratch general;
+    void reserve(int n_rays) {
+        ring.resize(4 * n_rays + 8);
+        arx.resize(n_rays);
+        ary.resize(n_rays);
+        brx.resize(n_rays);
+        bry.resize(n_rays);
+    }
+};
+
+// Twice the intersection area. Tries a common star centre (a's centre, b's centre, their
+// midpoint) for the O(n + m) merge and falls back to the general routine.
+int64_t intersection_area2(const Pt* a, int n, const Pt& za, bool a_star, const Pt* b, int m, const Pt& zb,
+                           bool b_star, PairScratch& s, int* method, int force = 0) {
+    // force: 0 automatic, 1 general routine only, 2 skip the common-centre merge (tests)
+    if (force != 1) {
+        const Pt cands[3] = {Pt{2 * za.x, 2 * za.y}, Pt{2 * zb.x, 2 * zb.y}, Pt{za.x + zb.x, za.y + zb.y}};
+        for (int c = 0; c < (force == 2 ? 0 : 3); ++c) {
+            if ((c == 0 && !a_star) || (c == 1 && !b_star)) continue;
+            if (c == 2 && za.x == zb.x && za.y == zb.y) break;
+            const int sb = star_prepare(b, m, cands[c], s.brx.data(), s.bry.data());
+            if (sb < 0) continue;
+            const int sa = star_prepare(a, n, cands[c], s.arx.data(), s.ary.data());
+            if (sa < 0) continue;
+            *method = 1;
+            return star_intersection_area2(a, n, sa, s.arx.data(), s.ary.data(), b, m, sb, s.brx.data(),
+                                           s.bry.data(), s.ring.data());
+        }
+        if (a_star && b_star) {
+            const StarView A{a, n, cands[0], star_prepare(a, n, cands[0], s.arx.data(), s.ary.data()), s.arx.data(),
+                             s.ary.data()};
+            const StarView B{b, m, cands[1], star_prepare(b, m, cands[1], s.brx.data(), s.bry.data()), s.brx.data(),
+                             s.bry.data()};
+            if (A.start >= 0 && B.start >= 0) {
+                *method = 3;
+                int64_t t = star_pieces_inside(A, B, true, s.splits, s.shared);
+                t += star_pieces_inside(B, A, false, s.splits, s.shared);
+                return t < 0 ? -t : t;
+            }
+        }
+    }
+    *method = 2;
+    return general_intersection_area2(a, n, b, m, s.general);
+}
+
+// StarDist's overlap, evaluated in its precision: float areas, double ratio, float result.
+inline bool overlap_exceeds(double inter2, float area_a, float area_b, float thresh) {
+    const float inter = (float)(0.5 * inter2);
+    const double denom = std::fmin((double)area_a + 1.e-10, (double)area_b + 1.e-10);
+    const float overlap = (float)((double)inter / denom);
+    return overlap > thresh;
+}
+
+struct PolygonMaker {
+    const float* dist;
+    int n_rays;
+    int64_t width;
+    int gy, gx;
+    std::vector<float> sin_t, cos_t;
+
+    PolygonMaker(const float* d, int r, int64_t w, int y, int x) : dist(d), n_rays(r), width(w), gy(y), gx(x) {
+        // float angle step and float sin / cos, as StarDist's C++ computes them
+        const float step = (float)(2 * M_PI / r);
+        sin_t.resize(r);
+        cos_t.resize(r);
+        for (int k = 0; k < r; ++k) {
+            const float phi = step * (float)k;
+            sin_t[k] = std::sin(phi);
+            cos_t[k] = std::cos(phi);
+        }
+    }
+    inline Pt centre(int64_t cell) const {
+        return Pt{(cell % width) * gx, (cell / width) * gy};
+    }
+    // Vertices truncated towards zero (Clipper's integer points), consecutive repeats dropped
+    // as Clipper drops them; returns the vertex count and the longest ray.
+    inline int make(int64_t cell, Pt* out, float* longest = nullptr) const {
+        const Pt c = centre(cell);
+        const float py = (float)c.y, px = (float)c.x;
+        const float* d = dist + cell * n_rays;
+        float rmax = 0;
+        int cnt = 0;
+        for (int k = 0; k < n_rays; ++k) {
+            const float y = py + d[k] * sin_t[k];
+            const float x = px + d[k] * cos_t[k];
+            const Pt v{(int64_t)x, (int64_t)y};
+            if (cnt == 0 || v.x != out[cnt - 1].x || v.y != out[cnt - 1].y) out[cnt++] = v;
+            rmax = std::max(rmax, d[k]);
+        }
+        while (cnt > 1 && out[cnt - 1].x == out[0].x && out[cnt - 1].y == out[0].y) --cnt;
+        if (longest) *longest = rmax;
+        return cnt;
+    }
+};
+
+struct Box {
+    int32_t x0, x1, y0, y1;
+};
+
+}  // namespace
+
+PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
+                               const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
+                               int force_general) {
+    std::vector<Pt> a(n_a), b(n_b);
+    for (int k = 0; k < n_a; ++k) a[k] = Pt{xy_a[2 * k], xy_a[2 * k + 1]};
+    for (int k = 0; k < n_b; ++k) b[k] = Pt{xy_b[2 * k], xy_b[2 * k + 1]};
+    const Pt za{ca_x, ca_y}, zb{cb_x, cb_y};
+    PairScratch s;
+    s.reserve(std::max(n_a, n_b));
+    int method = 0;
+    std::vector<int64_t> tx(std::max(n_a, n_b)), ty(std::max(n_a, n_b));
+    const bool a_star = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, tx.data(), ty.data()) >= 0;
+    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, tx.data(), ty.data()) >= 0;
+    const int64_t i2 = intersection_area2(a.data(), n_a, za, a_star, b.data(), n_b, zb, b_star, s, &method,
+                                          force_general);
+    const int64_t sa = shoelace2(a.data(), n_a), sb = shoelace2(b.data(), n_b);
+    PairOverlap r;
+    r.inter = 0.5 * (double)i2;
+    r.area_a = 0.5 * (double)(sa < 0 ? -sa : sa);
+    r.area_b = 0.5 * (double)(sb < 0 ? -sb : sb);
+    r.method = method;
+    return r;
+}
+
+// ---- candidate selection -------------------------------------------------------------------
+namespace {
+inline uint32_t order_key(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ~u;  // descending
+}
+inline uint64_t order_key(double v) {
+    uint64_t u;
+    std::memcpy(&u, &v, 8);
+    u = (u & 0x8000000000000000ull) ? ~u : (u | 0x8000000000000000ull);
+    return ~u;
+}
+
+template <typename K>
+void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
+    const size_t n = keys.size();
+    std::vector<K> k2(n);
+    std::vector<int64_t> v2(n);
+    for (int shift = 0; shift < (int)(8 * sizeof(K)); shift += 8) {
+        size_t count[257] = {0};
+        for (size_t i = 0; i < n; ++i) ++count[((keys[i] >> shift) & 0xFF) + 1];
+        bool single = false;
+        for (int d = 0; d < 256; ++d)
+            if (count[d + 1] == n) single = true;
+        if (single) continue;  // every key has this digit: the pass would not move anything
+        for (int d = 0; d < 256; ++d) count[d + 1] += count[d];
+        for (size_t i = 0; i < n; ++i) {
+            const size_t pos = count[(keys[i] >> shift) & 0xFF]++;
+            k2[pos] = keys[i];
+            v2[pos] = vals[i];
+        }
+        keys.swap(k2);
+        vals.swap(v2);
+    }
+}
+}  // namespace
+
+template <typename T>
+std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
+                                       const std::vector<int64_t>& lo, const std::vector<int64_t>& hi) {
+    const int nd = (int)shape.size();
+    std::vector<int64_t> strides(nd, 1);
+    for (int d = nd - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
+    using K = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+    std::vector<K> keys;
+    std::vector<int64_t> idx;
+    // walk the rows of the last axis inside the border
+    std::vector<int64_t> pos(nd, 0);
+    for (int d = 0; d < nd; ++d) {
+        if (lo[d] >= hi[d]) return {};
+        pos[d] = lo[d];
+    }
+    while (true) {
+        int64_t base = 0;
+        for (int d = 0; d < nd - 1; ++d) base += pos[d] * strides[d];
+        for (int64_t x = lo[nd - 1]; x < hi[nd - 1]; ++x) {
+            const T v = prob[base + x];
+            if (v > thresh) {
+                keys.push_back(order_key(v));
+                idx.push_back(base + x);
+            }
+        }
+        int d = nd - 2;
+        while (d >= 0) {
+            if (++pos[d] < hi[d]) break;
+            pos[d] = lo[d];
+            --d;
+        }
+        if (d < 0) break;
+    }
+    radix_sort_stable(keys, idx);
+    return idx;
+}
+
+template std::vector<int64_t> select_candidates<float>(const float*, const std::vector<int64_t>&, float,
+                                                       const std::vector<int64_t>&, const std::vector<int64_t>&);
+template std::vector<int64_t> select_candidates<double>(const double*, const std::vector<int64_t>&, double,
+                                                        const std::vector<int64_t>&, const std::vector<int64_t>&);
+
+// ---- NMS ---------------------------------------------------------------------------------
+std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n, int64_t width,
+                            int grid_y, int grid_x, float thresh, int n_threads, Nms2DStats* stats) {
+    std::vector<uint8_t> keep(n, 0);
+    Nms2DStats st;
+    st.candidates = n;
+    if (n == 0) {
+        if (stats) *stats = st;
+        return keep;
+    }
+    const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
+    std::vector<float> area(n), rmax(n);
+    std::vector<Box> box(n);
+    std::vector<uint8_t> star(n);
+
+    parallel_for(n, n_threads, [&](int64_t i0, int64_t i1) {
+        std::vector<Pt> v(n_rays);
+        std::vector<int64_t> tx(n_rays), ty(n_rays);
+        for (int64_t i = i0; i < i1; ++i) {
+            const int nv = maker.make(order[i], v.data(), &rmax[i]);
+            int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
+            for (int k = 1; k < nv; ++k) {
+                x0 = std::min(x0, v[k].x);
+                x1 = std::max(x1, v[k].x);
+                y0 = std::min(y0, v[k].y);
+                y1 = std::max(y1, v[k].y);
+            }
+            box[i] = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
+            const int64_t s = shoelace2(v.data(), nv);
+            area[i] = (float)(0.5 * (double)(s < 0 ? -s : s));
+            const Pt c = maker.centre(order[i]);
+            star[i] = star_prepare(v.data(), nv, Pt{2 * c.x, 2 * c.y}, tx.data(), ty.data()) >= 0 ? 1 : 0;
+        }
+    });
+
+    // uniform buckets over candidate centres; a bucket lists its candidates in visiting order
+    float rmax_all = 0;
+    int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
+    for (int64_t i = 0; i < n; ++i) {
+        rmax_all = std::max(rmax_all, rmax[i]);
+        const Pt c = maker.centre(order[i]);
+        cx0 = std::min(cx0, c.x);
+        cx1 = std::max(cx1, c.x);
+        cy0 = std::min(cy0, c.y);
+        cy1 = std::max(cy1, c.y);
+    }
+    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
+    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
+    const int64_t cell = std::max<int64_t>(8, reach);
+    const int64_t nbx = (cx1 - cx0) / cell + 1, nby = (cy1 - cy0) / cell + 1;
+    std::vector<int64_t> bucket_start(nbx * nby + 1, 0);
+    std::vector<int32_t> bucket_of(n);
+    for (int64_t i = 0; i < n; ++i) {
+        const Pt c = maker.centre(order[i]);
+        const int64_t b = ((c.y - cy0) / cell) * nbx + (c.x - cx0) / cell;
+        bucket_of[i] = (int32_t)b;
+        ++bucket_start[b + 1];
+    }
+    for (int64_t b = 0; b < nbx * nby; ++b) bucket_start[b + 1] += bucket_start[b];
+    std::vector<int64_t> members(n);
+    {
+        std::vector<int64_t> fill(bucket_start.begin(), bucket_start.end() - 1);
+        for (int64_t i = 0; i < n; ++i) members[fill[bucket_of[i]]++] = i;
+    }
+    std::vector<int64_t> cursor(bucket_start.begin(), bucket_start.end() - 1);
+    std::vector<uint8_t> suppressed(n, 0);
+
+    const int threads = effective_threads(n_threads);
+    std::vector<PairScratch> scratch(threads);
+    std::vector<std::vector<Pt>> other(threads, std::vector<Pt>(n_rays));
+    for (auto& s : scratch) s.reserve(n_rays);
+    std::vector<Pt> poly_i(n_rays);
+    std::vector<int64_t> todo;
+    std::vector<int64_t> counts(3 * threads, 0);
+
+    for (int64_t i = 0; i < n; ++i) {
+        if (suppressed[i]) continue;
+        keep[i] = 1;
+        ++st.kept;
+        if (i == n - 1) break;
+        const int ni = maker.make(order[i], poly_i.data());
+        const Pt zi = maker.centre(order[i]);
+        const Box bi = box[i];
+        const int64_t qx0 = std::max<int64_t>(0, (bi.x0 - reach - cx0) / cell);
+        const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (bi.x1 + reach - cx0)) / cell);
+        const int64_t qy0 = std::max<int64_t>(0, (bi.y0 - reach - cy0) / cell);
+        const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (bi.y1 + reach - cy0)) / cell);
+        todo.clear();
+        for (int64_t by = qy0; by <= qy1; ++by) {
+            for (int64_t bx = qx0; bx <= qx1; ++bx) {
+                const int64_t b = by * nbx + bx;
+                int64_t p = cursor[b];
+                const int64_t end = bucket_start[b + 1];
+                while (p < end && members[p] <= i) ++p;
+                cursor[b] = p;
+                for (; p < end; ++p) {
+                    const int64_t j = members[p];
+                    if (suppressed[j]) continue;
+                    ++st.pairs_considered;
+                    const Box& bj = box[j];
+                    const int64_t w = (int64_t)std::min(bi.x1, bj.x1) - std::max(bi.x0, bj.x0);
+                    const int64_t h = (int64_t)std::min(bi.y1, bj.y1) - std::max(bi.y0, bj.y0);
+                    // the intersection lies inside both boxes: an upper bound on its area
+                    const double bound = (w > 0 && h > 0) ? (double)w * (double)h : 0.0;
+                    const double amin = std::fmin((double)area[i], (double)area[j]) + 1.e-10;
+                    if (bound / amin <= (double)thresh * (1.0 - 1e-6) || bound == 0.0) {
+                        ++st.pairs_bound_rejected;
+                        continue;
+                    }
+                    todo.push_back(j);
+                }
+            }
+        }
+        const int64_t nt = (int64_t)todo.size();
+        auto work = [&](int64_t t0, int64_t t1, int tid) {
+            PairScratch& s = scratch[tid];
+            Pt* pj = other[tid].data();
+            for (int64_t t = t0; t < t1; ++t) {
+                const int64_t j = todo[t];
+                const int nj = maker.make(order[j], pj);
+                int method = 0;
+                const int64_t i2 = intersection_area2(poly_i.data(), ni, zi, star[i] != 0, pj, nj,
+                                                      maker.centre(order[j]), star[j] != 0, s, &method);
+                ++counts[3 * tid + method - 1];
+                if (overlap_exceeds((double)i2, area[i], area[j], thresh)) suppressed[j] = 1;
+            }
+        };
+        // fan out only when there is enough exact work to pay for waking the threads
+        if (threads > 1 && nt >= 32) parallel_for_tid(nt, threads, work);
+        else work(0, nt, 0);
+    }
+    for (int t = 0; t < threads; ++t) {
+        st.pairs_exact_star += counts[3 * t];
+        st.pairs_exact_general += counts[3 * t + 1];
+        st.pairs_exact_two_star += counts[3 * t + 2];
+    }
+    if (stats) *stats = st;
+    return keep;
+}
+
+// ---- rendering (skimage.draw.polygon's pixel rule) -----------------------------------------
+void render_2d(const float* coords, int64_t n, int n_rays, const int32_t* labels, int32_t* out, int64_t height,
+               int64_t width) {
+    std::vector<double> xs;
+    for (int64_t i = 0; i < n; ++i) {
+        const float* rr = coords + i * 2 * n_rays;
+        const float* cc = rr + n_rays;
+        float rmin = rr[0], rmx = rr[0], cmin = cc[0], cmx = cc[0];
+        for (int k = 1; k < n_rays; ++k) {
+            rmin = std::min(rmin, rr[k]);
+            rmx = std::max(rmx, rr[k]);
+            cmin = std::min(cmin, cc[k]);
+            cmx = std::max(cmx, cc[k]);
+        }
+        // the pixel range skimage scans: int(max(0, min)), int(ceil(max)), clipped to the image
+        const int64_t r0 = (int64_t)std::max(0.0f, rmin);
+        const int64_t r1 = std::min<int64_t>(height - 1, (int64_t)std::ceil(rmx));
+        const int64_t c0 = (int64_t)std::max(0.0f, cmin);
+        const int64_t c1 = std::min<int64_t>(width - 1, (int64_t)std::ceil(cmx));
+        for (int64_t r = r0; r <= r1; ++r) {
+            const double y = (double)r;
+            xs.clear();
+            for (int k = 0, j = n_rays - 1; k < n_rays; j = k++) {
+                const double yi = rr[k], yj = rr[j], xi = cc[k], xj = cc[j];
+                if (((yi <= y) && (y < yj)) || ((yj <= y) && (y < yi)))
+                    xs.push_back((xj - xi) * (y - yi) / (yj - yi) + xi);
+            }
+            if (xs.empty()) continue;
+            std::sort(xs.begin(), xs.end());
+            int32_t* row = out + r * width;
+            if (xs.size() % 2 == 0) {
+                // inside <=> an odd number of crossings lie at or left of the pixel
+                for (size_t s = 0; s + 1 < xs.size(); s += 2) {
+                    int64_t a = (int64_t)std::ceil(xs[s]);
+                    int64_t b = (int64_t)std::ceil(xs[s + 1]) - 1;
+                    a = std::max(a, c0);
+                    b = std::min(b, c1);
+                    for (int64_t c = a; c <= b; ++c) row[c] = labels[i];
+                }
+            } else {
+                for (int64_t c = c0; c <= c1; ++c) {
+                    size_t cnt = 0;
+                    for (double x : xs) cnt += ((double)c < x);
+                    if (cnt & 1) row[c] = labels[i];
+                }
+            }
+        }
+    }
+}
+
+}  // namespace starnms
+}  // namespace segrt

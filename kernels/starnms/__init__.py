@@ -1,0 +1,127 @@
+"""Star-convex non-maximum suppression (StarDist, CPP-Net, SplineDist) and rendering.
+
+Pinned semantics (identical to StarDist 0.9.x, ``stardist.nms`` / ``stardist.geometry``):
+
+- Candidates are cells with ``prob > prob_thresh`` (compared in prob's dtype) outside a
+  border of ``border`` cells; a candidate's point is its cell index times ``grid``.
+- Candidates are visited by descending score, ties by ascending flat cell index. (StarDist
+  orders ties by NumPy's unstable ``argsort``, which differs between CPUs; segrt's order is
+  the same everywhere.)
+- 2D: candidate polygons have vertices ``p + d_k (sin t_k, cos t_k)``, ``t_k = 2 pi k / n``,
+  computed in float32 and truncated to integer coordinates. The overlap of two polygons is
+  ``area(a n b) / min(area(a), area(b))`` with the intersection's edge crossings rounded to
+  integers as Clipper rounds them; a candidate is suppressed when its overlap with an
+  already kept polygon exceeds ``nms_thresh``.
+- 3D: see ``nms_3d``.
+
+Each op has a plain reference (``device="reference"``, pure NumPy / pyclipper) and a fast
+C++ implementation (``device="cpu"``); ``device="auto"`` follows the data. The GPU version
+(``device="cuda"``) is planned and raises a clear error until it lands.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from segrt.kernels import _ext
+from segrt.kernels.starnms import _validate
+
+__all__ = ["nms_2d", "render_2d", "last_stats"]
+
+_last_stats: dict = {}
+
+
+def last_stats() -> dict:
+    """Work counters of the last fast NMS call in this process (candidates, kept, pairs...)."""
+    return dict(_last_stats)
+
+
+def _resolve_device(device: str, *arrays) -> str:
+    device = _validate.check_device(device)
+    on_gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays)
+    if device == "auto":
+        device = "cuda" if on_gpu else "cpu"
+    if device == "cuda":
+        raise NotImplementedError(
+            "the GPU star-convex NMS is not implemented yet; pass NumPy arrays with device='cpu' "
+            "(copy device arrays with cupy.asnumpy)"
+        )
+    if device == "cpu" and not _ext.available():
+        _ext.extension()  # raises ImportError with the load failure and how to fix it
+    return device
+
+
+def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, device="auto"):
+    """Star-convex polygon NMS, same result as ``stardist.nms.non_maximum_suppression``.
+
+    Args:
+        prob: (H, W) float object probabilities (one per grid cell).
+        dist: (H, W, n_rays) float ray lengths in image pixels, n_rays >= 3, non-negative.
+        prob_thresh: candidates need ``prob > prob_thresh``.
+        nms_thresh: in [0, 1]; a candidate whose overlap
+            ``area(a n b) / min(area(a), area(b))`` with a kept polygon exceeds it is dropped.
+        grid: (gy, gx) cell size in pixels of the prediction grid.
+        border: cells closer than this to the edge are no candidates (int, None, or per-axis
+            (before, after) pairs).
+        device: "auto", "cpu" (C++), "reference" (pure Python) or "cuda" (not yet available).
+
+    Returns:
+        points: (K, 2) int64 (y, x) pixel coordinates, by descending score.
+        scores: (K,) prob values of the kept candidates (prob's dtype).
+        dists: (K, n_rays) their ray lengths (dist's dtype).
+    """
+    dev = _resolve_device(device, prob, dist)
+    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 2)
+    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
+    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
+    grid = _validate.check_grid(grid, 2)
+    lo, hi = _validate.border_bounds(border, prob_a.shape)
+    n_rays = dist_a.shape[-1]
+    if dev == "reference":
+        from segrt.kernels.starnms import _reference
+
+        kept = _reference.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
+    else:
+        from segrt.kernels.starnms import _cpu
+
+        kept, stats = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
+        _last_stats.clear()
+        _last_stats.update(stats)
+    rows, cols = np.unravel_index(kept, prob_a.shape)
+    points = np.stack([rows * grid[0], cols * grid[1]], axis=1).astype(np.int64).reshape(-1, 2)
+    scores = np.asarray(prob).reshape(-1)[kept]
+    dists = np.asarray(dist).reshape(-1, n_rays)[kept]
+    return points, scores, dists
+
+
+def render_2d(dists, points, shape, scores=None, *, device="auto"):
+    """Label image of polygons, same as ``stardist.geometry.polygons_to_label``.
+
+    Polygon i gets label i + 1. Polygons are drawn in ascending score order (stable; all
+    equal when ``scores`` is None), so higher scores win where polygons overlap. A pixel
+    belongs to a polygon when the crossing test of ``skimage.draw.polygon`` at its centre says
+    so (vertices ``p + d_k (sin t_k, cos t_k)`` in float32).
+
+    Args:
+        dists: (N, n_rays) ray lengths.
+        points: (N, 2) (y, x) centres.
+        shape: (H, W) of the output.
+        scores: (N,) or None.
+
+    Returns:
+        (H, W) int32 labels, 0 is background.
+    """
+    dev = _resolve_device(device, dists, points)
+    dists_a, pts, scores_a = _validate.check_polygons(dists, points, 2, scores)
+    shape = _validate.check_shape(shape, 2)
+    from segrt.kernels.starnms import _reference
+
+    order = (
+        np.arange(len(pts)) if scores_a is None else np.argsort(scores_a, kind="stable")
+    )
+    coords = _reference.render_coords_2d(dists_a[order], pts[order])
+    labels = (order + 1).astype(np.int32)
+    if dev == "reference":
+        return _reference.render_2d(coords, labels, shape)
+    from segrt.kernels.starnms import _cpu
+
+    return _cpu.render_2d(np.ascontiguousarray(coords), labels, shape)

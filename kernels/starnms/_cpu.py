@@ -1,0 +1,26 @@
+"""Fast CPU star-convex NMS: the C++ kernels of ``segrt.kernels._C`` (GIL released, OpenMP)."""
+from __future__ import annotations
+
+import numpy as np
+
+from segrt.kernels._ext import extension
+
+
+def candidates(prob: np.ndarray, prob_thresh: float, lo, hi) -> np.ndarray:
+    return extension().select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi))
+
+
+def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0):
+    """Kept flat cell indices in visiting order, plus the kernel's work counters."""
+    C = extension()
+    order = candidates(prob, prob_thresh, lo, hi)
+    n_rays = dist.shape[-1]
+    dist32 = dist if dist.dtype == np.float32 else dist.astype(np.float32)
+    keep, stats = C.nms_2d(
+        dist32.reshape(-1, n_rays), order, prob.shape[1], grid[0], grid[1], float(nms_thresh), int(n_threads)
+    )
+    return order[keep], stats
+
+
+def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
+    return extension().render_2d(coords, labels.astype(np.int32), int(shape[0]), int(shape[1]))
