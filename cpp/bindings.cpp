@@ -42,6 +42,8 @@ py::dict stats_2d(const Nms2DStats& s) {
     d["pairs_exact_star"] = s.pairs_exact_star;
     d["pairs_exact_general"] = s.pairs_exact_general;
     d["pairs_exact_two_star"] = s.pairs_exact_two_star;
+    d["seconds_prepare"] = s.seconds_prepare;
+    d["seconds_suppress"] = s.seconds_suppress;
     return d;
 }
 

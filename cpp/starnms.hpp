@@ -35,6 +35,8 @@ struct Nms2DStats {
     int64_t pairs_exact_star = 0;    // exact overlap, common-star-centre merge
     int64_t pairs_exact_general = 0; // exact overlap, general routine
     int64_t pairs_exact_two_star = 0; // exact overlap, each star-shaped about its own centre
+    double seconds_prepare = 0;  // polygons, areas, buckets
+    double seconds_suppress = 0; // the greedy loop
 };
 
 // Flat indices of cells with prob > thresh outside the border, ordered by descending

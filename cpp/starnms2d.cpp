@@ -1,8 +1,10 @@
 // 2D star-convex NMS: see starnms.hpp for the algorithm and the conventions it keeps.
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <stdexcept>
 #include <type_traits>
 
 #include "parallel.hpp"
@@ -99,95 +101,111 @@ inline int64_t shoelace2(const Pt* v, int n) {
     return s;
 }
 
-// Angle order about the origin, starting at +x and turning towards +y.
-inline int half_plane(int64_t x, int64_t y) { return (y < 0 || (y == 0 && x < 0)) ? 1 : 0; }
-inline bool angle_less(int64_t ux, int64_t uy, int64_t vx, int64_t vy) {
-    const int hu = half_plane(ux, uy), hv = half_plane(vx, vy);
-    if (hu != hv) return hu < hv;
-    return ux * vy - uy * vx > 0;
+// An exact, order-preserving key of a direction's angle in [0, 4) ("diamond angle"). For
+// integer vectors below 2^26 distinct directions differ by far more than a rounding step, and
+// parallel vectors give bit-identical keys (IEEE division rounds equal rationals equally).
+inline double angle_key(double x, double y) {
+    if (y >= 0) return x >= 0 ? y / (x + y) : 1.0 - x / (y - x);
+    return x < 0 ? 2.0 - y / (-x - y) : 3.0 + x / (x - y);
 }
 
 // Star-shapedness about a centre z given doubled (z2 = 2 z, so z may be a midpoint).
 // Weakly star-shaped is enough: an edge may run radially (truncation puts consecutive
 // vertices on one ray), but no vertex may sit on z and the boundary winds once.
-// Writes the vertices relative to z (doubled) and returns the index of the first vertex in
+// Writes each vertex's angle key about z and returns the index of the first vertex in
 // angular order, or -1 when the polygon is not star-shaped about z.
-int star_prepare(const Pt* v, int n, const Pt& z2, int64_t* rel_x, int64_t* rel_y) {
+int star_prepare(const Pt* v, int n, const Pt& z2, double* key) {
     if (n < 3) return -1;
-    for (int k = 0; k < n; ++k) {
-        rel_x[k] = 2 * v[k].x - z2.x;
-        rel_y[k] = 2 * v[k].y - z2.y;
-    }
     int wraps = 0, start = -1;
+    int64_t px = 2 * v[n - 1].x - z2.x, py = 2 * v[n - 1].y - z2.y;
+    double pk = angle_key((double)px, (double)py);
     for (int k = 0; k < n; ++k) {
-        const int k1 = k + 1 == n ? 0 : k + 1;
-        const int64_t ax = rel_x[k], ay = rel_y[k], bx = rel_x[k1], by = rel_y[k1];
-        const int64_t c = ax * by - ay * bx;
+        const int64_t x = 2 * v[k].x - z2.x, y = 2 * v[k].y - z2.y;
+        const int64_t c = px * y - py * x;
         if (c < 0) return -1;
-        if (c == 0 && ax * bx + ay * by <= 0) return -1;  // through z, or a vertex on z
-        if (angle_less(bx, by, ax, ay)) {
+        if (c == 0 && px * x + py * y <= 0) return -1;  // through z, or a vertex on z
+        const double kk = angle_key((double)x, (double)y);
+        key[k] = kk;
+        if (kk < pk) {
             ++wraps;
-            start = k1;
+            start = k;
         }
+        px = x;
+        py = y;
+        pk = kk;
     }
     return wraps == 1 ? start : -1;
 }
 
+// Copies a polygon starting at its first vertex in angular order, closing vertex and an
+// infinite key appended, so the merge below needs neither modulo nor end tests.
+inline void rotate_star(const Pt* v, const double* key, int n, int start, Pt* out, double* okey) {
+    int k = start;
+    for (int i = 0; i < n; ++i) {
+        out[i] = v[k];
+        okey[i] = key[k];
+        if (++k == n) k = 0;
+    }
+    out[n] = out[0];
+    okey[n] = std::numeric_limits<double>::infinity();
+}
+
+struct MergeScratch {
+    std::vector<Pt> ev_v;
+    std::vector<int> ev_a, ev_b, ev_g;
+    void reserve(int n_rays) {
+        ev_v.resize(2 * n_rays + 2);
+        ev_a.resize(2 * n_rays + 2);
+        ev_b.resize(2 * n_rays + 2);
+        ev_g.resize(2 * n_rays + 2);
+    }
+};
+
 // Twice the lattice area of a n b when both are star-shaped about z: seen from z, the
 // boundary of a n b is the inner of the two boundaries at every angle. Events are the
-// vertices of both in angular order; between two events one edge of each is active, and
-// where the inner one changes strictly inside a wedge those two edges cross.
-int64_t star_intersection_area2(const Pt* a, int n, int sa, const int64_t* arx, const int64_t* ary, const Pt* b,
-                                int m, int sb, const int64_t* brx, const int64_t* bry, Pt* ring) {
-    int ia = 0, ib = 0;  // events taken from each
-    int ka = sa, kb = sb;  // current vertex index in each
-    // active edges start at the last vertex at or before the event: before the first event,
-    // the last vertex in angular order
-    int last_a = sa == 0 ? n - 1 : sa - 1, last_b = sb == 0 ? m - 1 : sb - 1;
-    int nr = 0, g_first = 0, prev_g = 0, prev_last_a = 0, prev_last_b = 0;
+// vertices of both in angular order (A, B rotated by rotate_star); between two events one
+// edge of each is active, and where the inner one changes strictly inside a wedge those two
+// edges cross. Written without data-dependent branches in the merge, which dominates.
+int64_t star_intersection_area2(const Pt* A, const double* AK, int n, const Pt* B, const double* BK, int m,
+                                MergeScratch& ms, Pt* ring) {
     const int ne = n + m;
-    for (int e = 0; e <= ne; ++e) {
-        int g = 0;
-        bool from_a = false;
-        if (e < ne) {
-            if (ia == n) from_a = false;
-            else if (ib == m) from_a = true;
-            else from_a = !angle_less(brx[kb], bry[kb], arx[ka], ary[ka]);
-            if (from_a) {
-                last_a = ka;
-                const Pt& q0 = b[last_b];
-                const Pt& q1 = b[last_b + 1 == m ? 0 : last_b + 1];
-                g = sgn(orient(q0, q1, a[ka]));
-            } else {
-                last_b = kb;
-                const Pt& p0 = a[last_a];
-                const Pt& p1 = a[last_a + 1 == n ? 0 : last_a + 1];
-                g = -sgn(orient(p0, p1, b[kb]));
-            }
-        } else {
-            g = g_first;
+    Pt* ev_v = ms.ev_v.data();
+    int* ev_a = ms.ev_a.data();
+    int* ev_b = ms.ev_b.data();
+    int* ev_g = ms.ev_g.data();
+    int ia = 0, ib = 0, la = n - 1, lb = m - 1;
+    for (int e = 0; e < ne; ++e) {
+        const bool take_a = AK[ia] <= BK[ib];
+        const Pt v = take_a ? A[ia] : B[ib];
+        la = take_a ? ia : la;
+        lb = take_a ? lb : ib;
+        const Pt o0 = take_a ? B[lb] : A[la];
+        const Pt o1 = take_a ? B[lb + 1] : A[la + 1];
+        const int side = sgn(orient(o0, o1, v));
+        // +1: a is the inner boundary here, -1: b is, 0: they touch
+        const int g = take_a ? side : -side;
+        ev_v[e] = v;
+        ev_a[e] = la;
+        ev_b[e] = lb;
+        ev_g[e] = g;
+        // keep the event vertex when its own polygon is the inner one (or they touch)
+        ev_g[e] |= (take_a ? 0 : 4);
+        ia += take_a;
+        ib += !take_a;
+    }
+    int nr = 0;
+    int prev = ne - 1;
+    for (int e = 0; e < ne; ++e) {
+        const int gp = ((ev_g[prev] & 3) == 3) ? -1 : (ev_g[prev] & 3);
+        const int from_b = ev_g[e] & 4;
+        const int g = ((ev_g[e] & 3) == 3) ? -1 : (ev_g[e] & 3);
+        if (gp * g < 0) {
+            const int pa = ev_a[prev], pb = ev_b[prev];
+            ring[nr++] = clipper_crossing(make_clip_edge(A[pa], A[pa + 1]), make_clip_edge(B[pb], B[pb + 1]));
         }
-        if (e > 0 && prev_g * g < 0) {
-            const Pt& p0 = a[prev_last_a];
-            const Pt& p1 = a[prev_last_a + 1 == n ? 0 : prev_last_a + 1];
-            const Pt& q0 = b[prev_last_b];
-            const Pt& q1 = b[prev_last_b + 1 == m ? 0 : prev_last_b + 1];
-            ring[nr++] = clipper_crossing(make_clip_edge(p0, p1), make_clip_edge(q0, q1));
-        }
-        if (e == ne) break;
-        if (from_a) {
-            if (g >= 0) ring[nr++] = a[ka];
-            ++ia;
-            if (++ka == n) ka = 0;
-        } else {
-            if (g <= 0) ring[nr++] = b[kb];
-            ++ib;
-            if (++kb == m) kb = 0;
-        }
-        if (e == 0) g_first = g;
-        prev_g = g;
-        prev_last_a = last_a;
-        prev_last_b = last_b;
+        ring[nr] = ev_v[e];
+        nr += from_b ? (g <= 0) : (g >= 0);
+        prev = e;
     }
     if (nr < 3) return 0;
     const int64_t s2 = shoelace2(ring, nr);
@@ -341,31 +359,19 @@ struct StarView {
     int n;
     Pt z2;          // doubled centre
     int start;      // first vertex in angular order
-    const int64_t* rx;  // doubled coordinates relative to the centre
-    const int64_t* ry;
+    const double* key;  // angle keys about the centre
     inline int at(int i) const {
         const int k = start + i;
         return k >= n ? k - n : k;
     }
 };
 
-inline bool angle_less_d(double ux, double uy, double vx, double vy) {
-    const int hu = (uy < 0 || (uy == 0 && ux < 0)) ? 1 : 0, hv = (vy < 0 || (vy == 0 && vx < 0)) ? 1 : 0;
-    if (hu != hv) return hu < hv;
-    return ux * vy - uy * vx > 0;
-}
-
-// Rotated position of the last vertex whose angle is <= the direction's (wrapping to n - 1).
-template <typename T>
-int sector_pos(const StarView& P, T dx, T dy) {
+// Rotated position of the last vertex whose angle key is <= k (wrapping to n - 1).
+inline int sector_pos(const StarView& P, double k) {
     int lo = 0, hi = P.n - 1, ans = P.n - 1;
     while (lo <= hi) {
         const int mid = (lo + hi) >> 1;
-        const int k = P.at(mid);
-        bool less;
-        if constexpr (std::is_same<T, double>::value) less = angle_less_d(dx, dy, (double)P.rx[k], (double)P.ry[k]);
-        else less = angle_less(dx, dy, P.rx[k], P.ry[k]);
-        if (!less) {
+        if (P.key[P.at(mid)] <= k) {
             ans = mid;
             lo = mid + 1;
         } else {
@@ -378,7 +384,7 @@ int sector_pos(const StarView& P, T dx, T dy) {
 inline bool inside_star(const StarView& P, double x, double y) {
     const double dx = 2 * x - (double)P.z2.x, dy = 2 * y - (double)P.z2.y;
     if (dx == 0 && dy == 0) return true;
-    const int k = P.at(sector_pos(P, dx, dy));
+    const int k = P.at(sector_pos(P, angle_key(dx, dy)));
     const Pt& a = P.v[k];
     const Pt& b = P.v[k + 1 == P.n ? 0 : k + 1];
     const double cr = (double)(b.x - a.x) * (y - (double)a.y) - (double)(b.y - a.y) * (x - (double)a.x);
@@ -409,7 +415,7 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
         const int64_t turn = ax * by - ay * bx;
         int first = 0, count = m;
         if (turn != 0 || ax * bx + ay * by > 0) {
-            int s0 = sector_pos(B, ax, ay), s1 = sector_pos(B, bx, by);
+            int s0 = sector_pos(B, angle_key((double)ax, (double)ay)), s1 = sector_pos(B, angle_key((double)bx, (double)by));
             if (turn < 0) std::swap(s0, s1);
             int span = s1 - s0;
             if (span < 0) span += m;
@@ -474,47 +480,79 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
 }
 
 struct PairScratch {
-    std::vector<Pt> ring;
-    std::vector<int64_t> arx, ary, brx, bry;
+    std::vector<Pt> ring, arot, brot;
+    std::vector<double> akey, bkey, bkey_own, akrot, bkrot;
+    MergeScratch merge;
     std::vector<Split> splits;
     std::vector<SharedSpan> shared;
     GeneralScratch general;
     void reserve(int n_rays) {
         ring.resize(4 * n_rays + 8);
-        arx.resize(n_rays);
-        ary.resize(n_rays);
-        brx.resize(n_rays);
-        bry.resize(n_rays);
+        akey.resize(n_rays);
+        bkey.resize(n_rays);
+        bkey_own.resize(n_rays);
+        arot.resize(n_rays + 1);
+        brot.resize(n_rays + 1);
+        akrot.resize(n_rays + 1);
+        bkrot.resize(n_rays + 1);
+        merge.reserve(n_rays);
     }
 };
 
+// Polygon a prepared about its own centre (done once per kept polygon).
+struct PreparedA {
+    const Pt* v;
+    int n;
+    Pt z;
+    int start;          // -1 when a is not star-shaped about its centre
+    const double* key;  // angle keys about z
+    const Pt* rot;      // rotated by rotate_star (valid when start >= 0)
+    const double* rot_key;
+};
+
 // Twice the intersection area. Tries a common star centre (a's centre, b's centre, their
-// midpoint) for the O(n + m) merge and falls back to the general routine.
-int64_t intersection_area2(const Pt* a, int n, const Pt& za, bool a_star, const Pt* b, int m, const Pt& zb,
-                           bool b_star, PairScratch& s, int* method, int force = 0) {
-    // force: 0 automatic, 1 general routine only, 2 skip the common-centre merge (tests)
+// midpoint) for the O(n + m) merge, then the two-star routine, then the general one.
+// force: 0 automatic, 1 general routine only, 2 skip the common-centre merge (tests).
+template <typename StarFn>
+int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb, StarFn&& b_star_fn, PairScratch& s,
+                           int* method, int force = 0) {
+    const Pt* a = A.v;
+    const int n = A.n;
+    const Pt za = A.z;
+    const Pt za2{2 * za.x, 2 * za.y}, zb2{2 * zb.x, 2 * zb.y};
     if (force != 1) {
-        const Pt cands[3] = {Pt{2 * za.x, 2 * za.y}, Pt{2 * zb.x, 2 * zb.y}, Pt{za.x + zb.x, za.y + zb.y}};
-        for (int c = 0; c < (force == 2 ? 0 : 3); ++c) {
-            if ((c == 0 && !a_star) || (c == 1 && !b_star)) continue;
-            if (c == 2 && za.x == zb.x && za.y == zb.y) break;
-            const int sb = star_prepare(b, m, cands[c], s.brx.data(), s.bry.data());
-            if (sb < 0) continue;
-            const int sa = star_prepare(a, n, cands[c], s.arx.data(), s.ary.data());
-            if (sa < 0) continue;
-            *method = 1;
-            return star_intersection_area2(a, n, sa, s.arx.data(), s.ary.data(), b, m, sb, s.brx.data(),
-                                           s.bry.data(), s.ring.data());
+        if (force != 2) {
+            if (A.start >= 0) {
+                const int sb = star_prepare(b, m, za2, s.bkey.data());
+                if (sb >= 0) {
+                    *method = 1;
+                    rotate_star(b, s.bkey.data(), m, sb, s.brot.data(), s.bkrot.data());
+                    return star_intersection_area2(A.rot, A.rot_key, n, s.brot.data(), s.bkrot.data(), m, s.merge,
+                                                   s.ring.data());
+                }
+            }
+            const Pt others[2] = {zb2, Pt{za.x + zb.x, za.y + zb.y}};
+            for (int c = 0; c < 2; ++c) {
+                if (c == 0 && !b_star_fn()) continue;
+                if (c == 1 && za.x == zb.x && za.y == zb.y) break;
+                const int sb = star_prepare(b, m, others[c], s.bkey.data());
+                if (sb < 0) continue;
+                const int sa = star_prepare(a, n, others[c], s.akey.data());
+                if (sa < 0) continue;
+                *method = 1;
+                rotate_star(a, s.akey.data(), n, sa, s.arot.data(), s.akrot.data());
+                rotate_star(b, s.bkey.data(), m, sb, s.brot.data(), s.bkrot.data());
+                return star_intersection_area2(s.arot.data(), s.akrot.data(), n, s.brot.data(), s.bkrot.data(), m,
+                                               s.merge, s.ring.data());
+            }
         }
-        if (a_star && b_star) {
-            const StarView A{a, n, cands[0], star_prepare(a, n, cands[0], s.arx.data(), s.ary.data()), s.arx.data(),
-                             s.ary.data()};
-            const StarView B{b, m, cands[1], star_prepare(b, m, cands[1], s.brx.data(), s.bry.data()), s.brx.data(),
-                             s.bry.data()};
-            if (A.start >= 0 && B.start >= 0) {
+        if (A.start >= 0 && b_star_fn()) {
+            const StarView VA{a, n, za2, A.start, A.key};
+            const StarView VB{b, m, zb2, star_prepare(b, m, zb2, s.bkey_own.data()), s.bkey_own.data()};
+            if (VB.start >= 0) {
                 *method = 3;
-                int64_t t = star_pieces_inside(A, B, true, s.splits, s.shared);
-                t += star_pieces_inside(B, A, false, s.splits, s.shared);
+                int64_t t = star_pieces_inside(VA, VB, true, s.splits, s.shared);
+                t += star_pieces_inside(VB, VA, false, s.splits, s.shared);
                 return t < 0 ? -t : t;
             }
         }
@@ -552,22 +590,46 @@ struct PolygonMaker {
     inline Pt centre(int64_t cell) const {
         return Pt{(cell % width) * gx, (cell / width) * gy};
     }
-    // Vertices truncated towards zero (Clipper's integer points), consecutive repeats dropped
-    // as Clipper drops them; returns the vertex count and the longest ray.
-    inline int make(int64_t cell, Pt* out, float* longest = nullptr) const {
+    // Vertices truncated towards zero (Clipper's integer points) and cleaned as Clipper
+    // cleans a path: repeated points and vertices collinear with their neighbours dropped.
+    // Returns the vertex count; *longest gets the longest ray, *bad is set on NaN / negative.
+    inline int make(int64_t cell, Pt* out, float* longest = nullptr, bool* bad = nullptr) const {
         const Pt c = centre(cell);
         const float py = (float)c.y, px = (float)c.x;
         const float* d = dist + cell * n_rays;
         float rmax = 0;
         int cnt = 0;
         for (int k = 0; k < n_rays; ++k) {
-            const float y = py + d[k] * sin_t[k];
-            const float x = px + d[k] * cos_t[k];
+            const float dk = d[k];
+            if (bad && !(dk >= 0 && dk <= 3.0e38f)) *bad = true;
+            const float y = py + dk * sin_t[k];
+            const float x = px + dk * cos_t[k];
             const Pt v{(int64_t)x, (int64_t)y};
-            if (cnt == 0 || v.x != out[cnt - 1].x || v.y != out[cnt - 1].y) out[cnt++] = v;
-            rmax = std::max(rmax, d[k]);
+            rmax = std::max(rmax, dk);
+            if (cnt > 0 && v.x == out[cnt - 1].x && v.y == out[cnt - 1].y) continue;
+            while (cnt >= 2 && orient(out[cnt - 2], out[cnt - 1], v) == 0) --cnt;
+            out[cnt++] = v;
         }
-        while (cnt > 1 && out[cnt - 1].x == out[0].x && out[cnt - 1].y == out[0].y) --cnt;
+        // close the ring: drop repeats and collinear vertices across the seam
+        bool changed = true;
+        while (changed && cnt >= 3) {
+            changed = false;
+            if (out[cnt - 1].x == out[0].x && out[cnt - 1].y == out[0].y) {
+                --cnt;
+                changed = true;
+                continue;
+            }
+            if (orient(out[cnt - 2], out[cnt - 1], out[0]) == 0) {
+                --cnt;
+                changed = true;
+                continue;
+            }
+            if (orient(out[cnt - 1], out[0], out[1]) == 0) {
+                std::memmove(out, out + 1, sizeof(Pt) * (cnt - 1));
+                --cnt;
+                changed = true;
+            }
+        }
         if (longest) *longest = rmax;
         return cnt;
     }
@@ -589,11 +651,13 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
     PairScratch s;
     s.reserve(std::max(n_a, n_b));
     int method = 0;
-    std::vector<int64_t> tx(std::max(n_a, n_b)), ty(std::max(n_a, n_b));
-    const bool a_star = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, tx.data(), ty.data()) >= 0;
-    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, tx.data(), ty.data()) >= 0;
-    const int64_t i2 = intersection_area2(a.data(), n_a, za, a_star, b.data(), n_b, zb, b_star, s, &method,
-                                          force_general);
+    std::vector<double> ka(n_a), kb(n_b), kar(n_a + 1);
+    std::vector<Pt> ar(n_a + 1);
+    const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
+    if (start_a >= 0) rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
+    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data()};
+    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
+    const int64_t i2 = intersection_area2(A, b.data(), n_b, zb, [&]() { return b_star; }, s, &method, force_general);
     const int64_t sa = shoelace2(a.data(), n_a), sb = shoelace2(b.data(), n_b);
     PairOverlap r;
     r.inter = 0.5 * (double)i2;
@@ -694,106 +758,164 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         if (stats) *stats = st;
         return keep;
     }
+    if (n_rays > 255) throw std::invalid_argument("at most 255 rays are supported");
     const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
-    std::vector<float> area(n), rmax(n);
-    std::vector<Box> box(n);
-    std::vector<uint8_t> star(n);
+    const int threads = effective_threads(n_threads);
+    const auto t_start = std::chrono::steady_clock::now();
 
-    parallel_for(n, n_threads, [&](int64_t i0, int64_t i1) {
-        std::vector<Pt> v(n_rays);
-        std::vector<int64_t> tx(n_rays), ty(n_rays);
-        for (int64_t i = i0; i < i1; ++i) {
-            const int nv = maker.make(order[i], v.data(), &rmax[i]);
-            int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
-            for (int k = 1; k < nv; ++k) {
-                x0 = std::min(x0, v[k].x);
-                x1 = std::max(x1, v[k].x);
-                y0 = std::min(y0, v[k].y);
-                y1 = std::max(y1, v[k].y);
-            }
-            box[i] = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
-            const int64_t s = shoelace2(v.data(), nv);
-            area[i] = (float)(0.5 * (double)(s < 0 ? -s : s));
-            const Pt c = maker.centre(order[i]);
-            star[i] = star_prepare(v.data(), nv, Pt{2 * c.x, 2 * c.y}, tx.data(), ty.data()) >= 0 ? 1 : 0;
-        }
-    });
-
-    // uniform buckets over candidate centres; a bucket lists its candidates in visiting order
-    float rmax_all = 0;
+    // 1. uniform buckets over candidate centres. Everything the greedy loop reads about a
+    //    candidate lives in its slot, bucket by bucket (ranks ascending inside a bucket),
+    //    so scanning a neighbourhood reads memory in order.
+    const int64_t bucket = 32;  // pixels; a query scans about (2 reach + box) / 32 buckets a side
     int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
     for (int64_t i = 0; i < n; ++i) {
-        rmax_all = std::max(rmax_all, rmax[i]);
         const Pt c = maker.centre(order[i]);
         cx0 = std::min(cx0, c.x);
         cx1 = std::max(cx1, c.x);
         cy0 = std::min(cy0, c.y);
         cy1 = std::max(cy1, c.y);
     }
-    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
-    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
-    const int64_t cell = std::max<int64_t>(8, reach);
-    const int64_t nbx = (cx1 - cx0) / cell + 1, nby = (cy1 - cy0) / cell + 1;
+    const int64_t nbx = (cx1 - cx0) / bucket + 1, nby = (cy1 - cy0) / bucket + 1;
     std::vector<int64_t> bucket_start(nbx * nby + 1, 0);
-    std::vector<int32_t> bucket_of(n);
+    std::vector<int64_t> pos_of(n);
     for (int64_t i = 0; i < n; ++i) {
         const Pt c = maker.centre(order[i]);
-        const int64_t b = ((c.y - cy0) / cell) * nbx + (c.x - cx0) / cell;
-        bucket_of[i] = (int32_t)b;
+        const int64_t b = ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket;
+        pos_of[i] = b;
         ++bucket_start[b + 1];
     }
     for (int64_t b = 0; b < nbx * nby; ++b) bucket_start[b + 1] += bucket_start[b];
-    std::vector<int64_t> members(n);
     {
         std::vector<int64_t> fill(bucket_start.begin(), bucket_start.end() - 1);
-        for (int64_t i = 0; i < n; ++i) members[fill[bucket_of[i]]++] = i;
+        for (int64_t i = 0; i < n; ++i) pos_of[i] = fill[pos_of[i]]++;
     }
-    std::vector<int64_t> cursor(bucket_start.begin(), bucket_start.end() - 1);
-    std::vector<uint8_t> suppressed(n, 0);
 
-    const int threads = effective_threads(n_threads);
+    // 2. every candidate's polygon, once, visiting the distance rows in memory order
+    struct Slot {
+        Box box;
+        float area;
+        int32_t nverts;
+        int64_t rank;
+    };
+    std::vector<Slot> slots(n);
+    std::vector<float> rmax(n);
+    std::vector<int16_t> rel((size_t)n * 2 * n_rays);  // vertices relative to the centre
+    std::vector<uint8_t> star(n, 0);                   // 0 unknown, 1 star-shaped, 2 not
+    std::vector<int64_t> by_cell(n);
+    {
+        std::vector<uint64_t> keys(n);
+        for (int64_t i = 0; i < n; ++i) {
+            keys[i] = (uint64_t)order[i];
+            by_cell[i] = i;
+        }
+        radix_sort_stable(keys, by_cell);
+    }
+    std::vector<uint8_t> bad(threads, 0), too_far(threads, 0);
+    parallel_for_tid(n, threads, [&](int64_t i0, int64_t i1, int tid) {
+        std::vector<Pt> v(n_rays);
+        bool is_bad = false;
+        for (int64_t q = i0; q < i1; ++q) {
+            const int64_t i = by_cell[q];
+            const int64_t p = pos_of[i];
+            const int nv = maker.make(order[i], v.data(), &rmax[p], &is_bad);
+            const Pt c = maker.centre(order[i]);
+            int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
+            int16_t* r = rel.data() + (size_t)p * 2 * n_rays;
+            for (int k = 0; k < nv; ++k) {
+                x0 = std::min(x0, v[k].x);
+                x1 = std::max(x1, v[k].x);
+                y0 = std::min(y0, v[k].y);
+                y1 = std::max(y1, v[k].y);
+                const int64_t dx = v[k].x - c.x, dy = v[k].y - c.y;
+                if (dx < -32768 || dx > 32767 || dy < -32768 || dy > 32767) too_far[tid] = 1;
+                r[2 * k] = (int16_t)dx;
+                r[2 * k + 1] = (int16_t)dy;
+            }
+            const int64_t s2 = shoelace2(v.data(), nv);
+            slots[p] = Slot{Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1},
+                            (float)(0.5 * (double)(s2 < 0 ? -s2 : s2)), nv, i};
+        }
+        if (is_bad) bad[tid] = 1;
+    });
+    for (int t = 0; t < threads; ++t) {
+        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+        if (too_far[t]) throw std::invalid_argument("rays longer than 32767 pixels are not supported");
+    }
+    float rmax_all = 0;
+    for (int64_t p = 0; p < n; ++p) rmax_all = std::max(rmax_all, rmax[p]);
+    std::vector<float>().swap(rmax);
+    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
+    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
+
+    auto polygon = [&](int64_t p, Pt* out) -> int {
+        const Pt c = maker.centre(order[slots[p].rank]);
+        const int16_t* r = rel.data() + (size_t)p * 2 * n_rays;
+        const int nv = slots[p].nverts;
+        for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
+        return nv;
+    };
+    auto is_star = [&](int64_t p, const Pt* v, int nv, const Pt& c, double* scratch_keys) -> bool {
+        uint8_t f = __atomic_load_n(&star[p], __ATOMIC_RELAXED);
+        if (f == 0) {
+            f = star_prepare(v, nv, Pt{2 * c.x, 2 * c.y}, scratch_keys) >= 0 ? 1 : 2;
+            __atomic_store_n(&star[p], f, __ATOMIC_RELAXED);
+        }
+        return f == 1;
+    };
+    std::vector<uint8_t> suppressed(n, 0);  // by slot
+    std::vector<int64_t> cursor(bucket_start.begin(), bucket_start.end() - 1);
+    const auto t_prepared = std::chrono::steady_clock::now();
+    st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
+
+    // 3. greedy suppression
     std::vector<PairScratch> scratch(threads);
     std::vector<std::vector<Pt>> other(threads, std::vector<Pt>(n_rays));
+    std::vector<std::vector<double>> other_keys(threads, std::vector<double>(n_rays));
     for (auto& s : scratch) s.reserve(n_rays);
-    std::vector<Pt> poly_i(n_rays);
+    std::vector<Pt> poly_i(n_rays), rot_i(n_rays + 1);
+    std::vector<double> key_i(n_rays), rot_key_i(n_rays + 1);
     std::vector<int64_t> todo;
     std::vector<int64_t> counts(3 * threads, 0);
+    const double thresh_lo = (double)thresh * (1.0 - 1e-6);
 
     for (int64_t i = 0; i < n; ++i) {
-        if (suppressed[i]) continue;
+        const int64_t pi = pos_of[i];
+        if (suppressed[pi]) continue;
         keep[i] = 1;
         ++st.kept;
         if (i == n - 1) break;
-        const int ni = maker.make(order[i], poly_i.data());
+        const int ni = polygon(pi, poly_i.data());
         const Pt zi = maker.centre(order[i]);
-        const Box bi = box[i];
-        const int64_t qx0 = std::max<int64_t>(0, (bi.x0 - reach - cx0) / cell);
-        const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (bi.x1 + reach - cx0)) / cell);
-        const int64_t qy0 = std::max<int64_t>(0, (bi.y0 - reach - cy0) / cell);
-        const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (bi.y1 + reach - cy0)) / cell);
+        const int start_i = star_prepare(poly_i.data(), ni, Pt{2 * zi.x, 2 * zi.y}, key_i.data());
+        if (start_i >= 0) rotate_star(poly_i.data(), key_i.data(), ni, start_i, rot_i.data(), rot_key_i.data());
+        const PreparedA prep_i{poly_i.data(), ni, zi, start_i, key_i.data(), rot_i.data(), rot_key_i.data()};
+        const Box bi = slots[pi].box;
+        const double area_i = slots[pi].area;
+        const int64_t qx0 = std::max<int64_t>(0, (bi.x0 - reach - cx0) / bucket);
+        const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (bi.x1 + reach - cx0)) / bucket);
+        const int64_t qy0 = std::max<int64_t>(0, (bi.y0 - reach - cy0) / bucket);
+        const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (bi.y1 + reach - cy0)) / bucket);
         todo.clear();
         for (int64_t by = qy0; by <= qy1; ++by) {
             for (int64_t bx = qx0; bx <= qx1; ++bx) {
                 const int64_t b = by * nbx + bx;
                 int64_t p = cursor[b];
                 const int64_t end = bucket_start[b + 1];
-                while (p < end && members[p] <= i) ++p;
+                while (p < end && slots[p].rank <= i) ++p;
                 cursor[b] = p;
                 for (; p < end; ++p) {
-                    const int64_t j = members[p];
-                    if (suppressed[j]) continue;
+                    if (suppressed[p]) continue;
                     ++st.pairs_considered;
-                    const Box& bj = box[j];
-                    const int64_t w = (int64_t)std::min(bi.x1, bj.x1) - std::max(bi.x0, bj.x0);
-                    const int64_t h = (int64_t)std::min(bi.y1, bj.y1) - std::max(bi.y0, bj.y0);
+                    const Slot& sj = slots[p];
+                    const int64_t w = (int64_t)std::min(bi.x1, sj.box.x1) - std::max(bi.x0, sj.box.x0);
+                    const int64_t h = (int64_t)std::min(bi.y1, sj.box.y1) - std::max(bi.y0, sj.box.y0);
                     // the intersection lies inside both boxes: an upper bound on its area
-                    const double bound = (w > 0 && h > 0) ? (double)w * (double)h : 0.0;
-                    const double amin = std::fmin((double)area[i], (double)area[j]) + 1.e-10;
-                    if (bound / amin <= (double)thresh * (1.0 - 1e-6) || bound == 0.0) {
+                    if (w <= 0 || h <= 0 ||
+                        (double)w * (double)h / (std::fmin(area_i, (double)sj.area) + 1.e-10) <= thresh_lo) {
                         ++st.pairs_bound_rejected;
                         continue;
                     }
-                    todo.push_back(j);
+                    todo.push_back(p);
                 }
             }
         }
@@ -802,13 +924,14 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             PairScratch& s = scratch[tid];
             Pt* pj = other[tid].data();
             for (int64_t t = t0; t < t1; ++t) {
-                const int64_t j = todo[t];
-                const int nj = maker.make(order[j], pj);
+                const int64_t p = todo[t];
+                const int nj = polygon(p, pj);
+                const Pt zj = maker.centre(order[slots[p].rank]);
                 int method = 0;
-                const int64_t i2 = intersection_area2(poly_i.data(), ni, zi, star[i] != 0, pj, nj,
-                                                      maker.centre(order[j]), star[j] != 0, s, &method);
+                const int64_t i2 = intersection_area2(prep_i, pj, nj, zj, [&]() { return is_star(p, pj, nj, zj, other_keys[tid].data()); },
+                                                      s, &method);
                 ++counts[3 * tid + method - 1];
-                if (overlap_exceeds((double)i2, area[i], area[j], thresh)) suppressed[j] = 1;
+                if (overlap_exceeds((double)i2, (float)area_i, slots[p].area, thresh)) suppressed[p] = 1;
             }
         };
         // fan out only when there is enough exact work to pay for waking the threads
@@ -820,6 +943,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         st.pairs_exact_general += counts[3 * t + 1];
         st.pairs_exact_two_star += counts[3 * t + 2];
     }
+    st.seconds_suppress = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepared).count();
     if (stats) *stats = st;
     return keep;
 }
