@@ -57,8 +57,29 @@ def _compiler_accepts(compiler_cmd, flag):
         return r.returncode == 0
 
 
+def _find_clipper():
+    """Include and library folders of libpolyclipping (Clipper 6.4), or None.
+
+    Debian / Ubuntu: apt install libpolyclipping-dev; conda: conda install polyclipping.
+    SEGRT_NO_CLIPPER=1 builds without it.
+    """
+    if os.environ.get("SEGRT_NO_CLIPPER", "") in ("1", "true", "yes"):
+        return None
+    prefixes = [os.environ.get("CONDA_PREFIX", ""), sys.prefix, "/usr/local", "/usr"]
+    for prefix in filter(None, prefixes):
+        inc = os.path.join(prefix, "include")
+        if not os.path.exists(os.path.join(inc, "polyclipping", "clipper.hpp")):
+            continue
+        for libdir in ("lib", "lib64", os.path.join("lib", "x86_64-linux-gnu"), os.path.join("lib", "aarch64-linux-gnu")):
+            d = os.path.join(prefix, libdir)
+            if any(f.startswith("libpolyclipping.") for f in (os.listdir(d) if os.path.isdir(d) else [])):
+                return inc, d
+    return None
+
+
 class BuildExt(build_ext):
-    """Adds OpenMP flags when the compiler supports them (SEGRT_NO_OPENMP=1 disables)."""
+    """Adds OpenMP flags when the compiler supports them (SEGRT_NO_OPENMP=1 disables) and
+    links libpolyclipping when it is installed."""
 
     def build_extensions(self):
         compiler = self.compiler.compiler_cxx[0] if getattr(self.compiler, "compiler_cxx", None) else None
@@ -66,11 +87,18 @@ class BuildExt(build_ext):
         if os.environ.get("SEGRT_NO_OPENMP", "") not in ("1", "true", "yes"):
             if compiler and shutil.which(compiler) and sys.platform != "win32":
                 use_omp = _compiler_accepts(compiler, "-fopenmp")
+        clipper = _find_clipper()
         for ext in self.extensions:
             if use_omp:
                 ext.extra_compile_args.append("-fopenmp")
                 ext.extra_link_args.append("-fopenmp")
             ext.define_macros.append(("SEGRT_HAVE_OPENMP", "1" if use_omp else "0"))
+            ext.define_macros.append(("SEGRT_HAVE_CLIPPER", "1" if clipper else "0"))
+            if clipper:
+                ext.include_dirs.append(clipper[0])
+                ext.library_dirs.append(clipper[1])
+                ext.runtime_library_dirs.append(clipper[1])
+                ext.libraries.append("polyclipping")
         super().build_extensions()
 
 

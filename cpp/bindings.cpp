@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 
+#include "clipper_bridge.hpp"
 #include "parallel.hpp"
 #include "starnms.hpp"
 
@@ -42,6 +43,7 @@ py::dict stats_2d(const Nms2DStats& s) {
     d["pairs_exact_star"] = s.pairs_exact_star;
     d["pairs_exact_general"] = s.pairs_exact_general;
     d["pairs_exact_two_star"] = s.pairs_exact_two_star;
+    d["pairs_clipper"] = s.pairs_clipper;
     d["seconds_prepare"] = s.seconds_prepare;
     d["seconds_suppress"] = s.seconds_suppress;
     return d;
@@ -69,6 +71,14 @@ PYBIND11_MODULE(_C, m) {
 #else
     m.attr("has_openmp") = false;
 #endif
+    m.attr("has_clipper") = clipper_available();
+    m.def(
+        "clipper_intersection_area",
+        [](carray<int64_t> a, carray<int64_t> b) {
+            if (!clipper_available()) throw std::runtime_error("segrt was built without libpolyclipping");
+            return clipper_intersection_area(a.data(), (int)a.shape(0), b.data(), (int)b.shape(0));
+        },
+        py::arg("a"), py::arg("b"));
     m.def("max_threads", []() { return segrt::effective_threads(0); });
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),

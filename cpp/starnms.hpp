@@ -35,6 +35,7 @@ struct Nms2DStats {
     int64_t pairs_exact_star = 0;    // exact overlap, common-star-centre merge
     int64_t pairs_exact_general = 0; // exact overlap, general routine
     int64_t pairs_exact_two_star = 0; // exact overlap, each star-shaped about its own centre
+    int64_t pairs_clipper = 0;   // near the threshold, settled by Clipper
     double seconds_prepare = 0;  // polygons, areas, buckets
     double seconds_suppress = 0; // the greedy loop
 };
