@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <stdexcept>
+#include <string>
 
 #include "clipper_bridge.hpp"
 #include "parallel.hpp"
@@ -25,10 +26,12 @@ py::array_t<int64_t> select_candidates_py(carray<T> prob, double thresh, std::ve
     if (lo.size() != shape.size() || hi.size() != shape.size())
         throw std::invalid_argument("border bounds must have one entry per axis");
     std::vector<int64_t> idx;
+    int64_t nan_count = 0;
     {
         py::gil_scoped_release release;
-        idx = select_candidates<T>(prob.data(), shape, (T)thresh, lo, hi);
+        idx = select_candidates<T>(prob.data(), shape, (T)thresh, lo, hi, nan_count);
     }
+    if (nan_count) throw std::invalid_argument("prob contains " + std::to_string(nan_count) + " NaN value(s)");
     py::array_t<int64_t> out(idx.size());
     std::copy(idx.begin(), idx.end(), out.mutable_data());
     return out;

@@ -40,12 +40,13 @@ struct Nms2DStats {
     double seconds_suppress = 0; // the greedy loop
 };
 
-// Flat indices of cells with prob > thresh outside the border, ordered by descending
-// prob, ties by ascending flat index (a stable LSD radix sort on the float bits).
+// Flat indices of cells with prob > thresh inside [border_lo, border_hi), ordered by
+// descending prob, ties by ascending flat index (a stable LSD radix sort on the float bits).
+// nan_count: NaN cells seen in that region.
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
                                        const std::vector<int64_t>& border_lo,
-                                       const std::vector<int64_t>& border_hi);
+                                       const std::vector<int64_t>& border_hi, int64_t& nan_count);
 
 // Greedy suppression over candidates given in visiting order (flat cell indices into a
 // grid with `width` columns). dist: (cells, n_rays) float32. Returns keep flags.

@@ -106,8 +106,12 @@ inline int64_t shoelace2(const Pt* v, int n) {
 // integer vectors below 2^26 distinct directions differ by far more than a rounding step, and
 // parallel vectors give bit-identical keys (IEEE division rounds equal rationals equally).
 inline double angle_key(double x, double y) {
-    if (y >= 0) return x >= 0 ? y / (x + y) : 1.0 - x / (y - x);
-    return x < 0 ? 2.0 - y / (-x - y) : 3.0 + x / (x - y);
+    // branch-free so the loops computing keys vectorise
+    const bool up = y >= 0, right = x >= 0, left = x < 0;
+    const double base = up ? (right ? 0.0 : 1.0) : (left ? 2.0 : 3.0);
+    const double num = up ? (right ? y : -x) : (left ? -y : x);
+    const double den = up ? (right ? x + y : y - x) : (left ? -x - y : x - y);
+    return base + num / den;
 }
 
 // Star-shapedness about a centre z given doubled (z2 = 2 z, so z may be a midpoint).
@@ -117,25 +121,24 @@ inline double angle_key(double x, double y) {
 // angular order, or -1 when the polygon is not star-shaped about z.
 int star_prepare(const Pt* v, int n, const Pt& z2, double* key) {
     if (n < 3) return -1;
+    for (int k = 0; k < n; ++k) key[k] = angle_key((double)(2 * v[k].x - z2.x), (double)(2 * v[k].y - z2.y));
     int wraps = 0, start = -1;
+    bool bad = false;
     int64_t px = 2 * v[n - 1].x - z2.x, py = 2 * v[n - 1].y - z2.y;
-    double pk = angle_key((double)px, (double)py);
+    double pk = key[n - 1];
     for (int k = 0; k < n; ++k) {
         const int64_t x = 2 * v[k].x - z2.x, y = 2 * v[k].y - z2.y;
         const int64_t c = px * y - py * x;
-        if (c < 0) return -1;
-        if (c == 0 && px * x + py * y <= 0) return -1;  // through z, or a vertex on z
-        const double kk = angle_key((double)x, (double)y);
-        key[k] = kk;
-        if (kk < pk) {
-            ++wraps;
-            start = k;
-        }
+        // a clockwise step, a step through z, or a vertex on z
+        bad |= (c < 0) | ((c == 0) & (px * x + py * y <= 0));
+        const bool wrap = key[k] < pk;
+        wraps += wrap;
+        start = wrap ? k : start;
         px = x;
         py = y;
-        pk = kk;
+        pk = key[k];
     }
-    return wraps == 1 ? start : -1;
+    return (!bad && wraps == 1) ? start : -1;
 }
 
 // Copies a polygon starting at its first vertex in angular order, closing vertex and an
@@ -151,30 +154,39 @@ inline void rotate_star(const Pt* v, const double* key, int n, int start, Pt* ou
     okey[n] = std::numeric_limits<double>::infinity();
 }
 
-struct MergeScratch {
-    std::vector<Pt> ev_v;
-    std::vector<int> ev_a, ev_b, ev_g;
-    void reserve(int n_rays) {
-        ev_v.resize(2 * n_rays + 2);
-        ev_a.resize(2 * n_rays + 2);
-        ev_b.resize(2 * n_rays + 2);
-        ev_g.resize(2 * n_rays + 2);
-    }
-};
 
 // Twice the lattice area of a n b when both are star-shaped about z: seen from z, the
 // boundary of a n b is the inner of the two boundaries at every angle. Events are the
 // vertices of both in angular order (A, B rotated by rotate_star); between two events one
 // edge of each is active, and where the inner one changes strictly inside a wedge those two
-// edges cross. Written without data-dependent branches in the merge, which dominates.
-int64_t star_intersection_area2(const Pt* A, const double* AK, int n, const Pt* B, const double* BK, int m,
-                                MergeScratch& ms, Pt* ring) {
+// edges cross. The ring comes out in angular order, so its area accumulates as triangles
+// about z that are never negative (up to crossing rounding): once the running sum reaches
+// `enough` (twice an area) the answer is certain and the merge stops early.
+// AC: Clipper edges of A's rotated edges (null: computed here).
+int64_t star_intersection_area2(const Pt* A, const double* AK, const ClipEdge* AC, int n, const Pt* B,
+                                const double* BK, int m, const Pt& z2, int64_t enough, bool* stopped_early) {
     const int ne = n + m;
-    Pt* ev_v = ms.ev_v.data();
-    int* ev_a = ms.ev_a.data();
-    int* ev_b = ms.ev_b.data();
-    int* ev_g = ms.ev_g.data();
     int ia = 0, ib = 0, la = n - 1, lb = m - 1;
+    int g_first = 0, gp = 0, pla = 0, plb = 0;
+    bool have_first = false;
+    int64_t fx = 0, fy = 0, px = 0, py = 0, acc4 = 0;
+    const int64_t enough4 = enough >= std::numeric_limits<int64_t>::max() / 4 ? std::numeric_limits<int64_t>::max() : 4 * enough;
+    *stopped_early = false;
+    auto push = [&](const Pt& p) {
+        const int64_t x = 2 * p.x - z2.x, y = 2 * p.y - z2.y;
+        if (have_first) acc4 += px * y - py * x;
+        else {
+            fx = x;
+            fy = y;
+            have_first = true;
+        }
+        px = x;
+        py = y;
+    };
+    auto crossing = [&](int ea, int eb) {
+        const ClipEdge ca = AC ? AC[ea] : make_clip_edge(A[ea], A[ea + 1]);
+        return clipper_crossing(ca, make_clip_edge(B[eb], B[eb + 1]));
+    };
     for (int e = 0; e < ne; ++e) {
         const bool take_a = AK[ia] <= BK[ib];
         const Pt v = take_a ? A[ia] : B[ib];
@@ -185,30 +197,25 @@ int64_t star_intersection_area2(const Pt* A, const double* AK, int n, const Pt* 
         const int side = sgn(orient(o0, o1, v));
         // +1: a is the inner boundary here, -1: b is, 0: they touch
         const int g = take_a ? side : -side;
-        ev_v[e] = v;
-        ev_a[e] = la;
-        ev_b[e] = lb;
-        ev_g[e] = (g + 1) | (take_a ? 0 : 4);  // g in bits 0-1 (as g + 1), owner in bit 2
+        if (e == 0) g_first = g;
+        else if (gp * g < 0) push(crossing(pla, plb));
+        // keep the event vertex when its own polygon is the inner one (or they touch)
+        if (take_a ? g >= 0 : g <= 0) push(v);
+        gp = g;
+        pla = la;
+        plb = lb;
         ia += take_a;
         ib += !take_a;
-    }
-    int nr = 0;
-    int prev = ne - 1;
-    for (int e = 0; e < ne; ++e) {
-        const int gp = (ev_g[prev] & 3) - 1;
-        const int from_b = ev_g[e] & 4;
-        const int g = (ev_g[e] & 3) - 1;
-        if (gp * g < 0) {
-            const int pa = ev_a[prev], pb = ev_b[prev];
-            ring[nr++] = clipper_crossing(make_clip_edge(A[pa], A[pa + 1]), make_clip_edge(B[pb], B[pb + 1]));
+        if ((e & 7) == 7 && acc4 >= enough4) {
+            *stopped_early = true;
+            return acc4 / 4;
         }
-        ring[nr] = ev_v[e];
-        nr += from_b ? (g <= 0) : (g >= 0);
-        prev = e;
     }
-    if (nr < 3) return 0;
-    const int64_t s2 = shoelace2(ring, nr);
-    return s2 < 0 ? -s2 : s2;
+    if (gp * g_first < 0) push(crossing(pla, plb));
+    if (!have_first) return 0;
+    acc4 += px * fy - py * fx;
+    const int64_t a2 = acc4 / 4;
+    return a2 < 0 ? -a2 : a2;
 }
 
 // ---- general routine -------------------------------------------------------------------
@@ -482,7 +489,6 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
 struct PairScratch {
     std::vector<Pt> ring, arot, brot;
     std::vector<double> akey, bkey, bkey_own, akrot, bkrot;
-    MergeScratch merge;
     std::vector<Split> splits;
     std::vector<SharedSpan> shared;
     GeneralScratch general;
@@ -495,7 +501,6 @@ struct PairScratch {
         brot.resize(n_rays + 1);
         akrot.resize(n_rays + 1);
         bkrot.resize(n_rays + 1);
-        merge.reserve(n_rays);
     }
 };
 
@@ -508,15 +513,18 @@ struct PreparedA {
     const double* key;  // angle keys about z
     const Pt* rot;      // rotated by rotate_star (valid when start >= 0)
     const double* rot_key;
+    const ClipEdge* rot_clip;  // Clipper edges of rot (may be null)
 };
 
 // Twice the intersection area. Tries a common star centre (a's centre, b's centre, their
 // midpoint) for the O(n + m) merge, then the two-star routine, then the general one.
 // force: 0 automatic, 1 general routine only, 2 skip the common-centre merge (tests).
 // Returns -1 with method 2 when skip_general is set and only the general routine would do.
+// enough: twice an area past which the exact value no longer matters (the merge may stop).
 template <typename StarFn>
 int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb, StarFn&& b_star_fn, PairScratch& s,
-                           int* method, int force = 0, bool skip_general = false) {
+                           int* method, int force = 0, bool skip_general = false,
+                           int64_t enough = std::numeric_limits<int64_t>::max()) {
     const Pt* a = A.v;
     const int n = A.n;
     const Pt za = A.z;
@@ -528,8 +536,9 @@ int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb,
                 if (sb >= 0) {
                     *method = 1;
                     rotate_star(b, s.bkey.data(), m, sb, s.brot.data(), s.bkrot.data());
-                    return star_intersection_area2(A.rot, A.rot_key, n, s.brot.data(), s.bkrot.data(), m, s.merge,
-                                                   s.ring.data());
+                    bool early = false;
+                    return star_intersection_area2(A.rot, A.rot_key, A.rot_clip, n, s.brot.data(), s.bkrot.data(), m,
+                                                   za2, enough, &early);
                 }
             }
             const Pt others[2] = {zb2, Pt{za.x + zb.x, za.y + zb.y}};
@@ -543,8 +552,9 @@ int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb,
                 *method = 1;
                 rotate_star(a, s.akey.data(), n, sa, s.arot.data(), s.akrot.data());
                 rotate_star(b, s.bkey.data(), m, sb, s.brot.data(), s.bkrot.data());
-                return star_intersection_area2(s.arot.data(), s.akrot.data(), n, s.brot.data(), s.bkrot.data(), m,
-                                               s.merge, s.ring.data());
+                bool early = false;
+                return star_intersection_area2(s.arot.data(), s.akrot.data(), nullptr, n, s.brot.data(), s.bkrot.data(),
+                                               m, others[c], enough, &early);
             }
         }
         if (A.start >= 0 && b_star_fn()) {
@@ -568,6 +578,8 @@ int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb,
 // (60000 pairs of the DSB 2018 targets, clean and noisy; see tests/test_starnms_2d.py).
 // Pairs within this margin of the threshold are handed to Clipper when it is linked.
 constexpr double kClipperMargin = 0.06;
+// The merge stops once the overlap certainly exceeds the threshold by this much.
+constexpr double kEarlyMargin = 0.1;
 
 inline bool near_threshold(double inter2, float area_a, float area_b, float thresh) {
     const double denom = std::fmin((double)area_a + 1.e-10, (double)area_b + 1.e-10);
@@ -674,7 +686,7 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
     std::vector<Pt> ar(n_a + 1);
     const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
     if (start_a >= 0) rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
-    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data()};
+    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data(), nullptr};
     const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
     const int64_t i2 = intersection_area2(A, b.data(), n_b, zb, [&]() { return b_star; }, s, &method, force_general);
     const int64_t sa = shoelace2(a.data(), n_a), sb = shoelace2(b.data(), n_b);
@@ -727,7 +739,9 @@ void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
 
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
-                                       const std::vector<int64_t>& lo, const std::vector<int64_t>& hi) {
+                                       const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
+                                       int64_t& nan_count) {
+    nan_count = 0;
     const int nd = (int)shape.size();
     std::vector<int64_t> strides(nd, 1);
     for (int d = nd - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
@@ -749,6 +763,7 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                 keys.push_back(order_key(v));
                 idx.push_back(base + x);
             }
+            nan_count += (v != v);
         }
         int d = nd - 2;
         while (d >= 0) {
@@ -763,9 +778,11 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
 }
 
 template std::vector<int64_t> select_candidates<float>(const float*, const std::vector<int64_t>&, float,
-                                                       const std::vector<int64_t>&, const std::vector<int64_t>&);
+                                                       const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                       int64_t&);
 template std::vector<int64_t> select_candidates<double>(const double*, const std::vector<int64_t>&, double,
-                                                        const std::vector<int64_t>&, const std::vector<int64_t>&);
+                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
+                                                        int64_t&);
 
 // ---- NMS ---------------------------------------------------------------------------------
 std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n, int64_t width,
@@ -893,6 +910,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     for (auto& s : scratch) s.reserve(n_rays);
     std::vector<Pt> poly_i(n_rays), rot_i(n_rays + 1);
     std::vector<double> key_i(n_rays), rot_key_i(n_rays + 1);
+    std::vector<ClipEdge> clip_i(n_rays);
     std::vector<int64_t> todo;
     std::vector<int64_t> counts(3 * threads, 0), counts_clipper(threads, 0);
     const bool use_clipper = clipper_available();
@@ -915,7 +933,9 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         const Pt zi = maker.centre(order[i]);
         const int start_i = star_prepare(poly_i.data(), ni, Pt{2 * zi.x, 2 * zi.y}, key_i.data());
         if (start_i >= 0) rotate_star(poly_i.data(), key_i.data(), ni, start_i, rot_i.data(), rot_key_i.data());
-        const PreparedA prep_i{poly_i.data(), ni, zi, start_i, key_i.data(), rot_i.data(), rot_key_i.data()};
+        if (start_i >= 0)
+            for (int k = 0; k < ni; ++k) clip_i[k] = make_clip_edge(rot_i[k], rot_i[k + 1]);
+        const PreparedA prep_i{poly_i.data(), ni, zi, start_i, key_i.data(), rot_i.data(), rot_key_i.data(), clip_i.data()};
         const Box bi = slots[pi].box;
         const double area_i = slots[pi].area;
         const int64_t qx0 = std::max<int64_t>(0, (bi.x0 - reach - cx0) / bucket);
@@ -958,8 +978,12 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 // polygons that are star-shaped about no common point are jagged (spikes, noise);
                 // there Clipper's rounding can move the area far from the geometry, so Clipper
                 // decides them outright when it is linked
+                // past this the pair is suppressed whatever the rest of the merge finds: a
+                // margin above the threshold that covers Clipper's rounding (kClipperMargin)
+                const double amin = std::fmin(area_i, (double)slots[p].area);
+                const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh + kEarlyMargin) * amin) + 1;
                 const int64_t i2 = intersection_area2(prep_i, pj, nj, zj, [&]() { return is_star(p, pj, nj, zj, other_keys[tid].data()); },
-                                                      s, &method, 0, use_clipper);
+                                                      s, &method, 0, use_clipper, enough);
                 ++counts[3 * tid + method - 1];
                 double inter2 = (double)i2;
                 if (use_clipper && (i2 < 0 || near_threshold((double)i2, (float)area_i, slots[p].area, thresh))) {

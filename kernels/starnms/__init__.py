@@ -70,7 +70,8 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         dists: (K, n_rays) their ray lengths (dist's dtype).
     """
     dev = _resolve_device(device, prob, dist)
-    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 2)
+    # the C++ kernel checks the values it reads (prob everywhere, dist of candidates)
+    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 2, scan=dev == "reference")
     prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
     nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
     grid = _validate.check_grid(grid, 2)
@@ -83,7 +84,10 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
     else:
         from segrt.kernels.starnms import _cpu
 
-        kept, stats = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
+        try:
+            kept, stats = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
+        except ValueError as err:
+            raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
         _last_stats.clear()
         _last_stats.update(stats)
     rows, cols = np.unravel_index(kept, prob_a.shape)

@@ -11,8 +11,12 @@ import numpy as np
 DEVICES = ("auto", "cpu", "cuda", "reference")
 
 
-def as_float_array(x, name: str, ndim: int, *, allow_float64: bool = True) -> np.ndarray:
-    """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened)."""
+def as_float_array(x, name: str, ndim: int, *, allow_float64: bool = True, scan: bool = True) -> np.ndarray:
+    """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened).
+
+    scan: look at every value for NaN / infinity (the fast kernels check the values they
+    use themselves, without a separate pass over large arrays).
+    """
     if hasattr(x, "__cuda_array_interface__"):
         raise ValueError(
             f"{name} is a GPU array, but the GPU star-convex NMS is not implemented yet; "
@@ -28,7 +32,7 @@ def as_float_array(x, name: str, ndim: int, *, allow_float64: bool = True) -> np
     elif arr.dtype != np.float32:
         arr = arr.astype(np.float32)
     arr = np.ascontiguousarray(arr)
-    if arr.size and not np.isfinite(arr).all():
+    if scan and arr.size and not np.isfinite(arr).all():
         bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean the network output first")
     return arr
@@ -84,10 +88,10 @@ def check_device(device: str) -> str:
     return device
 
 
-def check_prob_dist(prob, dist, ndim: int):
-    """prob (*spatial), dist (*spatial, n_rays): shapes agree, finite, non-negative."""
-    prob = as_float_array(prob, "prob", ndim)
-    dist = as_float_array(dist, "dist", ndim + 1)
+def check_prob_dist(prob, dist, ndim: int, scan: bool = True):
+    """prob (*spatial), dist (*spatial, n_rays): shapes agree; with scan, finite and non-negative."""
+    prob = as_float_array(prob, "prob", ndim, scan=scan)
+    dist = as_float_array(dist, "dist", ndim + 1, scan=scan)
     if prob.shape != dist.shape[:ndim]:
         raise ValueError(
             f"prob and dist must share their spatial shape: prob {prob.shape}, dist {dist.shape} "
@@ -96,7 +100,7 @@ def check_prob_dist(prob, dist, ndim: int):
     n_rays = dist.shape[-1]
     if n_rays < 3:
         raise ValueError(f"need at least 3 rays, dist has {n_rays} (shape {dist.shape})")
-    if dist.size and float(dist.min()) < 0:
+    if scan and dist.size and float(dist.min()) < 0:
         raise ValueError(f"dist must be non-negative, its minimum is {float(dist.min())}")
     return prob, dist
 
