@@ -1,0 +1,338 @@
+"""2D star-convex NMS and rendering: parity with StarDist, the reference, and edge cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import add_noise, dsb_targets_2d
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from segrt.kernels import _ext
+from segrt.kernels.starnms import _reference, nms_2d, render_2d
+
+C = _ext.extension()
+# the gap allowed between Clipper's intersection area and segrt's lattice geometry (as
+# kClipperMargin / kClipperSlack in cpp/starnms2d.cpp); closer pairs go to Clipper
+CLIPPER_MARGIN, CLIPPER_SLACK = 0.06, 6.0
+
+
+def clipper_gap(amin):
+    return CLIPPER_MARGIN * amin + CLIPPER_SLACK
+
+
+def _as_set(points):
+    return set(map(tuple, np.asarray(points).tolist()))
+
+
+def _near_threshold_pairs(point, kept, prob, dist, grid, nms_thresh):
+    """Kept polygons whose Clipper overlap with `point`'s polygon lies within the margin."""
+    tables = _reference.ray_tables_float(dist.shape[-1])
+    cell = tuple(np.asarray(point) // np.asarray(grid))
+    poly = _reference.polygon_2d(dist[cell], point[0], point[1], tables)
+    near = []
+    for other in kept:
+        if other == tuple(point):
+            continue
+        oc = tuple(np.asarray(other) // np.asarray(grid))
+        op = _reference.polygon_2d(dist[oc], other[0], other[1], tables)
+        inter = _reference.clipper_intersection_area(op, poly)
+        amin = min(_reference.lattice_area(op), _reference.lattice_area(poly))
+        if abs(inter - nms_thresh * amin) <= clipper_gap(amin):
+            near.append((other, inter / max(amin, 1e-10)))
+    return near
+
+
+def assert_same_kept(ours, ref, prob, dist, grid, nms_thresh):
+    """Identical kept sets; with libpolyclipping linked that is required, without it a
+    difference must come from a pair whose overlap lies within the Clipper margin."""
+    a, b = _as_set(ours), _as_set(ref)
+    diff = a ^ b
+    if not diff:
+        assert np.array_equal(np.asarray(ours), np.asarray(ref))  # same order too
+        return 0
+    assert not C.has_clipper, f"kept sets differ at {sorted(diff)[:10]}"
+    for p in diff:
+        near = _near_threshold_pairs(p, a | b, prob, dist, grid, nms_thresh)
+        assert near, f"{p} differs but has no near-threshold pair"
+    return len(diff)
+
+
+@pytest.mark.parametrize("noise", [None, "mult", "abs"])
+@pytest.mark.parametrize("grid", [(1, 1), (2, 2)])
+@pytest.mark.parametrize("nms_thresh", [0.3, 0.4, 0.5])
+def test_matches_stardist_on_dsb_targets(noise, grid, nms_thresh):
+    from segrt.bench.peers import stardist_nms_2d
+
+    _, prob, dist = dsb_targets_2d()
+    if noise:
+        prob, dist = add_noise(prob, dist, seed=3, kind=noise)
+    prob = np.ascontiguousarray(prob[:: grid[0], :: grid[1]])
+    dist = np.ascontiguousarray(dist[:: grid[0], :: grid[1]])
+    pts, scores, dists = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=nms_thresh, grid=grid)
+    ref_pts, ref_scores, ref_dists = stardist_nms_2d(
+        prob, dist, prob_thresh=0.5, nms_thresh=nms_thresh, grid=grid, order="segrt"
+    )
+    differing = assert_same_kept(pts, ref_pts, prob, dist, grid, nms_thresh)
+    if not differing:
+        np.testing.assert_array_equal(scores, ref_scores)
+        np.testing.assert_array_equal(dists, ref_dists)
+    assert len(pts) > 20
+
+
+def test_matches_stardist_public_api_without_ties():
+    """With continuous (noisy) scores there are no ties, so StarDist's own public call agrees."""
+    from segrt.bench.peers import stardist_nms_2d
+
+    _, prob, dist = dsb_targets_2d()
+    _, dist = add_noise(prob, dist, seed=11, kind="mult")
+    prob = prob + np.random.default_rng(11).normal(0, 0.05, prob.shape)  # float64, unclipped
+    cand = prob[prob > 0.5]
+    assert len(np.unique(cand)) == len(cand)
+    pts, _, _ = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4)
+    ref, _, _ = stardist_nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, order="stardist")
+    np.testing.assert_array_equal(pts, ref)
+
+
+def test_perfect_targets_recover_every_object():
+    _, prob, dist = dsb_targets_2d()
+    mask = dsb_targets_2d()[0]
+    pts, _, _ = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4)
+    labels_hit = set(mask[tuple(pts.T)].tolist()) - {0}
+    assert len(labels_hit) == len(np.unique(mask)) - 1 == len(pts)
+
+
+def test_render_matches_stardist():
+    from segrt.bench.peers import stardist_render_2d
+
+    _, prob, dist = dsb_targets_2d()
+    pts, scores, dists = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4)
+    for sc in (scores, None):
+        ours = render_2d(dists, pts, prob.shape, scores=sc)
+        ref = stardist_render_2d(dists, pts, prob.shape, scores=sc)
+        assert ours.dtype == np.int32 and ours.shape == prob.shape
+        np.testing.assert_array_equal(ours, ref)
+
+
+def test_render_reference_equals_fast_and_overlaps_go_to_higher_score():
+    rng = np.random.default_rng(0)
+    pts = np.array([[20, 20], [24, 22], [40, 10]])
+    dists = rng.uniform(4, 12, (3, 16)).astype(np.float32)
+    scores = np.array([0.5, 0.9, 0.7], np.float32)
+    fast = render_2d(dists, pts, (50, 45), scores=scores)
+    ref = render_2d(dists, pts, (50, 45), scores=scores, device="reference")
+    np.testing.assert_array_equal(fast, ref)
+    assert fast[24, 22] == 2  # the higher-scored polygon wins where they overlap
+    assert set(np.unique(fast)) == {0, 1, 2, 3}
+
+
+def test_render_clips_polygons_leaving_the_image():
+    pts = np.array([[0, 0], [29, 29]])
+    dists = np.full((2, 8), 10.0, np.float32)
+    lab = render_2d(dists, pts, (30, 30))
+    assert lab[0, 0] == 1 and lab[29, 29] == 2 and lab[15, 15] == 0
+
+
+# ---- overlap geometry ---------------------------------------------------------------
+
+def _random_pairs(n, seed, noise):
+    _, prob, dist = dsb_targets_2d()
+    if noise:
+        prob, dist = add_noise(prob, dist, seed=seed, kind=noise)
+    rng = np.random.default_rng(seed)
+    idx = np.argwhere(prob > 0.5)
+    tables = _reference.ray_tables_float(dist.shape[-1])
+    out = []
+    while len(out) < n:
+        a = idx[rng.integers(len(idx))]
+        b = a + rng.integers(-8, 9, 2)
+        if not (0 <= b[0] < prob.shape[0] and 0 <= b[1] < prob.shape[1]) or prob[tuple(b)] <= 0.5:
+            continue
+        pa = _reference.polygon_2d(dist[tuple(a)], a[0], a[1], tables)
+        pb = _reference.polygon_2d(dist[tuple(b)], b[0], b[1], tables)
+        out.append((pa, a, pb, b))
+    return out
+
+
+@pytest.mark.parametrize("noise", [None, "mult", "abs"])
+def test_overlap_routines_agree_and_stay_within_clipper_margin(noise):
+    """The three exact routines (common-centre merge, two-star, general) give the same
+    lattice area; Clipper's area differs from it by less than the margin."""
+    worst = 0.0
+    methods = set()
+    for pa, a, pb, b in _random_pairs(1500, seed=5, noise=noise):
+        auto = C.polygon_overlap_2d(pa, a[1], a[0], pb, b[1], b[0], 0)
+        general = C.polygon_overlap_2d(pa, a[1], a[0], pb, b[1], b[0], 1)
+        two_star = C.polygon_overlap_2d(pa, a[1], a[0], pb, b[1], b[0], 2)
+        assert auto[0] == general[0] == two_star[0], (a, b, auto, general, two_star)
+        methods.add(auto[3])
+        amin = min(auto[1], auto[2])
+        if auto[3] != 2:  # the general routine's pairs always go to Clipper
+            clip = _reference.clipper_intersection_area(pa, pb)
+            worst = max(worst, abs(clip - auto[0]) / clipper_gap(amin))
+    assert 1 in methods
+    # half the allowed gap: the measured deviations stay well inside it
+    assert worst < 0.5, worst
+
+
+def test_clipper_bridge_equals_pyclipper():
+    if not C.has_clipper:
+        pytest.skip("segrt was built without libpolyclipping")
+    for pa, a, pb, b in _random_pairs(300, seed=9, noise="abs"):
+        assert C.clipper_intersection_area(pa, pb) == _reference.clipper_intersection_area(pa, pb)
+
+
+# ---- fast vs reference on random star-convex configurations --------------------------
+
+@st.composite
+def configurations(draw):
+    n_rays = draw(st.sampled_from([3, 6, 8, 16]))
+    size = draw(st.integers(12, 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    prob = rng.uniform(0, 1, (size, size)).astype(np.float32)
+    # clustered candidates with similar shapes make near-threshold overlaps common
+    base = rng.uniform(1, 8, n_rays)
+    dist = (base * rng.uniform(0.7, 1.3, (size, size, n_rays))).astype(np.float32)
+    thresh = draw(st.sampled_from([0.0, 0.1, 0.3, 0.5, 0.7, 0.95]))
+    return prob, dist, thresh
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configurations())
+def test_fast_equals_reference(cfg):
+    prob, dist, thresh = cfg
+    fast = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1)
+    ref = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1, device="reference")
+    assert_same_kept(fast[0], ref[0], prob, dist, (1, 1), thresh)
+
+
+# ---- edge cases ---------------------------------------------------------------------
+
+def test_no_candidates():
+    prob = np.zeros((20, 20), np.float32)
+    dist = np.ones((20, 20, 8), np.float32)
+    pts, scores, dists = nms_2d(prob, dist)
+    assert pts.shape == (0, 2) and scores.shape == (0,) and dists.shape == (0, 8)
+    assert render_2d(dists, pts, (20, 20)).max() == 0
+
+
+def test_single_candidate():
+    prob = np.zeros((20, 20), np.float32)
+    prob[10, 12] = 0.9
+    dist = np.full((20, 20, 8), 3.0, np.float32)
+    pts, scores, _ = nms_2d(prob, dist)
+    assert pts.tolist() == [[10, 12]] and scores.tolist() == [np.float32(0.9)]
+
+
+def test_identical_candidates_keep_the_first_by_flat_index():
+    prob = np.zeros((20, 20), np.float32)
+    prob[8:12, 8:12] = 0.8
+    dist = np.full((20, 20, 8), 20.0, np.float32)
+    pts, _, _ = nms_2d(prob, dist, nms_thresh=0.5)
+    assert pts.tolist() == [[8, 8]]
+
+
+def test_border_candidates():
+    prob = np.zeros((10, 10), np.float32)
+    prob[0, 0] = prob[9, 9] = 0.9
+    dist = np.full((10, 10, 8), 1.0, np.float32)
+    assert len(nms_2d(prob, dist, border=2)[0]) == 0
+    assert _as_set(nms_2d(prob, dist, border=0)[0]) == {(0, 0), (9, 9)}
+    assert _as_set(nms_2d(prob, dist, border=None)[0]) == {(0, 0), (9, 9)}
+    assert _as_set(nms_2d(prob, dist, border=((0, 1), (0, 1)))[0]) == {(0, 0)}
+
+
+def test_zero_length_and_very_long_rays():
+    prob = np.zeros((30, 30), np.float32)
+    prob[10, 10], prob[12, 12], prob[20, 20] = 0.9, 0.8, 0.7
+    dist = np.zeros((30, 30, 16), np.float32)
+    # zero rays: zero-area polygons never overlap anything, all are kept
+    assert len(nms_2d(prob, dist, border=0)[0]) == 3
+    # rays far beyond the image: every polygon covers the others
+    dist[:] = 1000.0
+    assert nms_2d(prob, dist, border=0)[0].tolist() == [[10, 10]]
+
+
+def test_float64_and_non_contiguous_inputs_agree():
+    _, prob, dist = dsb_targets_2d()
+    p, d = add_noise(prob, dist, seed=2)
+    ref = nms_2d(p, d)
+    p64, d64 = p.astype(np.float64), d.astype(np.float64)
+    out64 = nms_2d(p64, d64)
+    assert out64[1].dtype == np.float64 and out64[2].dtype == np.float64
+    # float64 scores order the same way here (no ties are created by the cast)
+    np.testing.assert_array_equal(out64[0], ref[0])
+    pt = np.ascontiguousarray(p.T).T  # Fortran-ordered view with the same values
+    dt = np.asfortranarray(d)
+    assert not pt.flags.c_contiguous and not dt.flags.c_contiguous
+    np.testing.assert_array_equal(nms_2d(pt, dt)[0], ref[0])
+
+
+# ---- bad input ------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "prob_shape, dist_shape, match",
+    [
+        ((10,), (10, 8), "2 dimensions"),
+        ((10, 10), (10, 10), "3 dimensions"),
+        ((10, 10), (10, 11, 8), "share their spatial shape"),
+        ((10, 10), (10, 10, 2), "at least 3 rays"),
+    ],
+)
+def test_bad_shapes(prob_shape, dist_shape, match):
+    with pytest.raises(ValueError, match=match):
+        nms_2d(np.zeros(prob_shape, np.float32), np.ones(dist_shape, np.float32))
+
+
+def test_nan_and_negative_values():
+    prob = np.full((10, 10), 0.9, np.float32)
+    dist = np.ones((10, 10, 8), np.float32)
+    bad = prob.copy()
+    bad[5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        nms_2d(bad, dist)
+    d = dist.copy()
+    d[5, 5, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        nms_2d(prob, d)
+    d[5, 5, 2] = -1
+    with pytest.raises(ValueError, match="negative"):
+        nms_2d(prob, d)
+    with pytest.raises(ValueError, match="negative"):
+        nms_2d(prob, d, device="reference")
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"nms_thresh": 1.5}, "nms_thresh"),
+        ({"nms_thresh": float("nan")}, "nms_thresh"),
+        ({"prob_thresh": "high"}, "prob_thresh"),
+        ({"grid": (0, 1)}, "grid"),
+        ({"grid": (1, 1, 1)}, "grid"),
+        ({"border": -1}, "border"),
+        ({"border": ((1, 2),)}, "border"),
+        ({"device": "tpu"}, "device"),
+    ],
+)
+def test_bad_parameters(kwargs, match):
+    prob = np.full((10, 10), 0.9, np.float32)
+    dist = np.ones((10, 10, 8), np.float32)
+    with pytest.raises(ValueError, match=match):
+        nms_2d(prob, dist, **kwargs)
+
+
+def test_gpu_device_says_it_is_not_there_yet():
+    with pytest.raises(NotImplementedError, match="GPU"):
+        nms_2d(np.zeros((4, 4), np.float32), np.ones((4, 4, 8), np.float32), device="cuda")
+
+
+def test_render_bad_input():
+    with pytest.raises(ValueError, match="points"):
+        render_2d(np.ones((3, 8)), np.zeros((2, 2)), (10, 10))
+    with pytest.raises(ValueError, match="shape"):
+        render_2d(np.ones((3, 8)), np.zeros((3, 2)), (10, 0))
+    with pytest.raises(ValueError, match="scores"):
+        render_2d(np.ones((3, 8)), np.zeros((3, 2)), (10, 10), scores=np.ones(2))
+    with pytest.raises(ValueError, match="NaN"):
+        render_2d(np.full((3, 8), np.nan), np.zeros((3, 2)), (10, 10))
