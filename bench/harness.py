@@ -1,0 +1,216 @@
+"""The benchmark harness every segrt benchmark uses.
+
+- ``measure(fn)``: warm-up calls, then timed repeats; median / p90 / p99 / min / max and the
+  peak resident memory the calls added (sampled from /proc, so C++ and NumPy allocations
+  both count).
+- ``Report``: rows of one run (segrt and its peers side by side, same process, same data),
+  written as a JSON with the machine's description and as a markdown table.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Timing", "measure", "peak_rss", "machine_info", "Report"]
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class peak_rss:
+    """Context manager: ``.peak_bytes`` is the highest RSS above the starting RSS seen inside.
+
+    A thread samples /proc/self/statm every ``interval`` seconds; allocations that live
+    shorter than that can be missed, so treat the figure as a lower bound.
+    """
+
+    def __init__(self, interval: float = 0.0005):
+        self.interval = interval
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        self._base = _rss_bytes()
+        self._max = self._base
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self._max = max(self._max, _rss_bytes())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._max = max(self._max, _rss_bytes())
+        self.peak_bytes = max(0, self._max - self._base)
+        return False
+
+
+@dataclass
+class Timing:
+    times_s: list[float]
+    peak_mb: float
+
+    @property
+    def median_s(self) -> float:
+        return statistics.median(self.times_s)
+
+    def percentile_s(self, q: float) -> float:
+        return float(np.percentile(self.times_s, q))
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "median_s": self.median_s,
+            "p90_s": self.percentile_s(90),
+            "p99_s": self.percentile_s(99),
+            "min_s": min(self.times_s),
+            "max_s": max(self.times_s),
+            "repeats": len(self.times_s),
+            "peak_mb": self.peak_mb,
+        }
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, max_seconds: float | None = None) -> tuple[Timing, Any]:
+    """Time ``fn()``: ``warmup`` untimed calls, then up to ``repeats`` timed ones (fewer when
+    ``max_seconds`` of timed calls have passed, never fewer than one). Returns the timing and
+    the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    peak = 0
+    t_all = time.perf_counter()
+    for _ in range(max(1, repeats)):
+        with peak_rss() as mem:
+            t0 = time.perf_counter()
+            result = fn()
+            times.append(time.perf_counter() - t0)
+        peak = max(peak, mem.peak_bytes)
+        if max_seconds is not None and time.perf_counter() - t_all > max_seconds:
+            break
+    return Timing(times, peak / 2**20), result
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info(packages: tuple[str, ...] = ("segrt", "numpy", "scipy", "stardist", "pyclipper")) -> dict:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    mem_gb = None
+    try:
+        with open("/proc/meminfo") as f:
+            mem_gb = round(int(f.readline().split()[1]) / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    info = {
+        "cpu": _cpu_model(),
+        "cores": cores,
+        "memory_gb": mem_gb,
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "versions": {p: _version(p) for p in packages},
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        from segrt.kernels._ext import extension
+
+        C = extension()
+        info["segrt_build"] = {"openmp": bool(C.has_openmp), "clipper": bool(C.has_clipper), "threads": C.max_threads()}
+    except ImportError as err:
+        info["segrt_build"] = {"error": str(err)}
+    return info
+
+
+@dataclass
+class Report:
+    """Rows of one benchmark run, written as JSON (with the machine) and markdown."""
+
+    name: str
+    rows: list[dict] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    machine: dict = field(default_factory=machine_info)
+
+    def add(self, **row) -> dict:
+        self.rows.append(row)
+        return row
+
+    def to_json(self, path: str) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(asdict(self), f, indent=2, default=_jsonable)
+        os.replace(tmp, path)  # never leave a half-written results file
+
+    def markdown(self, columns: list[tuple[str, str]]) -> str:
+        """A table of ``columns`` = [(row key, header)]; floats printed with 3 significant digits."""
+        head = "| " + " | ".join(h for _, h in columns) + " |"
+        sep = "|" + "|".join("---" for _ in columns) + "|"
+        lines = [head, sep]
+        for row in self.rows:
+            cells = []
+            for key, _ in columns:
+                v = row.get(key, "")
+                cells.append(_fmt(v))
+            lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 100:
+            return f"{v:.0f}"
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _jsonable(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")

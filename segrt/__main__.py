@@ -1,0 +1,5 @@
+import sys
+
+from segrt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,108 @@
+"""The package: namespace layout, cheap import, lazy optional imports, CLI, bench harness."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+HEAVY = ("torch", "tensorflow", "cupy", "tensorrt", "stardist", "onnxruntime", "openvino")
+
+
+def _run(code: str) -> str:
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_import_is_cheap_and_light():
+    code = (
+        "import sys, time; t = time.perf_counter(); import segrt, segrt.kernels.starnms, segrt.bench; "
+        "print(time.perf_counter() - t); print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
+    )
+    lines = _run(code).split("\n")
+    seconds, loaded = lines[0], lines[1]
+    assert float(seconds) < 1.0
+    assert loaded == "", f"import segrt pulled in {loaded}"
+
+
+def test_subpackages_share_the_segrt_namespace():
+    import segrt.bench
+    import segrt.engine
+    import segrt.export
+    import segrt.kernels
+
+    for mod in (segrt.kernels, segrt.engine, segrt.export, segrt.bench):
+        assert mod.__name__.startswith("segrt.")
+
+
+def test_optional_import_names_the_extra():
+    from segrt._optional import is_available, optional_import
+
+    with pytest.raises(ImportError, match=r"segrt\[gpu\]") as err:
+        optional_import("cupy_definitely_missing_module", extra="gpu", purpose="GPU kernels")
+    assert "GPU kernels" in str(err.value)
+    assert is_available("json") and not is_available("cupy_definitely_missing_module")
+
+
+def test_missing_extension_is_reported_when_a_kernel_is_called(monkeypatch):
+    from segrt.kernels import _ext
+    from segrt.kernels.starnms import nms_2d
+
+    monkeypatch.setattr(_ext, "_tried", True)
+    monkeypatch.setattr(_ext, "_module", None)
+    monkeypatch.setattr(_ext, "_error", ImportError("undefined symbol: made_up"))
+    with pytest.raises(ImportError, match="made_up") as err:
+        nms_2d(np.zeros((8, 8), np.float32), np.ones((8, 8, 8), np.float32))
+    assert "device='reference'" in str(err.value)
+    # the pure-Python reference still runs
+    pts, _, _ = nms_2d(np.zeros((8, 8), np.float32), np.ones((8, 8, 8), np.float32), device="reference")
+    assert pts.shape == (0, 2)
+
+
+def test_cli_help_and_info():
+    out = subprocess.run([sys.executable, "-m", "segrt", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "bench" in out.stdout
+    info = json.loads(_run("from segrt.cli import main; main(['info'])"))
+    assert info["cores"] >= 1 and "segrt_build" in info
+
+
+def test_bench_cli_rejects_unknown_benchmark():
+    out = subprocess.run([sys.executable, "-m", "segrt.bench", "nope"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown benchmark" in out.stdout
+
+
+def test_harness_measures_time_and_memory(tmp_path):
+    from segrt.bench.harness import Report, measure
+
+    def work():
+        a = np.ones(20_000_000, np.float64)  # 160 MB, touched
+        time.sleep(0.01)
+        return float(a.sum())
+
+    timing, result = measure(work, warmup=1, repeats=3)
+    assert result == 20_000_000.0
+    assert len(timing.times_s) == 3 and timing.median_s >= 0.01
+    assert 100 < timing.peak_mb < 400
+    s = timing.summary()
+    assert s["min_s"] <= s["median_s"] <= s["p90_s"] <= s["p99_s"] <= s["max_s"]
+    rep = Report("unit")
+    rep.add(case="a", segrt_s=0.5, speedup=12.0, identical=True)
+    path = tmp_path / "r.json"
+    rep.to_json(str(path))
+    data = json.loads(path.read_text())
+    assert data["machine"]["cores"] >= 1 and data["rows"][0]["speedup"] == 12.0
+    md = rep.markdown([("case", "input"), ("speedup", "speed-up"), ("identical", "same")])
+    assert "| a | 12 | yes |" in md
+
+
+def test_nms_benchmark_quick_runs(tmp_path):
+    pytest.importorskip("stardist")
+    from segrt.bench import nms
+
+    rep = nms.main(["--quick", "--no-3d", "--out", str(tmp_path / "nms.json")])
+    assert all(r["identical"] for r in rep.rows)
+    assert json.loads((tmp_path / "nms.json").read_text())["rows"]
