@@ -126,6 +126,57 @@ PYBIND11_MODULE(_C, m) {
         py::arg("force") = 0);
 
     m.def(
+        "nms_3d",
+        [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces, float thresh,
+           int n_threads) {
+            if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0))
+                throw std::invalid_argument("dist must be (n, n_rays) and points (n, 3)");
+            if (verts.ndim() != 2 || verts.shape(1) != 3 || verts.shape(0) != dist.shape(1))
+                throw std::invalid_argument("verts must be (n_rays, 3)");
+            if (faces.ndim() != 2 || faces.shape(1) != 3) throw std::invalid_argument("faces must be (n_faces, 3)");
+            const int32_t* f = faces.data();
+            for (int64_t k = 0; k < faces.size(); ++k)
+                if (f[k] < 0 || f[k] >= verts.shape(0)) throw std::invalid_argument("face index out of range");
+            std::vector<uint8_t> keep;
+            Nms3DStats st;
+            {
+                py::gil_scoped_release release;
+                keep = nms_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), f,
+                              (int)faces.shape(0), thresh, n_threads, &st);
+            }
+            py::array_t<bool> out(dist.shape(0));
+            bool* p = out.mutable_data();
+            for (size_t i = 0; i < keep.size(); ++i) p[i] = keep[i] != 0;
+            return py::make_tuple(out, stats_3d(st));
+        },
+        py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("thresh"),
+        py::arg("n_threads") = 0);
+
+    m.def(
+        "render_3d",
+        [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces,
+           carray<int32_t> labels, std::vector<int64_t> shape, int n_threads) {
+            if (shape.size() != 3) throw std::invalid_argument("shape must be (nz, ny, nx)");
+            if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0) ||
+                labels.size() != dist.shape(0))
+                throw std::invalid_argument("dist (n, n_rays), points (n, 3) and labels (n,) must agree");
+            const int32_t* f = faces.data();
+            for (int64_t k = 0; k < faces.size(); ++k)
+                if (f[k] < 0 || f[k] >= verts.shape(0)) throw std::invalid_argument("face index out of range");
+            py::array_t<int32_t> out({shape[0], shape[1], shape[2]});
+            int32_t* o = out.mutable_data();
+            std::fill(o, o + shape[0] * shape[1] * shape[2], 0);
+            {
+                py::gil_scoped_release release;
+                render_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), f,
+                          (int)faces.shape(0), labels.data(), o, shape[0], shape[1], shape[2], n_threads);
+            }
+            return out;
+        },
+        py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("labels"), py::arg("shape"),
+        py::arg("n_threads") = 0);
+
+    m.def(
         "render_2d",
         [](carray<float> coords, carray<int32_t> labels, int64_t height, int64_t width) {
             if (coords.ndim() != 3 || coords.shape(1) != 2) throw std::invalid_argument("coords must be (n, 2, n_rays)");

@@ -12,7 +12,9 @@ Pinned semantics (identical to StarDist 0.9.x, ``stardist.nms`` / ``stardist.geo
   ``area(a n b) / min(area(a), area(b))`` with the intersection's edge crossings rounded to
   integers as Clipper rounds them; a candidate is suppressed when its overlap with an
   already kept polygon exceeds ``nms_thresh``.
-- 3D: see ``nms_3d``.
+- 3D: polyhedra ``p + d_k v_k`` over the rays' triangle faces (``rays_3d``); a candidate
+  is dropped by StarDist's cascade of tests (bounding spheres and boxes, kernels, convex
+  hulls, then a voxel count), reproduced with the same float formulas; see ``nms_3d``.
 
 Each op has a plain reference (``device="reference"``, pure NumPy / pyclipper) and a fast
 C++ implementation (``device="cpu"``); ``device="auto"`` follows the data. The GPU version
@@ -25,7 +27,9 @@ import numpy as np
 from segrt.kernels import _ext
 from segrt.kernels.starnms import _validate
 
-__all__ = ["nms_2d", "render_2d", "last_stats"]
+from segrt.kernels.starnms._rays import Rays3D, as_rays
+
+__all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "last_stats", "Rays3D"]
 
 _last_stats: dict = {}
 
@@ -129,3 +133,114 @@ def render_2d(dists, points, shape, scores=None, *, device="auto"):
     from segrt.kernels.starnms import _cpu
 
     return _cpu.render_2d(np.ascontiguousarray(coords), labels, shape)
+
+
+def rays_3d(n_rays: int = 96, anisotropy=None) -> Rays3D:
+    """Golden-spiral ray directions, equal to ``stardist.Rays_GoldenSpiral(n_rays, anisotropy)``.
+
+    Returns an object with ``.vertices`` ((n_rays, 3) float32 (z, y, x) unit vectors) and
+    ``.faces`` ((n_faces, 3) int, outward triangles); StarDist's own Rays objects are
+    accepted wherever segrt takes rays.
+    """
+    return Rays3D(n_rays, anisotropy)
+
+
+def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1), border=2, device="auto"):
+    """Star-convex polyhedron NMS, same result as ``stardist.nms.non_maximum_suppression_3d``.
+
+    Candidates and visiting order as in ``nms_2d``. Candidate j is tested against each
+    kept polyhedron i by StarDist's cascade, the first decisive test winning: (1) keep if
+    min(outer-sphere lens, box overlap) / min volume <= nms_thresh; (2) drop if the
+    inner-sphere lens / min volume > nms_thresh; (3) drop if vol(kernel_i n kernel_j) /
+    min volume > nms_thresh; (4) keep if vol(hull_i n hull_j) / min volume <= nms_thresh;
+    (5) drop if the voxels of i's box inside both / min volume > nms_thresh. Spheres are
+    measured after scaling by the candidates' mean box anisotropy, volumes are the exact
+    polyhedron volumes (float), and (3) / (4) count as undecided where qhull would refuse
+    the intersection (the midpoint of the centres not strictly inside).
+
+    Args:
+        prob: (Z, Y, X) float probabilities.
+        dist: (Z, Y, X, n_rays) float ray lengths (voxels), non-negative.
+        rays: ``rays_3d(n_rays)`` or a StarDist Rays object.
+
+    Returns:
+        points: (K, 3) int64 (z, y, x), by descending score; scores: (K,); dists: (K, n_rays).
+    """
+    dev = _resolve_device(device, prob, dist)
+    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 3, scan=dev == "reference")
+    verts, faces = as_rays(rays)
+    if dist_a.shape[-1] != len(verts):
+        raise ValueError(f"dist has {dist_a.shape[-1]} rays but rays has {len(verts)} directions")
+    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
+    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
+    grid = _validate.check_grid(grid, 3)
+    lo, hi = _validate.border_bounds(border, prob_a.shape)
+    n_rays = dist_a.shape[-1]
+    if dev == "reference":
+        from segrt.kernels.starnms import _reference
+
+        order = _reference.candidates(prob_a, prob_thresh, lo, hi)
+    else:
+        from segrt.kernels.starnms import _cpu
+
+        try:
+            order = _cpu.candidates(prob_a, prob_thresh, lo, hi)
+        except ValueError as err:
+            raise ValueError(f"{err} (prob {prob_a.shape}); clean the network output first") from None
+    points = np.stack(np.unravel_index(order, prob_a.shape), axis=1).astype(np.int64).reshape(-1, 3) * np.asarray(grid)
+    cand_dist = np.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=np.float32)
+    if dev == "reference":
+        from segrt.kernels.starnms import _reference
+
+        keep = _reference.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
+    else:
+        from segrt.kernels.starnms import _cpu
+
+        try:
+            keep, stats = _cpu.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
+        except ValueError as err:
+            raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
+        _last_stats.clear()
+        _last_stats.update(stats)
+    kept = order[keep]
+    return points[keep], np.asarray(prob).reshape(-1)[kept], np.asarray(dist).reshape(-1, n_rays)[kept]
+
+
+def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
+    """Label volume of polyhedra, same as ``stardist.geometry.polyhedron_to_label``.
+
+    Polyhedron i gets label i + 1; polyhedra are drawn by descending score (in the order
+    NumPy's ``argsort(scores)[::-1]`` gives, as StarDist does) and the first one drawn keeps
+    a voxel. A voxel belongs to a polyhedron when it lies in its kernel or in one of the
+    tetrahedra between its centre and its faces (StarDist's float test).
+
+    Args:
+        dists: (N, n_rays) ray lengths, positive.
+        points: (N, 3) (z, y, x) centres.
+        rays: ``rays_3d(...)`` or a StarDist Rays object.
+        shape: (Z, Y, X) of the output.
+        scores: (N,) or None.
+
+    Returns:
+        (Z, Y, X) int32 labels.
+    """
+    dev = _resolve_device(device, dists, points)
+    dists_a, pts, scores_a = _validate.check_polygons(dists, points, 3, scores)
+    shape = _validate.check_shape(shape, 3)
+    verts, faces = as_rays(rays)
+    if dists_a.shape[1] != len(verts):
+        raise ValueError(f"dists has {dists_a.shape[1]} rays but rays has {len(verts)} directions")
+    if len(dists_a) and float(dists_a.min()) <= 0:
+        raise ValueError(f"dists must be positive to render polyhedra, minimum is {float(dists_a.min())}")
+    prob = np.ones(len(pts)) if scores_a is None else scores_a
+    order = np.argsort(prob)[::-1]
+    labels = (np.arange(1, len(pts) + 1, dtype=np.int32))[order]
+    d = np.ascontiguousarray(dists_a[order], dtype=np.float32)
+    p = np.ascontiguousarray(pts[order], dtype=np.float32)
+    if dev == "reference":
+        from segrt.kernels.starnms import _reference
+
+        return _reference.render_3d(d, p, verts, faces, labels, shape)
+    from segrt.kernels.starnms import _cpu
+
+    return _cpu.render_3d(d, p, verts, faces, labels, shape)

@@ -24,3 +24,12 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0):
 
 def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
     return extension().render_2d(coords, labels.astype(np.int32), int(shape[0]), int(shape[1]))
+
+
+def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
+    """Keep flags of candidates given in visiting order, plus the work counters."""
+    return extension().nms_3d(cand_dist, cand_points, verts, faces, float(nms_thresh), int(n_threads))
+
+
+def render_3d(dists, points, verts, faces, labels, shape, n_threads=0):
+    return extension().render_3d(dists, points, verts, faces, labels, list(shape), int(n_threads))

@@ -152,3 +152,178 @@ def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
             inside ^= cond
         out[r0 : r1 + 1, c0 : c1 + 1][inside] = lab
     return out
+
+
+# ---- 3D -------------------------------------------------------------------------------
+# StarDist's float32 formulas, vectorised with NumPy (every operation rounds to float32 as
+# the C++ does), and qhull (through SciPy) for the kernel and hull volumes, as StarDist.
+
+_f = np.float32
+
+
+def _det(A, B, C, P):
+    """det of rows (B - A, C - A, P - A) in StarDist's operand order, float32."""
+    M00, M01, M02 = B[..., 0] - A[..., 0], B[..., 1] - A[..., 1], B[..., 2] - A[..., 2]
+    M10, M11, M12 = C[..., 0] - A[..., 0], C[..., 1] - A[..., 1], C[..., 2] - A[..., 2]
+    M20, M21, M22 = P[..., 0] - A[..., 0], P[..., 1] - A[..., 1], P[..., 2] - A[..., 2]
+    return M00 * (M11 * M22 - M21 * M12) - M01 * (M10 * M22 - M12 * M20) + M02 * (M10 * M21 - M11 * M20)
+
+
+def inside_polyhedron(P, center, polyverts, faces):
+    """(m,) bool: voxels P (m, 3) float32 inside one of the tetrahedra (centre, face)."""
+    P = P.astype(_f)
+    R = center.astype(_f)[None]
+    inside = np.zeros(len(P), bool)
+    for a, b, c in faces:
+        A, B, C = polyverts[a][None], polyverts[b][None], polyverts[c][None]
+        t = (_det(A, B, C, P) >= 0) & (_det(R, B, A, P) >= 0) & (_det(R, C, B, P) >= 0) & (_det(R, A, C, P) >= 0)
+        inside |= t
+    return inside
+
+
+def polyhedron_volume(d, verts, faces):
+    vol = _f(0)
+    zero = np.zeros(3, _f)
+    for a, b, c in faces:
+        A, B, C = d[a] * verts[a], d[b] * verts[b], d[c] * verts[c]
+        vol = _f(vol + _det(A, B, C, zero) / _f(6))
+    return vol
+
+
+def polyhedron_bbox(d, center, verts):
+    pv = center[None].astype(_f) + d[:, None] * verts
+    r = np.rint(pv).astype(np.int64)  # lrint: round half to even, like np.rint
+    return [int(r[:, 0].min()), int(max(-1, r[:, 0].max())), int(r[:, 1].min()), int(max(-1, r[:, 1].max())),
+            int(r[:, 2].min()), int(max(-1, r[:, 2].max()))]
+
+
+def _radius_outer_iso(d, verts, aniso):
+    s = aniso[None] * d[:, None] * verts
+    return np.sqrt(np.max((s[:, 0] * s[:, 0] + s[:, 1] * s[:, 1]) + s[:, 2] * s[:, 2]).astype(_f))
+
+
+def _radius_inner_iso(d, verts, faces, aniso):
+    r = _f(np.inf)
+    for a, b, c in faces:
+        A, B, C = (aniso * d[a]) * verts[a], (aniso * d[b]) * verts[b], (aniso * d[c]) * verts[c]
+        p, q = B - A, C - A
+        N = np.array([p[2] * q[1] - p[1] * q[2], p[0] * q[2] - p[2] * q[0], p[1] * q[0] - p[0] * q[1]], _f)
+        N = np.array([p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]], _f)
+        norm = _f(1.0 / (float(np.sqrt(_f(N[0] * N[0] + N[1] * N[1] + N[2] * N[2]))) + 1e-10))
+        N = N * norm
+        r = min(r, _f(A[0] * N[0] + A[1] * N[1] + A[2] * N[2]))
+    return r
+
+
+def _sphere_lens(r1, p1, r2, p2, aniso):
+    dd = aniso * (p1 - p2)
+    d = np.sqrt(_f(dd[0] * dd[0] + dd[1] * dd[1] + dd[2] * dd[2]))
+    rmin, rmax = min(r1, r2), max(r1, r2)
+    if d > _f(r1 + r2):
+        return _f(0)
+    if float(rmax) >= float(_f(d + rmin)) - 1e-10:
+        return _f(np.pi * 4.0 / 3 * float(rmin) ** 3)
+    t = _f(_f(_f(r1 + r2) - d) / _f(2)) / d
+    h1, h2 = _f(_f(r2 - r1) + d) * t, _f(_f(r1 - r2) + d) * t
+    v1 = _f(np.pi / 3 * float(h1) * float(h1) * float(_f(_f(3) * r1) - h1))
+    v2 = _f(np.pi / 3 * float(h2) * float(h2) * float(_f(_f(3) * r2) - h2))
+    return _f(_f(v1 + v2) / _f(_f(aniso[0] * aniso[1]) * aniso[2]))
+
+
+def _box_overlap(b1, b2):
+    w = [max(0.0, float(min(b1[2 * k + 1], b2[2 * k + 1]) - max(b1[2 * k], b2[2 * k]))) for k in range(3)]
+    return _f(_f(_f(w[2]) * _f(w[1])) * _f(w[0]))
+
+
+def _kernel_halfspaces(pv, faces):
+    hs = []
+    for a, b, c in faces:
+        A, B, C = pv[a], pv[b], pv[c]
+        P, Q = B - A, C - A
+        N = np.array([-(P[1] * Q[2] - P[2] * Q[1]), -(P[2] * Q[0] - P[0] * Q[2]), -(P[0] * Q[1] - P[1] * Q[0])], _f)
+        hs.append([N[0], N[1], N[2], -(A[0] * N[0] + A[1] * N[1] + A[2] * N[2])])
+    return np.asarray(hs, np.float64)
+
+
+def _qhull_volume(halfspaces, interior, failed):
+    from scipy.spatial import ConvexHull, HalfspaceIntersection
+    from scipy.spatial import QhullError
+
+    try:
+        hsi = HalfspaceIntersection(halfspaces, interior)
+        return float(ConvexHull(hsi.intersections).volume)
+    except (QhullError, ValueError):
+        return failed
+
+
+def nms_3d(cand_dist, cand_points, verts, faces, thresh):
+    """StarDist's 3D cascade, pair by pair; returns keep flags in visiting order."""
+    from scipy.spatial import ConvexHull
+    from scipy.spatial import QhullError
+
+    n = len(cand_dist)
+    thresh = _f(thresh)
+    vol = [polyhedron_volume(cand_dist[i], verts, faces) for i in range(n)]
+    box = [polyhedron_bbox(cand_dist[i], cand_points[i], verts) for i in range(n)]
+    aniso = np.zeros(3, _f)
+    for b in box:
+        for k in range(3):
+            aniso[k] = _f(aniso[k] + _f(_f(b[2 * k + 1] - b[2 * k]) / _f(n)))
+    aniso = (np.max(aniso) / aniso).astype(_f)
+    r_out = [_radius_outer_iso(cand_dist[i], verts, aniso) for i in range(n)]
+    r_in = [_radius_inner_iso(cand_dist[i], verts, faces, aniso) for i in range(n)]
+    pv = [cand_points[i][None].astype(_f) + cand_dist[i][:, None] * verts for i in range(n)]
+    suppressed = np.zeros(n, bool)
+    for i in range(n - 1):
+        if suppressed[i]:
+            continue
+        for j in range(i + 1, n):
+            if suppressed[j]:
+                continue
+            amin = min(vol[i], vol[j])
+            inter = min(_sphere_lens(r_out[i], cand_points[i], r_out[j], cand_points[j], aniso), _box_overlap(box[i], box[j]))
+            if inter < 1e-10 or _f(min(1.0, float(inter) / (float(amin) + 1e-10))) <= thresh:
+                continue
+            inter = _sphere_lens(r_in[i], cand_points[i], r_in[j], cand_points[j], aniso)
+            if _f(max(0.0, float(inter) / (float(amin) + 1e-10))) > thresh:
+                suppressed[j] = True
+                continue
+            mid = 0.5 * (cand_points[i].astype(np.float64) + cand_points[j].astype(np.float64))
+            hs = np.vstack([_kernel_halfspaces(pv[i], faces), _kernel_halfspaces(pv[j], faces)])
+            if _f(_f(_qhull_volume(hs, mid, 0.0)) / (float(amin) + 1e-10)) > thresh:
+                suppressed[j] = True
+                continue
+            try:
+                h = np.vstack([ConvexHull(pv[i].astype(np.float64)).equations, ConvexHull(pv[j].astype(np.float64)).equations])
+                hull = _qhull_volume(h, mid, 1e10)
+            except QhullError:
+                hull = 1e10
+            if _f(_f(hull) / (float(amin) + 1e-10)) <= thresh:
+                continue
+            b = box[i]
+            zz, yy, xx = np.mgrid[b[0] : b[1] + 1, b[2] : b[3] + 1, b[4] : b[5] + 1]
+            vox = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1).astype(_f)
+            both = inside_polyhedron(vox, cand_points[i], pv[i], faces) & inside_polyhedron(vox, cand_points[j], pv[j], faces)
+            if _f(float(_f(both.sum())) / (float(amin) + 1e-10)) > thresh:
+                suppressed[j] = True
+    return ~suppressed
+
+
+def render_3d(dists, points, verts, faces, labels, shape):
+    out = np.zeros(shape, np.int32)
+    for d, c, lab in zip(dists, points, labels):
+        b = polyhedron_bbox(d, c, verts)
+        lo = [max(0, b[0]), max(0, b[2]), max(0, b[4])]
+        hi = [min(shape[0] - 1, b[1]), min(shape[1] - 1, b[3]), min(shape[2] - 1, b[5])]
+        if any(h < l for l, h in zip(lo, hi)):
+            continue
+        zz, yy, xx = np.mgrid[lo[0] : hi[0] + 1, lo[1] : hi[1] + 1, lo[2] : hi[2] + 1]
+        vox = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], 1)
+        pv = c[None].astype(_f) + d[:, None] * verts
+        hs = _kernel_halfspaces(pv, faces)
+        in_kernel = np.all(vox.astype(np.float64) @ hs[:, :3].T + hs[:, 3] <= 0, axis=1)
+        inside = in_kernel | inside_polyhedron(vox.astype(_f), c, pv, faces)
+        tgt = out[vox[:, 0], vox[:, 1], vox[:, 2]]
+        sel = inside & (tgt == 0)
+        out[vox[sel, 0], vox[sel, 1], vox[sel, 2]] = lab
+    return out
