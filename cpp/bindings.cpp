@@ -62,6 +62,11 @@ py::dict stats_3d(const Nms3DStats& s) {
     d["decided_kernel"] = s.decided_kernel;
     d["decided_hull"] = s.decided_hull;
     d["decided_render"] = s.decided_render;
+    d["hull_skipped"] = s.hull_skipped;
+    d["seconds_kernel"] = s.seconds_kernel;
+    d["seconds_hull"] = s.seconds_hull;
+    d["seconds_render"] = s.seconds_render;
+    d["seconds_hull_build"] = s.seconds_hull_build;
     return d;
 }
 

@@ -82,6 +82,11 @@ struct Nms3DStats {
     int64_t decided_kernel = 0;
     int64_t decided_hull = 0;
     int64_t decided_render = 0;
+    int64_t hull_skipped = 0;  // hull volume not needed (a lower bound passed the threshold)
+    double seconds_kernel = 0;  // summed over threads
+    double seconds_hull = 0;
+    double seconds_render = 0;
+    double seconds_hull_build = 0;
 };
 
 std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays,

@@ -181,6 +181,126 @@ inline void kernel_halfspace(const float* A, const float* B, const float* C, dou
     h[3] = -(A[0] * Nz + A[1] * Ny + A[2] * Nx);
 }
 
+// ---- which tetrahedra a voxel can lie in -----------------------------------------------
+// The tetrahedron (centre, A, B, C) of a face lies in the cone spanned by the face's unit
+// rays, whatever the ray lengths; so a voxel can only pass the float test of the face whose
+// cone holds its direction, or of a neighbouring face when it sits on a cone boundary. A
+// cube map over directions lists, per cell, the faces holding the cell's centre and
+// corners plus their vertex neighbours; the OR over that short list equals the OR over all
+// faces. Degenerate polyhedra (a ray shorter than kMinRay) and the centre voxel itself take
+// the full loop.
+constexpr float kMinRay = 1e-3f;
+
+struct FaceLocator {
+    int G = 0;
+    std::vector<int> start, list;
+
+    void build(const float* verts, int n_rays, const int32_t* faces, int n_faces) {
+        G = std::max(4, (int)std::ceil(1.4 * std::sqrt((double)n_faces)));
+        std::vector<std::vector<int>> ring(n_rays);
+        for (int f = 0; f < n_faces; ++f)
+            for (int k = 0; k < 3; ++k) ring[faces[3 * f + k]].push_back(f);
+        auto contains = [&](int f, const double* u) {
+            const float* a = verts + 3 * faces[3 * f];
+            const float* b = verts + 3 * faces[3 * f + 1];
+            const float* c = verts + 3 * faces[3 * f + 2];
+            auto det = [](const double* p, const float* q, const float* r) {
+                return p[0] * ((double)q[1] * r[2] - (double)q[2] * r[1]) - p[1] * ((double)q[0] * r[2] - (double)q[2] * r[0]) +
+                       p[2] * ((double)q[0] * r[1] - (double)q[1] * r[0]);
+            };
+            const double ad[3] = {a[0], a[1], a[2]};
+            const double full = det(ad, b, c);
+            if (full == 0) return false;
+            const double bd[3] = {b[0], b[1], b[2]};
+            const double cd_[3] = {c[0], c[1], c[2]};
+            // barycentric weights of u in the cone, all >= 0 inside
+            const double w0 = det(u, b, c) / full;
+            const float uf[3] = {(float)u[0], (float)u[1], (float)u[2]};
+            (void)uf;
+            const double w1 = (ad[0] * (u[1] * cd_[2] - u[2] * cd_[1]) - ad[1] * (u[0] * cd_[2] - u[2] * cd_[0]) +
+                               ad[2] * (u[0] * cd_[1] - u[1] * cd_[0])) / full;
+            const double w2 = (ad[0] * (bd[1] * u[2] - bd[2] * u[1]) - ad[1] * (bd[0] * u[2] - bd[2] * u[0]) +
+                               ad[2] * (bd[0] * u[1] - bd[1] * u[0])) / full;
+            return w0 >= -1e-9 && w1 >= -1e-9 && w2 >= -1e-9;
+        };
+        const int cells = 6 * G * G;
+        start.assign(cells + 1, 0);
+        list.clear();
+        std::vector<int> cand;
+        std::vector<uint8_t> mark(n_faces, 0);
+        for (int cell = 0; cell < cells; ++cell) {
+            const int face = cell / (G * G), rem = cell % (G * G), ci = rem / G, cj = rem % G;
+            cand.clear();
+            const double samples[5][2] = {{ci + 0.5, cj + 0.5}, {(double)ci, (double)cj}, {ci + 1.0, (double)cj},
+                                          {(double)ci, cj + 1.0}, {ci + 1.0, cj + 1.0}};
+            bool lost = false;
+            for (const auto& smp : samples) {
+                const double s = 2.0 * smp[0] / G - 1.0, t = 2.0 * smp[1] / G - 1.0;
+                double u[3];
+                const int axis = face / 2;
+                const double sign = (face % 2) ? -1.0 : 1.0;
+                u[axis] = sign;
+                u[(axis + 1) % 3] = s;
+                u[(axis + 2) % 3] = t;
+                int found = -1;
+                for (int f = 0; f < n_faces && found < 0; ++f)
+                    if (contains(f, u)) found = f;
+                if (found < 0) {
+                    lost = true;
+                    break;
+                }
+                for (int k = 0; k < 3; ++k)
+                    for (int g : ring[faces[3 * found + k]])
+                        if (!mark[g]) mark[g] = 1, cand.push_back(g);
+            }
+            if (lost) {  // numerical gap: this cell scans every face
+                for (int f : cand) mark[f] = 0;
+                cand.clear();
+                for (int f = 0; f < n_faces; ++f) cand.push_back(f);
+            } else {
+                for (int f : cand) mark[f] = 0;
+            }
+            list.insert(list.end(), cand.begin(), cand.end());
+            start[cell + 1] = (int)list.size();
+        }
+    }
+
+    // candidate faces for direction u (not zero)
+    inline std::pair<const int*, const int*> faces_for(double uz, double uy, double ux) const {
+        const double az = std::fabs(uz), ay = std::fabs(uy), ax = std::fabs(ux);
+        int axis;
+        double m, s, t, sign;
+        if (az >= ay && az >= ax) axis = 0, m = az, sign = uz, s = uy, t = ux;
+        else if (ay >= ax) axis = 1, m = ay, sign = uy, s = ux, t = uz;
+        else axis = 2, m = ax, sign = ux, s = uz, t = uy;
+        const int face = 2 * axis + (sign < 0 ? 1 : 0);
+        int ci = (int)((s / m + 1.0) * 0.5 * G), cj = (int)((t / m + 1.0) * 0.5 * G);
+        ci = std::min(std::max(ci, 0), G - 1);
+        cj = std::min(std::max(cj, 0), G - 1);
+        const int cell = face * G * G + ci * G + cj;
+        return {list.data() + start[cell], list.data() + start[cell + 1]};
+    }
+};
+
+// inside_polyhedron through the locator; `exact_all` forces the full loop
+inline bool inside_polyhedron_fast(float z, float y, float x, const float* center, const float* polyverts,
+                                   const int32_t* faces, int n_faces, const FaceLocator& loc, bool full_loop) {
+    const double uz = (double)z - center[0], uy = (double)y - center[1], ux = (double)x - center[2];
+    if (full_loop || (uz == 0 && uy == 0 && ux == 0)) return inside_polyhedron(z, y, x, center, polyverts, faces, n_faces);
+    const auto range = loc.faces_for(uz, uy, ux);
+    for (const int* f = range.first; f != range.second; ++f)
+        if (inside_tetrahedron(z, y, x, center, polyverts + 3 * faces[3 * *f], polyverts + 3 * faces[3 * *f + 1],
+                               polyverts + 3 * faces[3 * *f + 2]))
+            return true;
+    return false;
+}
+
+inline bool has_short_ray(const float* d, int n_rays) {
+    for (int k = 0; k < n_rays; ++k)
+        if (d[k] < kMinRay) return true;
+    return false;
+}
+
 // ---- convex volumes without qhull -----------------------------------------------------
 
 struct V3 {
@@ -192,109 +312,155 @@ inline V3 cross(const V3& a, const V3& b) {
 }
 inline double dot(const V3& a, const V3& b) { return a.z * b.z + a.y * b.y + a.x * b.x; }
 
-// A convex polytope as faces (vertex loops, counter-clockwise seen from outside).
+// A convex polytope: vertices (stored by coordinate, so the per-plane test vectorises) and
+// face loops (counter-clockwise seen from outside), clipped by half-spaces in place with
+// reused buffers.
 struct Polytope {
-    std::vector<std::vector<V3>> faces;
+    std::vector<double> vz, vy, vx;
+    std::vector<int> idx, start;  // face loops, concatenated
+    // scratch
+    std::vector<double> sd, nz, ny, nx;
+    std::vector<int> remap, nidx, nstart, cap_from, cap_to;
+    std::vector<std::pair<int64_t, int>> edge_new;
+
+    V3 at(int k) const { return {vz[k], vy[k], vx[k]}; }
 
     void box(const double* lo, const double* hi) {
-        const V3 c[8] = {{lo[0], lo[1], lo[2]}, {lo[0], lo[1], hi[2]}, {lo[0], hi[1], lo[2]}, {lo[0], hi[1], hi[2]},
-                         {hi[0], lo[1], lo[2]}, {hi[0], lo[1], hi[2]}, {hi[0], hi[1], lo[2]}, {hi[0], hi[1], hi[2]}};
-        static const int q[6][4] = {{0, 2, 3, 1}, {4, 5, 7, 6}, {0, 1, 5, 4}, {2, 6, 7, 3}, {0, 4, 6, 2}, {1, 3, 7, 5}};
-        faces.assign(6, {});
-        for (int f = 0; f < 6; ++f)
-            for (int k = 0; k < 4; ++k) faces[f].push_back(c[q[f][k]]);
-        // make every face outward: its normal must point away from the centre
-        const V3 mid{0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]), 0.5 * (lo[2] + hi[2])};
-        for (auto& f : faces) {
-            const V3 n = cross(sub(f[1], f[0]), sub(f[2], f[0]));
-            if (dot(n, sub(f[0], mid)) < 0) std::reverse(f.begin(), f.end());
+        vz.clear(), vy.clear(), vx.clear();
+        for (int k = 0; k < 8; ++k) {
+            vz.push_back((k & 4) ? hi[0] : lo[0]);
+            vy.push_back((k & 2) ? hi[1] : lo[1]);
+            vx.push_back((k & 1) ? hi[2] : lo[2]);
         }
+        static const int q[6][4] = {{0, 1, 3, 2}, {4, 6, 7, 5}, {0, 4, 5, 1}, {2, 3, 7, 6}, {0, 2, 6, 4}, {1, 5, 7, 3}};
+        idx.clear();
+        start.assign(1, 0);
+        const V3 mid{0.5 * (lo[0] + hi[0]), 0.5 * (lo[1] + hi[1]), 0.5 * (lo[2] + hi[2])};
+        for (int f = 0; f < 6; ++f) {
+            int loop[4] = {q[f][0], q[f][1], q[f][2], q[f][3]};
+            const V3 n = cross(sub(at(loop[1]), at(loop[0])), sub(at(loop[2]), at(loop[0])));
+            if (dot(n, sub(at(loop[0]), mid)) < 0) std::reverse(loop, loop + 4);
+            idx.insert(idx.end(), loop, loop + 4);
+            start.push_back((int)idx.size());
+        }
+    }
+
+    bool empty() const { return start.size() <= 1; }
+
+    int crossing_vertex(int a, int b) {
+        const int lo = std::min(a, b), hi = std::max(a, b);
+        const int64_t key = (int64_t)lo * (int64_t)vz.size() + hi;
+        for (const auto& e : edge_new)
+            if (e.first == key) return e.second;
+        // computed from the ordered pair so both faces sharing the edge get the same point
+        const double t = sd[lo] / (sd[lo] - sd[hi]);
+        nz.push_back(vz[lo] + t * (vz[hi] - vz[lo]));
+        ny.push_back(vy[lo] + t * (vy[hi] - vy[lo]));
+        nx.push_back(vx[lo] + t * (vx[hi] - vx[lo]));
+        edge_new.push_back({key, (int)nz.size() - 1});
+        return (int)nz.size() - 1;
     }
 
     // keep n . p + d <= 0
-    void clip(const double* h, std::vector<std::vector<V3>>& scratch, std::vector<V3>& cap) {
-        const V3 n{h[0], h[1], h[2]};
-        const double d = h[3];
-        const double scale = std::sqrt(dot(n, n));
-        if (!(scale > 0)) return;
-        const double eps = 1e-12 * scale;
-        bool any_out = false, any_in = false;
-        for (const auto& f : faces)
-            for (const V3& p : f) {
-                const double s = dot(n, p) + d;
-                any_out |= s > eps;
-                any_in |= s < -eps;
-            }
-        if (!any_out) return;
-        if (!any_in) {
-            faces.clear();
+    void clip(const double* h) {
+        const double hz = h[0], hy = h[1], hx = h[2], hd = h[3];
+        const double scale = std::sqrt(hz * hz + hy * hy + hx * hx);
+        if (!(scale > 0) || empty()) return;
+        const double eps = 1e-12 * scale * (1.0 + std::fabs(hd) / scale);
+        const size_t nvert = vz.size();
+        sd.resize(nvert);
+        double smax = -INFINITY, smin = INFINITY;
+        const double* pz = vz.data();
+        const double* py = vy.data();
+        const double* px = vx.data();
+        double* s = sd.data();
+        for (size_t k = 0; k < nvert; ++k) {
+            const double v = hz * pz[k] + hy * py[k] + hx * px[k] + hd;
+            s[k] = v;
+            smax = std::max(smax, v);
+            smin = std::min(smin, v);
+        }
+        if (smax <= eps) return;
+        if (smin > -eps) {
+            vz.clear(), vy.clear(), vx.clear(), idx.clear();
+            start.assign(1, 0);
             return;
         }
-        scratch.clear();
-        cap.clear();
-        for (const auto& f : faces) {
-            std::vector<V3> out;
-            const size_t m = f.size();
-            for (size_t k = 0; k < m; ++k) {
-                const V3& a = f[k];
-                const V3& b = f[(k + 1) % m];
-                const double sa = dot(n, a) + d, sb = dot(n, b) + d;
-                if (sa <= 0) out.push_back(a);
-                if ((sa < 0 && sb > 0) || (sa > 0 && sb < 0)) {
-                    const double t = sa / (sa - sb);
-                    const V3 p{a.z + t * (b.z - a.z), a.y + t * (b.y - a.y), a.x + t * (b.x - a.x)};
-                    out.push_back(p);
-                    cap.push_back(p);
-                } else if (sb == 0 || (sa == 0 && sb > 0)) {
-                    if (sa == 0) cap.push_back(a);
+        for (size_t k = 0; k < nvert; ++k)
+            if (std::fabs(s[k]) <= eps) s[k] = 0;
+        nz.clear(), ny.clear(), nx.clear();
+        remap.assign(nvert, -1);
+        for (size_t k = 0; k < nvert; ++k)
+            if (s[k] <= 0) {
+                remap[k] = (int)nz.size();
+                nz.push_back(vz[k]);
+                ny.push_back(vy[k]);
+                nx.push_back(vx[k]);
+            }
+        edge_new.clear();
+        nidx.clear();
+        nstart.assign(1, 0);
+        cap_from.clear();
+        cap_to.clear();
+        const int nf = (int)start.size() - 1;
+        for (int f = 0; f < nf; ++f) {
+            const int s0 = start[f], s1 = start[f + 1], m = s1 - s0;
+            const size_t before = nidx.size();
+            int exit_pt = -1, entry_pt = -1;
+            for (int k = 0; k < m; ++k) {
+                const int a = idx[s0 + k], b = idx[s0 + (k + 1 == m ? 0 : k + 1)];
+                const bool ina = s[a] <= 0, inb = s[b] <= 0;
+                if (ina) nidx.push_back(remap[a]);
+                if (ina && !inb) {
+                    if (s[a] == 0) exit_pt = remap[a];
+                    else nidx.push_back(exit_pt = crossing_vertex(a, b));
+                } else if (!ina && inb) {
+                    if (s[b] == 0) entry_pt = remap[b];
+                    else nidx.push_back(entry_pt = crossing_vertex(a, b));
                 }
             }
-            if (out.size() >= 3) scratch.push_back(std::move(out));
+            if (nidx.size() - before >= 3) nstart.push_back((int)nidx.size());
+            else nidx.resize(before);
+            if (exit_pt >= 0 && entry_pt >= 0 && exit_pt != entry_pt) {
+                // the cut face runs the other way along this face's new edge
+                cap_from.push_back(entry_pt);
+                cap_to.push_back(exit_pt);
+            }
         }
-        faces.swap(scratch);
-        if (cap.size() >= 3) {
-            // order the cut's points by angle about their mean, counter-clockwise around +n
-            V3 c{0, 0, 0};
-            for (const V3& p : cap) c = {c.z + p.z, c.y + p.y, c.x + p.x};
-            c = {c.z / cap.size(), c.y / cap.size(), c.x / cap.size()};
-            V3 u = sub(cap[0], c);
-            for (const V3& p : cap) {
-                const V3 w = sub(p, c);
-                if (dot(w, w) > dot(u, u)) u = w;
+        // chain the cut's edges into one loop
+        if (cap_from.size() >= 3) {
+            const size_t first = nidx.size();
+            int cur = cap_from[0];
+            for (size_t guard = 0; guard <= cap_from.size(); ++guard) {
+                nidx.push_back(cur);
+                int next = -1;
+                for (size_t e = 0; e < cap_from.size(); ++e)
+                    if (cap_from[e] == cur) {
+                        next = cap_to[e];
+                        break;
+                    }
+                if (next < 0 || next == cap_from[0]) break;
+                cur = next;
             }
-            const double ul = std::sqrt(dot(u, u));
-            if (!(ul > 0)) return;
-            u = {u.z / ul, u.y / ul, u.x / ul};
-            V3 v = cross(n, u);
-            const double vl = std::sqrt(dot(v, v));
-            v = {v.z / vl, v.y / vl, v.x / vl};
-            std::vector<std::pair<double, V3>> ang;
-            ang.reserve(cap.size());
-            for (const V3& p : cap) {
-                const V3 w = sub(p, c);
-                ang.push_back({std::atan2(dot(w, v), dot(w, u)), p});
-            }
-            std::sort(ang.begin(), ang.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
-            std::vector<V3> face;
-            for (const auto& a : ang) {
-                if (!face.empty()) {
-                    const V3 w = sub(a.second, face.back());
-                    if (dot(w, w) < 1e-24 * (1 + dot(a.second, a.second))) continue;
-                }
-                face.push_back(a.second);
-            }
-            if (face.size() >= 3) faces.push_back(std::move(face));
+            if (nidx.size() - first >= 3) nstart.push_back((int)nidx.size());
+            else nidx.resize(first);
         }
+        vz.swap(nz), vy.swap(ny), vx.swap(nx);
+        idx.swap(nidx);
+        start.swap(nstart);
     }
 
     double volume() const {
-        if (faces.empty()) return 0;
-        const V3 ref = faces[0][0];
-        double v = 0;
-        for (const auto& f : faces)
-            for (size_t k = 1; k + 1 < f.size(); ++k)
-                v += dot(sub(f[0], ref), cross(sub(f[k], ref), sub(f[k + 1], ref)));
-        return std::fabs(v) / 6.0;
+        if (empty() || vz.empty()) return 0;
+        const V3 ref = at(0);
+        double s = 0;
+        const int nf = (int)start.size() - 1;
+        for (int f = 0; f < nf; ++f) {
+            const V3 p0 = at(idx[start[f]]);
+            for (int k = start[f] + 1; k + 1 < start[f + 1]; ++k)
+                s += dot(sub(p0, ref), cross(sub(at(idx[k]), ref), sub(at(idx[k + 1]), ref)));
+        }
+        return std::fabs(s) / 6.0;
     }
 };
 
@@ -335,84 +501,120 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
     if (i3 < 0 || best / std::sqrt(dot(n012, n012)) <= eps) return false;
     struct Face {
         int a, b, c;
-        V3 n;
+        V3 n;  // unit outward normal
         double d;
-        bool alive;
     };
     std::vector<Face> faces;
+    faces.reserve(4 * n);
     const V3 inner{(p[i0].z + p[i1].z + p[i2].z + p[i3].z) / 4, (p[i0].y + p[i1].y + p[i2].y + p[i3].y) / 4,
                    (p[i0].x + p[i1].x + p[i2].x + p[i3].x) / 4};
-    auto make = [&](int a, int b, int c) {
+    auto add_face = [&](int a, int b, int c) {
         V3 nn = cross(sub(p[b], p[a]), sub(p[c], p[a]));
-        if (dot(nn, sub(inner, p[a])) > 0) {
-            std::swap(b, c);
-            nn = {-nn.z, -nn.y, -nn.x};
-        }
-        faces.push_back({a, b, c, nn, -dot(nn, p[a]), true});
+        const double len = std::sqrt(dot(nn, nn));
+        if (len > 0) nn = {nn.z / len, nn.y / len, nn.x / len};
+        faces.push_back({a, b, c, nn, -dot(nn, p[a])});
+    };
+    auto make = [&](int a, int b, int c) {
+        const V3 nn = cross(sub(p[b], p[a]), sub(p[c], p[a]));
+        if (dot(nn, sub(inner, p[a])) > 0) std::swap(b, c);
+        add_face(a, b, c);
     };
     make(i0, i1, i2);
     make(i0, i1, i3);
     make(i0, i2, i3);
     make(i1, i2, i3);
     std::vector<std::pair<int, int>> horizon;
+    std::vector<uint8_t> visible;
     for (int i = 0; i < n; ++i) {
         if (i == i0 || i == i1 || i == i2 || i == i3) continue;
-        std::vector<int> visible;
-        for (int f = 0; f < (int)faces.size(); ++f) {
-            if (!faces[f].alive) continue;
-            const double len = std::sqrt(dot(faces[f].n, faces[f].n));
-            if (dot(faces[f].n, p[i]) + faces[f].d > eps * len) visible.push_back(f);
-        }
-        if (visible.empty()) continue;
+        const size_t nf = faces.size();
+        visible.assign(nf, 0);
+        bool any = false;
+        for (size_t f = 0; f < nf; ++f)
+            if (dot(faces[f].n, p[i]) + faces[f].d > eps) visible[f] = 1, any = true;
+        if (!any) continue;
         horizon.clear();
-        for (int f : visible) {
+        for (size_t f = 0; f < nf; ++f) {
+            if (!visible[f]) continue;
             const int e[3][2] = {{faces[f].a, faces[f].b}, {faces[f].b, faces[f].c}, {faces[f].c, faces[f].a}};
             for (auto& ed : e) {
                 bool shared = false;
-                for (int g : visible) {
-                    if (g == f) continue;
+                for (size_t g = 0; g < nf && !shared; ++g) {
+                    if (g == f || !visible[g]) continue;
                     const Face& G = faces[g];
-                    if ((G.a == ed[1] && G.b == ed[0]) || (G.b == ed[1] && G.c == ed[0]) || (G.c == ed[1] && G.a == ed[0])) {
-                        shared = true;
-                        break;
-                    }
+                    shared = (G.a == ed[1] && G.b == ed[0]) || (G.b == ed[1] && G.c == ed[0]) || (G.c == ed[1] && G.a == ed[0]);
                 }
                 if (!shared) horizon.push_back({ed[0], ed[1]});
             }
         }
-        for (int f : visible) faces[f].alive = false;
-        for (const auto& ed : horizon) {
-            const V3 nn = cross(sub(p[ed.second], p[ed.first]), sub(p[i], p[ed.first]));
-            faces.push_back({ed.first, ed.second, i, nn, -dot(nn, p[ed.first]), true});
-        }
+        // drop the visible faces (keep order irrelevant), then close the hole from the horizon
+        size_t w = 0;
+        for (size_t f = 0; f < nf; ++f)
+            if (!visible[f]) faces[w++] = faces[f];
+        faces.resize(w);
+        for (const auto& ed : horizon) add_face(ed.first, ed.second, i);
     }
     for (const Face& f : faces) {
-        if (!f.alive) continue;
-        const double len = std::sqrt(dot(f.n, f.n));
-        if (!(len > 0)) continue;
-        out.push_back(f.n.z / len);
-        out.push_back(f.n.y / len);
-        out.push_back(f.n.x / len);
-        out.push_back(f.d / len);
+        out.push_back(f.n.z);
+        out.push_back(f.n.y);
+        out.push_back(f.n.x);
+        out.push_back(f.d);
     }
     return out.size() >= 16;
 }
 
-// Volume of {p : h_k . p <= 0 for all k} as qhull's halfspace intersection computes it, or
-// `failed` when qhull would refuse (the interior point not strictly inside every half-space).
-double halfspace_volume(const std::vector<double>& hs, const double* interior, const double* lo, const double* hi,
-                        double failed, Polytope& P, std::vector<std::vector<V3>>& scratch, std::vector<V3>& cap) {
-    const size_t m = hs.size() / 4;
-    for (size_t k = 0; k < m; ++k) {
-        const double* h = &hs[4 * k];
+// qhull builds a half-space intersection only from a point strictly inside every half-space.
+bool strictly_inside(const double* hs, size_t count, const double* p) {
+    for (size_t k = 0; k < count; ++k) {
+        const double* h = hs + 4 * k;
         const double len = std::sqrt(h[0] * h[0] + h[1] * h[1] + h[2] * h[2]);
-        if (!(len > 0)) return failed;
-        if ((h[0] * interior[0] + h[1] * interior[1] + h[2] * interior[2] + h[3]) / len > -1e-9) return failed;
+        if (!(len > 0)) return false;
+        if ((h[0] * p[0] + h[1] * p[1] + h[2] * p[2] + h[3]) / len > -1e-9) return false;
     }
-    if (!(lo[0] < hi[0] && lo[1] < hi[1] && lo[2] < hi[2])) return failed;
-    P.box(lo, hi);
-    for (size_t k = 0; k < m && !P.faces.empty(); ++k) P.clip(&hs[4 * k], scratch, cap);
-    return P.volume();
+    return true;
+}
+
+// A lower bound of vol(region n polyhedron) for a convex region {h . p <= 0} holding the
+// centre: each tetrahedron (centre, face) shrunk about the centre until its corners are in the
+// region lies in both. 0 unless every tetrahedron is positively oriented (then they do not
+// overlap).
+double fan_inside_volume(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
+                         const std::vector<double>& hs, std::vector<double>& reach) {
+    const size_t m = hs.size() / 4;
+    const double c[3] = {center[0], center[1], center[2]};
+    for (size_t k = 0; k < m; ++k)
+        if (hs[4 * k] * c[0] + hs[4 * k + 1] * c[1] + hs[4 * k + 2] * c[2] + hs[4 * k + 3] >= 0) return 0;
+    int n_verts = 0;
+    for (int f = 0; f < 3 * n_faces; ++f) n_verts = std::max(n_verts, faces[f] + 1);
+    // how far along centre -> vertex the region reaches (1: the whole way)
+    reach.assign(n_verts, 1.0);
+    for (int a = 0; a < n_verts; ++a) {
+        const double dz = polyverts[3 * a] - c[0], dy = polyverts[3 * a + 1] - c[1], dx = polyverts[3 * a + 2] - c[2];
+        double s = 1.0;
+        for (size_t k = 0; k < m; ++k) {
+            const double* h = &hs[4 * k];
+            const double along = h[0] * dz + h[1] * dy + h[2] * dx;
+            if (along > 0) s = std::min(s, -(h[0] * c[0] + h[1] * c[1] + h[2] * c[2] + h[3]) / along);
+        }
+        reach[a] = std::max(0.0, s);
+    }
+    double vol = 0;
+    for (int f = 0; f < n_faces; ++f) {
+        double P[3][3];
+        double s = 1.0;
+        for (int k = 0; k < 3; ++k) {
+            const int a = faces[3 * f + k];
+            for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * a + q] - c[q];
+            s = std::min(s, reach[a]);
+        }
+        // StarDist's faces are oriented so that det(A, B, C) about the centre is negative
+        const double det = P[0][0] * (P[1][1] * P[2][2] - P[1][2] * P[2][1]) -
+                           P[0][1] * (P[1][0] * P[2][2] - P[1][2] * P[2][0]) +
+                           P[0][2] * (P[1][0] * P[2][1] - P[1][1] * P[2][0]);
+        if (!(det < 0)) return 0;
+        vol += s * s * s * (-det / 6.0);
+    }
+    return vol * (1 - 1e-9);
 }
 
 // Per-candidate data, computed once.
@@ -437,6 +639,8 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         return keep;
     }
     const int threads = effective_threads(n_threads);
+    FaceLocator locator;
+    locator.build(verts, n_rays, faces, n_faces);
     std::vector<Cand> cand(n);
     std::vector<uint8_t> bad(threads, 0);
     parallel_for_tid(n, threads, [&](int64_t i0, int64_t i1, int tid) {
@@ -507,19 +711,22 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         std::vector<float> polyverts;
         std::vector<double> hs, hull_j;
         Polytope P;
-        std::vector<std::vector<V3>> faces;
-        std::vector<V3> cap;
+        std::vector<double> inside;
     };
     std::vector<Scratch> scratch(threads);
     for (auto& s : scratch) s.polyverts.resize(3 * n_rays);
     std::vector<float> polyverts_i(3 * n_rays);
     std::vector<double> kernel_i, hull_i;
-    bool hull_i_ok = false, hull_i_done = false;
+    bool hull_i_ok = false, hull_i_done = false, kernel_poly_done = false;
+    Polytope kernel_poly, hull_poly;
+    double kernel_vol_i = 0;
     std::mutex hull_mutex, render_mutex;
     std::vector<uint8_t> rendered;
     bool rendered_done = false;
     std::vector<int64_t> todo;
     std::vector<int64_t> cnt(6 * threads, 0);
+    std::vector<double> secs(4 * threads, 0.0);  // kernel, hull, render, infeasible-count
+    using clock = std::chrono::steady_clock;
 
     for (int64_t i = 0; i < n - 1; ++i) {
         if (suppressed[i]) continue;
@@ -533,6 +740,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             kernel_halfspace(&polyverts_i[3 * faces[3 * f]], &polyverts_i[3 * faces[3 * f + 1]],
                              &polyverts_i[3 * faces[3 * f + 2]], &kernel_i[4 * f]);
         hull_i_done = false;
+        kernel_poly_done = false;
         rendered_done = false;
         const int Nz = ci.bbox[1] - ci.bbox[0] + 1, Ny = ci.bbox[3] - ci.bbox[2] + 1, Nx = ci.bbox[5] - ci.bbox[4] + 1;
 
@@ -584,18 +792,50 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 const double mid[3] = {.5 * ((double)ci.center[0] + (double)cj.center[0]),
                                        .5 * ((double)ci.center[1] + (double)cj.center[1]),
                                        .5 * ((double)ci.center[2] + (double)cj.center[2])};
-                double lo[3], hi[3];
-                for (int k = 0; k < 3; ++k) {
-                    lo[k] = (double)std::max(ci.bbox[2 * k], cj.bbox[2 * k]) - 1.0;
-                    hi[k] = (double)std::min(ci.bbox[2 * k + 1], cj.bbox[2 * k + 1]) + 1.0;
-                }
                 // 3. kernels (a lower bound)
-                S.hs = kernel_i;
-                S.hs.resize(8 * n_faces);
+                S.hs.resize(4 * n_faces);
                 for (int f = 0; f < n_faces; ++f)
                     kernel_halfspace(&S.polyverts[3 * faces[3 * f]], &S.polyverts[3 * faces[3 * f + 1]],
-                                     &S.polyverts[3 * faces[3 * f + 2]], &S.hs[4 * (n_faces + f)]);
-                const float A_kernel = (float)halfspace_volume(S.hs, mid, lo, hi, 0.0, S.P, S.faces, S.cap);
+                                     &S.polyverts[3 * faces[3 * f + 2]], &S.hs[4 * f]);
+                auto t0 = clock::now();
+                float A_kernel = 0.f;
+                if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
+                    {
+                        std::lock_guard<std::mutex> lock(hull_mutex);
+                        if (!kernel_poly_done) {
+                            double blo[3], bhi[3];
+                            for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
+                            kernel_poly.box(blo, bhi);
+                            for (int f = 0; f < n_faces; ++f) kernel_poly.clip(&kernel_i[4 * f]);
+                            kernel_vol_i = kernel_poly.volume();
+                            kernel_poly_done = true;
+                        }
+                    }
+                    // kernel_i n kernel_j lies in kernel_i: when that alone cannot pass the
+                    // threshold, the exact volume cannot either
+                    const double floor_vol = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
+                    if (kernel_vol_i > floor_vol) {
+                        // clipping only shrinks the volume: j's box first, then j's planes in a
+                        // strided order, stopping once the volume cannot pass the threshold
+                        S.P = kernel_poly;
+                        for (int k = 0; k < 3; ++k) {
+                            double h[4] = {0, 0, 0, 0};
+                            h[k] = 1, h[3] = -(cj.bbox[2 * k + 1] + 1.0);
+                            S.P.clip(h);
+                            h[k] = -1, h[3] = cj.bbox[2 * k] - 1.0;
+                            S.P.clip(h);
+                        }
+                        bool below = S.P.volume() <= floor_vol;
+                        const int stride = 16;
+                        for (int r = 0; r < stride && !below && !S.P.empty(); ++r) {
+                            for (int f = r; f < n_faces && !S.P.empty(); f += stride) S.P.clip(&S.hs[4 * f]);
+                            if (r + 1 < stride && S.P.volume() <= floor_vol) below = true;
+                        }
+                        if (!below) A_kernel = (float)S.P.volume();
+                    }
+                }
+                auto t1 = clock::now();
+                secs[4 * tid] += std::chrono::duration<double>(t1 - t0).count();
                 iou = A_kernel / (A_min + 1e-10);
                 if (iou > thresh) {
                     ++cnt[6 * tid + 2];
@@ -603,50 +843,78 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                     continue;
                 }
                 // 4. convex hulls (an upper bound)
+                t0 = clock::now();
                 {
                     std::lock_guard<std::mutex> lock(hull_mutex);
                     if (!hull_i_done) {
                         hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
+                        if (hull_i_ok) {
+                            double blo[3], bhi[3];
+                            for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
+                            hull_poly.box(blo, bhi);
+                            for (size_t f = 0; f < hull_i.size() / 4; ++f) hull_poly.clip(&hull_i[4 * f]);
+                        }
                         hull_i_done = true;
                     }
                 }
                 float A_hull = 1.e10f;
-                if (hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j)) {
-                    S.hs = hull_i;
-                    S.hs.insert(S.hs.end(), S.hull_j.begin(), S.hull_j.end());
-                    A_hull = (float)halfspace_volume(S.hs, mid, lo, hi, 1.e10, S.P, S.faces, S.cap);
+                // hull_i n hull_j holds every tetrahedron (centre_j, face) of j whose corners lie
+                // in hull_i (both hulls are convex); when those already pass the threshold the
+                // hull test cannot keep j and the exact volume is not needed
+                if (hull_i_ok && fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside) >
+                                     (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9) {
+                    ++cnt[6 * tid + 5];
+                    goto render;
                 }
+                {
+                const auto th = clock::now();
+                const bool hull_j_ok = hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j);
+                secs[4 * tid + 3] += std::chrono::duration<double>(clock::now() - th).count();
+                if (hull_j_ok &&
+                    strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
+                    strictly_inside(S.hull_j.data(), S.hull_j.size() / 4, mid)) {
+                    S.P = hull_poly;
+                    for (size_t f = 0; f < S.hull_j.size() / 4 && !S.P.empty(); ++f) S.P.clip(&S.hull_j[4 * f]);
+                    A_hull = (float)S.P.volume();
+                }
+                t1 = clock::now();
+                secs[4 * tid + 1] += std::chrono::duration<double>(t1 - t0).count();
                 iou = A_hull / (A_min + 1e-10);
                 if (iou <= thresh) {
                     ++cnt[6 * tid + 3];
                     continue;
                 }
+                }
+            render:
                 // 5. voxels of i's box inside both
                 {
                     std::lock_guard<std::mutex> lock(render_mutex);
                     if (!rendered_done) {
                         rendered.assign((size_t)Nz * Ny * Nx, 0);
+                        const bool full_i = has_short_ray(di, n_rays);
                         for (int z = 0; z < Nz; ++z)
                             for (int y = 0; y < Ny; ++y)
                                 for (int x = 0; x < Nx; ++x)
-                                    rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny] = inside_polyhedron(
+                                    rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny] = inside_polyhedron_fast(
                                         (float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]), (float)(x + ci.bbox[4]),
-                                        ci.center, polyverts_i.data(), faces, n_faces);
+                                        ci.center, polyverts_i.data(), faces, n_faces, locator, full_i);
                         rendered_done = true;
                     }
                 }
                 const float overlap_maximal = (A_min + 1e-10) * thresh;
+                const bool full_j = has_short_ray(dj, n_rays);
                 int res = 0;
                 for (int z = 0; z < Nz && res <= overlap_maximal; ++z)
                     for (int y = 0; y < Ny && res <= overlap_maximal; ++y)
                         for (int x = 0; x < Nx; ++x) {
                             if (!rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny]) continue;
-                            res += inside_polyhedron((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
-                                                     (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
-                                                     n_faces);
+                            res += inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
+                                                          (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
+                                                          n_faces, locator, full_j);
                             if (res > overlap_maximal) break;
                         }
                 ++cnt[6 * tid + 4];
+                secs[4 * tid + 2] += std::chrono::duration<double>(clock::now() - t1).count();
                 iou = (float)res / (A_min + 1e-10);
                 if (iou > thresh) suppressed[j] = 1;
             }
@@ -665,6 +933,11 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         st.decided_kernel += cnt[6 * t + 2];
         st.decided_hull += cnt[6 * t + 3];
         st.decided_render += cnt[6 * t + 4];
+        st.hull_skipped += cnt[6 * t + 5];
+        st.seconds_kernel += secs[4 * t];
+        st.seconds_hull += secs[4 * t + 1];
+        st.seconds_render += secs[4 * t + 2];
+        st.seconds_hull_build += secs[4 * t + 3];
     }
     if (stats) *stats = st;
     return keep;
@@ -676,6 +949,8 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
                int64_t nx, int n_threads) {
     std::vector<float> polyverts(3 * n_rays);
     std::vector<double> kernel(4 * n_faces);
+    FaceLocator locator;
+    locator.build(verts, n_rays, faces, n_faces);
     for (int64_t i = 0; i < n; ++i) {
         const float* d = dist + i * n_rays;
         const float* c = points + 3 * i;
@@ -690,6 +965,7 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
         const int64_t x0 = std::max<int64_t>(0, bbox[4]), x1 = std::min<int64_t>(nx - 1, bbox[5]);
         if (z1 < z0 || y1 < y0 || x1 < x0) continue;
         const int32_t label = labels[i];
+        const bool full = has_short_ray(d, n_rays);
         parallel_for(z1 - z0 + 1, n_threads, [&](int64_t a, int64_t b) {
             for (int64_t z = z0 + a; z < z0 + b; ++z)
                 for (int64_t y = y0; y <= y1; ++y)
@@ -702,7 +978,8 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
                             const double* h = &kernel[4 * f];
                             if (h[0] * (double)z + h[1] * (double)y + h[2] * (double)x + h[3] > 0) in_kernel = false;
                         }
-                        if (in_kernel || inside_polyhedron((float)z, (float)y, (float)x, c, polyverts.data(), faces, n_faces))
+                        if (in_kernel || inside_polyhedron_fast((float)z, (float)y, (float)x, c, polyverts.data(), faces,
+                                                                n_faces, locator, full))
                             o = label;
                     }
         });
