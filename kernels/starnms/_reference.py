@@ -218,7 +218,7 @@ def _radius_inner_iso(d, verts, faces, aniso):
 def _sphere_lens(r1, p1, r2, p2, aniso):
     dd = aniso * (p1 - p2)
     d = np.sqrt(_f(dd[0] * dd[0] + dd[1] * dd[1] + dd[2] * dd[2]))
-    rmin, rmax = min(r1, r2), max(r1, r2)
+    rmin, rmax = np.fmin(r1, r2), np.fmax(r1, r2)
     if d > _f(r1 + r2):
         return _f(0)
     if float(rmax) >= float(_f(d + rmin)) - 1e-10:
@@ -258,6 +258,12 @@ def _qhull_volume(halfspaces, interior, failed):
 
 def nms_3d(cand_dist, cand_points, verts, faces, thresh):
     """StarDist's 3D cascade, pair by pair; returns keep flags in visiting order."""
+    # degenerate polyhedra (zero rays) make NaN bounds, exactly as in StarDist's C
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return _nms_3d(cand_dist, cand_points, verts, faces, thresh)
+
+
+def _nms_3d(cand_dist, cand_points, verts, faces, thresh):
     from scipy.spatial import ConvexHull
     from scipy.spatial import QhullError
 
@@ -281,11 +287,12 @@ def nms_3d(cand_dist, cand_points, verts, faces, thresh):
             if suppressed[j]:
                 continue
             amin = min(vol[i], vol[j])
-            inter = min(_sphere_lens(r_out[i], cand_points[i], r_out[j], cand_points[j], aniso), _box_overlap(box[i], box[j]))
-            if inter < 1e-10 or _f(min(1.0, float(inter) / (float(amin) + 1e-10))) <= thresh:
+            # fmin / fmax as in C: a NaN bound (degenerate boxes) yields to the other operand
+            inter = np.fmin(_sphere_lens(r_out[i], cand_points[i], r_out[j], cand_points[j], aniso), _box_overlap(box[i], box[j]))
+            if inter < 1e-10 or _f(np.fmin(1.0, float(inter) / (float(amin) + 1e-10))) <= thresh:
                 continue
             inter = _sphere_lens(r_in[i], cand_points[i], r_in[j], cand_points[j], aniso)
-            if _f(max(0.0, float(inter) / (float(amin) + 1e-10))) > thresh:
+            if _f(np.fmax(0.0, float(inter) / (float(amin) + 1e-10))) > thresh:
                 suppressed[j] = True
                 continue
             mid = 0.5 * (cand_points[i].astype(np.float64) + cand_points[j].astype(np.float64))
