@@ -182,6 +182,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("n_threads") = 0);
 
     m.def(
+        "bench_overlap_2d",
+        [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by, int reps) {
+            return bench_overlap_2d(a.data(), (int)a.shape(0), ax, ay, b.data(), (int)b.shape(0), bx, by, reps);
+        },
+        py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("b"), py::arg("bx"), py::arg("by"), py::arg("reps"));
+
+    m.def(
         "render_2d",
         [](carray<float> coords, carray<int32_t> labels, int64_t height, int64_t width) {
             if (coords.ndim() != 3 || coords.shape(1) != 2) throw std::invalid_argument("coords must be (n, 2, n_rays)");

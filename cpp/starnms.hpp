@@ -66,6 +66,10 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
                                const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
                                int force_general);
 
+// Seconds per exact overlap of one pair, over `reps` repetitions (a micro-benchmark).
+double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
+                        int64_t cb_x, int64_t cb_y, int reps);
+
 // Labels as skimage.draw.polygon fills them: pixel (r, c) is inside when a crossing test at
 // its centre says so. coords: (n, 2, n_rays) float32 rows / cols, drawn in the given order,
 // later polygons overwrite earlier ones. labels[i] is written for polygon i.

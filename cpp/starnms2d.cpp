@@ -405,12 +405,32 @@ struct SharedSpan {
 // Twice the signed area of the pieces of A's boundary inside B (plus, when count_shared,
 // those running along B's boundary in the same direction).
 int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shared, std::vector<Split>& splits,
-                           std::vector<SharedSpan>& shared) {
+                           std::vector<SharedSpan>& shared, std::vector<int>& vpos, std::vector<int8_t>& vside) {
     int64_t total = 0;
     const int m = B.n;
+    // each vertex of A once: its sector about B's centre and whether it lies inside B
+    // (+1), outside (-1) or on B's boundary / at its centre (0, decided per piece)
+    vpos.resize(A.n);
+    vside.resize(A.n);
     for (int k = 0; k < A.n; ++k) {
+        const Pt& p = A.v[k];
+        const int64_t dx = 2 * p.x - B.z2.x, dy = 2 * p.y - B.z2.y;
+        if (dx == 0 && dy == 0) {
+            vpos[k] = 0;
+            vside[k] = 0;
+            continue;
+        }
+        const int pos = sector_pos(B, angle_key((double)dx, (double)dy));
+        vpos[k] = pos;
+        const int e = B.at(pos);
+        const Pt& q0 = B.v[e];
+        const Pt& q1 = B.v[e + 1 == m ? 0 : e + 1];
+        vside[k] = (int8_t)sgn(orient(q0, q1, p));
+    }
+    for (int k = 0; k < A.n; ++k) {
+        const int k1 = k + 1 == A.n ? 0 : k + 1;
         const Pt& p0 = A.v[k];
-        const Pt& p1 = A.v[k + 1 == A.n ? 0 : k + 1];
+        const Pt& p1 = A.v[k1];
         if (p0.x == p1.x && p0.y == p1.y) continue;
         const double len2 = (double)((p1.x - p0.x) * (p1.x - p0.x) + (p1.y - p0.y) * (p1.y - p0.y));
         auto param = [&](const Pt& q) {
@@ -421,8 +441,8 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
         const int64_t bx = 2 * p1.x - B.z2.x, by = 2 * p1.y - B.z2.y;
         const int64_t turn = ax * by - ay * bx;
         int first = 0, count = m;
-        if (turn != 0 || ax * bx + ay * by > 0) {
-            int s0 = sector_pos(B, angle_key((double)ax, (double)ay)), s1 = sector_pos(B, angle_key((double)bx, (double)by));
+        if ((turn != 0 || ax * bx + ay * by > 0) && !(ax == 0 && ay == 0) && !(bx == 0 && by == 0)) {
+            int s0 = vpos[k], s1 = vpos[k1];
             if (turn < 0) std::swap(s0, s1);
             int span = s1 - s0;
             if (span < 0) span += m;
@@ -453,6 +473,7 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
                 }
                 continue;
             }
+            if ((o1 > 0 && o2 > 0) || (o1 < 0 && o2 < 0)) continue;  // B's edge wholly on one side
             const int64_t o3 = orient(q0, q1, p0), o4 = orient(q0, q1, p1);
             if (((o1 > 0 && o2 < 0) || (o1 < 0 && o2 > 0)) && ((o3 > 0 && o4 < 0) || (o3 < 0 && o4 > 0))) {
                 splits.push_back({(double)o3 / (double)(o3 - o4), clipper_crossing(ce, make_clip_edge(q0, q1))});
@@ -460,6 +481,14 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
                 if (o1 == 0 && strictly_inside_segment(q0, p0, p1)) splits.push_back({param(q0), q0});
                 if (o2 == 0 && strictly_inside_segment(q1, p0, p1)) splits.push_back({param(q1), q1});
             }
+        }
+        if (splits.size() == 2 && shared.empty()) {
+            // no contact inside the edge: one piece, inside B as its strict endpoints say
+            const int side = (vside[k] != 0 && vside[k] == vside[k1]) ? vside[k] : 0;
+            const bool include = side != 0 ? side > 0
+                                           : inside_star(B, 0.5 * (double)(p0.x + p1.x), 0.5 * (double)(p0.y + p1.y));
+            if (include) total += p0.x * p1.y - p0.y * p1.x;
+            continue;
         }
         if (splits.size() > 2)
             std::sort(splits.begin(), splits.end(), [](const Split& u, const Split& v) { return u.t < v.t; });
@@ -491,6 +520,8 @@ struct PairScratch {
     std::vector<double> akey, bkey, bkey_own, akrot, bkrot;
     std::vector<Split> splits;
     std::vector<SharedSpan> shared;
+    std::vector<int> vpos;
+    std::vector<int8_t> vside;
     GeneralScratch general;
     void reserve(int n_rays) {
         ring.resize(4 * n_rays + 8);
@@ -562,8 +593,8 @@ int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb,
             const StarView VB{b, m, zb2, star_prepare(b, m, zb2, s.bkey_own.data()), s.bkey_own.data()};
             if (VB.start >= 0) {
                 *method = 3;
-                int64_t t = star_pieces_inside(VA, VB, true, s.splits, s.shared);
-                t += star_pieces_inside(VB, VA, false, s.splits, s.shared);
+                int64_t t = star_pieces_inside(VA, VB, true, s.splits, s.shared, s.vpos, s.vside);
+                t += star_pieces_inside(VB, VA, false, s.splits, s.shared, s.vpos, s.vside);
                 return t < 0 ? -t : t;
             }
         }
@@ -698,6 +729,34 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
     r.area_b = 0.5 * (double)(sb < 0 ? -sb : sb);
     r.method = method;
     return r;
+}
+
+double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
+                        int64_t cb_x, int64_t cb_y, int reps) {
+    std::vector<Pt> a(n_a), b(n_b);
+    for (int k = 0; k < n_a; ++k) a[k] = Pt{xy_a[2 * k], xy_a[2 * k + 1]};
+    for (int k = 0; k < n_b; ++k) b[k] = Pt{xy_b[2 * k], xy_b[2 * k + 1]};
+    n_a = clean_path(a.data(), n_a);
+    n_b = clean_path(b.data(), n_b);
+    const Pt za{ca_x, ca_y}, zb{cb_x, cb_y};
+    PairScratch s;
+    s.reserve(std::max(n_a, n_b) + 1);
+    std::vector<double> ka(n_a), kb(n_b), kar(n_a + 1);
+    std::vector<Pt> ar(n_a + 1);
+    std::vector<ClipEdge> ce(n_a);
+    const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
+    if (start_a >= 0) {
+        rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
+        for (int k = 0; k < n_a; ++k) ce[k] = make_clip_edge(ar[k], ar[k + 1]);
+    }
+    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data(), ce.data()};
+    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
+    int method = 0;
+    int64_t sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int r = 0; r < reps; ++r) sink += intersection_area2(A, b.data(), n_b, zb, [&]() { return b_star; }, s, &method);
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return sink == -1 ? 0 : dt / reps;
 }
 
 // ---- candidate selection -------------------------------------------------------------------
