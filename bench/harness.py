@@ -264,3 +264,43 @@ def _jsonable(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+_CHILD = r"""
+import importlib, json, sys, numpy as np
+from segrt.bench.harness import _reset_hwm, _rss_bytes, _status_kb
+spec = json.loads(sys.argv[1])
+data = np.load(spec["data"], allow_pickle=False)
+args = [data[k] for k in spec["array_args"]]
+extra = spec.get("extra")
+if extra:
+    mod, _, name = extra.rpartition(".")
+    args.append(getattr(importlib.import_module(mod), name)(*spec.get("extra_args", [])))
+mod, _, name = spec["fn"].rpartition(".")
+fn = getattr(importlib.import_module(mod), name)
+base = _rss_bytes()
+_reset_hwm()
+fn(*args, **spec.get("kwargs", {}))
+hwm = (_status_kb("VmHWM") or 0) * 1024
+print(json.dumps({"peak_mb": max(0, max(hwm, _rss_bytes()) - base) / 2**20}))
+"""
+
+
+def peak_memory_subprocess(fn: str, arrays: dict, *, kwargs: dict | None = None, extra: str | None = None,
+                           extra_args: list | None = None, timeout: float = 1800) -> float | None:
+    """Peak RSS (MB) that one call of ``fn(*arrays.values(), [extra(*extra_args)], **kwargs)``
+    adds, measured in a fresh interpreter so no memory freed by earlier work can hide it.
+    ``fn`` / ``extra`` are dotted names; returns None where the kernel's counter is missing."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "data.npz")
+        np.savez(path, **arrays)
+        spec = {"fn": fn, "data": path, "array_args": list(arrays), "kwargs": kwargs or {},
+                "extra": extra, "extra_args": extra_args or []}
+        out = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(spec)], capture_output=True, text=True,
+                             timeout=timeout)
+        if out.returncode != 0 or _status_kb("VmHWM") is None:
+            return None
+        return float(json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"])
