@@ -48,6 +48,8 @@ py::dict stats_2d(const Nms2DStats& s) {
     d["pairs_exact_two_star"] = s.pairs_exact_two_star;
     d["pairs_clipper"] = s.pairs_clipper;
     d["seconds_prepare"] = s.seconds_prepare;
+    d["seconds_buckets"] = s.seconds_buckets;
+    d["seconds_polygons"] = s.seconds_polygons;
     d["seconds_suppress"] = s.seconds_suppress;
     return d;
 }

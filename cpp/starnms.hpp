@@ -37,6 +37,8 @@ struct Nms2DStats {
     int64_t pairs_exact_two_star = 0; // exact overlap, each star-shaped about its own centre
     int64_t pairs_clipper = 0;   // near the threshold, settled by Clipper
     double seconds_prepare = 0;  // polygons, areas, buckets
+    double seconds_buckets = 0;  //   of which: centres, buckets, memory-order sort
+    double seconds_polygons = 0; //   of which: building every polygon
     double seconds_suppress = 0; // the greedy loop
 };
 

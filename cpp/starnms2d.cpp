@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <stdexcept>
 #include <type_traits>
 
@@ -679,8 +680,7 @@ struct PolygonMaker {
     // Vertices truncated towards zero (Clipper's integer points), cleaned as Clipper cleans
     // a path (clean_path). Returns the vertex count; *longest gets the longest ray, *bad is
     // set on NaN / infinite / negative rays.
-    inline int make(int64_t cell, Pt* out, float* longest = nullptr, bool* bad = nullptr) const {
-        const Pt c = centre(cell);
+    inline int make(int64_t cell, const Pt& c, Pt* out, float* longest = nullptr, bool* bad = nullptr) const {
         const float py = (float)c.y, px = (float)c.x;
         const float* d = dist + cell * n_rays;
         float rmax = 0;
@@ -864,9 +864,14 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     //    candidate lives in its slot, bucket by bucket (ranks ascending inside a bucket),
     //    so scanning a neighbourhood reads memory in order.
     const int64_t bucket = 32;  // pixels; a query scans about (2 reach + box) / 32 buckets a side
+    // centres once (a 64-bit division each; they are needed many times)
+    std::vector<Pt> centre(n);
+    parallel_for(n, threads, [&](int64_t a, int64_t b) {
+        for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
+    });
     int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
     for (int64_t i = 0; i < n; ++i) {
-        const Pt c = maker.centre(order[i]);
+        const Pt c = centre[i];
         cx0 = std::min(cx0, c.x);
         cx1 = std::max(cx1, c.x);
         cy0 = std::min(cy0, c.y);
@@ -876,7 +881,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<int64_t> bucket_start(nbx * nby + 1, 0);
     std::vector<int64_t> pos_of(n);
     for (int64_t i = 0; i < n; ++i) {
-        const Pt c = maker.centre(order[i]);
+        const Pt c = centre[i];
         const int64_t b = ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket;
         pos_of[i] = b;
         ++bucket_start[b + 1];
@@ -894,10 +899,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         int32_t nverts;
         int64_t rank;
     };
-    std::vector<Slot> slots(n);
-    std::vector<float> rmax(n);
-    std::vector<int16_t> rel((size_t)n * 2 * n_rays);  // vertices relative to the centre
+    // written in full below: left uninitialised, so the pages are first touched by the
+    // threads that fill them rather than zeroed serially
+    std::unique_ptr<Slot[]> slots(new Slot[n]);
+    std::unique_ptr<float[]> rmax(new float[n]);
+    std::unique_ptr<int16_t[]> rel(new int16_t[(size_t)n * 2 * n_rays]);  // vertices relative to the centre
     std::vector<uint8_t> star(n, 0);                   // 0 unknown, 1 star-shaped, 2 not
+    const auto t_buckets = std::chrono::steady_clock::now();
     std::vector<int64_t> by_cell(n);
     {
         std::vector<uint64_t> keys(n);
@@ -908,16 +916,23 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         radix_sort_stable(keys, by_cell);
     }
     std::vector<uint8_t> bad(threads, 0), too_far(threads, 0);
+    const auto t_sorted = std::chrono::steady_clock::now();
     parallel_for_tid(n, threads, [&](int64_t i0, int64_t i1, int tid) {
         std::vector<Pt> v(n_rays);
         bool is_bad = false;
+        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         for (int64_t q = i0; q < i1; ++q) {
+            // rows are visited in memory order but with gaps: fetch a few ahead explicitly
+            if (q + 8 < i1) {
+                const char* ahead = (const char*)(dist + order[by_cell[q + 8]] * n_rays);
+                for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
+            }
             const int64_t i = by_cell[q];
             const int64_t p = pos_of[i];
-            const int nv = maker.make(order[i], v.data(), &rmax[p], &is_bad);
-            const Pt c = maker.centre(order[i]);
+            const Pt c = centre[i];
+            const int nv = maker.make(order[i], c, v.data(), &rmax[p], &is_bad);
             int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
-            int16_t* r = rel.data() + (size_t)p * 2 * n_rays;
+            int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
             for (int k = 0; k < nv; ++k) {
                 x0 = std::min(x0, v[k].x);
                 x1 = std::max(x1, v[k].x);
@@ -940,13 +955,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     }
     float rmax_all = 0;
     for (int64_t p = 0; p < n; ++p) rmax_all = std::max(rmax_all, rmax[p]);
-    std::vector<float>().swap(rmax);
+    rmax.reset();
     // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
     const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
 
     auto polygon = [&](int64_t p, Pt* out) -> int {
-        const Pt c = maker.centre(order[slots[p].rank]);
-        const int16_t* r = rel.data() + (size_t)p * 2 * n_rays;
+        const Pt c = centre[slots[p].rank];
+        const int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
         const int nv = slots[p].nverts;
         for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
         return nv;
@@ -963,6 +978,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<int64_t> cursor(bucket_start.begin(), bucket_start.end() - 1);
     const auto t_prepared = std::chrono::steady_clock::now();
     st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
+    st.seconds_polygons = std::chrono::duration<double>(t_prepared - t_sorted).count();
+    st.seconds_buckets = std::chrono::duration<double>(t_sorted - t_start).count();
 
     // 3. greedy suppression
     std::vector<PairScratch> scratch(threads);
@@ -991,7 +1008,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         ++st.kept;
         if (i == n - 1) break;
         const int ni = polygon(pi, poly_i.data());
-        const Pt zi = maker.centre(order[i]);
+        const Pt zi = centre[i];
         const int start_i = star_prepare(poly_i.data(), ni, Pt{2 * zi.x, 2 * zi.y}, key_i.data());
         if (start_i >= 0) rotate_star(poly_i.data(), key_i.data(), ni, start_i, rot_i.data(), rot_key_i.data());
         if (start_i >= 0)
@@ -1034,7 +1051,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t p = todo[t];
                 const int nj = polygon(p, pj);
-                const Pt zj = maker.centre(order[slots[p].rank]);
+                const Pt zj = centre[slots[p].rank];
                 int method = 0;
                 // polygons that are star-shaped about no common point are jagged (spikes, noise);
                 // there Clipper's rounding can move the area far from the geometry, so Clipper
