@@ -4,6 +4,8 @@ Layers (imports only point down): ``segrt.bench`` -> ``segrt.export`` -> ``segrt
 -> ``segrt.kernels``. Importing ``segrt`` is cheap: heavy optional packages (torch, cupy,
 tensorrt, stardist) and the compiled extension load on first use.
 """
-__version__ = "0.1.0"
+from segrt import _checkout
 
-__all__ = ["__version__"]
+if not _checkout.resolve(__file__):
+    __version__ = "0.1.0"
+    __all__ = ["__version__"]
