@@ -64,6 +64,22 @@ def _same(a, b) -> bool:
     return len(a) == len(b) and np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def _record(report: Report, case: str, noise: str, stats: dict, ours, ours_t, sd, sd_t, same_order,
+            ours_mb, sd_mb) -> dict:
+    row = report.add(
+        case=case, noise=noise, candidates=stats["candidates"],
+        kept=len(ours[0]), segrt_s=ours_t.median_s, segrt_p90_s=ours_t.percentile_s(90),
+        stardist_s=sd_t.median_s, speedup=sd_t.median_s / ours_t.median_s,
+        identical=_same(ours[0], same_order[0]), identical_public=_same(ours[0], sd[0]),
+        us_per_candidate=1e6 * ours_t.median_s / max(1, stats["candidates"]),
+        segrt_peak_mb=ours_mb, stardist_peak_mb=sd_mb,
+        segrt=ours_t.summary(), stardist=sd_t.summary(), work=stats,
+    )
+    print(f"  {row['case']:>14} {noise:>6}: segrt {row['segrt_s']:.3f}s  stardist {row['stardist_s']:.3f}s"
+          f"  x{row['speedup']:.1f}  identical={row['identical']}  peak MB {ours_mb} / {sd_mb}", flush=True)
+    return row
+
+
 def run_2d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
     from segrt.kernels.starnms import last_stats, nms_2d
 
@@ -80,18 +96,8 @@ def run_2d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
     ours_mb = peak_memory_subprocess("segrt.kernels.starnms.nms_2d", {"prob": prob, "dist": dist}, kwargs=kw)
     sd_mb = None if quick else peak_memory_subprocess(
         "stardist.nms.non_maximum_suppression", {"dist": dist, "prob": prob}, kwargs=kw)
-    row = report.add(
-        case=f"2D {prob.shape[0]}x{prob.shape[1]}", noise=noise, candidates=stats["candidates"],
-        kept=len(ours[0]), segrt_s=ours_t.median_s, segrt_p90_s=ours_t.percentile_s(90),
-        stardist_s=sd_t.median_s, speedup=sd_t.median_s / ours_t.median_s,
-        identical=_same(ours[0], same_order[0]), identical_public=_same(ours[0], sd[0]),
-        us_per_candidate=1e6 * ours_t.median_s / max(1, stats["candidates"]),
-        segrt_peak_mb=ours_mb, stardist_peak_mb=sd_mb,
-        segrt=ours_t.summary(), stardist=sd_t.summary(), work=stats,
-    )
-    print(f"  {row['case']:>14} {noise:>6}: segrt {row['segrt_s']:.3f}s  stardist {row['stardist_s']:.3f}s"
-          f"  x{row['speedup']:.1f}  identical={row['identical']}  peak MB {ours_mb} / {sd_mb}", flush=True)
-    return row
+    return _record(report, f"2D {prob.shape[0]}x{prob.shape[1]}", noise, stats, ours, ours_t, sd, sd_t,
+                   same_order, ours_mb, sd_mb)
 
 
 def run_3d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
@@ -112,18 +118,8 @@ def run_3d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
     sd_mb = None if (quick or tiles > 1) else peak_memory_subprocess(
         "stardist.nms.non_maximum_suppression_3d", {"dist": dist, "prob": prob}, kwargs=kw,
         extra="stardist.Rays_GoldenSpiral", extra_args=[len(sd_rays)])
-    row = report.add(
-        case="3D " + "x".join(map(str, prob.shape)), noise=noise, candidates=stats["candidates"],
-        kept=len(ours[0]), segrt_s=ours_t.median_s, segrt_p90_s=ours_t.percentile_s(90),
-        stardist_s=sd_t.median_s, speedup=sd_t.median_s / ours_t.median_s,
-        identical=_same(ours[0], same_order[0]), identical_public=_same(ours[0], sd[0]),
-        us_per_candidate=1e6 * ours_t.median_s / max(1, stats["candidates"]),
-        segrt_peak_mb=ours_mb, stardist_peak_mb=sd_mb,
-        segrt=ours_t.summary(), stardist=sd_t.summary(), work=stats,
-    )
-    print(f"  {row['case']:>14} {noise:>6}: segrt {row['segrt_s']:.3f}s  stardist {row['stardist_s']:.3f}s"
-          f"  x{row['speedup']:.1f}  identical={row['identical']}  peak MB {ours_mb} / {sd_mb}", flush=True)
-    return row
+    return _record(report, "3D " + "x".join(map(str, prob.shape)), noise, stats, ours, ours_t, sd, sd_t,
+                   same_order, ours_mb, sd_mb)
 
 
 COLUMNS = [

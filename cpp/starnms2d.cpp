@@ -703,26 +703,51 @@ struct Box {
 
 }  // namespace
 
+namespace {
+// Two loose polygons made ready for intersection_area2, as the NMS loop prepares them.
+struct PairSetup {
+    std::vector<Pt> a, b, ar;
+    std::vector<double> ka, kb, kar;
+    std::vector<ClipEdge> ce;
+    PairScratch s;
+    PreparedA A;
+    Pt zb;
+    bool b_star;
+
+    PairSetup(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b, int64_t cb_x,
+              int64_t cb_y)
+        : a(n_a), b(n_b) {
+        for (int k = 0; k < n_a; ++k) a[k] = Pt{xy_a[2 * k], xy_a[2 * k + 1]};
+        for (int k = 0; k < n_b; ++k) b[k] = Pt{xy_b[2 * k], xy_b[2 * k + 1]};
+        n_a = clean_path(a.data(), n_a);
+        n_b = clean_path(b.data(), n_b);
+        a.resize(n_a);
+        b.resize(n_b);
+        s.reserve(std::max(n_a, n_b) + 1);
+        ka.resize(n_a), kb.resize(n_b), kar.resize(n_a + 1), ar.resize(n_a + 1), ce.resize(n_a);
+        const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
+        if (start_a >= 0) {
+            rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
+            for (int k = 0; k < n_a; ++k) ce[k] = make_clip_edge(ar[k], ar[k + 1]);
+        }
+        A = PreparedA{a.data(), n_a, Pt{ca_x, ca_y}, start_a, ka.data(), ar.data(), kar.data(), ce.data()};
+        zb = Pt{cb_x, cb_y};
+        b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
+    }
+
+    int64_t area2(int* method, int force) {
+        return intersection_area2(A, b.data(), (int)b.size(), zb, [&]() { return b_star; }, s, method, force);
+    }
+};
+}  // namespace
+
 PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
                                const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
                                int force_general) {
-    std::vector<Pt> a(n_a), b(n_b);
-    for (int k = 0; k < n_a; ++k) a[k] = Pt{xy_a[2 * k], xy_a[2 * k + 1]};
-    for (int k = 0; k < n_b; ++k) b[k] = Pt{xy_b[2 * k], xy_b[2 * k + 1]};
-    n_a = clean_path(a.data(), n_a);
-    n_b = clean_path(b.data(), n_b);
-    const Pt za{ca_x, ca_y}, zb{cb_x, cb_y};
-    PairScratch s;
-    s.reserve(std::max(n_a, n_b));
+    PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
     int method = 0;
-    std::vector<double> ka(n_a), kb(n_b), kar(n_a + 1);
-    std::vector<Pt> ar(n_a + 1);
-    const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
-    if (start_a >= 0) rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
-    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data(), nullptr};
-    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
-    const int64_t i2 = intersection_area2(A, b.data(), n_b, zb, [&]() { return b_star; }, s, &method, force_general);
-    const int64_t sa = shoelace2(a.data(), n_a), sb = shoelace2(b.data(), n_b);
+    const int64_t i2 = P.area2(&method, force_general);
+    const int64_t sa = shoelace2(P.a.data(), (int)P.a.size()), sb = shoelace2(P.b.data(), (int)P.b.size());
     PairOverlap r;
     r.inter = 0.5 * (double)i2;
     r.area_a = 0.5 * (double)(sa < 0 ? -sa : sa);
@@ -733,28 +758,11 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
 
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
                         int64_t cb_x, int64_t cb_y, int reps) {
-    std::vector<Pt> a(n_a), b(n_b);
-    for (int k = 0; k < n_a; ++k) a[k] = Pt{xy_a[2 * k], xy_a[2 * k + 1]};
-    for (int k = 0; k < n_b; ++k) b[k] = Pt{xy_b[2 * k], xy_b[2 * k + 1]};
-    n_a = clean_path(a.data(), n_a);
-    n_b = clean_path(b.data(), n_b);
-    const Pt za{ca_x, ca_y}, zb{cb_x, cb_y};
-    PairScratch s;
-    s.reserve(std::max(n_a, n_b) + 1);
-    std::vector<double> ka(n_a), kb(n_b), kar(n_a + 1);
-    std::vector<Pt> ar(n_a + 1);
-    std::vector<ClipEdge> ce(n_a);
-    const int start_a = star_prepare(a.data(), n_a, Pt{2 * ca_x, 2 * ca_y}, ka.data());
-    if (start_a >= 0) {
-        rotate_star(a.data(), ka.data(), n_a, start_a, ar.data(), kar.data());
-        for (int k = 0; k < n_a; ++k) ce[k] = make_clip_edge(ar[k], ar[k + 1]);
-    }
-    const PreparedA A{a.data(), n_a, za, start_a, ka.data(), ar.data(), kar.data(), ce.data()};
-    const bool b_star = star_prepare(b.data(), n_b, Pt{2 * cb_x, 2 * cb_y}, kb.data()) >= 0;
+    PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
     int method = 0;
     int64_t sink = 0;
     const auto t0 = std::chrono::steady_clock::now();
-    for (int r = 0; r < reps; ++r) sink += intersection_area2(A, b.data(), n_b, zb, [&]() { return b_star; }, s, &method);
+    for (int r = 0; r < reps; ++r) sink += P.area2(&method, 0);
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     return sink == -1 ? 0 : dt / reps;
 }
