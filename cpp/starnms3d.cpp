@@ -215,8 +215,6 @@ struct FaceLocator {
             const double cd_[3] = {c[0], c[1], c[2]};
             // barycentric weights of u in the cone, all >= 0 inside
             const double w0 = det(u, b, c) / full;
-            const float uf[3] = {(float)u[0], (float)u[1], (float)u[2]};
-            (void)uf;
             const double w1 = (ad[0] * (u[1] * cd_[2] - u[2] * cd_[1]) - ad[1] * (u[0] * cd_[2] - u[2] * cd_[0]) +
                                ad[2] * (u[0] * cd_[1] - u[1] * cd_[0])) / full;
             const double w2 = (ad[0] * (bd[1] * u[2] - bd[2] * u[1]) - ad[1] * (bd[0] * u[2] - bd[2] * u[0]) +
@@ -282,7 +280,7 @@ struct FaceLocator {
     }
 };
 
-// inside_polyhedron through the locator; `exact_all` forces the full loop
+// inside_polyhedron through the locator; `full_loop` forces the test of every face
 inline bool inside_polyhedron_fast(float z, float y, float x, const float* center, const float* polyverts,
                                    const int32_t* faces, int n_faces, const FaceLocator& loc, bool full_loop) {
     const double uz = (double)z - center[0], uy = (double)y - center[1], ux = (double)x - center[2];
