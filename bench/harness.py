@@ -245,6 +245,8 @@ class Report:
 
 
 def _fmt(v) -> str:
+    if v is None:
+        return "—"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):

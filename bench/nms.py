@@ -135,8 +135,11 @@ def main(argv=None) -> Report:
     ap.add_argument("--quick", action="store_true", help="512x512 and the 3D volume only, few repeats")
     ap.add_argument("--sizes", type=int, nargs="*", default=None, help="2D tiles of 512 px (default 1 2 4 8)")
     ap.add_argument("--no-3d", action="store_true", help="skip the 3D cases")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "nms.json"), help="results JSON")
+    ap.add_argument("--out", default=None,
+                    help="results JSON (default bench/results/nms.json, nms_quick.json with --quick)")
     args = ap.parse_args(argv)
+    if args.out is None:
+        args.out = os.path.join(RESULTS, "nms_quick.json" if args.quick else "nms.json")
     tiles = args.sizes or ([1] if args.quick else [1, 2, 4, 8])
     report = Report("nms")
     report.notes.append(
