@@ -54,6 +54,18 @@ def _resolve_device(device: str, *arrays) -> str:
     return device
 
 
+def _nms_inputs(prob, dist, ndim, prob_thresh, nms_thresh, grid, border, device):
+    """Checked inputs shared by nms_2d and nms_3d: device, arrays, thresholds, grid, border."""
+    dev = _resolve_device(device, prob, dist)
+    # the C++ kernels check the values they read (prob everywhere, dist of candidates)
+    prob_a, dist_a = _validate.check_prob_dist(prob, dist, ndim, scan=dev == "reference")
+    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
+    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
+    grid = _validate.check_grid(grid, ndim)
+    lo, hi = _validate.border_bounds(border, prob_a.shape)
+    return dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi
+
+
 def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, device="auto"):
     """Star-convex polygon NMS, same result as ``stardist.nms.non_maximum_suppression``.
 
@@ -73,13 +85,8 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         scores: (K,) prob values of the kept candidates (prob's dtype).
         dists: (K, n_rays) their ray lengths (dist's dtype).
     """
-    dev = _resolve_device(device, prob, dist)
-    # the C++ kernel checks the values it reads (prob everywhere, dist of candidates)
-    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 2, scan=dev == "reference")
-    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
-    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
-    grid = _validate.check_grid(grid, 2)
-    lo, hi = _validate.border_bounds(border, prob_a.shape)
+    dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi = _nms_inputs(
+        prob, dist, 2, prob_thresh, nms_thresh, grid, border, device)
     n_rays = dist_a.shape[-1]
     if dev == "reference":
         from segrt.kernels.starnms import _reference
@@ -166,15 +173,11 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
     Returns:
         points: (K, 3) int64 (z, y, x), by descending score; scores: (K,); dists: (K, n_rays).
     """
-    dev = _resolve_device(device, prob, dist)
-    prob_a, dist_a = _validate.check_prob_dist(prob, dist, 3, scan=dev == "reference")
+    dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi = _nms_inputs(
+        prob, dist, 3, prob_thresh, nms_thresh, grid, border, device)
     verts, faces = as_rays(rays)
     if dist_a.shape[-1] != len(verts):
         raise ValueError(f"dist has {dist_a.shape[-1]} rays but rays has {len(verts)} directions")
-    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
-    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
-    grid = _validate.check_grid(grid, 3)
-    lo, hi = _validate.border_bounds(border, prob_a.shape)
     n_rays = dist_a.shape[-1]
     if dev == "reference":
         from segrt.kernels.starnms import _reference
