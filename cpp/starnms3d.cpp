@@ -718,7 +718,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     bool hull_i_ok = false, hull_i_done = false, kernel_poly_done = false;
     Polytope kernel_poly, hull_poly;
     double kernel_vol_i = 0;
-    std::mutex hull_mutex, render_mutex;
+    std::mutex cache_mutex, render_mutex;  // the kept polyhedron's kernel / hull, its voxels
     std::vector<uint8_t> rendered;
     bool rendered_done = false;
     std::vector<int64_t> todo;
@@ -799,7 +799,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 float A_kernel = 0.f;
                 if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
                     {
-                        std::lock_guard<std::mutex> lock(hull_mutex);
+                        std::lock_guard<std::mutex> lock(cache_mutex);
                         if (!kernel_poly_done) {
                             double blo[3], bhi[3];
                             for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
@@ -843,7 +843,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 // 4. convex hulls (an upper bound)
                 t0 = clock::now();
                 {
-                    std::lock_guard<std::mutex> lock(hull_mutex);
+                    std::lock_guard<std::mutex> lock(cache_mutex);
                     if (!hull_i_done) {
                         hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
                         if (hull_i_ok) {

@@ -207,7 +207,6 @@ def _radius_inner_iso(d, verts, faces, aniso):
     for a, b, c in faces:
         A, B, C = (aniso * d[a]) * verts[a], (aniso * d[b]) * verts[b], (aniso * d[c]) * verts[c]
         p, q = B - A, C - A
-        N = np.array([p[2] * q[1] - p[1] * q[2], p[0] * q[2] - p[2] * q[0], p[1] * q[0] - p[0] * q[1]], _f)
         N = np.array([p[1] * q[2] - p[2] * q[1], p[2] * q[0] - p[0] * q[2], p[0] * q[1] - p[1] * q[0]], _f)
         norm = _f(1.0 / (float(np.sqrt(_f(N[0] * N[0] + N[1] * N[1] + N[2] * N[2]))) + 1e-10))
         N = N * norm

@@ -11,7 +11,7 @@ import numpy as np
 DEVICES = ("auto", "cpu", "cuda", "reference")
 
 
-def as_float_array(x, name: str, ndim: int, *, allow_float64: bool = True, scan: bool = True) -> np.ndarray:
+def as_float_array(x, name: str, ndim: int, *, scan: bool = True) -> np.ndarray:
     """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened).
 
     scan: look at every value for NaN / infinity (the fast kernels check the values they
@@ -27,9 +27,7 @@ def as_float_array(x, name: str, ndim: int, *, allow_float64: bool = True, scan:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    if arr.dtype == np.float64 and allow_float64:
-        pass
-    elif arr.dtype != np.float32:
+    if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
     arr = np.ascontiguousarray(arr)
     if scan and arr.size and not np.isfinite(arr).all():
