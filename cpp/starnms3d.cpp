@@ -12,7 +12,12 @@
 // in 4). segrt evaluates the same cascade with the same float formulas, so it keeps the
 // same set, but computes the convex volumes by clipping a box with the half-spaces (no
 // qhull), renders each kept polyhedron once, finds neighbours through spatial buckets and
-// checks the neighbours of a kept polyhedron on all cores.
+// checks the neighbours of a kept polyhedron on all cores. Two shortcuts change only the
+// work, never the answer: a certified lower bound on the hull overlap (the candidate's
+// tetrahedra shrunk into i's hull) shows when test 4 cannot keep j, and then test 5 runs
+// first and test 3 only if 5 would keep; and the voxel test brackets each voxel's distance
+// from the centre between the nearest face plane and the farthest face corner of the few
+// faces whose cones meet its direction, so most voxels need no tetrahedron test.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -182,83 +187,78 @@ inline void kernel_halfspace(const float* A, const float* B, const float* C, dou
 }
 
 // ---- which tetrahedra a voxel can lie in -----------------------------------------------
-// The tetrahedron (centre, A, B, C) of a face lies in the cone spanned by the face's unit
-// rays, whatever the ray lengths; so a voxel can only pass the float test of the face whose
-// cone holds its direction, or of a neighbouring face when it sits on a cone boundary. A
-// cube map over directions lists, per cell, the faces holding the cell's centre and
-// corners plus their vertex neighbours; the OR over that short list equals the OR over all
-// faces. Degenerate polyhedra (a ray shorter than kMinRay) and the centre voxel itself take
-// the full loop.
+// The tetrahedron (centre, A, B, C) of a face lies in the cone spanned by the face's rays,
+// whatever the ray lengths; so a voxel can only pass the float test of a face whose cone
+// holds its direction (up to rounding). A cube map over directions lists, per cell, every
+// face whose cone may meet the cell: the face's spherical triangle and the cell each lie in
+// a cap (centre direction, angular radius), and a face is listed unless the caps are
+// farther apart than their radii plus a margin far above rounding. The OR over that short
+// list equals the OR over all faces. Degenerate polyhedra (a ray shorter than kMinRay) and
+// the centre voxel itself take the full loop.
 constexpr float kMinRay = 1e-3f;
 
 struct FaceLocator {
     int G = 0;
     std::vector<int> start, list;
 
+    static void unit(double* u) {
+        const double l = std::sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]);
+        if (l > 0) u[0] /= l, u[1] /= l, u[2] /= l;
+    }
+    static double angle(const double* a, const double* b) {
+        return std::acos(std::min(1.0, std::max(-1.0, a[0] * b[0] + a[1] * b[1] + a[2] * b[2])));
+    }
+    // direction of cube-map point (s, t) in [-1, 1]^2 on cube face `face` (axis, sign)
+    void cube_dir(int face, double s, double t, double* u) const {
+        const int axis = face / 2;
+        const double sign = (face % 2) ? -1.0 : 1.0;
+        u[axis] = sign;
+        u[(axis + 1) % 3] = s;
+        u[(axis + 2) % 3] = t;
+        unit(u);
+    }
+
     void build(const float* verts, int n_rays, const int32_t* faces, int n_faces) {
-        G = std::max(4, (int)std::ceil(1.4 * std::sqrt((double)n_faces)));
-        std::vector<std::vector<int>> ring(n_rays);
-        for (int f = 0; f < n_faces; ++f)
-            for (int k = 0; k < 3; ++k) ring[faces[3 * f + k]].push_back(f);
-        auto contains = [&](int f, const double* u) {
-            const float* a = verts + 3 * faces[3 * f];
-            const float* b = verts + 3 * faces[3 * f + 1];
-            const float* c = verts + 3 * faces[3 * f + 2];
-            auto det = [](const double* p, const float* q, const float* r) {
-                return p[0] * ((double)q[1] * r[2] - (double)q[2] * r[1]) - p[1] * ((double)q[0] * r[2] - (double)q[2] * r[0]) +
-                       p[2] * ((double)q[0] * r[1] - (double)q[1] * r[0]);
-            };
-            const double ad[3] = {a[0], a[1], a[2]};
-            const double full = det(ad, b, c);
-            if (full == 0) return false;
-            const double bd[3] = {b[0], b[1], b[2]};
-            const double cd_[3] = {c[0], c[1], c[2]};
-            // barycentric weights of u in the cone, all >= 0 inside
-            const double w0 = det(u, b, c) / full;
-            const double w1 = (ad[0] * (u[1] * cd_[2] - u[2] * cd_[1]) - ad[1] * (u[0] * cd_[2] - u[2] * cd_[0]) +
-                               ad[2] * (u[0] * cd_[1] - u[1] * cd_[0])) / full;
-            const double w2 = (ad[0] * (bd[1] * u[2] - bd[2] * u[1]) - ad[1] * (bd[0] * u[2] - bd[2] * u[0]) +
-                               ad[2] * (bd[0] * u[1] - bd[1] * u[0])) / full;
-            return w0 >= -1e-9 && w1 >= -1e-9 && w2 >= -1e-9;
-        };
+        G = std::max(4, (int)std::ceil(2.5 * std::sqrt((double)n_faces)));
+        constexpr double kMargin = 1e-4;  // radians
+        std::vector<double> fdir(3 * (size_t)n_faces), fcos(n_faces), fsin(n_faces);
+        for (int f = 0; f < n_faces; ++f) {
+            double v[3][3], c[3] = {0, 0, 0};
+            for (int k = 0; k < 3; ++k) {
+                for (int q = 0; q < 3; ++q) v[k][q] = verts[3 * faces[3 * f + k] + q];
+                unit(v[k]);
+                for (int q = 0; q < 3; ++q) c[q] += v[k][q];
+            }
+            unit(c);
+            double r = 0;
+            for (int k = 0; k < 3; ++k) r = std::max(r, angle(c, v[k]));
+            // a cap holds the geodesic triangle only while it is convex: list huge faces everywhere
+            r = r + kMargin > 1.2 ? M_PI : r + kMargin;
+            for (int q = 0; q < 3; ++q) fdir[3 * f + q] = c[q];
+            fcos[f] = std::cos(r);
+            fsin[f] = std::sin(r);
+        }
         const int cells = 6 * G * G;
         start.assign(cells + 1, 0);
         list.clear();
-        std::vector<int> cand;
-        std::vector<uint8_t> mark(n_faces, 0);
         for (int cell = 0; cell < cells; ++cell) {
             const int face = cell / (G * G), rem = cell % (G * G), ci = rem / G, cj = rem % G;
-            cand.clear();
-            const double samples[5][2] = {{ci + 0.5, cj + 0.5}, {(double)ci, (double)cj}, {ci + 1.0, (double)cj},
-                                          {(double)ci, cj + 1.0}, {ci + 1.0, cj + 1.0}};
-            bool lost = false;
-            for (const auto& smp : samples) {
-                const double s = 2.0 * smp[0] / G - 1.0, t = 2.0 * smp[1] / G - 1.0;
-                double u[3];
-                const int axis = face / 2;
-                const double sign = (face % 2) ? -1.0 : 1.0;
-                u[axis] = sign;
-                u[(axis + 1) % 3] = s;
-                u[(axis + 2) % 3] = t;
-                int found = -1;
-                for (int f = 0; f < n_faces && found < 0; ++f)
-                    if (contains(f, u)) found = f;
-                if (found < 0) {
-                    lost = true;
-                    break;
-                }
-                for (int k = 0; k < 3; ++k)
-                    for (int g : ring[faces[3 * found + k]])
-                        if (!mark[g]) mark[g] = 1, cand.push_back(g);
+            double c[3], corner[3];
+            cube_dir(face, 2.0 * (ci + 0.5) / G - 1.0, 2.0 * (cj + 0.5) / G - 1.0, c);
+            double r = 0;
+            for (int k = 0; k < 4; ++k) {
+                cube_dir(face, 2.0 * (ci + (k & 1)) / G - 1.0, 2.0 * (cj + (k >> 1)) / G - 1.0, corner);
+                r = std::max(r, angle(c, corner));
             }
-            if (lost) {  // numerical gap: this cell scans every face
-                for (int f : cand) mark[f] = 0;
-                cand.clear();
-                for (int f = 0; f < n_faces; ++f) cand.push_back(f);
-            } else {
-                for (int f : cand) mark[f] = 0;
+            r += kMargin;
+            const double cc = std::cos(r), sc = std::sin(r);
+            for (int f = 0; f < n_faces; ++f) {
+                const double d = c[0] * fdir[3 * f] + c[1] * fdir[3 * f + 1] + c[2] * fdir[3 * f + 2];
+                // caps meet when the angle between centres is at most the sum of the radii
+                const double sum_cos = cc * fcos[f] - sc * fsin[f];  // cos(r + r_f), r + r_f < pi
+                if (r + std::acos(std::max(-1.0, std::min(1.0, fcos[f]))) >= M_PI || d >= sum_cos - 1e-12)
+                    list.push_back(f);
             }
-            list.insert(list.end(), cand.begin(), cand.end());
             start[cell + 1] = (int)list.size();
         }
     }
@@ -280,12 +280,50 @@ struct FaceLocator {
     }
 };
 
-// inside_polyhedron through the locator; `full_loop` forces the test of every face
+// Per face of a polyhedron, squared radii about its centre that bracket the boundary inside
+// the face's cone: below lo2 a point is nearer than the face's plane (inside its
+// tetrahedron), above hi2 it is farther than all three corners (outside it). Both are
+// pulled away from the boundary far past float rounding.
+void face_radii(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
+                std::vector<float>& out) {
+    out.resize(2 * (size_t)n_faces);
+    for (int f = 0; f < n_faces; ++f) {
+        double P[3][3], far2 = 0;
+        for (int k = 0; k < 3; ++k) {
+            for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q];
+            far2 = std::max(far2, P[k][0] * P[k][0] + P[k][1] * P[k][1] + P[k][2] * P[k][2]);
+        }
+        const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
+        const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
+        const double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2],
+                     nx = e1[0] * e2[1] - e1[1] * e2[0];
+        const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
+        const double near = len > 0 ? std::fabs(nz * P[0][0] + ny * P[0][1] + nx * P[0][2]) / len : 0.0;
+        const double lo = std::max(0.0, near * (1.0 - 1e-4) - 1e-3);
+        const double hi = std::sqrt(far2) * (1.0 + 1e-4) + 1e-3;
+        out[2 * f] = (float)(lo * lo * (1.0 - 1e-5));
+        out[2 * f + 1] = (float)(hi * hi * (1.0 + 1e-5));
+    }
+}
+
+// inside_polyhedron through the locator; `full_loop` forces the test of every face.
+// radii (face_radii, optional) settle most points without a tetrahedron test.
 inline bool inside_polyhedron_fast(float z, float y, float x, const float* center, const float* polyverts,
-                                   const int32_t* faces, int n_faces, const FaceLocator& loc, bool full_loop) {
+                                   const int32_t* faces, int n_faces, const FaceLocator& loc, bool full_loop,
+                                   const float* radii = nullptr) {
     const double uz = (double)z - center[0], uy = (double)y - center[1], ux = (double)x - center[2];
     if (full_loop || (uz == 0 && uy == 0 && ux == 0)) return inside_polyhedron(z, y, x, center, polyverts, faces, n_faces);
     const auto range = loc.faces_for(uz, uy, ux);
+    if (radii) {
+        const float d2 = (float)(uz * uz + uy * uy + ux * ux);
+        float lo = std::numeric_limits<float>::infinity(), hi = 0;
+        for (const int* f = range.first; f != range.second; ++f) {
+            lo = std::min(lo, radii[2 * *f]);
+            hi = std::max(hi, radii[2 * *f + 1]);
+        }
+        if (d2 < lo) return true;
+        if (d2 > hi) return false;
+    }
     for (const int* f = range.first; f != range.second; ++f)
         if (inside_tetrahedron(z, y, x, center, polyverts + 3 * faces[3 * *f], polyverts + 3 * faces[3 * *f + 1],
                                polyverts + 3 * faces[3 * *f + 2]))
@@ -710,6 +748,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         std::vector<double> hs, hull_j;
         Polytope P;
         std::vector<double> inside;
+        std::vector<float> radii;
     };
     std::vector<Scratch> scratch(threads);
     for (auto& s : scratch) s.polyverts.resize(3 * n_rays);
@@ -720,6 +759,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     double kernel_vol_i = 0;
     std::mutex cache_mutex, render_mutex;  // the kept polyhedron's kernel / hull, its voxels
     std::vector<uint8_t> rendered;
+    std::vector<float> radii_i;
     bool rendered_done = false;
     std::vector<int64_t> todo;
     std::vector<int64_t> cnt(6 * threads, 0);
@@ -763,6 +803,54 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 }
         st.pairs_considered += (int64_t)todo.size();
 
+        auto ensure_hull_i = [&]() {
+            std::lock_guard<std::mutex> lock(cache_mutex);
+            if (hull_i_done) return;
+            hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
+            if (hull_i_ok) {
+                double blo[3], bhi[3];
+                for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
+                hull_poly.box(blo, bhi);
+                for (size_t f = 0; f < hull_i.size() / 4; ++f) hull_poly.clip(&hull_i[4 * f]);
+            }
+            hull_i_done = true;
+        };
+        // i's voxels (StarDist's inside test) and their running count along every row
+        auto ensure_rendered = [&]() {
+            std::lock_guard<std::mutex> lock(render_mutex);
+            if (rendered_done) return;
+            rendered.assign((size_t)Nz * Ny * Nx, 0);
+            const bool full_i = has_short_ray(di, n_rays);
+            face_radii(ci.center, polyverts_i.data(), faces, n_faces, radii_i);
+            for (int z = 0; z < Nz; ++z)
+                for (int y = 0; y < Ny; ++y) {
+                    uint8_t* row = &rendered[(size_t)y * Nx + (size_t)z * Nx * Ny];
+                    for (int x = 0; x < Nx; ++x)
+                        row[x] = inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
+                                                        (float)(x + ci.bbox[4]), ci.center, polyverts_i.data(), faces,
+                                                        n_faces, locator, full_i, radii_i.data());
+                }
+            rendered_done = true;
+        };
+        // step 5: voxels of i's box inside i and j, counted until past the threshold
+        auto count_voxels = [&](const Cand& cj, const float* dj, Scratch& S) -> int {
+            ensure_rendered();
+            const float A_min = std::fmin(ci.volume, cj.volume);
+            const float overlap_maximal = (A_min + 1e-10) * thresh;
+            const bool full_j = has_short_ray(dj, n_rays);
+            face_radii(cj.center, S.polyverts.data(), faces, n_faces, S.radii);
+            int res = 0;
+            for (int z = 0; z < Nz && res <= overlap_maximal; ++z)
+                for (int y = 0; y < Ny && res <= overlap_maximal; ++y)
+                    for (int x = 0; x < Nx; ++x) {
+                        if (!rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny]) continue;
+                        res += inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
+                                                      (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
+                                                      n_faces, locator, full_j, S.radii.data());
+                        if (res > overlap_maximal) break;
+                    }
+            return res;
+        };
         auto work = [&](int64_t t0, int64_t t1, int tid) {
             Scratch& S = scratch[tid];
             for (int64_t t = t0; t < t1; ++t) {
@@ -790,12 +878,31 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 const double mid[3] = {.5 * ((double)ci.center[0] + (double)cj.center[0]),
                                        .5 * ((double)ci.center[1] + (double)cj.center[1]),
                                        .5 * ((double)ci.center[2] + (double)cj.center[2])};
+                // When the fan bound shows step 4 cannot keep j, steps 3-5 only choose between
+                // "suppressed by 3" and step 5's voxel count: count first (cheaper than the
+                // kernels), and build the kernels only when the count alone would keep j.
+                auto t0 = clock::now();
+                ensure_hull_i();
+                const bool hull_cannot_keep =
+                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside) >
+                                      (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
+                int voxels = -1;
+                if (hull_cannot_keep) {
+                    ++cnt[6 * tid + 5];
+                    voxels = count_voxels(cj, dj, S);
+                    secs[4 * tid + 2] += std::chrono::duration<double>(clock::now() - t0).count();
+                        if ((float)voxels / (A_min + 1e-10) > thresh) {
+                        ++cnt[6 * tid + 4];
+                        suppressed[j] = 1;
+                        continue;
+                    }
+                }
                 // 3. kernels (a lower bound)
                 S.hs.resize(4 * n_faces);
                 for (int f = 0; f < n_faces; ++f)
                     kernel_halfspace(&S.polyverts[3 * faces[3 * f]], &S.polyverts[3 * faces[3 * f + 1]],
                                      &S.polyverts[3 * faces[3 * f + 2]], &S.hs[4 * f]);
-                auto t0 = clock::now();
+                t0 = clock::now();
                 float A_kernel = 0.f;
                 if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
                     {
@@ -840,30 +947,14 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                     suppressed[j] = 1;
                     continue;
                 }
+                if (voxels >= 0) {  // step 5 already counted, below the threshold: kept
+                    ++cnt[6 * tid + 4];
+                    continue;
+                }
                 // 4. convex hulls (an upper bound)
                 t0 = clock::now();
-                {
-                    std::lock_guard<std::mutex> lock(cache_mutex);
-                    if (!hull_i_done) {
-                        hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
-                        if (hull_i_ok) {
-                            double blo[3], bhi[3];
-                            for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
-                            hull_poly.box(blo, bhi);
-                            for (size_t f = 0; f < hull_i.size() / 4; ++f) hull_poly.clip(&hull_i[4 * f]);
-                        }
-                        hull_i_done = true;
-                    }
-                }
+                ensure_hull_i();
                 float A_hull = 1.e10f;
-                // hull_i n hull_j holds every tetrahedron (centre_j, face) of j whose corners lie
-                // in hull_i (both hulls are convex); when those already pass the threshold the
-                // hull test cannot keep j and the exact volume is not needed
-                if (hull_i_ok && fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside) >
-                                     (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9) {
-                    ++cnt[6 * tid + 5];
-                    goto render;
-                }
                 {
                 const auto th = clock::now();
                 const bool hull_j_ok = hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j);
@@ -883,34 +974,8 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                     continue;
                 }
                 }
-            render:
                 // 5. voxels of i's box inside both
-                {
-                    std::lock_guard<std::mutex> lock(render_mutex);
-                    if (!rendered_done) {
-                        rendered.assign((size_t)Nz * Ny * Nx, 0);
-                        const bool full_i = has_short_ray(di, n_rays);
-                        for (int z = 0; z < Nz; ++z)
-                            for (int y = 0; y < Ny; ++y)
-                                for (int x = 0; x < Nx; ++x)
-                                    rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny] = inside_polyhedron_fast(
-                                        (float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]), (float)(x + ci.bbox[4]),
-                                        ci.center, polyverts_i.data(), faces, n_faces, locator, full_i);
-                        rendered_done = true;
-                    }
-                }
-                const float overlap_maximal = (A_min + 1e-10) * thresh;
-                const bool full_j = has_short_ray(dj, n_rays);
-                int res = 0;
-                for (int z = 0; z < Nz && res <= overlap_maximal; ++z)
-                    for (int y = 0; y < Ny && res <= overlap_maximal; ++y)
-                        for (int x = 0; x < Nx; ++x) {
-                            if (!rendered[(size_t)x + (size_t)y * Nx + (size_t)z * Nx * Ny]) continue;
-                            res += inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
-                                                          (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
-                                                          n_faces, locator, full_j);
-                            if (res > overlap_maximal) break;
-                        }
+                const int res = count_voxels(cj, dj, S);
                 ++cnt[6 * tid + 4];
                 secs[4 * tid + 2] += std::chrono::duration<double>(clock::now() - t1).count();
                 iou = (float)res / (A_min + 1e-10);
@@ -947,6 +1012,7 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
                int64_t nx, int n_threads) {
     std::vector<float> polyverts(3 * n_rays);
     std::vector<double> kernel(4 * n_faces);
+    std::vector<float> radii;
     FaceLocator locator;
     locator.build(verts, n_rays, faces, n_faces);
     for (int64_t i = 0; i < n; ++i) {
@@ -964,21 +1030,22 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
         if (z1 < z0 || y1 < y0 || x1 < x0) continue;
         const int32_t label = labels[i];
         const bool full = has_short_ray(d, n_rays);
+        face_radii(c, polyverts.data(), faces, n_faces, radii);
         parallel_for(z1 - z0 + 1, n_threads, [&](int64_t a, int64_t b) {
             for (int64_t z = z0 + a; z < z0 + b; ++z)
                 for (int64_t y = y0; y <= y1; ++y)
                     for (int64_t x = x0; x <= x1; ++x) {
                         int32_t& o = out[(z * ny + y) * nx + x];
                         if (o != 0) continue;  // the first (highest scored) polyhedron keeps a voxel
-                        // inside the kernel, or inside the triangle fan about the centre
-                        bool in_kernel = true;
-                        for (int f = 0; f < n_faces && in_kernel; ++f) {
+                        // inside the triangle fan about the centre, or inside the kernel
+                        bool inside = inside_polyhedron_fast((float)z, (float)y, (float)x, c, polyverts.data(), faces,
+                                                             n_faces, locator, full, radii.data());
+                        for (int f = 0; f < n_faces && !inside; ++f) {
                             const double* h = &kernel[4 * f];
-                            if (h[0] * (double)z + h[1] * (double)y + h[2] * (double)x + h[3] > 0) in_kernel = false;
+                            if (h[0] * (double)z + h[1] * (double)y + h[2] * (double)x + h[3] > 0) break;
+                            if (f + 1 == n_faces) inside = true;
                         }
-                        if (in_kernel || inside_polyhedron_fast((float)z, (float)y, (float)x, c, polyverts.data(), faces,
-                                                                n_faces, locator, full))
-                            o = label;
+                        if (inside) o = label;
                     }
         });
     }

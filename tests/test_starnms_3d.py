@@ -34,8 +34,11 @@ def test_matches_stardist_on_the_test_volume():
     np.testing.assert_array_equal(dists, ref[2])
     stats = last_stats()
     assert stats["candidates"] > 5000 and stats["kept"] == len(pts) > 30
-    # every stage of the cascade was exercised on this data
-    assert stats["decided_upper_bound"] and stats["decided_kernel"] and stats["decided_render"]
+    # the bounds, the hull and the voxel count were exercised on this data (the kernel stage
+    # is covered by test_fast_equals_reference_on_a_small_volume)
+    assert stats["decided_upper_bound"] and stats["decided_hull"] and stats["decided_render"]
+    # most voxel counts ran before the kernels, the fan bound having ruled out the hull test
+    assert stats["hull_skipped"] > stats["decided_render"] // 2
 
 
 @pytest.mark.parametrize("noise, nms_thresh", [("mult", 0.3), ("mult", 0.5), ("abs", 0.4)])
@@ -84,10 +87,16 @@ def test_fast_equals_reference_on_a_small_volume():
     prob[4:8, 5:10, 5:10] = rng.uniform(0.55, 1.0, (4, 5, 5))
     base = rng.uniform(2, 4, 16)
     dist = (base * rng.uniform(0.8, 1.2, prob.shape + (16,))).astype(np.float32)
+    stages = {}
     for thresh in (0.2, 0.6):
         fast = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1)
+        for k, v in last_stats().items():
+            stages[k] = stages.get(k, 0) + v
         ref = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1, device="reference")
         np.testing.assert_array_equal(fast[0], ref[0])
+    # every stage of the cascade decided some pair, both with and without the early count
+    for stage in ("decided_upper_bound", "decided_kernel", "decided_hull", "decided_render", "hull_skipped"):
+        assert stages[stage] > 0, stage
 
 
 def test_render_matches_stardist():
