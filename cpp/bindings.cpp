@@ -14,6 +14,8 @@
 namespace py = pybind11;
 using namespace segrt::starnms;
 
+void bind_label(py::module_& m);  // label_bindings.cpp
+
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 
@@ -90,6 +92,7 @@ PYBIND11_MODULE(_C, m) {
         },
         py::arg("a"), py::arg("b"));
     m.def("max_threads", []() { return segrt::effective_threads(0); });
+    bind_label(m);
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
           py::arg("hi"));

@@ -1,0 +1,238 @@
+"""Connected components of label images and the clean-ups built on them.
+
+Pinned semantics (identical to ``cc3d`` 4.x, connected-components-3d):
+
+- 2D (connectivity 4 or 8) and 3D (6, 18 or 26; the default is the largest). Voxels join
+  only when they hold the same nonzero value (multi-label; 0 is background); bool, signed
+  and unsigned integers of any width are accepted (labels are compared bit for bit).
+- Components are numbered 1..N by their first voxel in raster order of the array's memory
+  layout: C order, or Fortran order for a Fortran-contiguous array, as cc3d numbers them;
+  the output has the input's layout.
+- ``remove_small`` equals ``cc3d.dust(seg, threshold=min_size, in_place=False)``: a
+  component with fewer than ``min_size`` voxels becomes 0.
+- ``keep_largest`` keeps, per class, the ``k`` largest components (ties: the component
+  whose first voxel comes first); ``per_class=False`` ranks all components together, which
+  equals masking with ``cc3d.largest_k`` (whose ties are arbitrary for k > 1).
+
+Each op has a plain reference (``device="reference"``, NumPy label propagation) and a fast
+C++ one (``device="cpu"``): rows are cut into runs of one value, runs are joined across
+neighbouring rows by a union-find, slabs of rows are processed on all cores, and the
+clean-ups read the image once and write the result once (no label image in between).
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from segrt.kernels import _ext
+from segrt.kernels.label import _validate
+
+__all__ = ["connected_components", "component_stats", "remove_small", "keep_largest"]
+
+_OUT_DTYPES = ("uint8", "uint16", "uint32", "uint64")
+
+
+def _prepare(image, connectivity, device):
+    dev = _validate.check_device(device)
+    arr = _validate.label_image(image)
+    conn = _validate.connectivity(connectivity, arr.ndim)
+    if dev == "cpu" and not _ext.available():
+        _ext.extension()  # raises ImportError with the load failure and how to fix it
+    return dev, arr, conn
+
+
+def _restore(out: np.ndarray, transposed: bool) -> np.ndarray:
+    return out.T if transposed else out
+
+
+def connected_components(image, connectivity=None, *, out_dtype=None, return_n=False, device="auto"):
+    """Labels of the connected components of a 2D or 3D label image (cc3d's numbering).
+
+    Args:
+        image: (H, W) or (D, H, W) bool or integer labels; 0 is background.
+        connectivity: 4 / 8 in 2D, 6 / 18 / 26 in 3D (default: 8, 26).
+        out_dtype: unsigned integer dtype of the labels; by default the narrowest of
+            uint16, uint32, uint64 that holds the component count.
+        return_n: also return the number of components.
+        device: "auto" / "cpu" (C++), "reference" (NumPy) or "cuda" (not yet available).
+
+    Returns:
+        labels of the input's shape and memory layout (and N when return_n).
+    """
+    dev, arr, conn = _prepare(image, connectivity, device)
+    want = None
+    if out_dtype is not None:
+        want = np.dtype(out_dtype).name
+        if want not in _OUT_DTYPES:
+            raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype!r}")
+    work, transposed = _validate.as_unsigned_c(arr)
+    if dev == "reference":
+        from segrt.kernels.label import _reference
+
+        labels, n = _reference.connected_components(work, conn)
+        dtype = want or ("uint16" if n <= 0xFFFF else "uint32" if n <= 0xFFFFFFFF else "uint64")
+        if n > np.iinfo(dtype).max:
+            raise ValueError(f"the image has {n} components, more than {dtype} can number; pass a wider out_dtype")
+        labels = labels.astype(dtype)
+    else:
+        labels, n = _ext.extension().label_connected_components(work, conn, want or "")
+    labels = _restore(labels, transposed)
+    return (labels, int(n)) if return_n else labels
+
+
+def component_stats(labels, *, no_slice_conversion=False, device="auto"):
+    """Per-label voxel counts, bounding boxes and centroids, as ``cc3d.statistics``.
+
+    Args:
+        labels: 2D or 3D non-negative integer labels (e.g. from connected_components).
+        no_slice_conversion: boxes as an (N + 1, 2 ndim) array of inclusive
+            [min0, max0, min1, max1, ...] instead of slice tuples.
+
+    Returns:
+        dict with "voxel_counts" (N + 1,), "bounding_boxes" (slice tuples, None where a label
+        is absent) and "centroids" (N + 1, ndim) float64 (NaN where absent); index 0 is the
+        background.
+    """
+    dev = _validate.check_device(device)
+    arr = _validate.label_image(labels, "labels")
+    if arr.dtype.kind == "b":
+        arr = arr.view(np.uint8)
+    if arr.dtype.kind == "i":
+        if arr.size and arr.min() < 0:
+            raise ValueError("labels must be non-negative; relabel with connected_components first")
+        arr = arr.view(_validate._UNSIGNED[arr.dtype.itemsize])
+    max_label = int(arr.max()) if arr.size else 0
+    if max_label > 2**31:
+        raise ValueError(f"labels go up to {max_label}; renumber them (connected_components) before statistics")
+    if arr.flags.c_contiguous:
+        work, transposed = arr, False
+    elif arr.flags.f_contiguous:
+        work, transposed = arr.T, True
+    else:
+        work, transposed = np.ascontiguousarray(arr), False
+    if dev == "reference":
+        from segrt.kernels.label import _reference
+
+        counts, boxes, sums = _reference.statistics(work, max_label)
+    else:
+        if dev == "cpu" and not _ext.available():
+            _ext.extension()
+        counts, boxes, sums = _ext.extension().label_statistics(work, max_label)
+    nd = arr.ndim
+    if transposed:  # back to the caller's axis order
+        boxes = boxes.reshape(-1, nd, 2)[:, ::-1, :].reshape(-1, 2 * nd)
+        sums = sums[:, ::-1]
+    counts_out = counts.astype(np.uint32 if arr.size < 2**32 else np.uint64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        centroids = np.ascontiguousarray(sums / counts[:, None].astype(np.float64))
+    centroids[counts == 0] = np.nan
+    present = counts > 0
+    if no_slice_conversion:
+        big = max(arr.shape) if arr.shape else 0
+        bdtype = np.uint16 if big < 2**16 else np.uint32 if big < 2**32 else np.uint64
+        out_boxes = np.zeros(boxes.shape, bdtype)
+        out_boxes[present] = boxes[present]
+        out_boxes[~present, 0::2] = np.iinfo(bdtype).max
+        bounding = out_boxes
+    else:
+        bounding = [
+            tuple(slice(int(b[2 * d]), int(b[2 * d + 1]) + 1) for d in range(nd)) if ok else None
+            for b, ok in zip(boxes, present)
+        ]
+    return {"voxel_counts": counts_out, "bounding_boxes": bounding, "centroids": centroids}
+
+
+def _class_sizes(min_size):
+    """(classes, sizes, fallback) for a scalar or per-class dict of minimum sizes."""
+    if isinstance(min_size, dict):
+        items = []
+        for cls, size in min_size.items():
+            if isinstance(cls, bool) or not isinstance(cls, numbers.Integral):
+                raise ValueError(f"min_size keys must be integer class values, got {cls!r}")
+            items.append((int(cls), _validate.non_negative_int(size, f"min_size[{cls}]")))
+        items.sort()
+        return items, 0
+    return [], _validate.non_negative_int(min_size, "min_size")
+
+
+def _class_keys(items, arr: np.ndarray):
+    """Class values as the unsigned bit patterns the kernels compare."""
+    if not items:
+        return np.zeros(0, np.uint64)
+    vals = np.array([v for v, _ in items] if isinstance(items[0], tuple) else items, dtype=np.int64)
+    if arr.dtype.kind == "b":
+        vals = vals.astype(bool).astype(np.uint64)
+    else:
+        info = np.iinfo(arr.dtype)
+        bad = vals[(vals < info.min) | (vals > info.max)]
+        if bad.size:
+            raise ValueError(f"class {int(bad[0])} cannot occur in an image of dtype {arr.dtype}")
+        vals = vals.astype(arr.dtype).view(_validate._UNSIGNED[arr.dtype.itemsize]).astype(np.uint64)
+    return vals
+
+
+def remove_small(seg, min_size, connectivity=None, *, device="auto"):
+    """Zero every component smaller than ``min_size`` voxels (``cc3d.dust``).
+
+    Args:
+        seg: 2D or 3D bool or integer labels.
+        min_size: voxels a component needs to stay; an int for all classes or a dict
+            {class value: min size} (classes not listed are kept whole).
+        connectivity: as in connected_components.
+
+    Returns:
+        a new array like ``seg`` (same dtype and layout) with small components set to 0.
+    """
+    dev, arr, conn = _prepare(seg, connectivity, device)
+    items, fallback = _class_sizes(min_size)
+    keys = _class_keys(items, arr)
+    sizes = np.array([s for _, s in items], np.int64)
+    order = np.argsort(keys, kind="stable")
+    work, transposed = _validate.as_unsigned_c(arr)
+    if dev == "reference":
+        from segrt.kernels.label import _reference
+
+        out = _reference.remove_small(work, conn, keys[order], sizes[order], fallback)
+    else:
+        out, _ = _ext.extension().label_remove_small(work, conn, keys[order], sizes[order], fallback)
+    return _restore(out, transposed).view(arr.dtype)
+
+
+def keep_largest(seg, k=1, connectivity=None, classes=None, *, per_class=True, device="auto"):
+    """Keep the ``k`` largest components of each class (or of the whole image).
+
+    Args:
+        seg: 2D or 3D bool or integer labels.
+        k: components kept per class (0 removes the class).
+        connectivity: as in connected_components.
+        classes: class values to clean (default: every class); other classes stay whole.
+        per_class: False ranks all components of all classes together (cc3d.largest_k
+            used as a mask); ``classes`` must then be None.
+
+    Returns:
+        a new array like ``seg`` where the other components are 0. Ties in size go to the
+        component whose first voxel comes first in raster order.
+    """
+    dev, arr, conn = _prepare(seg, connectivity, device)
+    k = _validate.non_negative_int(k, "k")
+    if classes is not None and not per_class:
+        raise ValueError("classes applies only with per_class=True; pass classes=None to rank all components together")
+    if classes is not None:
+        if isinstance(classes, numbers.Integral):
+            classes = [classes]
+        try:
+            listed = [int(c) for c in classes]
+        except (TypeError, ValueError):
+            raise ValueError(f"classes must be integer class values, got {classes!r}") from None
+        keys = _class_keys(listed, arr)
+    else:
+        keys = np.zeros(0, np.uint64)
+    work, transposed = _validate.as_unsigned_c(arr)
+    if dev == "reference":
+        from segrt.kernels.label import _reference
+
+        out = _reference.keep_largest(work, conn, k, None if classes is None else keys, per_class)
+    else:
+        out, _ = _ext.extension().label_keep_largest(work, conn, k, keys.tolist(), classes is None, per_class)
+    return _restore(out, transposed).view(arr.dtype)

@@ -1,0 +1,64 @@
+"""Input checks shared by the connected-component ops; each error names what was expected,
+what arrived and what to do."""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+DEVICES = ("auto", "cpu", "reference", "cuda")
+CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
+_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
+
+
+def check_device(device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if device == "cuda":
+        raise NotImplementedError(
+            "the GPU connected components are not implemented yet; pass a NumPy array with device='cpu'")
+    return "cpu" if device == "auto" else device
+
+
+def label_image(image, name: str = "image") -> np.ndarray:
+    """The image as an ndarray of rank 2 or 3 holding bool or integer labels."""
+    if hasattr(image, "__cuda_array_interface__"):
+        raise ValueError(f"{name} is a GPU array; copy it to the host first (e.g. cupy.asnumpy({name}))")
+    arr = np.asarray(image)
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D or 3D label image, got shape {arr.shape}")
+    if arr.dtype.kind not in "biu":
+        raise ValueError(
+            f"{name} must hold bool or integer labels, got dtype {arr.dtype}; "
+            f"threshold or round it first (e.g. (prob > 0.5) or np.rint(x).astype(np.uint16))")
+    return arr
+
+
+def connectivity(value, ndim: int) -> int:
+    allowed = CONNECTIVITY[ndim]
+    if value is None:
+        return allowed[-1]
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) not in allowed:
+        raise ValueError(f"connectivity for a {ndim}D image must be one of {allowed}, got {value!r}")
+    return int(value)
+
+
+def as_unsigned_c(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """A C-contiguous unsigned view (labels compared by bits) and whether it is the transpose.
+
+    Fortran-ordered arrays are processed as their (C-ordered) transpose, so components are
+    numbered in memory order, as cc3d numbers them; other layouts are copied to C order.
+    """
+    transposed = False
+    if not arr.flags.c_contiguous:
+        if arr.flags.f_contiguous:
+            arr, transposed = arr.T, True
+        else:
+            arr = np.ascontiguousarray(arr)
+    return arr.view(_UNSIGNED[arr.dtype.itemsize]), transposed
+
+
+def non_negative_int(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return int(value)
