@@ -5,6 +5,7 @@ import sys
 
 BENCHMARKS = {
     "nms": "segrt.bench.nms",
+    "label": "segrt.bench.label",
 }
 
 

@@ -259,6 +259,8 @@ def _fmt(v) -> str:
 
 
 def _jsonable(o):
+    if isinstance(o, np.bool_):
+        return bool(o)
     if isinstance(o, (np.integer,)):
         return int(o)
     if isinstance(o, (np.floating,)):

@@ -67,3 +67,58 @@ def stardist_render_2d(dists, points, shape, scores=None):
 def stardist_render_3d(dists, points, rays, shape, scores=None):
     geom = _stardist("stardist.geometry")
     return geom.polyhedron_to_label(dists, points, rays, shape, prob=scores, verbose=False)
+
+
+# ---- connected components --------------------------------------------------------------
+def _cc3d():
+    return optional_import("cc3d", extra="peers", purpose="comparing against cc3d")
+
+
+def cc3d_label(seg, connectivity=26):
+    return _cc3d().connected_components(seg, connectivity=connectivity)
+
+
+def cc3d_dust(seg, min_size, connectivity=26):
+    return _cc3d().dust(seg, threshold=min_size, connectivity=connectivity, in_place=False)
+
+
+def cc3d_keep_largest_loop(seg, k=1, connectivity=26):
+    """The per-class clean-up nnU-Net and TotalSegmentator run, with cc3d as the labeller:
+    for each class, label its mask and zero all but its k largest components."""
+    cc3d = _cc3d()
+    out = seg.copy()
+    for cls in np.unique(seg):
+        if cls == 0:
+            continue
+        mask = seg == cls
+        lab, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+        if n <= k:
+            continue
+        sizes = np.bincount(lab.reshape(-1), minlength=n + 1)[1:]
+        keep = np.zeros(n + 1, bool)
+        keep[1 + np.argsort(-sizes, kind="stable")[:k]] = True
+        out[mask & ~keep[lab]] = 0
+    return out
+
+
+def cc3d_largest_k_mask(seg, k=1, connectivity=26):
+    return np.where(_cc3d().largest_k(seg, k, connectivity=connectivity) > 0, seg, 0)
+
+
+def scipy_label(mask, connectivity):
+    """scipy.ndimage.label of a binary mask (it has no multi-label mode)."""
+    ndimage = optional_import("scipy.ndimage", extra="peers", purpose="comparing against scipy")
+    rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
+    return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, rank))[0]
+
+
+def skimage_label(seg, connectivity):
+    measure = optional_import("skimage.measure", extra="peers", purpose="comparing against scikit-image")
+    rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
+    return measure.label(seg, background=0, connectivity=rank)
+
+
+def opencv_label(mask, connectivity=8):
+    """OpenCV's connectedComponents on a binary 2D mask (int32 labels)."""
+    cv2 = optional_import("cv2", extra="peers", purpose="comparing against OpenCV")
+    return cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)[1]

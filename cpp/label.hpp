@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <stdexcept>
 #include <vector>
 
@@ -60,11 +61,13 @@ inline uint32_t unite(uint32_t* parent, uint32_t a, uint32_t b) {
     return std::min(a, b);
 }
 
-template <typename T>
+// T: the image's (unsigned) label type; C: x coordinates (uint16_t when rows are short
+// enough, which keeps the runs small next to the output)
+template <typename T, typename C = uint32_t>
 struct Runs {
     int64_t Z = 1, Y = 0, X = 0;
-    std::vector<int64_t> row_start;   // rows + 1
-    std::vector<uint32_t> x0, x1;     // [x0, x1)
+    std::vector<uint32_t> row_start;  // rows + 1
+    std::vector<C> x0, x1;            // [x0, x1)
     std::vector<T> value;
     std::vector<uint32_t> parent;     // union-find, then (after number()) the component label
     int64_t components = 0;
@@ -77,8 +80,8 @@ struct Runs {
 namespace detail {
 
 // Joins the runs of row r with those of row q (q < r) that touch them.
-template <typename T>
-inline void join_rows(Runs<T>& R, int64_t r, int64_t q, bool diagonal) {
+template <typename T, typename C>
+inline void join_rows(Runs<T, C>& R, int64_t r, int64_t q, bool diagonal) {
     const int64_t a_end = R.row_start[r + 1], b_end = R.row_start[q + 1];
     int64_t b = R.row_start[q];
     if (b == b_end) return;
@@ -86,9 +89,9 @@ inline void join_rows(Runs<T>& R, int64_t r, int64_t q, bool diagonal) {
     uint32_t* parent = R.parent.data();
     for (int64_t a = R.row_start[r]; a < a_end; ++a) {
         const uint32_t a0 = R.x0[a], a1 = R.x1[a];
-        while (b < b_end && R.x1[b] + d <= a0) ++b;  // runs wholly to the left
+        while (b < b_end && (uint32_t)R.x1[b] + d <= a0) ++b;  // runs wholly to the left
         uint32_t root = (uint32_t)-1;
-        for (int64_t c = b; c < b_end && R.x0[c] < a1 + d; ++c) {
+        for (int64_t c = b; c < b_end && (uint32_t)R.x0[c] < a1 + d; ++c) {
             if (R.value[c] != R.value[a]) continue;
             if (root == (uint32_t)-1) root = find_root(parent, (uint32_t)a);
             const uint32_t other = find_root(parent, (uint32_t)c);
@@ -100,8 +103,8 @@ inline void join_rows(Runs<T>& R, int64_t r, int64_t q, bool diagonal) {
     }
 }
 
-template <typename T>
-inline void join_row(Runs<T>& R, int64_t r, const std::vector<RowOffset>& offs, int64_t lowest_row) {
+template <typename T, typename C>
+inline void join_row(Runs<T, C>& R, int64_t r, const std::vector<RowOffset>& offs, int64_t lowest_row) {
     const int64_t z = r / R.Y, y = r % R.Y;
     for (const RowOffset& o : offs) {
         const int64_t qz = z + o.dz, qy = y + o.dy;
@@ -115,20 +118,21 @@ inline void join_row(Runs<T>& R, int64_t r, const std::vector<RowOffset>& offs, 
 }  // namespace detail
 
 // Cuts the image (Z, Y, X, C order; Z = 1 for 2D) into runs and joins them.
-template <typename T>
-Runs<T> build_runs(const T* img, int64_t Z, int64_t Y, int64_t X, int connectivity, bool is3d, int threads) {
-    Runs<T> R;
+template <typename T, typename C>
+Runs<T, C> build_runs(const T* img, int64_t Z, int64_t Y, int64_t X, int connectivity, bool is3d, int threads) {
+    Runs<T, C> R;
     R.Z = Z, R.Y = Y, R.X = X;
     const int64_t rows = Z * Y;
     const auto offs = row_offsets(connectivity, is3d);
-    if (X >= (int64_t)UINT32_MAX) throw std::invalid_argument("rows longer than 2^32 - 1 voxels are not supported");
+    if (X > (int64_t)std::numeric_limits<C>::max())
+        throw std::invalid_argument("rows longer than 2^32 - 1 voxels are not supported");
     threads = effective_threads(threads);
     // slabs of whole rows, a few per thread so uneven content still balances
     const int64_t n_slabs = std::max<int64_t>(1, std::min<int64_t>(rows, (int64_t)threads * 4));
     std::vector<int64_t> slab_row(n_slabs + 1);
     for (int64_t s = 0; s <= n_slabs; ++s) slab_row[s] = rows * s / n_slabs;
     struct Local {
-        std::vector<uint32_t> x0, x1;
+        std::vector<C> x0, x1;
         std::vector<T> value;
         std::vector<int64_t> row_count;
     };
@@ -149,8 +153,8 @@ Runs<T> build_runs(const T* img, int64_t Z, int64_t Y, int64_t X, int connectivi
                     }
                     const int64_t start = x;
                     while (x < X && row[x] == v) ++x;
-                    L.x0.push_back((uint32_t)start);
-                    L.x1.push_back((uint32_t)x);
+                    L.x0.push_back((C)start);
+                    L.x1.push_back((C)x);
                     L.value.push_back(v);
                 }
                 L.row_count[r - slab_row[s]] = (int64_t)(L.x0.size() - before);
@@ -176,16 +180,16 @@ Runs<T> build_runs(const T* img, int64_t Z, int64_t Y, int64_t X, int connectivi
             std::copy(L.value.begin(), L.value.end(), R.value.begin() + off);
             int64_t acc = off;
             for (int64_t r = slab_row[s]; r < slab_row[s + 1]; ++r) {
-                R.row_start[r] = acc;
+                R.row_start[r] = (uint32_t)acc;
                 acc += L.row_count[r - slab_row[s]];
             }
             for (int64_t k = off; k < slab_run[s + 1]; ++k) R.parent[k] = (uint32_t)k;
-            std::vector<uint32_t>().swap(L.x0);
-            std::vector<uint32_t>().swap(L.x1);
+            std::vector<C>().swap(L.x0);
+            std::vector<C>().swap(L.x1);
             std::vector<T>().swap(L.value);
         }
     });
-    R.row_start[rows] = total;
+    R.row_start[rows] = (uint32_t)total;
     // joins inside a slab touch only the slab's own runs: no races
     parallel_for(n_slabs, threads, [&](int64_t s0, int64_t s1) {
         for (int64_t s = s0; s < s1; ++s)
@@ -208,8 +212,8 @@ Runs<T> build_runs(const T* img, int64_t Z, int64_t Y, int64_t X, int connectivi
 }
 
 // Numbers components 1..N by their first run; parent[] then holds each run's label.
-template <typename T>
-int64_t number_components(Runs<T>& R) {
+template <typename T, typename C>
+int64_t number_components(Runs<T, C>& R) {
     uint32_t* p = R.parent.data();
     const int64_t n = R.count();
     uint32_t next = 0;
@@ -223,8 +227,8 @@ int64_t number_components(Runs<T>& R) {
 }
 
 // Writes run labels (or any per-run value) into a C-order output of the image's shape.
-template <typename T, typename L, typename F>
-void fill_rows(const Runs<T>& R, L* out, int threads, F&& value_of_run) {
+template <typename T, typename C, typename L, typename F>
+void fill_rows(const Runs<T, C>& R, L* out, int threads, F&& value_of_run) {
     parallel_for(R.rows(), threads, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
             L* row = out + r * R.X;
@@ -242,16 +246,16 @@ void fill_rows(const Runs<T>& R, L* out, int threads, F&& value_of_run) {
 }
 
 // Voxel count of every component (index = label, 0 unused). Needs number_components.
-template <typename T>
-std::vector<uint64_t> component_sizes(const Runs<T>& R) {
+template <typename T, typename C>
+std::vector<uint64_t> component_sizes(const Runs<T, C>& R) {
     std::vector<uint64_t> size(R.components + 1, 0);
     for (int64_t k = 0; k < R.count(); ++k) size[R.parent[k]] += (uint64_t)R.length(k);
     return size;
 }
 
 // The value (class) of every component (index = label). Needs number_components.
-template <typename T>
-std::vector<T> component_values(const Runs<T>& R) {
+template <typename T, typename C>
+std::vector<T> component_values(const Runs<T, C>& R) {
     std::vector<T> v(R.components + 1, 0);
     for (int64_t k = 0; k < R.count(); ++k) v[R.parent[k]] = R.value[k];
     return v;

@@ -27,21 +27,32 @@ Shape3 shape_of(const py::array& a) {
     throw std::invalid_argument("expected a 2D or 3D array");
 }
 
-template <typename T>
-Runs<T> runs_of(const py::array& img, int connectivity, int threads) {
-    if (!(img.flags() & py::array::c_style)) throw std::invalid_argument("expected a C-contiguous array");
+template <typename T, typename C>
+Runs<T, C> runs_of(const py::array& img, int connectivity, int threads) {
     const Shape3 s = shape_of(img);
     const T* data = static_cast<const T*>(img.data());
     py::gil_scoped_release release;
-    Runs<T> R = build_runs<T>(data, s.Z, s.Y, s.X, connectivity, s.is3d, threads);
+    Runs<T, C> R = build_runs<T, C>(data, s.Z, s.Y, s.X, connectivity, s.is3d, threads);
     number_components(R);
     return R;
 }
 
+// Builds the runs (16-bit x coordinates when rows allow) and hands them to fn.
+template <typename T, typename F>
+py::tuple with_runs(const py::array& img, int connectivity, int threads, F&& fn) {
+    if (!(img.flags() & py::array::c_style)) throw std::invalid_argument("expected a C-contiguous array");
+    if (shape_of(img).X <= 0xFFFF) {
+        auto R = runs_of<T, uint16_t>(img, connectivity, threads);
+        return fn(R);
+    }
+    auto R = runs_of<T, uint32_t>(img, connectivity, threads);
+    return fn(R);
+}
+
 std::vector<py::ssize_t> dims(const py::array& a) { return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()); }
 
-template <typename T, typename L>
-py::array labels_as(const Runs<T>& R, const py::array& img, int threads) {
+template <typename L, typename R_>
+py::array labels_as(const R_& R, const py::array& img, int threads) {
     py::array_t<L> out(dims(img));
     L* o = out.mutable_data();
     {
@@ -53,93 +64,97 @@ py::array labels_as(const Runs<T>& R, const py::array& img, int threads) {
 
 template <typename T>
 py::tuple connected_components(const py::array& img, int connectivity, const std::string& out_dtype, int threads) {
-    Runs<T> R = runs_of<T>(img, connectivity, threads);
-    const int64_t n = R.components;
     std::string dt = out_dtype;
-    if (dt.empty()) dt = n <= 0xFFFF ? "uint16" : (n <= 0xFFFFFFFFll ? "uint32" : "uint64");
-    const int64_t cap = dt == "uint8" ? 0xFF : dt == "uint16" ? 0xFFFF : dt == "uint32" ? 0xFFFFFFFFll : INT64_MAX;
-    if (dt != "uint8" && dt != "uint16" && dt != "uint32" && dt != "uint64")
+    if (!dt.empty() && dt != "uint8" && dt != "uint16" && dt != "uint32" && dt != "uint64")
         throw std::invalid_argument("out_dtype must be uint8, uint16, uint32 or uint64, got " + dt);
-    if (n > cap)
-        throw std::invalid_argument("the image has " + std::to_string(n) + " components, more than " + dt +
-                                    " can number; pass a wider out_dtype");
-    py::array out;
-    if (dt == "uint8") out = labels_as<T, uint8_t>(R, img, threads);
-    else if (dt == "uint16") out = labels_as<T, uint16_t>(R, img, threads);
-    else if (dt == "uint32") out = labels_as<T, uint32_t>(R, img, threads);
-    else out = labels_as<T, uint64_t>(R, img, threads);
-    return py::make_tuple(out, n);
+    return with_runs<T>(img, connectivity, threads, [&](auto& R) {
+        const int64_t n = R.components;
+        if (dt.empty()) dt = n <= 0xFFFF ? "uint16" : (n <= 0xFFFFFFFFll ? "uint32" : "uint64");
+        const int64_t cap = dt == "uint8" ? 0xFF : dt == "uint16" ? 0xFFFF : dt == "uint32" ? 0xFFFFFFFFll : INT64_MAX;
+        if (n > cap)
+            throw std::invalid_argument("the image has " + std::to_string(n) + " components, more than " + dt +
+                                        " can number; pass a wider out_dtype");
+        std::vector<T>().swap(R.value);  // not needed for the labels: free it before the output
+        py::array out;
+        if (dt == "uint8") out = labels_as<uint8_t>(R, img, threads);
+        else if (dt == "uint16") out = labels_as<uint16_t>(R, img, threads);
+        else if (dt == "uint32") out = labels_as<uint32_t>(R, img, threads);
+        else out = labels_as<uint64_t>(R, img, threads);
+        return py::make_tuple(out, n);
+    });
 }
 
 // Per-class size thresholds: classes (sorted) and their sizes, `fallback` for the rest.
 template <typename T>
 py::tuple remove_small(const py::array& img, int connectivity, py::array_t<uint64_t> classes,
                        py::array_t<int64_t> sizes, int64_t fallback, int threads) {
-    Runs<T> R = runs_of<T>(img, connectivity, threads);
-    py::array_t<T> out(dims(img));
-    T* o = out.mutable_data();
     const uint64_t* cls = classes.data();
     const int64_t* sz = sizes.data();
     const int64_t nc = classes.size();
-    int64_t removed = 0;
-    {
-        py::gil_scoped_release release;
-        const auto size = component_sizes(R);
-        const auto value = component_values(R);
-        std::vector<uint8_t> keep(R.components + 1, 1);
-        for (int64_t l = 1; l <= R.components; ++l) {
-            int64_t need = fallback;
-            const uint64_t v = (uint64_t)value[l];
-            const uint64_t* it = std::lower_bound(cls, cls + nc, v);
-            if (it != cls + nc && *it == v) need = sz[it - cls];
-            if ((int64_t)size[l] < need) keep[l] = 0, ++removed;
+    return with_runs<T>(img, connectivity, threads, [&](auto& R) {
+        py::array_t<T> out(dims(img));
+        T* o = out.mutable_data();
+        int64_t removed = 0;
+        {
+            py::gil_scoped_release release;
+            const auto size = component_sizes(R);
+            const auto value = component_values(R);
+            std::vector<uint8_t> keep(R.components + 1, 1);
+            for (int64_t l = 1; l <= R.components; ++l) {
+                int64_t need = fallback;
+                const uint64_t v = (uint64_t)value[l];
+                const uint64_t* it = std::lower_bound(cls, cls + nc, v);
+                if (it != cls + nc && *it == v) need = sz[it - cls];
+                if ((int64_t)size[l] < need) keep[l] = 0, ++removed;
+            }
+            fill_rows(R, o, threads, [&](int64_t k) { return keep[R.parent[k]] ? R.value[k] : (T)0; });
         }
-        fill_rows(R, o, threads, [&](int64_t k) { return keep[R.parent[k]] ? R.value[k] : (T)0; });
-    }
-    return py::make_tuple(out, removed);
+        return py::make_tuple(out, removed);
+    });
 }
 
 // k largest components per class (or overall), ties to the first in raster order.
 template <typename T>
 py::tuple keep_largest(const py::array& img, int connectivity, int64_t k, std::vector<uint64_t> listed, bool all,
                        bool per_class, int threads) {
-    Runs<T> R = runs_of<T>(img, connectivity, threads);
     std::sort(listed.begin(), listed.end());
-    py::array_t<T> out(dims(img));
-    T* o = out.mutable_data();
-    int64_t removed = 0;
-    {
-        py::gil_scoped_release release;
-        const auto size = component_sizes(R);
-        const auto value = component_values(R);
-        const int64_t n = R.components;
-        std::vector<uint8_t> keep(n + 1, 1);
-        std::vector<int64_t> order(n);
-        std::iota(order.begin(), order.end(), 1);
-        if (per_class) {
-            // by class, then size descending, then first voxel (label ascending)
-            std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-                if (value[a] != value[b]) return value[a] < value[b];
-                if (size[a] != size[b]) return size[a] > size[b];
-                return a < b;
-            });
-            int64_t rank = 0;
-            for (int64_t i = 0; i < n; ++i) {
-                const int64_t l = order[i];
-                rank = (i > 0 && value[order[i - 1]] == value[l]) ? rank + 1 : 0;
-                const bool chosen = all || std::binary_search(listed.begin(), listed.end(), (uint64_t)value[l]);
-                if (chosen && rank >= k) keep[l] = 0, ++removed;
+    return with_runs<T>(img, connectivity, threads, [&](auto& R) {
+        py::array_t<T> out(dims(img));
+        T* o = out.mutable_data();
+        int64_t removed = 0;
+        {
+            py::gil_scoped_release release;
+            const auto size = component_sizes(R);
+            const auto value = component_values(R);
+            const int64_t n = R.components;
+            std::vector<uint8_t> keep(n + 1, 1);
+            std::vector<int64_t> order(n);
+            std::iota(order.begin(), order.end(), 1);
+            if (per_class) {
+                // by class, then size descending, then first voxel (label ascending)
+                std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                    if (value[a] != value[b]) return value[a] < value[b];
+                    if (size[a] != size[b]) return size[a] > size[b];
+                    return a < b;
+                });
+                int64_t rank = 0;
+                for (int64_t i = 0; i < n; ++i) {
+                    const int64_t l = order[i];
+                    rank = (i > 0 && value[order[i - 1]] == value[l]) ? rank + 1 : 0;
+                    const bool chosen = all || std::binary_search(listed.begin(), listed.end(), (uint64_t)value[l]);
+                    if (chosen && rank >= k) keep[l] = 0, ++removed;
+                }
+            } else {
+                std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                    if (size[a] != size[b]) return size[a] > size[b];
+                    return a < b;
+                });
+                for (int64_t i = k; i < n; ++i) keep[order[i]] = 0, ++removed;
             }
-        } else {
-            std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-                if (size[a] != size[b]) return size[a] > size[b];
-                return a < b;
-            });
-            for (int64_t i = k; i < n; ++i) keep[order[i]] = 0, ++removed;
+            fill_rows(R, o, threads, [&](int64_t q) { return keep[R.parent[q]] ? R.value[q] : (T)0; });
         }
-        fill_rows(R, o, threads, [&](int64_t q) { return keep[R.parent[q]] ? R.value[q] : (T)0; });
-    }
-    return py::make_tuple(out, removed);
+        return py::make_tuple(out, removed);
+    });
 }
 
 template <typename L>

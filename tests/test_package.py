@@ -106,3 +106,13 @@ def test_nms_benchmark_quick_runs(tmp_path):
     rep = nms.main(["--quick", "--no-3d", "--out", str(tmp_path / "nms.json")])
     assert all(r["identical"] for r in rep.rows)
     assert json.loads((tmp_path / "nms.json").read_text())["rows"]
+
+
+def test_label_benchmark_quick_runs(tmp_path):
+    for mod in ("cc3d", "cv2", "skimage"):
+        pytest.importorskip(mod)
+    from segrt.bench import label
+
+    rep = label.main(["--quick", "--repeats", "1", "--out", str(tmp_path / "label.json")])
+    assert len(rep.rows) == 6 and all(r["identical"] for r in rep.rows)
+    assert json.loads((tmp_path / "label.json").read_text())["machine"]["versions"]["connected-components-3d"]
