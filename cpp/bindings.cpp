@@ -14,7 +14,8 @@
 namespace py = pybind11;
 using namespace segrt::starnms;
 
-void bind_label(py::module_& m);  // label_bindings.cpp
+void bind_label(py::module_& m);   // label_bindings.cpp
+void bind_stitch(py::module_& m);  // stitch.cpp
 
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
@@ -93,6 +94,7 @@ PYBIND11_MODULE(_C, m) {
         py::arg("a"), py::arg("b"));
     m.def("max_threads", []() { return segrt::effective_threads(0); });
     bind_label(m);
+    bind_stitch(m);
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
           py::arg("hi"));

@@ -1,0 +1,170 @@
+// Sliding-window stitching kernels: weighted accumulation of a window's prediction into a
+// larger buffer (no temporary for prediction x weight), and the per-voxel argmax over
+// classes of a finished block. Shapes are (C, D0, D1, D2) with D0 = 1 for 2D data; boxes
+// are given by offsets into the source and destination. Bindings at the end.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "parallel.hpp"
+
+namespace py = pybind11;
+
+namespace segrt {
+namespace stitch {
+
+using Box = std::array<int64_t, 3>;
+
+// dst[c, dst_off + p] += src[c, src_off + p] * w[src_off + p] for p in the box, every c.
+template <typename T, typename S>
+void box_fma(T* dst, int64_t C, const Box& dshape, const Box& doff, const S* src, const Box& sshape,
+             const Box& soff, const T* w, const Box& box, int threads) {
+    const int64_t dvox = dshape[0] * dshape[1] * dshape[2], svox = sshape[0] * sshape[1] * sshape[2];
+    const int64_t rows = C * box[0] * box[1];
+    const int64_t n = box[2];
+    parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t c = r / (box[0] * box[1]), rem = r % (box[0] * box[1]);
+            const int64_t a = rem / box[1], b = rem % box[1];
+            T* d = dst + c * dvox + ((doff[0] + a) * dshape[1] + (doff[1] + b)) * dshape[2] + doff[2];
+            const int64_t so = ((soff[0] + a) * sshape[1] + (soff[1] + b)) * sshape[2] + soff[2];
+            const S* s = src + c * svox + so;
+            const T* ww = w + so;
+            for (int64_t x = 0; x < n; ++x) d[x] += (T)s[x] * ww[x];
+        }
+    });
+}
+
+// labels[off + p] = argmax_c acc[c, p] over a whole (C, B0, B1, B2) block; first maximum wins.
+template <typename T, typename L>
+void argmax_block(const T* acc, int64_t C, const Box& bshape, L* labels, const Box& lshape, const Box& loff,
+                  int threads) {
+    const int64_t vox = bshape[0] * bshape[1] * bshape[2];
+    const int64_t rows = bshape[0] * bshape[1];
+    const int64_t n = bshape[2];
+    parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
+        std::vector<T> best(n);
+        std::vector<L> arg(n);
+        for (int64_t r = r0; r < r1; ++r) {
+            const T* base = acc + r * n;
+            for (int64_t x = 0; x < n; ++x) best[x] = base[x], arg[x] = 0;
+            for (int64_t c = 1; c < C; ++c) {
+                const T* p = base + c * vox;
+                for (int64_t x = 0; x < n; ++x) {
+                    const bool gt = p[x] > best[x];
+                    best[x] = gt ? p[x] : best[x];
+                    arg[x] = gt ? (L)c : arg[x];
+                }
+            }
+            const int64_t a = r / bshape[1], b = r % bshape[1];
+            L* out = labels + ((loff[0] + a) * lshape[1] + (loff[1] + b)) * lshape[2] + loff[2];
+            for (int64_t x = 0; x < n; ++x) out[x] = arg[x];
+        }
+    });
+}
+
+}  // namespace stitch
+}  // namespace segrt
+
+namespace {
+using segrt::stitch::Box;
+
+// (C, D0, D1, D2) view of a C-contiguous array of rank `spatial + 1`
+Box spatial_of(const py::array& a, int64_t* C) {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("stitch kernels need C-contiguous arrays");
+    if (a.ndim() == 3) {
+        *C = a.shape(0);
+        return {1, a.shape(1), a.shape(2)};
+    }
+    if (a.ndim() == 4) {
+        *C = a.shape(0);
+        return {a.shape(1), a.shape(2), a.shape(3)};
+    }
+    throw std::invalid_argument("expected a (C, H, W) or (C, D, H, W) array");
+}
+
+Box box3(const std::vector<int64_t>& v) {
+    if (v.size() == 2) return {0, v[0], v[1]};
+    if (v.size() == 3) return {v[0], v[1], v[2]};
+    throw std::invalid_argument("offsets and boxes need 2 or 3 entries");
+}
+Box size3(const std::vector<int64_t>& v) {
+    if (v.size() == 2) return {1, v[0], v[1]};
+    return box3(v);
+}
+
+template <typename T, typename S>
+void fma_typed(py::array dst, py::array src, py::array w, const Box& doff, const Box& soff, const Box& box, int threads) {
+    int64_t Cd, Cs, Cw;
+    const Box ds = spatial_of(dst, &Cd), ss = spatial_of(src, &Cs);
+    py::array wv = w.reshape(std::vector<py::ssize_t>{1, (py::ssize_t)ss[0], (py::ssize_t)ss[1], (py::ssize_t)ss[2]});
+    const Box ws = spatial_of(wv, &Cw);
+    if (Cd != Cs) throw std::invalid_argument("destination and prediction have different channel counts");
+    if (ws != ss) throw std::invalid_argument("the weight map must have the window's shape");
+    for (int k = 0; k < 3; ++k)
+        if (doff[k] < 0 || soff[k] < 0 || box[k] < 0 || doff[k] + box[k] > ds[k] || soff[k] + box[k] > ss[k])
+            throw std::invalid_argument("box outside the arrays");
+    T* d = static_cast<T*>(dst.mutable_data());
+    const S* s = static_cast<const S*>(src.data());
+    const T* ww = static_cast<const T*>(wv.data());
+    py::gil_scoped_release release;
+    segrt::stitch::box_fma<T, S>(d, Cd, ds, doff, s, ss, soff, ww, box, threads);
+}
+
+template <typename T, typename L>
+void argmax_typed(py::array acc, py::array labels, const Box& loff, int threads) {
+    int64_t C, one;
+    const Box bs = spatial_of(acc, &C);
+    py::array lv = labels.ndim() == 2
+                       ? labels.reshape(std::vector<py::ssize_t>{1, 1, labels.shape(0), labels.shape(1)})
+                       : labels.reshape(std::vector<py::ssize_t>{1, labels.shape(0), labels.shape(1), labels.shape(2)});
+    const Box ls = spatial_of(lv, &one);
+    for (int k = 0; k < 3; ++k)
+        if (loff[k] < 0 || loff[k] + bs[k] > ls[k]) throw std::invalid_argument("block outside the label array");
+    const T* a = static_cast<const T*>(acc.data());
+    L* l = static_cast<L*>(lv.mutable_data());
+    py::gil_scoped_release release;
+    segrt::stitch::argmax_block<T, L>(a, C, bs, l, ls, loff, threads);
+}
+}  // namespace
+
+void bind_stitch(py::module_& m) {
+    m.def(
+        "stitch_fma",
+        [](py::array dst, py::array src, py::array w, std::vector<int64_t> dst_off, std::vector<int64_t> src_off,
+           std::vector<int64_t> box, int threads) {
+            const Box doff = box3(dst_off), soff = box3(src_off), bx = size3(box);
+            const auto dt = dst.dtype(), st = src.dtype(), wt = w.dtype();
+            if (!wt.is(dt)) throw std::invalid_argument("the weight map must have the destination's dtype");
+            if (dt.is(py::dtype::of<float>())) {
+                if (st.is(py::dtype::of<float>())) return fma_typed<float, float>(dst, src, w, doff, soff, bx, threads);
+                if (st.is(py::dtype::of<double>())) return fma_typed<float, double>(dst, src, w, doff, soff, bx, threads);
+            } else if (dt.is(py::dtype::of<double>())) {
+                if (st.is(py::dtype::of<float>())) return fma_typed<double, float>(dst, src, w, doff, soff, bx, threads);
+                if (st.is(py::dtype::of<double>())) return fma_typed<double, double>(dst, src, w, doff, soff, bx, threads);
+            }
+            throw std::invalid_argument("stitch_fma supports float32 / float64 arrays");
+        },
+        py::arg("dst"), py::arg("src"), py::arg("weight"), py::arg("dst_off"), py::arg("src_off"), py::arg("box"),
+        py::arg("threads") = 0);
+    m.def(
+        "stitch_argmax",
+        [](py::array acc, py::array labels, std::vector<int64_t> label_off, int threads) {
+            const Box loff = box3(label_off);
+            const auto at = acc.dtype(), lt = labels.dtype();
+            const bool f32 = at.is(py::dtype::of<float>()), f64 = at.is(py::dtype::of<double>());
+            if (!(labels.flags() & py::array::c_style)) throw std::invalid_argument("labels must be C-contiguous");
+            if (f32 && lt.is(py::dtype::of<uint8_t>())) return argmax_typed<float, uint8_t>(acc, labels, loff, threads);
+            if (f32 && lt.is(py::dtype::of<uint16_t>())) return argmax_typed<float, uint16_t>(acc, labels, loff, threads);
+            if (f64 && lt.is(py::dtype::of<uint8_t>())) return argmax_typed<double, uint8_t>(acc, labels, loff, threads);
+            if (f64 && lt.is(py::dtype::of<uint16_t>())) return argmax_typed<double, uint16_t>(acc, labels, loff, threads);
+            throw std::invalid_argument("stitch_argmax supports float32 / float64 scores and uint8 / uint16 labels");
+        },
+        py::arg("acc"), py::arg("labels"), py::arg("label_off"), py::arg("threads") = 0);
+}

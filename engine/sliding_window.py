@@ -1,0 +1,262 @@
+"""Sliding-window inference with MONAI's window placement and blending, and a streaming
+argmax whose memory is bounded by the windows in flight rather than classes x volume."""
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+import numbers
+import sys
+import time
+
+import numpy as np
+
+from segrt.kernels import stitch
+
+__all__ = ["sliding_window"]
+
+PADDING_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
+
+
+class _Progress:
+    """A one-line progress read-out on stderr: windows done / total and rate."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled, 0
+        self.t0 = self.last = time.perf_counter()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        if not self.enabled:
+            return
+        now = time.perf_counter()
+        if now - self.last >= 0.25 or self.done >= self.total:
+            self.last = now
+            rate = self.done / max(now - self.t0, 1e-9)
+            width = 30
+            fill = int(width * self.done / max(self.total, 1))
+            sys.stderr.write(f"\rsliding window [{'#' * fill}{'.' * (width - fill)}] {self.done}/{self.total} "
+                             f"windows, {rate:.1f}/s")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def _check_inputs(inputs) -> np.ndarray:
+    if hasattr(inputs, "__cuda_array_interface__"):
+        raise ValueError("inputs is a GPU array; the GPU path is not implemented yet, copy it to the host first")
+    if hasattr(inputs, "detach"):  # a torch tensor
+        inputs = inputs.detach().cpu().numpy()
+    x = np.asarray(inputs)
+    if x.ndim not in (4, 5):
+        raise ValueError(f"inputs must be (N, C, H, W) or (N, C, D, H, W), got shape {x.shape}")
+    if x.dtype.kind not in "fiub":
+        raise ValueError(f"inputs must hold numbers, got dtype {x.dtype}")
+    if x.dtype != np.float64:
+        x = x.astype(np.float32, copy=False)
+    if x.size and np.isnan(x).any():
+        raise ValueError(f"inputs contain {int(np.isnan(x).sum())} NaN value(s); clean or impute them first")
+    return x
+
+
+def _per_axis(value, n: int, name: str) -> tuple:
+    if isinstance(value, numbers.Number):
+        return (value,) * n
+    try:
+        vals = tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a number or {n} numbers, got {value!r}") from None
+    if len(vals) != n:
+        raise ValueError(f"{name} needs {n} values for {n}D inputs, got {len(vals)} ({value!r})")
+    return vals
+
+
+def _check_roi(roi_size, n: int) -> tuple[int, ...]:
+    roi = _per_axis(roi_size, n, "roi_size")
+    if any(isinstance(r, bool) or not isinstance(r, numbers.Integral) or r <= 0 for r in roi):
+        raise ValueError(f"roi_size must be {n} positive integers, got {roi_size!r}")
+    return tuple(int(r) for r in roi)
+
+
+def _as_prediction(out, batch: np.ndarray, roi: tuple) -> np.ndarray:
+    if hasattr(out, "detach"):
+        out = out.detach().cpu().numpy()
+    if isinstance(out, (tuple, list, dict)):
+        raise ValueError("the predictor must return one array (B, C_out, *roi); got a " + type(out).__name__)
+    pred = np.asarray(out)
+    if pred.ndim != batch.ndim:
+        raise ValueError(f"the predictor must return a (B, C_out, {', '.join(map(str, roi))}) array, got shape "
+                         f"{pred.shape}")
+    if pred.shape[0] != batch.shape[0]:
+        raise ValueError(f"the predictor returned a batch of {pred.shape[0]} for {batch.shape[0]} windows")
+    if tuple(pred.shape[2:]) != roi:
+        raise ValueError(f"the predictor's output spatial size {tuple(pred.shape[2:])} differs from the window {roi}; "
+                         "segrt stitches outputs of the window's size only (resample in the predictor)")
+    if pred.dtype.kind != "f":
+        raise ValueError(f"the predictor must return floating-point scores, got dtype {pred.dtype}")
+    if pred.dtype == np.float16:
+        pred = pred.astype(np.float32)
+    return np.ascontiguousarray(pred)
+
+
+class _Cells:
+    """The volume cut at every window edge; a cell is final once all windows over it are in."""
+
+    def __init__(self, grid, roi, size):
+        self.edges = []
+        self.cover = []  # per axis, per cell: windows covering it along that axis
+        for starts, r, s in zip(grid, roi, size):
+            e = sorted(set([0, s] + list(starts) + [a + r for a in starts]))
+            self.edges.append(e)
+            self.cover.append([sum(1 for a in starts if a <= lo and hi <= a + r) for lo, hi in zip(e[:-1], e[1:])])
+        self.remaining: dict = {}
+        self.buffers: dict = {}
+
+    def cells_of(self, start, roi):
+        ranges = []
+        for e, a, r in zip(self.edges, start, roi):
+            i0 = bisect.bisect_left(e, a)
+            i1 = bisect.bisect_left(e, a + r)
+            ranges.append(range(i0, i1))
+        return itertools.product(*ranges)
+
+    def bounds(self, cell):
+        lo = tuple(e[i] for e, i in zip(self.edges, cell))
+        hi = tuple(e[i + 1] for e, i in zip(self.edges, cell))
+        return lo, hi
+
+
+def _visit_order(grid, roi, size):
+    """Axis order (slowest first) keeping the cells in flight few: the slowest axis is the one
+    whose window overlap times the other axes' extent is smallest."""
+    n = len(grid)
+
+    def pending(a):
+        step = grid[a][1] - grid[a][0] if len(grid[a]) > 1 else roi[a]
+        other = math.prod(size[b] for b in range(n) if b != a)
+        return max(roi[a] - step, 0) * other
+
+    slow = min(range(n), key=pending)
+    return [slow] + [a for a in range(n) if a != slow]
+
+
+def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
+                   padding_mode="constant", cval=0.0, reduce=None, progress=False, device="cpu"):
+    """Run ``predictor`` over windows of ``inputs`` and blend the results, as
+    ``monai.inferers.sliding_window_inference`` does (same windows, importance map and result).
+
+    Args:
+        inputs: (N, C, H, W) or (N, C, D, H, W) array (float64 stays float64; anything else is
+            computed in float32).
+        roi_size: window size per spatial axis (an int for all).
+        predictor: callable mapping a (B, C, *roi) float array to a (B, C_out, *roi) array
+            (NumPy, or anything ``np.asarray`` / a torch tensor converts). It always receives
+            exactly ``sw_batch_size`` windows: the last batch is filled up by repeating its
+            last window, so fixed-shape backends never see a new shape.
+        sw_batch_size: windows per predictor call.
+        overlap: fraction in [0, 1) per axis (or one for all).
+        mode: "constant" or "gaussian" blending; sigma_scale: gaussian sigma / roi per axis.
+        padding_mode: "constant" (with ``cval``), "reflect", "replicate" or "circular", used
+            where the roi is larger than the image (the result is cropped back).
+        reduce: None / "none" for the blended (N, C_out, *spatial) scores, or "argmax" for
+            (N, *spatial) class labels (uint8 up to 256 classes, else uint16) computed while
+            streaming: a region is reduced and its buffer freed as soon as its last window is
+            in, so memory follows the windows in flight, not C_out x the volume.
+        progress: print windows done / total and the rate on stderr.
+        device: "cpu" (C++ kernels) or "reference" (NumPy kernels).
+
+    Returns:
+        the blended scores, or the labels with reduce="argmax".
+    """
+    if device not in ("cpu", "reference"):
+        raise ValueError(f"device must be 'cpu' or 'reference', got {device!r}")
+    x = _check_inputs(inputs)
+    nd = x.ndim - 2
+    roi = _check_roi(roi_size, nd)
+    ov = _per_axis(overlap, nd, "overlap")
+    if any(not isinstance(o, numbers.Real) or isinstance(o, bool) or not 0 <= o < 1 for o in ov):
+        raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}")
+    if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, numbers.Integral) or sw_batch_size < 1:
+        raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}")
+    if mode not in ("constant", "gaussian"):
+        raise ValueError(f"mode must be 'constant' or 'gaussian', got {mode!r}")
+    sig = _per_axis(sigma_scale, nd, "sigma_scale")
+    if any(not isinstance(s, numbers.Real) or not s > 0 for s in sig):
+        raise ValueError(f"sigma_scale must be positive, got {sigma_scale!r}")
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode must be one of {tuple(PADDING_MODES)}, got {padding_mode!r}")
+    if reduce not in (None, "none", "argmax"):
+        raise ValueError(f"reduce must be None, 'none' or 'argmax', got {reduce!r}")
+    if not callable(predictor):
+        raise ValueError("predictor must be callable: (B, C, *roi) array -> (B, C_out, *roi) array")
+
+    n_img, n_chan = x.shape[:2]
+    image_size_ = x.shape[2:]
+    pads = stitch.pad_widths(image_size_, roi)
+    if any(a or b for a, b in pads):
+        kw = {"constant_values": cval} if padding_mode == "constant" else {}
+        x = np.pad(x, [(0, 0), (0, 0)] + pads, mode=PADDING_MODES[padding_mode], **kw)
+    size = x.shape[2:]
+    grid = stitch.window_grid(size, roi, ov)
+    imp = stitch.importance_map(roi, mode, sig, x.dtype)
+    crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, image_size_))
+
+    streaming = reduce == "argmax"
+    if streaming:
+        order = _visit_order(grid, roi, size)
+        inverse = [order.index(a) for a in range(nd)]
+        per_image = [tuple(p[i] for i in inverse) for p in itertools.product(*(grid[a] for a in order))]
+    else:
+        per_image = list(itertools.product(*grid))
+    todo = [(n, w) for n in range(n_img) for w in per_image]
+    total = len(todo)
+
+    batch = np.empty((sw_batch_size, n_chan) + roi, x.dtype)
+    out = labels = cells = n_classes = None
+    bar = _Progress(total, bool(progress))
+    for b0 in range(0, total, sw_batch_size):
+        chunk = todo[b0:b0 + sw_batch_size]
+        for b, (n, start) in enumerate(chunk):
+            np.copyto(batch[b], x[(n, slice(None)) + tuple(slice(a, a + r) for a, r in zip(start, roi))])
+        for b in range(len(chunk), sw_batch_size):  # keep the shape fixed
+            batch[b] = batch[len(chunk) - 1]
+        pred = _as_prediction(predictor(batch), batch, roi)
+        n_out = pred.shape[1]
+        if n_classes is not None and n_out != n_classes:
+            raise ValueError(f"the predictor returned {n_out} channels after returning {n_classes}")
+        if n_classes is None:
+            n_classes = n_out
+            if streaming:
+                if n_out > 65536:
+                    raise ValueError(f"reduce='argmax' supports up to 65536 classes, the predictor returned {n_out}")
+                labels = np.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
+                cells = [_Cells(grid, roi, size) for _ in range(n_img)]
+            else:
+                out = np.zeros((n_img, n_out) + size, x.dtype)
+        for b, (n, start) in enumerate(chunk):
+            if not streaming:
+                stitch.accumulate(out[n], start, pred[b], imp, device=device)
+                continue
+            C = cells[n]
+            for cell in C.cells_of(start, roi):
+                lo, hi = C.bounds(cell)
+                shape = tuple(h - l for l, h in zip(lo, hi))
+                buf = C.buffers.get(cell)
+                if buf is None:
+                    buf = C.buffers[cell] = np.zeros((n_out,) + shape, x.dtype)
+                    C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
+                stitch.accumulate(buf, (0,) * nd, pred[b], imp,
+                                  src_off=tuple(l - a for l, a in zip(lo, start)), box=shape, device=device)
+                C.remaining[cell] -= 1
+                if C.remaining[cell] == 0:
+                    stitch.argmax_block(buf, labels[n], lo, device=device)
+                    del C.buffers[cell], C.remaining[cell]
+        bar.update(len(chunk))
+
+    if streaming:
+        return labels[(slice(None),) + crop]
+    count = np.zeros(size, x.dtype)
+    for start in per_image:
+        count[tuple(slice(a, a + r) for a, r in zip(start, roi))] += imp
+    np.divide(out, count, out=out)
+    return out[(slice(None), slice(None)) + crop]

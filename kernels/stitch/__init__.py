@@ -1,0 +1,128 @@
+"""Sliding-window stitching: window planning, importance maps, weighted accumulation and
+the streamed argmax (the pieces ``segrt.engine.sliding_window`` is built from).
+
+Window positions and importance maps are MONAI's (``monai.inferers.sliding_window_inference``,
+MONAI 1.x): per axis the step is ``int(roi * (1 - overlap))`` (at least 1; the whole axis
+when the roi spans it), windows start at multiples of the step, and the last one is pulled
+back to end at the border; the gaussian map is the outer product of 1D gaussians
+``exp(-x^2 / (2 (sigma_scale * roi)^2))`` about the window centre, in float32, floored at
+1e-3.
+
+Each kernel has a NumPy reference (``device="reference"``) and a C++ version
+(``device="cpu"``, in place, no temporaries, both cores). The array module is chosen in one
+place (``array_module``) so the GPU path can slot in later.
+"""
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+
+import numpy as np
+
+from segrt.kernels import _ext
+
+__all__ = ["array_module", "scan_intervals", "window_grid", "windows", "pad_widths", "importance_map",
+           "accumulate", "argmax_block"]
+
+
+def array_module(arr):
+    """The array module an array lives in (NumPy today; CuPy arrays are refused for now)."""
+    if hasattr(arr, "__cuda_array_interface__"):
+        raise NotImplementedError("GPU stitching is not implemented yet; pass NumPy arrays")
+    return np
+
+
+def scan_intervals(image_size, roi_size, overlap) -> tuple[int, ...]:
+    """MONAI's step per axis: ``int(roi * (1 - overlap))``, at least 1, the roi where it spans the axis."""
+    out = []
+    for size, roi, ov in zip(image_size, roi_size, overlap):
+        if roi == size:
+            out.append(int(roi))
+        else:
+            step = int(roi * (1 - ov))
+            out.append(step if step > 0 else 1)
+    return tuple(out)
+
+
+def window_grid(image_size, roi_size, overlap) -> list[list[int]]:
+    """Window start positions along each axis (image_size already padded to >= roi)."""
+    steps = scan_intervals(image_size, roi_size, overlap)
+    grid = []
+    for size, roi, step in zip(image_size, roi_size, steps):
+        num = int(math.ceil(float(size) / step))
+        count = next((d + 1 for d in range(num) if d * step + roi >= size), 1)
+        grid.append([i * step - max(i * step + roi - size, 0) for i in range(count)])
+    return grid
+
+
+def windows(image_size, roi_size, overlap) -> list[tuple[int, ...]]:
+    """All window starts, last axis fastest (MONAI's order)."""
+    return list(itertools.product(*window_grid(image_size, roi_size, overlap)))
+
+
+def pad_widths(image_size, roi_size) -> list[tuple[int, int]]:
+    """(before, after) padding per axis so the image is at least the roi (MONAI: floor half before)."""
+    out = []
+    for size, roi in zip(image_size, roi_size):
+        diff = max(roi - size, 0)
+        out.append((diff // 2, diff - diff // 2))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _importance_map(roi_size: tuple, mode: str, sigma_scale: tuple, dtype: str) -> np.ndarray:
+    if mode == "constant":
+        imp = np.ones(roi_size, np.float32)
+    elif mode == "gaussian":
+        imp = None
+        for n, s in zip(roi_size, sigma_scale):
+            sigma = n * s
+            x = (np.arange(n, dtype=np.float64) - (n - 1) / 2.0).astype(np.float32)
+            g = np.exp(x * x / np.float32(-2 * sigma**2)).astype(np.float32)
+            imp = g if imp is None else np.multiply.outer(imp, g).astype(np.float32)
+    else:
+        raise ValueError(f"mode must be 'constant' or 'gaussian', got {mode!r}")
+    imp = np.maximum(imp, max(float(imp.min()), 1e-3)).astype(np.float32).astype(dtype)
+    imp.setflags(write=False)
+    return imp
+
+
+def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float32) -> np.ndarray:
+    """MONAI's importance map for a window (cached per roi / mode / sigma / dtype; read-only)."""
+    roi = tuple(int(r) for r in roi_size)
+    if isinstance(sigma_scale, (int, float)):
+        sigma = (float(sigma_scale),) * len(roi)
+    else:
+        sigma = tuple(float(s) for s in sigma_scale)
+        if len(sigma) != len(roi):
+            raise ValueError(f"sigma_scale needs {len(roi)} values, got {len(sigma)}")
+    return _importance_map(roi, str(mode), sigma, np.dtype(dtype).name)
+
+
+def _slices(off, box):
+    return tuple(slice(o, o + b) for o, b in zip(off, box))
+
+
+def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cpu") -> None:
+    """``dst[:, dst_off + p] += pred[:, src_off + p] * weight[src_off + p]`` over a box, in place.
+
+    dst: (C, *S) float32 / float64, C-contiguous; pred: (C, *roi); weight: (*roi) of dst's
+    dtype. The box defaults to the whole window.
+    """
+    nd = pred.ndim - 1
+    src_off = tuple(src_off) if src_off is not None else (0,) * nd
+    box = tuple(box) if box is not None else tuple(pred.shape[1:])
+    if device == "reference":
+        dst[(slice(None),) + _slices(dst_off, box)] += (
+            pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
+        return
+    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box))
+
+
+def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
+    """``labels[label_off + p] = argmax_c acc[c, p]`` for a whole (C, *B) block (first maximum wins)."""
+    if device == "reference":
+        labels[_slices(label_off, acc.shape[1:])] = np.argmax(acc, axis=0)
+        return
+    _ext.extension().stitch_argmax(acc, labels, list(label_off))
