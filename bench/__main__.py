@@ -6,6 +6,7 @@ import sys
 BENCHMARKS = {
     "nms": "segrt.bench.nms",
     "label": "segrt.bench.label",
+    "stitch": "segrt.bench.stitch",
 }
 
 

@@ -26,17 +26,20 @@ template <typename T, typename S>
 void box_fma(T* dst, int64_t C, const Box& dshape, const Box& doff, const S* src, const Box& sshape,
              const Box& soff, const T* w, const Box& box, int threads) {
     const int64_t dvox = dshape[0] * dshape[1] * dshape[2], svox = sshape[0] * sshape[1] * sshape[2];
-    const int64_t rows = C * box[0] * box[1];
+    const int64_t rows = box[0] * box[1];
     const int64_t n = box[2];
+    // rows outside, classes inside: a row of weights is read once for every class
     parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
-            const int64_t c = r / (box[0] * box[1]), rem = r % (box[0] * box[1]);
-            const int64_t a = rem / box[1], b = rem % box[1];
-            T* d = dst + c * dvox + ((doff[0] + a) * dshape[1] + (doff[1] + b)) * dshape[2] + doff[2];
+            const int64_t a = r / box[1], b = r % box[1];
+            const int64_t dof = ((doff[0] + a) * dshape[1] + (doff[1] + b)) * dshape[2] + doff[2];
             const int64_t so = ((soff[0] + a) * sshape[1] + (soff[1] + b)) * sshape[2] + soff[2];
-            const S* s = src + c * svox + so;
             const T* ww = w + so;
-            for (int64_t x = 0; x < n; ++x) d[x] += (T)s[x] * ww[x];
+            for (int64_t c = 0; c < C; ++c) {
+                T* d = dst + c * dvox + dof;
+                const S* s = src + c * svox + so;
+                for (int64_t x = 0; x < n; ++x) d[x] += (T)s[x] * ww[x];
+            }
         }
     });
 }

@@ -3,6 +3,7 @@ argmax whose memory is bounded by the windows in flight rather than classes x vo
 from __future__ import annotations
 
 import bisect
+import functools
 import itertools
 import math
 import numbers
@@ -140,6 +141,17 @@ def _visit_order(grid, roi, size):
     return [slow] + [a for a in range(n) if a != slow]
 
 
+@functools.lru_cache(maxsize=8)
+def _count_map(size, roi, overlap, mode, sigma, dtype):
+    """Sum of the importance maps of all windows (cached: same-size inputs reuse it)."""
+    imp = stitch.importance_map(roi, mode, sigma, dtype)
+    count = np.zeros(size, imp.dtype)
+    for start in stitch.windows(size, roi, overlap):
+        count[tuple(slice(a, a + r) for a, r in zip(start, roi))] += imp
+    count.setflags(write=False)
+    return count
+
+
 def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
                    padding_mode="constant", cval=0.0, reduce=None, progress=False, device="cpu"):
     """Run ``predictor`` over windows of ``inputs`` and blend the results, as
@@ -255,8 +267,5 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
 
     if streaming:
         return labels[(slice(None),) + crop]
-    count = np.zeros(size, x.dtype)
-    for start in per_image:
-        count[tuple(slice(a, a + r) for a, r in zip(start, roi))] += imp
-    np.divide(out, count, out=out)
+    np.divide(out, _count_map(size, roi, ov, mode, sig, x.dtype), out=out)
     return out[(slice(None), slice(None)) + crop]

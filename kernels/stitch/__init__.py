@@ -100,6 +100,16 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
     return _importance_map(roi, str(mode), sigma, np.dtype(dtype).name)
 
 
+# Below this many values a kernel runs on the calling thread: waking a thread team costs more
+# than it saves there, and right after an ONNX Runtime call its spinning workers still hold
+# the cores (measured: 3 ms instead of 36 ms of stitching for 8 windows of 3 x 32x48x48).
+_PARALLEL_MIN = 8_000_000
+
+
+def _threads(n_values: int) -> int:
+    return 0 if n_values >= _PARALLEL_MIN else 1
+
+
 def _slices(off, box):
     return tuple(slice(o, o + b) for o, b in zip(off, box))
 
@@ -117,7 +127,8 @@ def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cp
         dst[(slice(None),) + _slices(dst_off, box)] += (
             pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
         return
-    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box))
+    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box),
+                                _threads(pred.shape[0] * int(np.prod(box))))
 
 
 def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
@@ -125,4 +136,4 @@ def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
     if device == "reference":
         labels[_slices(label_off, acc.shape[1:])] = np.argmax(acc, axis=0)
         return
-    _ext.extension().stitch_argmax(acc, labels, list(label_off))
+    _ext.extension().stitch_argmax(acc, labels, list(label_off), _threads(acc.size))
