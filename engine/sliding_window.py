@@ -226,6 +226,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     batch = np.empty((sw_batch_size, n_chan) + roi, x.dtype)
     out = labels = cells = n_classes = None
     bar = _Progress(total, bool(progress))
+    tuner = stitch.ThreadTuner()
     for b0 in range(0, total, sw_batch_size):
         chunk = todo[b0:b0 + sw_batch_size]
         for b, (n, start) in enumerate(chunk):
@@ -247,7 +248,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 out = np.zeros((n_img, n_out) + size, x.dtype)
         for b, (n, start) in enumerate(chunk):
             if not streaming:
-                stitch.accumulate(out[n], start, pred[b], imp, device=device)
+                stitch.accumulate(out[n], start, pred[b], imp, device=device, tuner=tuner)
                 continue
             C = cells[n]
             for cell in C.cells_of(start, roi):
@@ -257,8 +258,8 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 if buf is None:
                     buf = C.buffers[cell] = np.zeros((n_out,) + shape, x.dtype)
                     C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
-                stitch.accumulate(buf, (0,) * nd, pred[b], imp,
-                                  src_off=tuple(l - a for l, a in zip(lo, start)), box=shape, device=device)
+                stitch.accumulate(buf, (0,) * nd, pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
+                                  box=shape, device=device, tuner=tuner)
                 C.remaining[cell] -= 1
                 if C.remaining[cell] == 0:
                     stitch.argmax_block(buf, labels[n], lo, device=device)

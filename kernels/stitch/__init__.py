@@ -17,12 +17,13 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import time
 
 import numpy as np
 
 from segrt.kernels import _ext
 
-__all__ = ["array_module", "scan_intervals", "window_grid", "windows", "pad_widths", "importance_map",
+__all__ = ["array_module", "scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner",
            "accumulate", "argmax_block"]
 
 
@@ -103,22 +104,47 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
 # Below this many values a kernel runs on the calling thread: waking a thread team costs more
 # than it saves there, and right after an ONNX Runtime call its spinning workers still hold
 # the cores (measured: 3 ms instead of 36 ms of stitching for 8 windows of 3 x 32x48x48).
-_PARALLEL_MIN = 8_000_000
+_PARALLEL_MIN = 1_000_000
 
 
 def _threads(n_values: int) -> int:
-    return 0 if n_values >= _PARALLEL_MIN else 1
+    return 0 if n_values >= 8 * _PARALLEL_MIN else 1
+
+
+class ThreadTuner:
+    """Picks one thread or all for the accumulation of one sliding-window run by timing both
+    on its first large windows: whether a thread team pays depends on what the predictor
+    leaves running on the cores (ONNX Runtime's spinning workers, torch's pool), which only
+    a measurement tells."""
+
+    def __init__(self):
+        self.samples = {1: [], 0: []}
+        self.choice = None
+
+    def threads(self, n_values: int) -> int:
+        if n_values < _PARALLEL_MIN:
+            return 1
+        if self.choice is not None:
+            return self.choice
+        return 1 if len(self.samples[1]) <= len(self.samples[0]) else 0
+
+    def record(self, threads: int, n_values: int, seconds: float) -> None:
+        if self.choice is None and n_values >= _PARALLEL_MIN:
+            self.samples[threads].append(seconds / n_values)
+            if min(len(v) for v in self.samples.values()) >= 2:
+                self.choice = min(self.samples, key=lambda t: min(self.samples[t]))
 
 
 def _slices(off, box):
     return tuple(slice(o, o + b) for o, b in zip(off, box))
 
 
-def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cpu") -> None:
+def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cpu", tuner=None) -> None:
     """``dst[:, dst_off + p] += pred[:, src_off + p] * weight[src_off + p]`` over a box, in place.
 
     dst: (C, *S) float32 / float64, C-contiguous; pred: (C, *roi); weight: (*roi) of dst's
-    dtype. The box defaults to the whole window.
+    dtype. The box defaults to the whole window. tuner: a ThreadTuner shared by the calls of
+    one run (otherwise large boxes use all threads).
     """
     nd = pred.ndim - 1
     src_off = tuple(src_off) if src_off is not None else (0,) * nd
@@ -127,8 +153,14 @@ def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cp
         dst[(slice(None),) + _slices(dst_off, box)] += (
             pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
         return
-    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box),
-                                _threads(pred.shape[0] * int(np.prod(box))))
+    n_values = pred.shape[0] * int(np.prod(box))
+    if tuner is None:
+        _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), _threads(n_values))
+        return
+    threads = tuner.threads(n_values)
+    t0 = time.perf_counter()
+    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), threads)
+    tuner.record(threads, n_values, time.perf_counter() - t0)
 
 
 def argmax_block(acc, labels, label_off, *, device="cpu") -> None:

@@ -1,0 +1,201 @@
+"""Self-describing models: the metadata segrt stores inside an ONNX file.
+
+The metadata is one JSON object under the ONNX ``metadata_props`` key ``segrt`` (so it
+round-trips exactly), validated against the schema below on write and on load.
+
+Schema (version 1); every field is optional unless noted:
+
+- ``schema``: 1 (written by segrt).
+- ``task`` (required): "semantic", "star-convex-2d" or "star-convex-3d".
+- ``spatial_dims``: 2 or 3 (star-convex-2d implies 2, star-convex-3d implies 3).
+- ``window``: the network's window, one positive int per spatial axis.
+- ``in_channels``: positive int.
+- ``class_names``: list of strings (semantic: index = class id, background first).
+- ``spacing``: voxel / pixel spacing the network expects, one positive number per axis (mm).
+- ``normalization``: {"kind": "none" | "ct" | "zscore" | "percentile", ...}:
+  ct: "window": [low, high]; percentile: "low", "high" (percent, 0 <= low < high <= 100);
+  zscore: optional "mean", "std".
+- ``postprocess``: {"keep_largest": {class id: k} , "remove_small": {class id: min voxels}}
+  (class ids as strings in JSON, ints in Python).
+- ``star``: for star-convex tasks: {"n_rays": int >= 3, "grid": [int, ...],
+  "prob_thresh": float, "nms_thresh": float, "rays_anisotropy": [float, float, float] | null}.
+- ``outputs``: output names in the order the network returns them (e.g. ["prob", "dist"]).
+"""
+from __future__ import annotations
+
+import json
+import numbers
+
+__all__ = ["MetadataError", "KEY", "TASKS", "validate", "to_json", "from_json"]
+
+KEY = "segrt"
+SCHEMA_VERSION = 1
+TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
+NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
+_FIELDS = ("schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
+           "postprocess", "star", "outputs")
+
+
+class MetadataError(ValueError):
+    """Model metadata that does not follow the schema (the message names the field)."""
+
+
+def _fail(field: str, expected: str, got) -> None:
+    raise MetadataError(f"metadata field {field!r} must be {expected}, got {got!r}")
+
+
+def _int(v, field, lo=None):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or (lo is not None and v < lo):
+        _fail(field, f"an integer >= {lo}" if lo is not None else "an integer", v)
+    return int(v)
+
+
+def _num(v, field, positive=False):
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or (positive and v <= 0):
+        _fail(field, "a positive number" if positive else "a number", v)
+    return float(v)
+
+
+def _list(v, field, n=None):
+    if not isinstance(v, (list, tuple)) or (n is not None and len(v) != n):
+        _fail(field, f"a list of {n} values" if n is not None else "a list", v)
+    return list(v)
+
+
+def _class_map(v, field, lo):
+    if not isinstance(v, dict):
+        _fail(field, "a mapping {class id: integer}", v)
+    out = {}
+    for k, n in v.items():
+        try:
+            cls = int(k)
+        except (TypeError, ValueError):
+            _fail(field, "a mapping with integer class ids", k)
+        if isinstance(k, str) and k.strip() != str(cls):
+            _fail(field, "a mapping with integer class ids", k)
+        out[cls] = _int(n, f"{field}[{k}]", lo)
+    return out
+
+
+def validate(meta: dict) -> dict:
+    """A checked, normalised copy of ``meta`` (ints as ints, tuples as lists); raises MetadataError."""
+    if not isinstance(meta, dict):
+        raise MetadataError(f"metadata must be a dict, got {type(meta).__name__}")
+    unknown = sorted(set(meta) - set(_FIELDS))
+    if unknown:
+        raise MetadataError(f"unknown metadata field(s) {unknown}; known fields: {list(_FIELDS)}")
+    out: dict = {"schema": SCHEMA_VERSION}
+    if "schema" in meta and meta["schema"] != SCHEMA_VERSION:
+        raise MetadataError(f"metadata schema {meta['schema']!r} is not supported (this segrt reads {SCHEMA_VERSION})")
+    task = meta.get("task")
+    if task not in TASKS:
+        _fail("task", f"one of {TASKS}", task)
+    out["task"] = task
+    implied = {"star-convex-2d": 2, "star-convex-3d": 3}.get(task)
+    dims = meta.get("spatial_dims", implied)
+    if dims is not None:
+        if dims not in (2, 3) or isinstance(dims, bool):
+            _fail("spatial_dims", "2 or 3", dims)
+        if implied is not None and dims != implied:
+            _fail("spatial_dims", f"{implied} for task {task}", dims)
+        out["spatial_dims"] = int(dims)
+    if "window" in meta:
+        out["window"] = [_int(w, "window", 1) for w in _list(meta["window"], "window", dims)]
+        if dims is None:
+            if len(out["window"]) not in (2, 3):
+                _fail("window", "2 or 3 sizes", meta["window"])
+            out["spatial_dims"] = dims = len(out["window"])
+    if "in_channels" in meta:
+        out["in_channels"] = _int(meta["in_channels"], "in_channels", 1)
+    if "class_names" in meta:
+        names = _list(meta["class_names"], "class_names")
+        if not all(isinstance(n, str) for n in names):
+            _fail("class_names", "a list of strings", names)
+        out["class_names"] = names
+    if "spacing" in meta:
+        out["spacing"] = [_num(s, "spacing", True) for s in _list(meta["spacing"], "spacing", dims)]
+    if "normalization" in meta:
+        out["normalization"] = _normalization(meta["normalization"])
+    if "postprocess" in meta:
+        pp = meta["postprocess"]
+        if not isinstance(pp, dict) or set(pp) - {"keep_largest", "remove_small"}:
+            _fail("postprocess", "a dict with keep_largest / remove_small", pp)
+        out["postprocess"] = {k: _class_map(v, f"postprocess.{k}", 0 if k == "remove_small" else 1)
+                              for k, v in pp.items()}
+    if "star" in meta:
+        if not task.startswith("star"):
+            _fail("star", f"absent for task {task}", meta["star"])
+        out["star"] = _star(meta["star"], dims)
+    if "outputs" in meta:
+        names = _list(meta["outputs"], "outputs")
+        if not names or not all(isinstance(n, str) and n for n in names):
+            _fail("outputs", "a list of output names", names)
+        out["outputs"] = names
+    return out
+
+
+def _normalization(v) -> dict:
+    if not isinstance(v, dict) or v.get("kind") not in NORMALIZATIONS:
+        _fail("normalization", f"a dict with kind in {NORMALIZATIONS}", v)
+    kind = v["kind"]
+    out = {"kind": kind}
+    if kind == "ct":
+        lo, hi = (_num(x, "normalization.window") for x in _list(v.get("window"), "normalization.window", 2))
+        if not lo < hi:
+            _fail("normalization.window", "[low, high] with low < high", v.get("window"))
+        out["window"] = [lo, hi]
+    elif kind == "percentile":
+        lo, hi = _num(v.get("low"), "normalization.low"), _num(v.get("high"), "normalization.high")
+        if not 0 <= lo < hi <= 100:
+            _fail("normalization", "percentiles with 0 <= low < high <= 100", v)
+        out["low"], out["high"] = lo, hi
+    elif kind == "zscore":
+        if "mean" in v:
+            out["mean"] = _num(v["mean"], "normalization.mean")
+        if "std" in v:
+            out["std"] = _num(v["std"], "normalization.std", True)
+    extra = set(v) - set(out) - {"kind"}
+    if extra:
+        _fail("normalization", f"without the fields {sorted(extra)} for kind {kind!r}", v)
+    return out
+
+
+def _star(v, dims) -> dict:
+    if not isinstance(v, dict):
+        _fail("star", "a dict", v)
+    extra = set(v) - {"n_rays", "grid", "prob_thresh", "nms_thresh", "rays_anisotropy"}
+    if extra:
+        _fail("star", f"without the fields {sorted(extra)}", v)
+    out = {"n_rays": _int(v.get("n_rays"), "star.n_rays", 3)}
+    if "grid" in v:
+        out["grid"] = [_int(g, "star.grid", 1) for g in _list(v["grid"], "star.grid", dims)]
+    for k in ("prob_thresh", "nms_thresh"):
+        if k in v:
+            t = _num(v[k], f"star.{k}")
+            if not 0 <= t <= 1:
+                _fail(f"star.{k}", "a number in [0, 1]", v[k])
+            out[k] = t
+    if v.get("rays_anisotropy") is not None:
+        out["rays_anisotropy"] = [_num(a, "star.rays_anisotropy", True)
+                                  for a in _list(v["rays_anisotropy"], "star.rays_anisotropy", 3)]
+    return out
+
+
+def to_json(meta: dict) -> str:
+    """The JSON stored in the model (validated; stable key order)."""
+    checked = validate(meta)
+    if "postprocess" in checked:
+        checked["postprocess"] = {k: {str(c): n for c, n in v.items()} for k, v in checked["postprocess"].items()}
+    return json.dumps(checked, sort_keys=True, separators=(",", ":"))
+
+
+def from_json(text: str, source: str = "model") -> dict:
+    """Parses and validates stored metadata; errors name the source file."""
+    try:
+        raw = json.loads(text)
+    except (TypeError, ValueError) as err:
+        raise MetadataError(f"{source}: segrt metadata is not valid JSON ({err})") from None
+    try:
+        return validate(raw)
+    except MetadataError as err:
+        raise MetadataError(f"{source}: {err}") from None
