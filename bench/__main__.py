@@ -7,6 +7,7 @@ BENCHMARKS = {
     "nms": "segrt.bench.nms",
     "label": "segrt.bench.label",
     "stitch": "segrt.bench.stitch",
+    "engine": "segrt.bench.engine",
 }
 
 

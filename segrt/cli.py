@@ -2,7 +2,92 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+
+
+def _shape(text: str) -> tuple:
+    try:
+        shape = tuple(int(v) for v in text.replace("x", ",").split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a shape like 1,1,96,96,96, got {text!r}") from None
+    if len(shape) not in (4, 5) or any(s <= 0 for s in shape):
+        raise argparse.ArgumentTypeError(f"expected (N, C, H, W) or (N, C, D, H, W) with positive sizes, got {text!r}")
+    return shape
+
+
+def _load_torch_model(spec: str):
+    """A TorchScript file (.pt / .pth saved with torch.jit.save) or ``package.module:callable``."""
+    import importlib
+    import os
+
+    import torch
+
+    if os.path.exists(spec):
+        try:
+            return torch.jit.load(spec, map_location="cpu").eval()
+        except Exception as err:
+            raise SystemExit(f"error: {spec} is not a TorchScript file ({type(err).__name__}); save the model with "
+                             "torch.jit.save, or pass package.module:factory") from None
+    mod, _, attr = spec.partition(":")
+    if not attr:
+        raise SystemExit(f"error: {spec} is neither a file nor package.module:factory")
+    obj = getattr(importlib.import_module(mod), attr)
+    return (obj() if callable(obj) and not isinstance(obj, torch.nn.Module) else obj).eval()
+
+
+def _cmd_export(args) -> int:
+    import numpy as np
+
+    from segrt.export import ExportVerificationError, MetadataError, to_onnx
+
+    meta = None
+    if args.metadata:
+        with open(args.metadata) as f:
+            meta = json.load(f)
+    elif args.task:
+        meta = {"task": args.task}
+    model = _load_torch_model(args.model)
+    example = np.random.default_rng(0).standard_normal(args.input_shape).astype(np.float32)
+    try:
+        rep = to_onnx(model, example, args.output, metadata=meta, opset=args.opset, simplify=not args.no_simplify,
+                      dynamic_axes=None if args.static else "auto", atol=args.atol, rtol=args.rtol)
+    except (ExportVerificationError, MetadataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"wrote {rep.path} (opset {rep.opset}, outputs {rep.output_names}, simplified: {rep.simplified})")
+    for c in rep.checks:
+        print(f"  verified input {tuple(c['input_shape'])} output {c['output']}: max abs {c['max_abs']:.2e}, "
+              f"max rel {c['max_rel']:.2e}")
+    for n in rep.notes:
+        print(f"  note: {n}")
+    return 0
+
+
+def _cmd_check(args) -> int:
+    import numpy as np
+
+    from segrt.engine.check import check
+
+    inputs = None
+    if args.inputs:
+        inputs = []
+        for p in args.inputs:
+            x = np.load(p).astype(np.float32)
+            inputs.append(x if x.ndim in (4, 5) else x[None, None])
+    torch_model = _load_torch_model(args.torch) if args.torch else None
+    rep = check(args.model, backends=tuple(args.backends.split(",")), inputs=inputs, torch_model=torch_model,
+                min_dice=args.min_dice, min_f1=args.min_f1)
+    print(f"{rep['model']}: task {rep['task']}, reference {rep['reference']}")
+    for c in rep["comparisons"]:
+        raw = ", ".join(f"{k} max abs {v['max_abs']:.2e} rel {v['max_rel']:.2e}" for k, v in c["raw"].items())
+        task = (f"min Dice {c['min_dice']:.4f}" if "min_dice" in c else f"min instance F1 {c['min_f1']:.4f}")
+        print(f"  input {c['input']} {c['backend']:>9}: {raw}; {task}  {'ok' if c['passed'] else 'FAILED'}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rep, f, indent=2)
+    print("passed" if rep["passed"] else "FAILED: task-level agreement under the threshold")
+    return 0 if rep["passed"] else 1
 
 
 def main(argv=None) -> int:
@@ -14,18 +99,53 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run a benchmark (e.g. `segrt bench nms --quick`)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("info", help="show the build (compiled kernels, OpenMP, Clipper) and versions")
+
+    e = sub.add_parser("export", help="export a PyTorch model to a verified, self-describing ONNX file",
+                       description="Export a TorchScript file (or package.module:factory) to ONNX. The graph is "
+                                   "checked, simplified when the simplified graph verifies, and run in ONNX Runtime "
+                                   "against torch on the example and on a bigger input; the metadata is stored "
+                                   "inside the file. Example: segrt export model.pt model.onnx --input-shape "
+                                   "1,1,96,96,96 --task semantic")
+    e.add_argument("model", help="TorchScript file, or package.module:factory returning a torch module")
+    e.add_argument("output", help="the .onnx file to write")
+    e.add_argument("--input-shape", type=_shape, required=True, help="example input, e.g. 1,1,96,96,96")
+    e.add_argument("--metadata", help="JSON file with segrt metadata (task, window, class_names, ...)")
+    e.add_argument("--task", choices=("semantic", "star-convex-2d", "star-convex-3d"),
+                   help="shortcut for metadata {'task': TASK}")
+    e.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
+    e.add_argument("--static", action="store_true", help="fixed shapes (default: batch and spatial axes dynamic)")
+    e.add_argument("--no-simplify", action="store_true", help="keep the graph as torch exports it")
+    e.add_argument("--atol", type=float, default=1e-4)
+    e.add_argument("--rtol", type=float, default=1e-3)
+
+    c = sub.add_parser("check", help="compare backends on the same inputs, on raw outputs and on the task",
+                       description="Run the same inputs through several backends and compare them with the first "
+                                   "(or with --torch): raw max abs / rel error AND task agreement (per-class Dice "
+                                   "after argmax, or instance F1 at IoU 0.5 after NMS). Exits 1 when agreement is "
+                                   "under the threshold. Example: segrt check model.onnx --backends ort,openvino "
+                                   "--inputs case1.npy")
+    c.add_argument("model", help="the .onnx file")
+    c.add_argument("--backends", default="ort,openvino", help="comma-separated (default ort,openvino)")
+    c.add_argument("--torch", help="also run this TorchScript file / package.module:factory as the reference")
+    c.add_argument("--inputs", nargs="*", help=".npy batches (N, C, ...) or single images (default: one random "
+                                               "window)")
+    c.add_argument("--min-dice", type=float, default=0.99)
+    c.add_argument("--min-f1", type=float, default=0.99)
+    c.add_argument("--json", help="also write the report here")
     args = ap.parse_args(argv)
     if args.command == "bench":
         from segrt.bench.__main__ import main as bench_main
 
         return bench_main(args.rest)
     if args.command == "info":
-        import json
-
         from segrt.bench.harness import machine_info
 
         print(json.dumps(machine_info(), indent=2))
         return 0
+    if args.command == "export":
+        return _cmd_export(args)
+    if args.command == "check":
+        return _cmd_check(args)
     ap.print_help()
     return 0
 

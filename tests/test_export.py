@@ -226,3 +226,57 @@ def test_backend_choice_and_unknown_backends(unet2d_path):
         load(unet2d_path, backend="tensorflow")
     with pytest.raises(RuntimeError, match="not available"):
         load(unet2d_path, backend="trt")
+
+
+def test_check_reports_raw_and_task_agreement(unet2d_path, tmp_path):
+    from segrt.cli import main as cli
+    from segrt.engine.check import check
+
+    x = _rand((2, 1, 64, 64), seed=5)
+    rep = check(unet2d_path, backends=("ort",) + tuple(b for b in CPU_BACKENDS if b != "ort"), inputs=[x],
+                torch_model=_unet(2))
+    assert rep["reference"] == "torch" and rep["passed"]
+    assert all(c["min_dice"] >= 0.99 and c["raw"]["output"]["max_abs"] < 1e-3 for c in rep["comparisons"])
+    # a different network as reference: the raw error alone would not say how bad; Dice does
+    torch.manual_seed(123)
+    other = torch.jit.script(torch.nn.Conv2d(1, 3, 3, padding=1))
+    rep = check(unet2d_path, backends=("ort",), inputs=[x], torch_model=other)
+    assert not rep["passed"] and rep["comparisons"][0]["min_dice"] < 0.9
+    ts = tmp_path / "other.pt"
+    torch.jit.save(other, str(ts))
+    np.save(tmp_path / "x.npy", x)
+    assert cli(["check", unet2d_path, "--backends", "ort", "--torch", str(ts), "--inputs",
+                str(tmp_path / "x.npy")]) == 1
+    assert cli(["check", unet2d_path, "--backends", ",".join(CPU_BACKENDS), "--inputs", str(tmp_path / "x.npy"),
+                "--json", str(tmp_path / "r.json")]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["passed"]
+
+
+def test_check_star_convex_counts_instances(tmp_path):
+    from segrt.engine.check import check, instance_f1
+
+    ref = np.zeros((20, 20), np.int32)
+    ref[2:8, 2:8], ref[10:18, 10:18] = 1, 2
+    test = np.zeros_like(ref)
+    test[2:8, 3:8], test[0:3, 15:20] = 5, 1  # one match (IoU 0.83), one miss, one spurious
+    assert instance_f1(ref, ref) == 1.0 and instance_f1(ref, test) == pytest.approx(0.5)
+    meta = {"task": "star-convex-2d", "star": {"n_rays": 16, "grid": [2, 2], "prob_thresh": 0.5, "nms_thresh": 0.4}}
+    path = to_onnx(StarLike(), _rand((1, 1, 64, 64)), tmp_path / "star.onnx", metadata=meta).path
+    rep = check(path, backends=("ort", "ort"), inputs=[_rand((1, 1, 64, 64), seed=9)])
+    assert rep["passed"] and rep["comparisons"][0]["f1"] == [1.0]
+
+
+def test_cli_export_of_a_torchscript_file(tmp_path):
+    from segrt.cli import main as cli
+
+    net = torch.jit.script(torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3, padding=1)))
+    torch.jit.save(net, str(tmp_path / "net.pt"))
+    out = tmp_path / "net.onnx"
+    assert cli(["export", str(tmp_path / "net.pt"), str(out), "--input-shape", "1,1,16,16,16", "--task",
+                "semantic"]) == 0
+    model = load(out, backend="ort")
+    assert model.metadata["task"] == "semantic" and model.metadata["in_channels"] == 1
+    with pytest.raises(SystemExit, match="not a TorchScript file"):
+        bogus = tmp_path / "bogus.pt"
+        bogus.write_bytes(b"nope")
+        cli(["export", str(bogus), str(out), "--input-shape", "1,1,8,8,8"])
