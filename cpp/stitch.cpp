@@ -6,8 +6,10 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -68,6 +70,20 @@ void argmax_block(const T* acc, int64_t C, const Box& bshape, L* labels, const B
             const int64_t a = r / bshape[1], b = r % bshape[1];
             L* out = labels + ((loff[0] + a) * lshape[1] + (loff[1] + b)) * lshape[2] + loff[2];
             for (int64_t x = 0; x < n; ++x) out[x] = arg[x];
+        }
+    });
+}
+
+// out[n, c, p] /= count[p] for every n, c (count broadcast over the leading axes).
+template <typename T>
+void divide_by(T* out, int64_t lead, const T* count, int64_t vox, int threads) {
+    const int64_t chunk = 1 << 16;
+    const int64_t per = (vox + chunk - 1) / chunk;
+    parallel_for(lead * per, threads, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {
+            const int64_t l = r / per, b = (r % per) * chunk, e = std::min(vox, b + chunk);
+            T* o = out + l * vox;
+            for (int64_t i = b; i < e; ++i) o[i] /= count[i];
         }
     });
 }
@@ -137,7 +153,43 @@ void argmax_typed(py::array acc, py::array labels, const Box& loff, int threads)
 }
 }  // namespace
 
+template <typename T>
+void divide_typed(py::array out, py::array count, int threads) {
+    if (!(out.flags() & py::array::c_style) || !(count.flags() & py::array::c_style))
+        throw std::invalid_argument("stitch_divide needs C-contiguous arrays");
+    const int64_t vox = count.size();
+    if (vox == 0 || out.size() % vox != 0) throw std::invalid_argument("count does not broadcast over out");
+    T* o = static_cast<T*>(out.mutable_data());
+    const T* c = static_cast<const T*>(count.data());
+    const int64_t lead = out.size() / vox;
+    py::gil_scoped_release release;
+    segrt::stitch::divide_by<T>(o, lead, c, vox, threads);
+}
+
 void bind_stitch(py::module_& m) {
+    // zero a fresh buffer on all cores: its pages are first touched (and cleared by the OS) in parallel
+    m.def(
+        "stitch_zero",
+        [](py::array out, int threads) {
+            if (!(out.flags() & py::array::c_style)) throw std::invalid_argument("stitch_zero needs a C-contiguous array");
+            char* p = static_cast<char*>(out.mutable_data());
+            const int64_t bytes = (int64_t)out.nbytes();
+            const int64_t chunk = 1 << 20;
+            py::gil_scoped_release release;
+            segrt::parallel_for((bytes + chunk - 1) / chunk, threads, [&](int64_t a, int64_t b) {
+                for (int64_t i = a; i < b; ++i) std::memset(p + i * chunk, 0, (size_t)std::min(chunk, bytes - i * chunk));
+            });
+        },
+        py::arg("out"), py::arg("threads") = 0);
+    m.def(
+        "stitch_divide",
+        [](py::array out, py::array count, int threads) {
+            if (!out.dtype().is(count.dtype())) throw std::invalid_argument("out and count need the same dtype");
+            if (out.dtype().is(py::dtype::of<float>())) return divide_typed<float>(out, count, threads);
+            if (out.dtype().is(py::dtype::of<double>())) return divide_typed<double>(out, count, threads);
+            throw std::invalid_argument("stitch_divide supports float32 / float64");
+        },
+        py::arg("out"), py::arg("count"), py::arg("threads") = 0);
     m.def(
         "stitch_fma",
         [](py::array dst, py::array src, py::array w, std::vector<int64_t> dst_off, std::vector<int64_t> src_off,

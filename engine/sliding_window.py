@@ -152,6 +152,29 @@ def _count_map(size, roi, overlap, mode, sigma, dtype):
     return count
 
 
+def _stitch_batch(pred, chunk, out, labels, cells, imp, roi, nd, streaming, device, tuner):
+    """Weights and adds one batch of predictions (or feeds the streaming cells)."""
+    n_out = pred.shape[1]
+    for b, (n, start) in enumerate(chunk):
+        if not streaming:
+            stitch.accumulate(out[n], start, pred[b], imp, device=device, tuner=tuner)
+            continue
+        C = cells[n]
+        for cell in C.cells_of(start, roi):
+            lo, hi = C.bounds(cell)
+            shape = tuple(h - l for l, h in zip(lo, hi))
+            buf = C.buffers.get(cell)
+            if buf is None:
+                buf = C.buffers[cell] = np.zeros((n_out,) + shape, imp.dtype)
+                C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
+            stitch.accumulate(buf, (0,) * nd, pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
+                              box=shape, device=device, tuner=tuner)
+            C.remaining[cell] -= 1
+            if C.remaining[cell] == 0:
+                stitch.argmax_block(buf, labels[n], lo, device=device)
+                del C.buffers[cell], C.remaining[cell]
+
+
 def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
                    padding_mode="constant", cval=0.0, reduce=None, progress=False, device="cpu"):
     """Run ``predictor`` over windows of ``inputs`` and blend the results, as
@@ -245,28 +268,10 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 labels = np.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
-                out = np.zeros((n_img, n_out) + size, x.dtype)
-        for b, (n, start) in enumerate(chunk):
-            if not streaming:
-                stitch.accumulate(out[n], start, pred[b], imp, device=device, tuner=tuner)
-                continue
-            C = cells[n]
-            for cell in C.cells_of(start, roi):
-                lo, hi = C.bounds(cell)
-                shape = tuple(h - l for l, h in zip(lo, hi))
-                buf = C.buffers.get(cell)
-                if buf is None:
-                    buf = C.buffers[cell] = np.zeros((n_out,) + shape, x.dtype)
-                    C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
-                stitch.accumulate(buf, (0,) * nd, pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
-                                  box=shape, device=device, tuner=tuner)
-                C.remaining[cell] -= 1
-                if C.remaining[cell] == 0:
-                    stitch.argmax_block(buf, labels[n], lo, device=device)
-                    del C.buffers[cell], C.remaining[cell]
+                out = stitch.zeros((n_img, n_out) + size, x.dtype, device=device)
+        _stitch_batch(pred, chunk, out, labels, cells, imp, roi, nd, streaming, device, tuner)
         bar.update(len(chunk))
-
     if streaming:
         return labels[(slice(None),) + crop]
-    np.divide(out, _count_map(size, roi, ov, mode, sig, x.dtype), out=out)
+    stitch.normalize(out, _count_map(size, roi, ov, mode, sig, x.dtype), device=device)
     return out[(slice(None), slice(None)) + crop]

@@ -24,7 +24,7 @@ import numpy as np
 from segrt.kernels import _ext
 
 __all__ = ["array_module", "scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner",
-           "accumulate", "argmax_block"]
+           "zeros", "accumulate", "normalize", "argmax_block"]
 
 
 def array_module(arr):
@@ -161,6 +161,24 @@ def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cp
     t0 = time.perf_counter()
     _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), threads)
     tuner.record(threads, n_values, time.perf_counter() - t0)
+
+
+def zeros(shape, dtype, *, device="cpu") -> np.ndarray:
+    """A zeroed output buffer; large ones are cleared on all cores (their first touch is where
+    the OS clears the pages, so doing it in parallel halves that cost)."""
+    if device == "reference" or int(np.prod(shape)) < 4 * _PARALLEL_MIN:
+        return np.zeros(shape, dtype)
+    out = np.empty(shape, dtype)
+    _ext.extension().stitch_zero(out, 0)
+    return out
+
+
+def normalize(out, count, *, device="cpu") -> None:
+    """``out[..., p] /= count[p]`` in place (out: (N, C, *S), count: (*S))."""
+    if device == "reference":
+        np.divide(out, count, out=out)
+        return
+    _ext.extension().stitch_divide(out, count, _threads(8 * _PARALLEL_MIN if out.size >= 4 * _PARALLEL_MIN else 0))
 
 
 def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
