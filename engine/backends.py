@@ -21,7 +21,7 @@ class OrtRunner:
     """ONNX Runtime on the CPU with tuned options: all graph optimisations, the memory arena
     and pattern planner, one intra-op thread per available core, sequential execution."""
 
-    def __init__(self, path, inputs, outputs, *, threads=None, spinning=True):
+    def __init__(self, path, inputs, outputs, *, threads=None, spinning=True, gpu=False, device=0):
         ort = optional_import("onnxruntime", purpose="the ONNX Runtime backend")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -34,7 +34,10 @@ class OrtRunner:
         # spinning workers answer the next call faster but hold the cores in between
         opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         try:
-            self.session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+            # ort-gpu: CUDA first (TensorRT's provider stalls on first run and on every new shape)
+            providers = ([("CUDAExecutionProvider", {"device_id": device}), "CPUExecutionProvider"] if gpu
+                         else ["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(path, opts, providers=providers)
         except Exception as err:
             raise RuntimeError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}") from None
         self.input_name = inputs[0].name

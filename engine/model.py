@@ -153,6 +153,20 @@ def _check_batch(x, info: IOInfo, path: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
+def _check_device_batch(x, info: IOInfo, path: str):
+    """The checks of _check_batch for a CUDA array (counted on the device, no host copy)."""
+    cupy = optional_import("cupy", extra="gpu", purpose="device inputs")
+    x = cupy.asarray(x)  # wraps the caller's memory
+    if x.ndim != len(info.shape) or any(w is not None and w != g for w, g in zip(info.shape, x.shape)):
+        raise InferInputError(f"{os.path.basename(path)} expects input {info.name!r} of shape "
+                              f"{_shape_str(info.shape)}, got {tuple(x.shape)}")
+    if x.dtype.name != info.dtype:
+        raise InferInputError(f"{os.path.basename(path)} expects {info.dtype} input, got {x.dtype}")
+    if not bool(cupy.isfinite(x).all()):
+        raise InferInputError("the batch holds NaN or infinite values; clean the input first")
+    return cupy.ascontiguousarray(x)
+
+
 def _shape_str(shape) -> str:
     return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
 
@@ -179,7 +193,10 @@ class Model:
         return [o.name for o in self.outputs]
 
     def infer(self, batch):
-        x = _check_batch(batch, self.inputs[0], self.path)
+        if self.backend == "trt" and hasattr(batch, "__cuda_array_interface__"):
+            x = _check_device_batch(batch, self.inputs[0], self.path)
+        else:
+            x = _check_batch(batch, self.inputs[0], self.path)
         outs = self._runner(x)
         if len(outs) == 1:
             return outs[0]
@@ -200,15 +217,38 @@ def _available(name: str) -> bool:
         return False
 
 
+def _gpu_count() -> int:
+    try:
+        cupy = optional_import("cupy")
+        return int(cupy.cuda.runtime.getDeviceCount())
+    except Exception:  # no CuPy, no driver, no device
+        return 0
+
+
+def _ort_gpu_available() -> bool:
+    try:
+        return "CUDAExecutionProvider" in optional_import("onnxruntime").get_available_providers()
+    except ImportError:
+        return False
+
+
 def _choose(backend: str) -> tuple[str, str]:
     if backend != "auto":
         return backend, "requested"
     skipped = []
-    if _available("tensorrt"):
-        skipped.append("trt: the TensorRT backend is not part of this build yet")
-    else:
+    gpus = _gpu_count()
+    if not _available("tensorrt"):
         skipped.append("trt: tensorrt is not installed")
-    skipped.append("ort-gpu: the ONNX Runtime GPU backend is not part of this build yet")
+    elif not gpus:
+        skipped.append("trt: no CUDA device (or CuPy) found")
+    else:
+        return "trt", "trt: TensorRT and a CUDA device are present"
+    if not _ort_gpu_available():
+        skipped.append("ort-gpu: onnxruntime-gpu (CUDAExecutionProvider) is not installed")
+    elif not gpus:
+        skipped.append("ort-gpu: no CUDA device found")
+    else:
+        return "ort-gpu", "; ".join(skipped + ["ort-gpu: ONNX Runtime's CUDA provider and a device are present"])
     if _available("openvino"):
         return "openvino", "; ".join(skipped + ["openvino: installed, the fastest CPU backend measured"])
     skipped.append("openvino: not installed")
@@ -242,7 +282,16 @@ def load(path, *, backend="auto", **options) -> Model:
         runner = backends.OrtRunner(path, inputs, outputs, **options)
     elif chosen == "openvino":
         runner = backends.OpenVinoRunner(path, inputs, outputs, **options)
-    else:
-        raise RuntimeError(f"backend {chosen!r} is not available in this build yet (TensorRT and ONNX Runtime GPU "
-                           "come with the GPU work); use backend='openvino' or 'ort'")
+    elif chosen == "ort-gpu":
+        if not _ort_gpu_available():
+            raise RuntimeError("backend 'ort-gpu' needs onnxruntime-gpu (its CUDAExecutionProvider is not available "
+                               "here); install onnxruntime-gpu or use backend='openvino' / 'ort'")
+        runner = backends.OrtRunner(path, inputs, outputs, gpu=True, **options)
+    else:  # trt
+        optional_import("tensorrt", extra="trt", purpose="the TensorRT backend")
+        if not _gpu_count():
+            raise RuntimeError("backend 'trt' needs a CUDA device, and CuPy found none")
+        from segrt.engine.trt_backend import TrtRunner
+
+        runner = TrtRunner(path, inputs, outputs, window=(meta or {}).get("window"), **options)
     return Model(path, runner, chosen, reason, inputs, outputs, meta, source)

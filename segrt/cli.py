@@ -90,6 +90,17 @@ def _cmd_check(args) -> int:
     return 0 if rep["passed"] else 1
 
 
+def _cmd_build(args) -> int:
+    from segrt.export.trt_build import build_engine
+
+    window = tuple(int(v) for v in args.window.split(",")) if args.window else None
+    rec = build_engine(args.model, precision=args.precision, calibration=args.calibration, cache_dir=args.cache_dir,
+                       window=window, workspace=args.workspace)
+    print(f"{'built' if rec.built else 'cached'}: {rec.path}")
+    print(json.dumps(rec.manifest, indent=2))
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="segrt",
@@ -132,7 +143,27 @@ def main(argv=None) -> int:
     c.add_argument("--min-dice", type=float, default=0.99)
     c.add_argument("--min-f1", type=float, default=0.99)
     c.add_argument("--json", help="also write the report here")
+    t = sub.add_parser("build", help="build (or fetch from the cache) a TensorRT engine for an ONNX model",
+                       description="Build a TensorRT engine with optimisation profiles from the model's metadata "
+                                   "(window, batch 1-4), fp16 by default, int8 with --calibration (a folder of .npy "
+                                   "windows). Engines are cached by (model content, TensorRT version, GPU, "
+                                   "precision, profiles); a stale or foreign engine is never used. Needs TensorRT "
+                                   "and a CUDA device. Example: segrt build model.onnx --precision int8 "
+                                   "--calibration calib/")
+    t.add_argument("model", help="the .onnx file")
+    t.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8", "best"))
+    t.add_argument("--calibration", help="folder of .npy windows for int8")
+    t.add_argument("--window", help="window for dynamic spatial axes, e.g. 96,96,96 (default: metadata)")
+    t.add_argument("--cache-dir", help="engine cache (default $SEGRT_CACHE or ~/.cache/segrt/engines)")
+    t.add_argument("--workspace", type=int, help="builder workspace in bytes")
     args = ap.parse_args(argv)
+    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check}
+    if args.command in commands:
+        try:
+            return commands[args.command](args)
+        except (ValueError, OSError, RuntimeError, ImportError) as err:  # segrt's errors name file and cause
+            print(f"error: {err}", file=sys.stderr)
+            return 2
     if args.command == "bench":
         from segrt.bench.__main__ import main as bench_main
 
@@ -142,10 +173,6 @@ def main(argv=None) -> int:
 
         print(json.dumps(machine_info(), indent=2))
         return 0
-    if args.command == "export":
-        return _cmd_export(args)
-    if args.command == "check":
-        return _cmd_check(args)
     ap.print_help()
     return 0
 
