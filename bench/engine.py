@@ -10,7 +10,6 @@ overhead over the raw runtime call.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import tempfile
@@ -18,9 +17,8 @@ import time
 
 import numpy as np
 
-from segrt.bench.harness import Report, _version, measure
+from segrt.bench.harness import Report, _version, bench_args, measure
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
 
 def _package_dir(name: str) -> str:
@@ -128,13 +126,7 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
 
 
 def main(argv=None) -> Report:
-    ap = argparse.ArgumentParser(prog="python -m segrt.bench engine", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="the 2D UNet only, few repeats")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default=None, help="results JSON (default bench/results/engine.json)")
-    args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = os.path.join(RESULTS, "engine_quick.json" if args.quick else "engine.json")
+    args = bench_args("engine", __doc__.split("\n\n")[0], "the 2D UNet only, few repeats", argv)
     report = Report("engine")
     for p in ("torch", "onnxruntime", "openvino", "onnx", "deepbet", "monai"):
         report.machine["versions"][p] = _version(p)

@@ -244,6 +244,24 @@ class Report:
         return "\n".join(lines)
 
 
+def bench_args(name: str, description: str, quick_help: str, argv=None, extra=None):
+    """The options every benchmark shares: --quick, --repeats, --out (default
+    bench/results/<name>.json, <name>_quick.json with --quick). ``extra(parser)`` adds more."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog=f"python -m segrt.bench {name}", description=description)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", default=None, help=f"results JSON (default bench/results/{name}.json)")
+    if extra:
+        extra(ap)
+    args = ap.parse_args(argv)
+    if args.out is None:
+        results = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+        args.out = os.path.join(results, f"{name}_quick.json" if args.quick else f"{name}.json")
+    return args
+
+
 def _fmt(v) -> str:
     if v is None:
         return "—"

@@ -7,15 +7,13 @@ whether the outputs are identical, and peak memory (in a fresh interpreter).
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 import numpy as np
 
 from segrt.bench import label_data, peers
-from segrt.bench.harness import Report, measure, peak_memory_subprocess
+from segrt.bench.harness import Report, bench_args, measure, peak_memory_subprocess
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MIN_SIZE = 100  # voxels; remove_small's threshold
 
 
@@ -115,13 +113,7 @@ COLUMNS = [
 
 
 def main(argv=None) -> Report:
-    ap = argparse.ArgumentParser(prog="python -m segrt.bench label", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="a 60x256x256 volume, few repeats, no memory runs")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", default=None, help="results JSON (default bench/results/label.json)")
-    args = ap.parse_args(argv)
-    if args.out is None:
-        args.out = os.path.join(RESULTS, "label_quick.json" if args.quick else "label.json")
+    args = bench_args("label", __doc__.split("\n\n")[0], "a 60x256x256 volume, few repeats, no memory runs", argv)
     repeats = args.repeats or (3 if args.quick else 5)
     report = Report("label")
     report.machine["versions"].update({p: peers_version(p) for p in ("connected-components-3d", "opencv-python-headless",

@@ -84,13 +84,10 @@ py::tuple connected_components(const py::array& img, int connectivity, const std
     });
 }
 
-// Per-class size thresholds: classes (sorted) and their sizes, `fallback` for the rest.
-template <typename T>
-py::tuple remove_small(const py::array& img, int connectivity, py::array_t<uint64_t> classes,
-                       py::array_t<int64_t> sizes, int64_t fallback, int threads) {
-    const uint64_t* cls = classes.data();
-    const int64_t* sz = sizes.data();
-    const int64_t nc = classes.size();
+// The clean-ups: decide(size, value, n, keep) clears keep[label] of the components to drop
+// and returns how many; the image is then written once with those components zeroed.
+template <typename T, typename Decide>
+py::tuple clean_up(const py::array& img, int connectivity, int threads, Decide&& decide) {
     return with_runs<T>(img, connectivity, threads, [&](auto& R) {
         py::array_t<T> out(dims(img));
         T* o = out.mutable_data();
@@ -100,16 +97,30 @@ py::tuple remove_small(const py::array& img, int connectivity, py::array_t<uint6
             const auto size = component_sizes(R);
             const auto value = component_values(R);
             std::vector<uint8_t> keep(R.components + 1, 1);
-            for (int64_t l = 1; l <= R.components; ++l) {
-                int64_t need = fallback;
-                const uint64_t v = (uint64_t)value[l];
-                const uint64_t* it = std::lower_bound(cls, cls + nc, v);
-                if (it != cls + nc && *it == v) need = sz[it - cls];
-                if ((int64_t)size[l] < need) keep[l] = 0, ++removed;
-            }
+            removed = decide(size, value, R.components, keep);
             fill_rows(R, o, threads, [&](int64_t k) { return keep[R.parent[k]] ? R.value[k] : (T)0; });
         }
         return py::make_tuple(out, removed);
+    });
+}
+
+// Per-class size thresholds: classes (sorted) and their sizes, `fallback` for the rest.
+template <typename T>
+py::tuple remove_small(const py::array& img, int connectivity, py::array_t<uint64_t> classes,
+                       py::array_t<int64_t> sizes, int64_t fallback, int threads) {
+    const uint64_t* cls = classes.data();
+    const int64_t* sz = sizes.data();
+    const int64_t nc = classes.size();
+    return clean_up<T>(img, connectivity, threads, [&](const auto& size, const auto& value, int64_t n, auto& keep) {
+        int64_t removed = 0;
+        for (int64_t l = 1; l <= n; ++l) {
+            int64_t need = fallback;
+            const uint64_t v = (uint64_t)value[l];
+            const uint64_t* it = std::lower_bound(cls, cls + nc, v);
+            if (it != cls + nc && *it == v) need = sz[it - cls];
+            if ((int64_t)size[l] < need) keep[l] = 0, ++removed;
+        }
+        return removed;
     });
 }
 
@@ -118,42 +129,32 @@ template <typename T>
 py::tuple keep_largest(const py::array& img, int connectivity, int64_t k, std::vector<uint64_t> listed, bool all,
                        bool per_class, int threads) {
     std::sort(listed.begin(), listed.end());
-    return with_runs<T>(img, connectivity, threads, [&](auto& R) {
-        py::array_t<T> out(dims(img));
-        T* o = out.mutable_data();
+    return clean_up<T>(img, connectivity, threads, [&](const auto& size, const auto& value, int64_t n, auto& keep) {
         int64_t removed = 0;
-        {
-            py::gil_scoped_release release;
-            const auto size = component_sizes(R);
-            const auto value = component_values(R);
-            const int64_t n = R.components;
-            std::vector<uint8_t> keep(n + 1, 1);
-            std::vector<int64_t> order(n);
-            std::iota(order.begin(), order.end(), 1);
-            if (per_class) {
-                // by class, then size descending, then first voxel (label ascending)
-                std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-                    if (value[a] != value[b]) return value[a] < value[b];
-                    if (size[a] != size[b]) return size[a] > size[b];
-                    return a < b;
-                });
-                int64_t rank = 0;
-                for (int64_t i = 0; i < n; ++i) {
-                    const int64_t l = order[i];
-                    rank = (i > 0 && value[order[i - 1]] == value[l]) ? rank + 1 : 0;
-                    const bool chosen = all || std::binary_search(listed.begin(), listed.end(), (uint64_t)value[l]);
-                    if (chosen && rank >= k) keep[l] = 0, ++removed;
-                }
-            } else {
-                std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
-                    if (size[a] != size[b]) return size[a] > size[b];
-                    return a < b;
-                });
-                for (int64_t i = k; i < n; ++i) keep[order[i]] = 0, ++removed;
+        std::vector<int64_t> order(n);
+        std::iota(order.begin(), order.end(), 1);
+        if (per_class) {
+            // by class, then size descending, then first voxel (label ascending)
+            std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                if (value[a] != value[b]) return value[a] < value[b];
+                if (size[a] != size[b]) return size[a] > size[b];
+                return a < b;
+            });
+            int64_t rank = 0;
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t l = order[i];
+                rank = (i > 0 && value[order[i - 1]] == value[l]) ? rank + 1 : 0;
+                const bool chosen = all || std::binary_search(listed.begin(), listed.end(), (uint64_t)value[l]);
+                if (chosen && rank >= k) keep[l] = 0, ++removed;
             }
-            fill_rows(R, o, threads, [&](int64_t q) { return keep[R.parent[q]] ? R.value[q] : (T)0; });
+        } else {
+            std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+                if (size[a] != size[b]) return size[a] > size[b];
+                return a < b;
+            });
+            for (int64_t i = k; i < n; ++i) keep[order[i]] = 0, ++removed;
         }
-        return py::make_tuple(out, removed);
+        return removed;
     });
 }
 
