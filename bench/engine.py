@@ -70,11 +70,7 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
 
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
     path = os.path.join(tmp, f"{name}.onnx")
-    # deepbet's softmax output differs from torch by up to 0.05 in ONNX Runtime (0.25 in
-    # OpenVINO) at a few boundary voxels (torch float32 agrees with float64 to 7e-5): the raw
-    # check is loosened and the masks' agreement is what the report judges
-    rep = to_onnx(model, x1, path, metadata={"task": "semantic"}, check_shapes=[],
-                  atol=0.3 if name == "deepbet" else 1e-4)
+    rep = to_onnx(model, x1, path, metadata={"task": "semantic"}, check_shapes=[])
     backends = {"segrt openvino": load(path, backend="openvino"), "segrt ort": load(path, backend="ort")}
 
     def mask(out):

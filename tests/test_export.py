@@ -280,3 +280,19 @@ def test_cli_export_of_a_torchscript_file(tmp_path):
         bogus = tmp_path / "bogus.pt"
         bogus.write_bytes(b"nope")
         cli(["export", str(bogus), str(out), "--input-shape", "1,1,8,8,8"])
+
+
+def test_ort_backend_keeps_instance_norm_statistics_exact_on_volumes(tmp_path):
+    # ONNX Runtime's own kernel sums a channel's statistics over all 2.1 M voxels in float32
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.InstanceNorm3d(4, affine=True),
+                              torch.nn.Conv3d(4, 2, 1))
+    x = _rand((1, 1, 128, 128, 128), seed=7)
+    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "in.onnx", check_shapes=[]).path
+    with torch.no_grad():
+        ref = net.double()(torch.from_numpy(x).double()).numpy()
+    stable = load(path, backend="ort").infer(x)
+    plain = load(path, backend="ort", stable_norm=False).infer(x)
+    err_stable, err_plain = np.abs(stable - ref).max(), np.abs(plain - ref).max()
+    assert err_stable < 1e-5, err_stable
+    assert err_plain > 10 * err_stable, (err_plain, err_stable)
