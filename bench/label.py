@@ -7,7 +7,6 @@ whether the outputs are identical, and peak memory (in a fresh interpreter).
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 

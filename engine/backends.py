@@ -111,8 +111,7 @@ class OrtRunner:
         too large to hand over in memory)."""
         onnx = optional_import("onnx", purpose="reading ONNX models")
         proto = onnx.load(path)  # external data (already vetted) is read from the model's folder
-        self_rewritten = stable_instance_norm(proto, rank)
-        if not self_rewritten or proto.ByteSize() >= 2**31 - 1:
+        if not stable_instance_norm(proto, rank) or proto.ByteSize() >= 2**31 - 1:
             return None
         return proto.SerializeToString()
 
