@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from segrt._optional import optional_import
+from segrt._optional import is_available, optional_import
 from segrt.export import metadata as md
 
 __all__ = ["load", "Model", "IOInfo", "ModelFileError", "InvalidModelError", "InferInputError", "BACKENDS"]
@@ -209,14 +209,6 @@ class Model:
                 f"{[(i.name, _shape_str(i.shape)) for i in self.inputs]}, outputs={self.output_names})")
 
 
-def _available(name: str) -> bool:
-    try:
-        optional_import(name)
-        return True
-    except ImportError:
-        return False
-
-
 def _gpu_count() -> int:
     try:
         cupy = optional_import("cupy")
@@ -237,7 +229,7 @@ def _choose(backend: str) -> tuple[str, str]:
         return backend, "requested"
     skipped = []
     gpus = _gpu_count()
-    if not _available("tensorrt"):
+    if not is_available("tensorrt"):
         skipped.append("trt: tensorrt is not installed")
     elif not gpus:
         skipped.append("trt: no CUDA device (or CuPy) found")
@@ -249,7 +241,7 @@ def _choose(backend: str) -> tuple[str, str]:
         skipped.append("ort-gpu: no CUDA device found")
     else:
         return "ort-gpu", "; ".join(skipped + ["ort-gpu: ONNX Runtime's CUDA provider and a device are present"])
-    if _available("openvino"):
+    if is_available("openvino"):
         return "openvino", "; ".join(skipped + ["openvino: installed, the fastest CPU backend measured"])
     skipped.append("openvino: not installed")
     return "ort", "; ".join(skipped + ["ort: the portable CPU fallback"])
