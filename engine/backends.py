@@ -77,7 +77,7 @@ class OrtRunner:
     and pattern planner, one intra-op thread per available core, sequential execution."""
 
     def __init__(self, path, inputs, outputs, *, threads=None, spinning=True, gpu=False, device=0,
-                 stable_norm=True):
+                 stable_norm=True, proto=None):
         ort = optional_import("onnxruntime", purpose="the ONNX Runtime backend")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -95,7 +95,7 @@ class OrtRunner:
                          else ["CPUExecutionProvider"])
             source = path
             if stable_norm and not gpu:
-                source = self._stable_source(path, len(inputs[0].shape)) or path
+                source = self._stable_source(path, proto, len(inputs[0].shape)) or path
             self.session = ort.InferenceSession(source, opts, providers=providers)
         except Exception as err:
             raise RuntimeError(f"ONNX Runtime cannot load {path}: {str(err).splitlines()[0]}") from None
@@ -106,14 +106,23 @@ class OrtRunner:
         return self.run(None, {self.input_name: x})
 
     @staticmethod
-    def _stable_source(path, rank):
-        """The model's bytes with stable_instance_norm applied, or None when it has none (or is
-        too large to hand over in memory)."""
+    def _stable_source(path, proto, rank):
+        """The model's bytes with stable_instance_norm applied, or None when it has no
+        InstanceNormalization (or is too large to hand over in memory). ``proto``: the model as
+        segrt.engine.model.inspect_model_file parsed it (without external data), if at hand."""
         onnx = optional_import("onnx", purpose="reading ONNX models")
-        proto = onnx.load(path)  # external data (already vetted) is read from the model's folder
-        if not stable_instance_norm(proto, rank) or proto.ByteSize() >= 2**31 - 1:
+        if proto is None:
+            proto = onnx.load(path, load_external_data=False)
+        if not any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
             return None
-        return proto.SerializeToString()
+        full = onnx.ModelProto()
+        full.CopyFrom(proto)
+        # external data (already vetted) is read from the model's folder
+        onnx.load_external_data_for_model(full, os.path.dirname(os.path.abspath(path)))
+        stable_instance_norm(full, rank)
+        if full.ByteSize() >= 2**31 - 1:
+            return None
+        return full.SerializeToString()
 
 
 class OpenVinoRunner:

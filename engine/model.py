@@ -271,14 +271,14 @@ def load(path, *, backend="auto", **options) -> Model:
     from segrt.engine import backends
 
     if chosen == "ort":
-        runner = backends.OrtRunner(path, inputs, outputs, **options)
+        runner = backends.OrtRunner(path, inputs, outputs, proto=proto, **options)
     elif chosen == "openvino":
         runner = backends.OpenVinoRunner(path, inputs, outputs, **options)
     elif chosen == "ort-gpu":
         if not _ort_gpu_available():
             raise RuntimeError("backend 'ort-gpu' needs onnxruntime-gpu (its CUDAExecutionProvider is not available "
                                "here); install onnxruntime-gpu or use backend='openvino' / 'ort'")
-        runner = backends.OrtRunner(path, inputs, outputs, gpu=True, **options)
+        runner = backends.OrtRunner(path, inputs, outputs, gpu=True, proto=proto, **options)
     else:  # trt
         optional_import("tensorrt", extra="trt", purpose="the TensorRT backend")
         if not _gpu_count():

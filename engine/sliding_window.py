@@ -152,11 +152,12 @@ def _count_map(size, roi, overlap, mode, sigma, dtype):
     return count
 
 
-def _stitch_batch(pred, chunk, out, labels, cells, imp, roi, nd, streaming, device, tuner):
-    """Weights and adds one batch of predictions (or feeds the streaming cells)."""
+def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner):
+    """Weights and adds one batch of predictions (or, when streaming, feeds the cells)."""
     n_out = pred.shape[1]
+    roi = imp.shape
     for b, (n, start) in enumerate(chunk):
-        if not streaming:
+        if cells is None:
             stitch.accumulate(out[n], start, pred[b], imp, device=device, tuner=tuner)
             continue
         C = cells[n]
@@ -167,7 +168,7 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, roi, nd, streaming, devi
             if buf is None:
                 buf = C.buffers[cell] = np.zeros((n_out,) + shape, imp.dtype)
                 C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
-            stitch.accumulate(buf, (0,) * nd, pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
+            stitch.accumulate(buf, (0,) * len(roi), pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
                               box=shape, device=device, tuner=tuner)
             C.remaining[cell] -= 1
             if C.remaining[cell] == 0:
@@ -269,7 +270,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
                 out = stitch.zeros((n_img, n_out) + size, x.dtype, device=device)
-        _stitch_batch(pred, chunk, out, labels, cells, imp, roi, nd, streaming, device, tuner)
+        _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner)
         bar.update(len(chunk))
     if streaming:
         return labels[(slice(None),) + crop]

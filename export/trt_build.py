@@ -53,16 +53,16 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def onnx_content_hash(onnx_path: str) -> str:
-    """SHA-256 over the model file and, in name order, its external data files."""
-    from segrt.engine.model import inspect_model_file
+def onnx_content_hash(onnx_path: str, proto=None) -> str:
+    """SHA-256 over the model file and, in name order, its external data files. ``proto``: the
+    model as inspect_model_file parsed it (parsed here, with its checks, when not given)."""
+    from segrt.engine.model import _all_tensors, inspect_model_file
 
-    proto = inspect_model_file(onnx_path)[0]  # also refuses hostile external data
+    if proto is None:
+        proto = inspect_model_file(onnx_path)[0]  # also refuses hostile external data
     h = hashlib.sha256(_sha256_file(onnx_path).encode())
     folder = os.path.dirname(os.path.abspath(onnx_path))
     locations = set()
-    from segrt.engine.model import _all_tensors
-
     for t in _all_tensors(proto.graph):
         for e in t.external_data:
             if e.key == "location":
@@ -228,14 +228,14 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
     from segrt.engine.model import inspect_model_file
 
     onnx_path = os.fspath(onnx_path)
-    _, inputs, _, meta, _ = inspect_model_file(onnx_path)
+    proto, inputs, _, meta, _ = inspect_model_file(onnx_path)
     if len(inputs) != 1:
         raise ValueError(f"{onnx_path} has {len(inputs)} inputs; segrt builds engines for one image input")
     profiles = [tuple(tuple(s) for s in p) for p in (profiles or [profiles_for(inputs[0].shape, meta, window=window,
                                                                              batch_sizes=batch_sizes)])]
     trt = optional_import("tensorrt", extra="trt", purpose="building TensorRT engines")
     gpu = gpu_identity(device)
-    content = onnx_content_hash(onnx_path)
+    content = onnx_content_hash(onnx_path, proto)
     key = cache_key(content, trt.__version__, gpu, precision, profiles)
     cache_dir = os.fspath(cache_dir or os.environ.get("SEGRT_CACHE") or
                           os.path.join(os.path.expanduser("~"), ".cache", "segrt", "engines"))

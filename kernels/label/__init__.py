@@ -96,21 +96,12 @@ def component_stats(labels, *, no_slice_conversion=False, device="auto"):
     """
     dev = _validate.check_device(device)
     arr = _validate.label_image(labels, "labels")
-    if arr.dtype.kind == "b":
-        arr = arr.view(np.uint8)
-    if arr.dtype.kind == "i":
-        if arr.size and arr.min() < 0:
-            raise ValueError("labels must be non-negative; relabel with connected_components first")
-        arr = arr.view(_validate._UNSIGNED[arr.dtype.itemsize])
-    max_label = int(arr.max()) if arr.size else 0
+    if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
+        raise ValueError("labels must be non-negative; relabel with connected_components first")
+    work, transposed = _validate.as_unsigned_c(arr)
+    max_label = int(work.max()) if work.size else 0
     if max_label > 2**31:
         raise ValueError(f"labels go up to {max_label}; renumber them (connected_components) before statistics")
-    if arr.flags.c_contiguous:
-        work, transposed = arr, False
-    elif arr.flags.f_contiguous:
-        work, transposed = arr.T, True
-    else:
-        work, transposed = np.ascontiguousarray(arr), False
     if dev == "reference":
         from segrt.kernels.label import _reference
 

@@ -107,8 +107,9 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
 _PARALLEL_MIN = 1_000_000
 
 
-def _threads(n_values: int) -> int:
-    return 0 if n_values >= 8 * _PARALLEL_MIN else 1
+def _threads(n_values: int, at: int = 8 * _PARALLEL_MIN) -> int:
+    """All threads (0) from ``at`` values on, else the calling thread (1)."""
+    return 0 if n_values >= at else 1
 
 
 class ThreadTuner:
@@ -154,19 +155,17 @@ def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cp
             pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
         return
     n_values = pred.shape[0] * int(np.prod(box))
-    if tuner is None:
-        _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), _threads(n_values))
-        return
-    threads = tuner.threads(n_values)
+    threads = tuner.threads(n_values) if tuner is not None else _threads(n_values)
     t0 = time.perf_counter()
     _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), threads)
-    tuner.record(threads, n_values, time.perf_counter() - t0)
+    if tuner is not None:
+        tuner.record(threads, n_values, time.perf_counter() - t0)
 
 
 def zeros(shape, dtype, *, device="cpu") -> np.ndarray:
     """A zeroed output buffer; large ones are cleared on all cores (their first touch is where
     the OS clears the pages, so doing it in parallel halves that cost)."""
-    if device == "reference" or int(np.prod(shape)) < 4 * _PARALLEL_MIN:
+    if device == "reference" or _threads(int(np.prod(shape)), at=4 * _PARALLEL_MIN):
         return np.zeros(shape, dtype)
     out = np.empty(shape, dtype)
     _ext.extension().stitch_zero(out, 0)
@@ -178,7 +177,7 @@ def normalize(out, count, *, device="cpu") -> None:
     if device == "reference":
         np.divide(out, count, out=out)
         return
-    _ext.extension().stitch_divide(out, count, _threads(8 * _PARALLEL_MIN if out.size >= 4 * _PARALLEL_MIN else 0))
+    _ext.extension().stitch_divide(out, count, _threads(out.size, at=4 * _PARALLEL_MIN))
 
 
 def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
