@@ -13,10 +13,22 @@ Schema (version 1); every field is optional unless noted:
 - ``class_names``: list of strings (semantic: index = class id, background first).
 - ``spacing``: voxel / pixel spacing the network expects, one positive number per axis (mm).
 - ``normalization``: {"kind": "none" | "ct" | "zscore" | "percentile", ...}:
-  ct: "window": [low, high]; percentile: "low", "high" (percent, 0 <= low < high <= 100);
-  zscore: optional "mean", "std".
-- ``postprocess``: {"keep_largest": {class id: k} , "remove_small": {class id: min voxels}}
-  (class ids as strings in JSON, ints in Python).
+  ct: "window": [low, high] (clipped, mapped to [0, 1]); percentile: "low", "high" (percent,
+  0 <= low < high <= 100; percentiles of the whole input, mapped to [0, 1]) and "clip"
+  (bool, default true); zscore: optional "mean", "std" (else the image's own). Any kind may
+  add "standardize" (bool: then z-score over the network input) and "scale", "shift"
+  (finally ``x * scale + shift``).
+- ``resize``: "spacing" (default: resample to ``spacing`` when given, then sliding windows of
+  ``window``) or "fit" (resample the, possibly cropped, input to exactly ``window`` and run
+  once: for networks trained on whole, fitted volumes); ``interpolation``: "nearest" or
+  "linear" (default) for the image; labels always go back by nearest neighbour.
+- ``crop``: {"kind": "foreground", "margin": fraction added per side (default 0.1),
+  "min_fraction": a slice counts as foreground above this fraction (default 0.02),
+  "localizer": file name of a coarse model beside this one (optional; without it the model
+  localises on the fitted whole volume itself)}: run on the bounding box of the predicted
+  foreground (largest component) grown by the margin.
+- ``postprocess``: {"keep_largest": {class id: k} , "remove_small": {class id: min voxels},
+  "fill_holes": [class id, ...]} (class ids as strings in JSON, ints in Python).
 - ``star``: for star-convex tasks: {"n_rays": int >= 3, "grid": [int, ...],
   "prob_thresh": float, "nms_thresh": float, "rays_anisotropy": [float, float, float] | null}.
 - ``outputs``: output names in the order the network returns them (e.g. ["prob", "dist"]).
@@ -33,7 +45,7 @@ SCHEMA_VERSION = 1
 TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 _FIELDS = ("schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
-           "postprocess", "star", "outputs")
+           "resize", "interpolation", "crop", "postprocess", "star", "outputs")
 
 
 class MetadataError(ValueError):
@@ -118,10 +130,22 @@ def validate(meta: dict) -> dict:
         out["normalization"] = _normalization(meta["normalization"])
     if "postprocess" in meta:
         pp = meta["postprocess"]
-        if not isinstance(pp, dict) or set(pp) - {"keep_largest", "remove_small"}:
-            _fail("postprocess", "a dict with keep_largest / remove_small", pp)
+        if not isinstance(pp, dict) or set(pp) - {"keep_largest", "remove_small", "fill_holes"}:
+            _fail("postprocess", "a dict with keep_largest / remove_small / fill_holes", pp)
         out["postprocess"] = {k: _class_map(v, f"postprocess.{k}", 0 if k == "remove_small" else 1)
-                              for k, v in pp.items()}
+                              for k, v in pp.items() if k != "fill_holes"}
+        if "fill_holes" in pp:
+            out["postprocess"]["fill_holes"] = [_int(c, "postprocess.fill_holes", 1)
+                                                for c in _list(pp["fill_holes"], "postprocess.fill_holes")]
+    for key, choices in (("resize", ("spacing", "fit")), ("interpolation", ("nearest", "linear"))):
+        if key in meta:
+            if meta[key] not in choices:
+                _fail(key, f"one of {choices}", meta[key])
+            out[key] = meta[key]
+    if out.get("resize") == "fit" and "window" not in out:
+        _fail("window", 'given when resize is "fit"', None)
+    if "crop" in meta:
+        out["crop"] = _crop(meta["crop"])
     if "star" in meta:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])
@@ -154,9 +178,40 @@ def _normalization(v) -> dict:
             out["mean"] = _num(v["mean"], "normalization.mean")
         if "std" in v:
             out["std"] = _num(v["std"], "normalization.std", True)
+    if kind == "percentile":
+        out["clip"] = _bool(v.get("clip", True), "normalization.clip")
+    if "standardize" in v:
+        out["standardize"] = _bool(v["standardize"], "normalization.standardize")
+    for k in ("scale", "shift"):
+        if k in v:
+            out[k] = _num(v[k], f"normalization.{k}")
     extra = set(v) - set(out) - {"kind"}
     if extra:
         _fail("normalization", f"without the fields {sorted(extra)} for kind {kind!r}", v)
+    return out
+
+
+def _bool(v, field) -> bool:
+    if not isinstance(v, bool):
+        _fail(field, "true or false", v)
+    return v
+
+
+def _crop(v) -> dict:
+    if not isinstance(v, dict) or v.get("kind") != "foreground":
+        _fail("crop", 'a dict with kind "foreground"', v)
+    extra = set(v) - {"kind", "margin", "min_fraction", "localizer"}
+    if extra:
+        _fail("crop", f"without the fields {sorted(extra)}", v)
+    out = {"kind": "foreground", "margin": _num(v.get("margin", 0.1), "crop.margin"),
+           "min_fraction": _num(v.get("min_fraction", 0.02), "crop.min_fraction")}
+    if not 0 <= out["margin"] <= 1 or not 0 <= out["min_fraction"] < 1:
+        _fail("crop", "margin in [0, 1] and min_fraction in [0, 1)", v)
+    if "localizer" in v:
+        name = v["localizer"]
+        if not isinstance(name, str) or not name.endswith(".onnx") or "/" in name or "\\" in name or name.startswith("."):
+            _fail("crop.localizer", "a plain .onnx file name beside the model (no folders)", name)
+        out["localizer"] = name
     return out
 
 
@@ -185,7 +240,8 @@ def to_json(meta: dict) -> str:
     """The JSON stored in the model (validated; stable key order)."""
     checked = validate(meta)
     if "postprocess" in checked:
-        checked["postprocess"] = {k: {str(c): n for c, n in v.items()} for k, v in checked["postprocess"].items()}
+        checked["postprocess"] = {k: {str(c): n for c, n in v.items()} if isinstance(v, dict) else v
+                                  for k, v in checked["postprocess"].items()}
     return json.dumps(checked, sort_keys=True, separators=(",", ":"))
 
 

@@ -78,13 +78,12 @@ def _run_torch(model, x):
         return model(torch.from_numpy(x))
 
 
-def _compare(session, model, x, names, atol, rtol):
+def _compare(session, ref, x, names, atol, rtol):
+    """ONNX Runtime on ``x`` against torch's outputs ``ref`` (NumPy arrays)."""
     ours = session.run(None, {session.get_inputs()[0].name: x})
-    _, ref = _outputs_of(_run_torch(model, x))
     checks = []
     ok = True
     for name, a, b in zip(names, ours, ref):
-        b = b.detach().cpu().numpy()
         if a.shape != b.shape:
             raise ExportVerificationError(f"output {name!r}: ONNX Runtime gives shape {a.shape}, torch {b.shape} "
                                           f"for input {x.shape}")
@@ -170,6 +169,12 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
         shapes.append(_grown_shape(tuple(example.shape)))
     rng = np.random.default_rng(0)
     inputs = [example.numpy()] + [rng.standard_normal(s).astype(np.float32) for s in shapes[1:]]
+    references: dict = {}  # torch's outputs per input, computed once for every graph verified
+
+    def torch_outputs(i):
+        if i not in references:
+            references[i] = [t.detach().cpu().numpy() for t in _outputs_of(_run_torch(model, inputs[i]))[1]]
+        return references[i]
 
     def verify_proto(p):
         from segrt.engine.backends import stable_instance_norm
@@ -181,27 +186,27 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
         stable_instance_norm(run, example.ndim)  # as segrt's ORT backend runs it
         sess = ort.InferenceSession(run.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         all_ok, checks = True, []
-        for x in inputs:
-            ok, c = _compare(sess, model, x, names, atol, rtol)
+        for i, x in enumerate(inputs):
+            ok, c = _compare(sess, torch_outputs(i), x, names, atol, rtol)
             all_ok &= ok
             checks += c
         return all_ok, checks
 
     simplified = False
+    checks: list = []
     if simplify:
         try:
             slim = optional_import("onnxslim", extra="export", purpose="simplifying exported graphs")
             candidate = slim.slim(proto)
             onnx.checker.check_model(candidate)
-            ok, checks = verify_proto(candidate) if verify else (True, [])
+            ok, candidate_checks = verify_proto(candidate) if verify else (True, [])
             if ok:
-                proto, simplified = candidate, True
+                proto, simplified, checks = candidate, True, candidate_checks
             else:
                 notes.append("onnxslim's graph did not verify; kept the unsimplified export")
         except Exception as err:  # a simplifier failure must never fail the export
             notes.append(f"simplification skipped: {type(err).__name__}: {err}")
-    checks = []
-    if verify:
+    if verify and not simplified:
         ok, checks = verify_proto(proto)
         if not ok:
             worst = max(checks, key=lambda c: c["max_abs"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -101,6 +102,40 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def _default_output(source: str, suffix: str) -> str:
+    base = os.path.basename(os.path.normpath(source))
+    for ext in (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg"):
+        if base.lower().endswith(ext):
+            base = base[: -len(ext)]
+            break
+    return f"{base}_segrt{suffix}"
+
+
+def _cmd_run(args) -> int:
+    from segrt.engine.model import load
+    from segrt.export import zoo
+
+    if not os.path.exists(args.input):
+        raise SystemExit(f"error: {args.input}: no such file or folder")
+    model_path = zoo.resolve(args.model, verbose=not args.quiet)
+    model = load(model_path, backend=args.backend)
+    task = (model.metadata or {}).get("task")
+    spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
+    if task == "semantic":
+        from segrt.engine.volume import VolumePipeline
+
+        pipe = VolumePipeline(model, overlap=args.overlap, verbose=not args.quiet)
+        result = pipe.run(args.input, spacing=spacing)
+        src_kind = result.volume.kind
+        out = args.output or _default_output(args.input, {"tiff": ".tif", "npy": ".npy"}.get(src_kind, ".nii.gz"))
+        labels_path, sidecar = result.save(out)
+        print(f"wrote {labels_path} and {sidecar} ({model.backend}; {result.timings['total']:.2f} s)")
+        for name, ml in result.volumes_ml.items():
+            print(f"  {name}: {ml:.2f} mL")
+        return 0
+    raise SystemExit(f"error: {model_path}: segrt run handles semantic models here; this model's task is {task!r}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="segrt",
@@ -156,8 +191,22 @@ def main(argv=None) -> int:
     t.add_argument("--window", help="window for dynamic spatial axes, e.g. 96,96,96 (default: metadata)")
     t.add_argument("--cache-dir", help="engine cache (default $SEGRT_CACHE or ~/.cache/segrt/engines)")
     t.add_argument("--workspace", type=int, help="builder workspace in bytes")
+    r = sub.add_parser("run", help="segment a study, an image or a stack with a model",
+                       description="Run a segrt model on an input, every step taken from the model's metadata. "
+                                   "Semantic 3D models: NIfTI, a DICOM series folder, a multi-frame DICOM, a TIFF "
+                                   "stack or .npy in; labels (NIfTI with the input's affine, opens aligned in 3D "
+                                   "Slicer) and a JSON with per-class volumes in mL and per-stage timings out. "
+                                   "MODEL is a .onnx file or a model name (deepbet, nuclei, instruments). Example: "
+                                   "segrt run deepbet t1.nii.gz -o brain.nii.gz")
+    r.add_argument("model", help=".onnx file exported by segrt, or a model name")
+    r.add_argument("input", help="NIfTI file, DICOM folder or file, TIFF, PNG / JPEG, or .npy")
+    r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy); default <input>_segrt.<ext> here")
+    r.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
+    r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
     args = ap.parse_args(argv)
-    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check}
+    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check, "run": _cmd_run}
     if args.command in commands:
         try:
             return commands[args.command](args)

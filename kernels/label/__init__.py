@@ -28,7 +28,7 @@ import numpy as np
 from segrt.kernels import _ext
 from segrt.kernels.label import _validate
 
-__all__ = ["connected_components", "component_stats", "remove_small", "keep_largest"]
+__all__ = ["connected_components", "component_stats", "remove_small", "keep_largest", "fill_holes"]
 
 _OUT_DTYPES = ("uint8", "uint16", "uint32", "uint64")
 
@@ -227,3 +227,30 @@ def keep_largest(seg, k=1, connectivity=None, classes=None, *, per_class=True, d
     else:
         out, _ = _ext.extension().label_keep_largest(work, conn, k, keys.tolist(), classes is None, per_class)
     return _restore(out, transposed).view(arr.dtype)
+
+
+def fill_holes(mask, connectivity=None, *, device="auto"):
+    """Fill the holes of a 2D or 3D binary mask: background regions that do not reach the
+    array's border become foreground (``scipy.ndimage.binary_fill_holes``, ``fill_voids``).
+
+    Args:
+        mask: 2D or 3D bool or integer array (non-zero = foreground).
+        connectivity: connectivity of the *background* (default the smallest, 4 / 6, as
+            scipy's default structure: a hole touching the outside only by a corner is a hole).
+
+    Returns:
+        a bool array of the mask's shape.
+    """
+    if connectivity is None:
+        connectivity = 6 if np.ndim(mask) == 3 else 4
+    dev, arr, conn = _prepare(mask, connectivity, device)
+    fg = arr != 0
+    if fg.size == 0:
+        return fg
+    background = connected_components(~fg, conn, device=dev)
+    border = [background[(slice(None),) * a + (i,)] for a in range(fg.ndim) for i in (0, -1)]
+    outside = np.zeros(int(background.max()) + 1, bool)
+    for face in border:
+        outside[face.reshape(-1)] = True
+    outside[0] = True  # label 0 is the foreground itself
+    return fg | ~outside[background]

@@ -1,0 +1,405 @@
+"""Reading studies and images, and writing results without leaving partial files.
+
+Volumes come back as a :class:`Volume`: the voxel array indexed (i, j, k) and the 4 x 4
+affine that maps (i, j, k) to RAS+ millimetres, NIfTI's convention (DICOM's LPS geometry is
+converted). TIFF stacks and .npy arrays carry no orientation: their axes are taken as given,
+with a diagonal affine from the file's spacing (ImageJ metadata) or ``spacing``.
+
+Every reader turns a missing, unreadable or truncated file into an :class:`InputFileError`
+that names the file and says what was expected; every writer writes to a hidden temporary
+name in the target folder and renames it into place only once the file is complete.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+
+import numpy as np
+
+from segrt._optional import optional_import
+
+__all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "atomic_path", "VOLUME_SUFFIXES",
+           "IMAGE_SUFFIXES"]
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tif", ".tiff", ".npy")
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class InputFileError(ValueError):
+    """An input that cannot be read as what it claims to be (the message names the file)."""
+
+
+@dataclasses.dataclass
+class Volume:
+    """A 3D image and where it lies in space."""
+
+    array: np.ndarray  # (i, j, k)
+    affine: np.ndarray  # 4 x 4, (i, j, k, 1) -> RAS+ mm
+    source: str
+    kind: str  # "nifti", "dicom", "tiff", "npy", "array"
+    header: object = None  # the NIfTI header, kept so outputs carry the same geometry codes
+
+    @property
+    def spacing(self) -> tuple:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        return abs(float(np.linalg.det(self.affine[:3, :3]))) / 1000.0
+
+    @classmethod
+    def from_array(cls, array, spacing=None, source="array") -> "Volume":
+        arr = np.asarray(array)
+        if arr.ndim != 3:
+            raise InputFileError(f"{source}: expected a 3D volume, got an array of shape {arr.shape}")
+        return cls(arr, _diagonal_affine(spacing, 3, source), source, "array")
+
+
+def _suffix(path: str) -> str:
+    low = path.lower()
+    return ".nii.gz" if low.endswith(".nii.gz") else os.path.splitext(low)[1]
+
+
+def _diagonal_affine(spacing, n, source) -> np.ndarray:
+    sp = (1.0,) * n if spacing is None else tuple(float(s) for s in spacing)
+    if len(sp) != n or not all(np.isfinite(sp)) or min(sp) <= 0:
+        raise InputFileError(f"{source}: spacing must be {n} positive numbers, got {spacing!r}")
+    aff = np.eye(4)
+    aff[range(n), range(n)] = sp
+    return aff
+
+
+def _check_exists(path: str) -> None:
+    if not os.path.exists(path):
+        raise InputFileError(f"{path}: no such file or folder")
+
+
+def read_volume(path, *, spacing=None, series=None) -> Volume:
+    """A volume from a NIfTI file (.nii, .nii.gz), a DICOM series folder, a single (multi-frame)
+    DICOM file, a TIFF stack or a .npy array.
+
+    Args:
+        spacing: voxel size in mm for TIFF / .npy inputs (default: the file's, else 1 mm).
+        series: SeriesInstanceUID to read from a folder holding several series.
+    """
+    path = os.fspath(path)
+    _check_exists(path)
+    if os.path.isdir(path):
+        return _read_dicom_folder(path, series)
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        return _read_nifti(path)
+    if suffix in (".tif", ".tiff"):
+        arr, file_spacing = _read_tiff(path)
+        if arr.ndim != 3:
+            raise InputFileError(f"{path}: expected a 3D TIFF stack, got an image of shape {arr.shape}")
+        return Volume(arr, _diagonal_affine(spacing or file_spacing, 3, path), path, "tiff")
+    if suffix == ".npy":
+        arr = _read_npy(path)
+        if arr.ndim != 3:
+            raise InputFileError(f"{path}: expected a 3D array, got shape {arr.shape}")
+        return Volume(arr, _diagonal_affine(spacing, 3, path), path, "npy")
+    if suffix == ".dcm" or _looks_like_dicom(path):
+        return _read_dicom_file(path)
+    raise InputFileError(f"{path}: unsupported volume format; expected one of {VOLUME_SUFFIXES} or a DICOM folder")
+
+
+def _read_npy(path: str) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as err:  # truncated, pickled or not an .npy at all
+        raise InputFileError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise InputFileError(f"{path}: expected a numeric array, got {getattr(arr, 'dtype', type(arr).__name__)}")
+    return arr
+
+
+def _read_nifti(path: str) -> Volume:
+    nib = optional_import("nibabel", extra="io", purpose="reading NIfTI")
+    try:
+        img = nib.load(path)
+        arr = np.asanyarray(img.dataobj)  # reads everything now: a truncated file fails here
+    except Exception as err:
+        raise InputFileError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise InputFileError(f"{path}: expected a 3D volume, got shape {arr.shape}"
+                             + ("; extract one volume of the series first (e.g. fslroi)" if arr.ndim == 4 else ""))
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise InputFileError(f"{path}: the NIfTI affine is singular or not finite; fix the header (qform / sform)")
+    return Volume(arr, affine, path, "nifti", img.header)
+
+
+def _read_tiff(path: str):
+    tifffile = optional_import("tifffile", extra="io", purpose="reading TIFF")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            arr = tif.asarray()
+            spacing = None
+            ij = tif.imagej_metadata or {}
+            page = tif.pages[0]
+            xres = page.tags.get("XResolution")
+            yres = page.tags.get("YResolution")
+            if ij and xres is not None and yres is not None:
+                sx = xres.value[1] / xres.value[0] if xres.value[0] else 1.0
+                sy = yres.value[1] / yres.value[0] if yres.value[0] else 1.0
+                spacing = (float(ij.get("spacing", 1.0)), sy, sx)
+    except Exception as err:
+        raise InputFileError(f"{path}: not a readable TIFF file ({type(err).__name__}: {err})") from None
+    return arr, spacing
+
+
+def _looks_like_dicom(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            f.seek(128)
+            return f.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def _pydicom():
+    return optional_import("pydicom", extra="io", purpose="reading DICOM")
+
+
+def _rescale(ds, pixels: np.ndarray) -> np.ndarray:
+    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
+    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    out = pixels.astype(np.float32)
+    if slope != 1 or intercept != 0:
+        out = out * np.float32(slope) + np.float32(intercept)
+    return out
+
+
+def _pixels(ds, path: str) -> np.ndarray:
+    try:
+        return ds.pixel_array
+    except Exception as err:  # truncated pixel data, a codec that is not installed
+        raise InputFileError(f"{path}: cannot decode the DICOM pixel data ({type(err).__name__}: {err}); if the "
+                             "transfer syntax is compressed, install pylibjpeg / gdcm for pydicom") from None
+
+
+def _geometry_affine(iop, spacing_rc, origin, step) -> np.ndarray:
+    """The RAS affine of an (i = column, j = row, k = slice) array from DICOM's LPS geometry."""
+    row_dir, col_dir = np.asarray(iop[:3], float), np.asarray(iop[3:], float)
+    aff = np.eye(4)
+    aff[:3, 0] = row_dir * float(spacing_rc[1])  # along a row: the column index grows
+    aff[:3, 1] = col_dir * float(spacing_rc[0])
+    aff[:3, 2] = step
+    aff[:3, 3] = np.asarray(origin, float)
+    return _LPS_TO_RAS @ aff
+
+
+def _read_dicom_folder(path: str, series) -> Volume:
+    pydicom = _pydicom()
+    headers, skipped = [], 0
+    for name in sorted(os.listdir(path)):
+        f = os.path.join(path, name)
+        if not os.path.isfile(f) or name.upper() == "DICOMDIR":
+            continue
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True)
+        except Exception:  # not DICOM (thumbnails, notes): skipped, counted
+            skipped += 1
+            continue
+        if "PixelData" in ds or hasattr(ds, "Rows"):
+            headers.append((f, ds))
+    if not headers:
+        raise InputFileError(f"{path}: no DICOM images in this folder ({skipped} other file(s) skipped)")
+    groups: dict = {}
+    for f, ds in headers:
+        groups.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append((f, ds))
+    if series is not None:
+        if series not in groups:
+            raise InputFileError(f"{path}: no series {series!r}; the folder holds {sorted(groups)}")
+        groups = {series: groups[series]}
+    if len(groups) > 1:
+        listing = "; ".join(f"{uid or '(no UID)'}: {len(v)} image(s), "
+                            f"{getattr(v[0][1], 'SeriesDescription', '') or getattr(v[0][1], 'Modality', '')}"
+                            for uid, v in sorted(groups.items()))
+        raise InputFileError(f"{path}: the folder mixes {len(groups)} DICOM series ({listing}); choose one with "
+                             "--series UID or put each series in its own folder")
+    (items,) = groups.values()
+    if len(items) == 1:
+        return _read_dicom_file(items[0][0])
+    first = items[0][1]
+    for f, ds in items:
+        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+            if not hasattr(ds, tag):
+                raise InputFileError(f"{f}: DICOM slice without {tag}; cannot place it in a volume")
+        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+            raise InputFileError(f"{f}: slice of {ds.Rows} x {ds.Columns} in a series of {first.Rows} x "
+                                 f"{first.Columns}")
+        if not np.allclose([float(v) for v in ds.ImageOrientationPatient],
+                           [float(v) for v in first.ImageOrientationPatient], atol=1e-4):
+            raise InputFileError(f"{f}: slice orientation differs from the rest of the series (a localiser?)")
+    iop = [float(v) for v in first.ImageOrientationPatient]
+    normal = np.cross(iop[:3], iop[3:])
+    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
+    order = np.argsort(positions @ normal, kind="stable")
+    along = (positions @ normal)[order]
+    gaps = np.diff(along)
+    if np.any(gaps < 1e-4 * max(1.0, float(np.abs(gaps).max(initial=0)))):
+        raise InputFileError(f"{path}: two or more slices share a position; the folder holds duplicates or "
+                             "several acquisitions of one series")
+    if gaps.max() - gaps.min() > 0.01 * gaps.mean() + 1e-3:
+        raise InputFileError(f"{path}: slice spacing is irregular ({gaps.min():.3f} to {gaps.max():.3f} mm); a "
+                             "slice is missing or the series is not one volume")
+    slices = []
+    for idx in order:
+        f = items[idx][0]
+        try:
+            ds = pydicom.dcmread(f)
+        except Exception as err:
+            raise InputFileError(f"{f}: not a readable DICOM file ({type(err).__name__}: {err})") from None
+        px = _pixels(ds, f)
+        if px.ndim != 2:
+            raise InputFileError(f"{f}: expected one grey-level slice, got pixel data of shape {px.shape}")
+        slices.append(_rescale(ds, px).T)
+    arr = np.stack(slices, axis=-1)
+    step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
+    affine = _geometry_affine(iop, first.PixelSpacing, positions[order[0]], step)
+    return Volume(arr, affine, path, "dicom")
+
+
+def _read_dicom_file(path: str) -> Volume:
+    pydicom = _pydicom()
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:
+        raise InputFileError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
+    if "PixelData" not in ds:
+        raise InputFileError(f"{path}: DICOM file without pixel data (a report or a DICOMDIR?)")
+    px = _pixels(ds, path)
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if samples != 1:
+        raise InputFileError(f"{path}: colour DICOM ({samples} samples per pixel); volume models take grey-level "
+                             "images (for a cine, use `segrt video`)")
+    if frames == 1:
+        px = px[None]
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", [None])[0]
+    per_frame = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    pixel_spacing = getattr(ds, "PixelSpacing", None)
+    if shared is not None:
+        iop = getattr(_first_item_ds(shared, "PlaneOrientationSequence"), "ImageOrientationPatient", iop)
+        pixel_spacing = getattr(_first_item_ds(shared, "PixelMeasuresSequence"), "PixelSpacing", pixel_spacing)
+    positions = None
+    if per_frame is not None and len(per_frame) == frames:
+        pos = [getattr(_first_item_ds(fr, "PlanePositionSequence"), "ImagePositionPatient", None) for fr in per_frame]
+        if all(p is not None for p in pos):
+            positions = np.array([[float(v) for v in p] for p in pos])
+        if iop is None:
+            iop = getattr(_first_item_ds(per_frame[0], "PlaneOrientationSequence"), "ImageOrientationPatient", None)
+        if pixel_spacing is None:
+            pixel_spacing = getattr(_first_item_ds(per_frame[0], "PixelMeasuresSequence"), "PixelSpacing", None)
+    elif frames == 1 and hasattr(ds, "ImagePositionPatient"):
+        positions = np.array([[float(v) for v in ds.ImagePositionPatient]])
+    rescaler = ds
+    if shared is not None and _first_item_ds(shared, "PixelValueTransformationSequence") is not None:
+        rescaler = _first_item_ds(shared, "PixelValueTransformationSequence")
+    vol = _rescale(rescaler, px)  # (frames, rows, cols)
+    iop = [1, 0, 0, 0, 1, 0] if iop is None else [float(v) for v in iop]
+    pixel_spacing = (1.0, 1.0) if pixel_spacing is None else [float(v) for v in pixel_spacing]
+    normal = np.cross(iop[:3], iop[3:])
+    thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
+    if positions is not None and len(positions) == frames:
+        order = np.argsort(positions @ normal, kind="stable")
+        vol = vol[order]
+        positions = positions[order]
+        step = (positions[-1] - positions[0]) / (frames - 1) if frames > 1 else normal * thickness
+        origin = positions[0]
+    else:
+        step, origin = normal * thickness, np.zeros(3)
+    arr = np.ascontiguousarray(np.transpose(vol, (2, 1, 0)))  # (cols, rows, frames) = (i, j, k)
+    return Volume(arr, _geometry_affine(iop, pixel_spacing, origin, step), path, "dicom")
+
+
+def _first_item_ds(ds, sequence: str):
+    seq = getattr(ds, sequence, None)
+    return seq[0] if seq else None
+
+
+def read_image(path) -> np.ndarray:
+    """A 2D image (H, W) or (H, W, C) from TIFF, PNG, JPEG or .npy (colour as RGB)."""
+    path = os.fspath(path)
+    _check_exists(path)
+    if os.path.isdir(path):
+        raise InputFileError(f"{path}: is a folder; expected an image file ({', '.join(IMAGE_SUFFIXES)})")
+    suffix = _suffix(path)
+    if suffix in (".tif", ".tiff"):
+        arr, _ = _read_tiff(path)
+    elif suffix == ".npy":
+        arr = _read_npy(path)
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        cv2 = optional_import("cv2", extra="io", purpose="reading PNG / JPEG")
+        arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        if arr is None:
+            raise InputFileError(f"{path}: not a readable {suffix[1:].upper()} image (empty, truncated or another "
+                                 "format)")
+        if arr.ndim == 3:
+            arr = cv2.cvtColor(arr, cv2.COLOR_BGRA2RGBA if arr.shape[2] == 4 else cv2.COLOR_BGR2RGB)
+    else:
+        raise InputFileError(f"{path}: unsupported image format; expected one of {IMAGE_SUFFIXES}")
+    return arr
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary name beside ``path`` (same suffix); renames it to ``path`` when the
+    block completes, removes it when the block fails: a reader never sees a partial file."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    suffix = _suffix(path) or ".tmp"
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.partial-", suffix=suffix, dir=folder)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
+    """Writes a label array as NIfTI (.nii / .nii.gz, with ``like``'s affine and header codes),
+    TIFF (.tif / .tiff, zlib) or .npy, atomically. Returns the path."""
+    path = os.fspath(path)
+    suffix = _suffix(path)
+    if suffix in (".nii", ".nii.gz"):
+        nib = optional_import("nibabel", extra="io", purpose="writing NIfTI")
+        affine = np.eye(4) if like is None else like.affine
+        header = like.header.copy() if like is not None and like.header is not None else None
+        img = nib.Nifti1Image(labels, affine, header)
+        img.set_data_dtype(labels.dtype)
+        img.header["scl_slope"], img.header["scl_inter"] = 1, 0
+        if header is None:
+            img.set_qform(affine, code=1)
+            img.set_sform(affine, code=1)
+        with atomic_path(path) as tmp:
+            nib.save(img, tmp)
+    elif suffix in (".tif", ".tiff"):
+        tifffile = optional_import("tifffile", extra="io", purpose="writing TIFF")
+        with atomic_path(path) as tmp:
+            tifffile.imwrite(tmp, labels, compression="zlib")
+    elif suffix == ".npy":
+        with atomic_path(path) as tmp:
+            np.save(tmp, labels)
+    else:
+        raise ValueError(f"{path}: unsupported output format; use .nii.gz, .nii, .tif or .npy")
+    return path

@@ -1,0 +1,134 @@
+"""Array steps around the network: orientation, resizing, intensity normalisation and the
+foreground box. Each step is invertible where the pipeline needs to go back."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+__all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
+           "percentile_stats"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Orientation:
+    """How an (i, j, k) array maps onto RAS axes: ``perm[w]`` is the array axis along world
+    axis w, ``flip[w]`` whether it runs from + to -."""
+
+    perm: tuple
+    flip: tuple
+
+    def apply(self, arr: np.ndarray) -> np.ndarray:
+        out = np.transpose(arr, self.perm)
+        return out[tuple(slice(None, None, -1) if f else slice(None) for f in self.flip)]
+
+    def undo(self, arr: np.ndarray) -> np.ndarray:
+        out = arr[tuple(slice(None, None, -1) if f else slice(None) for f in self.flip)]
+        return np.transpose(out, np.argsort(self.perm))
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray):
+    """(array in RAS+ axis order, its affine, the Orientation to undo it): nibabel's
+    ``as_closest_canonical``. Each array axis goes to the world axis its direction is closest
+    to, the strongest pairing first, so oblique scans map one axis to one axis."""
+    rot = np.asarray(affine, float)[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    perm = [-1, -1, -1]
+    used_array, used_world = set(), set()
+    for flat in np.argsort(-np.abs(rot), axis=None, kind="stable"):
+        w, a = divmod(int(flat), 3)
+        if w in used_world or a in used_array:
+            continue
+        perm[w] = a
+        used_world.add(w)
+        used_array.add(a)
+    flip = tuple(bool(rot[w, perm[w]] < 0) for w in range(3))
+    orient = Orientation(tuple(perm), flip)
+    shape = array.shape
+    new_affine = np.asarray(affine, float)[:, list(perm) + [3]].copy()
+    for w in range(3):
+        if flip[w]:
+            n = shape[perm[w]]
+            new_affine[:, 3] += new_affine[:, w] * (n - 1)
+            new_affine[:, w] *= -1
+    return orient.apply(array), new_affine, orient
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    # torch's "nearest-exact": the input sample under the centre of each output cell
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def resize_nearest(arr: np.ndarray, shape) -> np.ndarray:
+    """Nearest-neighbour resize of the leading ``len(shape)`` axes (cell-centre aligned)."""
+    shape = tuple(int(s) for s in shape)
+    if tuple(arr.shape[:len(shape)]) == shape:
+        return arr
+    index = np.ix_(*(_nearest_index(n, m) for n, m in zip(arr.shape, shape)))
+    return arr[index]
+
+
+def resize_linear(arr: np.ndarray, shape) -> np.ndarray:
+    """Linear resize (cell-centre aligned, edges replicated), float32."""
+    from scipy import ndimage
+
+    shape = tuple(int(s) for s in shape)
+    x = np.asarray(arr, np.float32)
+    if x.shape == shape:
+        return x
+    return ndimage.zoom(x, [m / n for m, n in zip(shape, x.shape)], order=1, mode="nearest", grid_mode=True,
+                        output=np.float32)
+
+
+def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
+    """The statistics a normalisation takes from the whole input (before any crop)."""
+    if spec.get("kind") == "percentile":
+        lo, hi = np.percentile(arr, [spec["low"], spec["high"]])
+        return {"low": float(lo), "high": float(hi)}
+    return {}
+
+
+def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np.ndarray:
+    """Intensity normalisation per the model's metadata (see segrt.export.metadata), float32."""
+    x = np.asarray(x, np.float32)
+    if not spec or spec["kind"] == "none":
+        out = x.copy()
+    elif spec["kind"] == "ct":
+        lo, hi = spec["window"]
+        out = (np.clip(x, lo, hi) - np.float32(lo)) / np.float32(hi - lo)
+    elif spec["kind"] == "percentile":
+        stats = stats or percentile_stats(x, spec)
+        lo, hi = stats["low"], stats["high"]
+        out = (x - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
+        if spec.get("clip", True):
+            np.clip(out, 0, 1, out=out)
+    else:  # zscore
+        mean = spec.get("mean", float(x.mean(dtype=np.float64)))
+        std = spec.get("std", float(x.std(dtype=np.float64)))
+        out = (x - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
+    if spec and spec.get("standardize"):
+        mean, std = float(out.mean(dtype=np.float64)), float(out.std(dtype=np.float64))
+        out = (out - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
+    if spec and ("scale" in spec or "shift" in spec):
+        out = out * np.float32(spec.get("scale", 1.0)) + np.float32(spec.get("shift", 0.0))
+    return out.astype(np.float32, copy=False)
+
+
+def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=None):
+    """Slices of the foreground's bounding box grown by ``margin`` of its size on each side;
+    along each axis, a slice counts when more than ``min_fraction`` of it is foreground.
+    ``shape``: the grid the box is for, when ``mask`` is a resized copy of it (centre and
+    size are scaled, then rounded). None when nothing passes."""
+    shape = mask.shape if shape is None else tuple(shape)
+    box = []
+    for ax in range(mask.ndim):
+        others = tuple(a for a in range(mask.ndim) if a != ax)
+        profile = mask.mean(axis=others, dtype=np.float64)
+        hits = np.flatnonzero(profile > min_fraction)
+        if hits.size == 0:
+            return None
+        scale = shape[ax] / mask.shape[ax]
+        centre = round(scale * (hits[-1] + 1 + hits[0]) / 2)
+        size = round(scale * (hits[-1] + 1 - hits[0]) * (1 + 2 * margin))
+        lo, hi = int(centre - size / 2), int(centre + size / 2)
+        box.append(slice(max(0, lo), min(shape[ax], hi)))
+    return tuple(box)

@@ -1,0 +1,209 @@
+"""The volume pipeline: a study in, a label volume aligned with it out, every step taken from
+the model's metadata (see segrt.export.metadata).
+
+    reorient to RAS -> [localise and crop to the foreground] -> resample (to the model's spacing,
+    or fit to its window) -> normalise -> infer (sliding window with streaming argmax, or one
+    fitted window) -> labels back to the input grid (nearest) -> per-class clean-up -> volumes
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import numpy as np
+
+from segrt.engine import io, preprocess
+from segrt.engine.stages import Stages
+
+__all__ = ["VolumePipeline", "VolumeResult", "ModelTaskError"]
+
+
+class ModelTaskError(ValueError):
+    """The model's task or metadata does not fit what the pipeline was asked to do."""
+
+
+@dataclasses.dataclass
+class VolumeResult:
+    labels: np.ndarray  # in the input's grid and axis order
+    volume: io.Volume
+    class_names: list
+    volumes_ml: dict  # class name -> mL
+    timings: dict  # stage -> seconds
+    backend: str
+    crop: tuple | None  # the box the model ran on, in RAS-canonical voxels
+    notes: list
+
+    def summary(self) -> dict:
+        return {"input": self.volume.source, "shape": list(self.labels.shape),
+                "spacing_mm": [round(s, 6) for s in self.volume.spacing], "backend": self.backend,
+                "classes": self.class_names, "volumes_ml": self.volumes_ml,
+                "crop_ras_voxels": None if self.crop is None else [[s.start, s.stop] for s in self.crop],
+                "timings_s": self.timings, "notes": self.notes}
+
+    def save(self, path) -> tuple[str, str]:
+        """Writes the labels (format from the suffix) and ``<stem>.json`` with the summary; both
+        appear complete or not at all."""
+        path = os.fspath(path)
+        stem = path[:-7] if path.lower().endswith(".nii.gz") else os.path.splitext(path)[0]
+        io.write_labels(path, self.labels, self.volume)
+        sidecar = stem + ".json"
+        with io.atomic_path(sidecar) as tmp, open(tmp, "w") as f:
+            json.dump(self.summary(), f, indent=2)
+        return path, sidecar
+
+
+def _load(model, backend, options):
+    from segrt.engine.model import Model, load
+
+    return model if isinstance(model, Model) else load(model, backend=backend, **options)
+
+
+class VolumePipeline:
+    """Semantic segmentation of 3D studies with a segrt model.
+
+    Args:
+        model: a .onnx file exported by segrt (its metadata drives every step) or a loaded Model.
+        backend: as in ``segrt.engine.load``.
+        overlap, mode, sw_batch_size: sliding-window settings (models with resize "spacing").
+        localizer: a coarse model for ``crop`` (default: the file named in the metadata,
+            beside the model; else the model itself on the fitted whole volume).
+        verbose: stage read-out and a progress bar on stderr.
+    """
+
+    def __init__(self, model, *, backend="auto", overlap=0.5, mode="gaussian", sw_batch_size=1, localizer=None,
+                 verbose=False, **backend_options):
+        self.model = _load(model, backend, backend_options)
+        self.meta = meta = self.model.metadata or {}
+        path = getattr(self.model, "path", "model")
+        if meta.get("task") != "semantic":
+            raise ModelTaskError(f"{path}: the volume pipeline runs semantic models; this model's task is "
+                                 f"{meta.get('task')!r}" + (" (use the instance pipeline)" if meta.get("task") else
+                                                            "; export it with metadata {'task': 'semantic', ...}"))
+        if meta.get("spatial_dims", len(meta.get("window", [0, 0, 0]))) != 3:
+            raise ModelTaskError(f"{path}: the volume pipeline needs a 3D model; this one has spatial_dims "
+                                 f"{meta.get('spatial_dims')}")
+        if "window" not in meta:
+            raise ModelTaskError(f"{path}: the model's metadata has no window; re-export it with metadata "
+                                 "{'window': [D, H, W], ...}")
+        self.overlap, self.mode, self.sw_batch_size, self.verbose = overlap, mode, sw_batch_size, verbose
+        self.localizer = None
+        crop = meta.get("crop")
+        if localizer is not None:
+            self.localizer = _load(localizer, backend, backend_options)
+        elif crop and crop.get("localizer"):
+            loc_path = os.path.join(os.path.dirname(os.path.abspath(path)), crop["localizer"])
+            if not os.path.isfile(loc_path):
+                raise ModelTaskError(f"{path}: its metadata names the localizer {crop['localizer']!r}, which is not "
+                                     f"beside it ({loc_path})")
+            self.localizer = _load(loc_path, backend, backend_options)
+        if crop and self.localizer is None and meta.get("resize") != "fit":
+            raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
+                                 "whole volume fitted to its window)")
+        self.class_names = meta.get("class_names") or []
+
+    # -- one network pass in the RAS grid: fit or sliding window -> labels of x's shape
+    def _segment(self, model, x: np.ndarray, spacing, stats, stages: Stages, back: bool = True) -> np.ndarray:
+        meta = model.metadata or {}
+        window = tuple(meta["window"])
+        nearest = meta.get("interpolation", "linear") == "nearest"
+        if meta.get("resize") == "fit":
+            target = window
+        elif meta.get("spacing"):
+            target = tuple(max(1, round(n * s / t)) for n, s, t in zip(x.shape, spacing, meta["spacing"]))
+        else:
+            target = x.shape
+        with stages("resample"):
+            xr = preprocess.resize_nearest(x, target) if nearest else preprocess.resize_linear(x, target)
+        with stages("normalize"):
+            xn = preprocess.normalize(xr, meta.get("normalization"), stats)
+        del xr
+        with stages("infer"):
+            if target == window:
+                scores = model.infer(xn[None, None])
+                scores = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
+                labels = _argmax(scores[0])
+            else:
+                from segrt.engine.sliding_window import sliding_window
+
+                labels = sliding_window(xn[None, None], window, model.infer, sw_batch_size=self.sw_batch_size,
+                                        overlap=self.overlap, mode=self.mode, reduce="argmax",
+                                        progress=self.verbose)[0]
+        if not back:
+            return labels
+        with stages("resample back"):
+            return preprocess.resize_nearest(labels, x.shape)
+
+    def _localize(self, x, spacing, stats, stages: Stages):
+        crop = self.meta["crop"]
+        model = self.localizer or self.model
+        with stages("localize"):
+            inner = Stages()
+            # the box is measured in the localiser's own grid and scaled, as deepbet does
+            fg = self._segment(model, x, spacing, stats, inner, back=False) > 0
+            if fg.any():
+                from segrt.kernels.label import keep_largest
+
+                fg = keep_largest(fg.view(np.uint8)).view(bool)
+            return preprocess.foreground_box(fg, crop["margin"], crop["min_fraction"], shape=x.shape)
+
+    def run(self, volume, *, spacing=None) -> VolumeResult:
+        """Segments a Volume, a path (see segrt.engine.io.read_volume) or a 3D array."""
+        stages = Stages(self.verbose)
+        notes = []
+        if not isinstance(volume, io.Volume):
+            with stages("read"):
+                volume = (io.Volume.from_array(volume, spacing) if isinstance(volume, np.ndarray)
+                          else io.read_volume(volume, spacing=spacing))
+        data = np.asarray(volume.array)
+        if data.ndim != 3:
+            raise io.InputFileError(f"{volume.source}: expected a 3D volume, got shape {data.shape}")
+        if data.dtype.kind not in "biuf":
+            raise io.InputFileError(f"{volume.source}: expected a numeric image, got dtype {data.dtype}")
+        with stages("reorient"):
+            ras, ras_affine, orient = preprocess.to_canonical(data, volume.affine)
+            ras = np.asarray(ras, np.float32)
+            bad = ~np.isfinite(ras)
+            if bad.any():
+                notes.append(f"{int(bad.sum())} NaN / infinite voxel(s) set to 0")
+                ras = np.where(bad, np.float32(0), ras)
+        ras_spacing = tuple(np.linalg.norm(ras_affine[:3, :3], axis=0))
+        stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
+        box = None
+        if self.meta.get("crop"):
+            box = self._localize(ras, ras_spacing, stats, stages)
+            if box is None:
+                notes.append("the localizer found no foreground; the model ran on the whole volume")
+        region = ras[box] if box is not None else ras
+        labels_region = self._segment(self.model, region, ras_spacing, stats, stages)
+        with stages("postprocess"):
+            labels = np.zeros(ras.shape, labels_region.dtype)
+            labels[box if box is not None else ...] = labels_region
+            labels = _postprocess(labels, self.meta.get("postprocess") or {})
+            labels = np.ascontiguousarray(orient.undo(labels))
+        names = self.class_names or [f"class {c}" for c in range(int(labels.max(initial=0)) + 1)]
+        counts = np.bincount(labels.reshape(-1), minlength=len(names))
+        volumes = {names[c] if c < len(names) else f"class {c}": round(float(counts[c]) * volume.voxel_volume_ml, 4)
+                   for c in range(1, len(counts))}
+        timings = dict(stages.timings)
+        timings["total"] = stages.total()
+        return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
+
+
+def _argmax(scores: np.ndarray) -> np.ndarray:
+    if scores.shape[0] == 1:  # one logit channel: foreground where positive
+        return (scores[0] > 0).astype(np.uint8)
+    return scores.argmax(axis=0).astype(np.uint8 if scores.shape[0] <= 256 else np.uint16)
+
+
+def _postprocess(labels: np.ndarray, spec: dict) -> np.ndarray:
+    from segrt.kernels import label
+
+    if spec.get("remove_small"):
+        labels = label.remove_small(labels, spec["remove_small"])
+    for cls, k in (spec.get("keep_largest") or {}).items():
+        labels = label.keep_largest(labels, k, classes=[cls])
+    for cls in spec.get("fill_holes") or []:
+        filled = label.fill_holes(labels == cls)
+        labels[filled & (labels == 0)] = cls
+    return labels
