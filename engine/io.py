@@ -128,7 +128,8 @@ def _read_nifti(path: str) -> Volume:
         arr = arr[..., 0]
     if arr.ndim != 3:
         raise InputFileError(f"{path}: expected a 3D volume, got shape {arr.shape}"
-                             + ("; extract one volume of the series first (e.g. fslroi)" if arr.ndim == 4 else ""))
+                             + (f"; this is a 4D series of {arr.shape[3]} volumes: extract one first (e.g. fslroi)"
+                                if arr.ndim == 4 else ""))
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise InputFileError(f"{path}: the NIfTI affine is singular or not finite; fix the header (qform / sform)")

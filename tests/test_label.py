@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from segrt.kernels import label
 from segrt.kernels.label import component_stats, connected_components, keep_largest, remove_small
 
 cc3d = pytest.importorskip("cc3d")
@@ -233,3 +234,32 @@ def test_bad_input_raises_clear_errors(call, match):
 def test_cuda_device_is_not_available_yet():
     with pytest.raises(NotImplementedError, match="GPU"):
         connected_components(np.zeros((4, 4), np.uint8), device="cuda")
+
+
+# -- fill_holes ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(40, 50), (1, 30), (20, 30, 25), (1, 9, 9), (6, 1, 7)])
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.75])
+def test_fill_holes_equals_scipy(shape, density):
+    from scipy import ndimage
+
+    m = np.random.default_rng(hash((shape, density)) % 2**32).random(shape) < density
+    np.testing.assert_array_equal(label.fill_holes(m), ndimage.binary_fill_holes(m))
+    np.testing.assert_array_equal(label.fill_holes(m, device="reference"), ndimage.binary_fill_holes(m))
+    full = np.ones((3,) * len(shape), int)  # scipy's structure for a corner-connected background
+    np.testing.assert_array_equal(label.fill_holes(m, 8 if m.ndim == 2 else 26),
+                                  ndimage.binary_fill_holes(m, structure=full))
+
+
+def test_fill_holes_equals_fill_voids_and_keeps_integer_masks():
+    fill_voids = pytest.importorskip("fill_voids")
+    m = np.zeros((30, 30, 30), np.uint8)
+    m[5:25, 5:25, 5:25] = 3
+    m[10:15, 10:15, 10:15] = 0  # a cavity
+    m[0:3, 0:3, 0:3] = 0
+    out = label.fill_holes(m)
+    assert out.dtype == bool and out[12, 12, 12]
+    np.testing.assert_array_equal(out, fill_voids.fill(m > 0))
+    assert label.fill_holes(np.zeros((0, 4), bool)).shape == (0, 4)
+    with pytest.raises(ValueError):
+        label.fill_holes(np.zeros((4, 4), bool), 6)
