@@ -31,6 +31,10 @@ Schema (version 1); every field is optional unless noted:
   "fill_holes": [class id, ...]} (class ids as strings in JSON, ints in Python).
 - ``star``: for star-convex tasks: {"n_rays": int >= 3, "grid": [int, ...],
   "prob_thresh": float, "nms_thresh": float, "rays_anisotropy": [float, float, float] | null}.
+- ``divisor``: input sizes must be multiples of this (the network's total downsampling);
+  inputs are padded up to it.
+- ``context``: pixels (voxels) of context a tile needs on each side for its centre to equal
+  whole-image inference; tiled instance inference keeps only tile centres.
 - ``outputs``: output names in the order the network returns them (e.g. ["prob", "dist"]).
 """
 from __future__ import annotations
@@ -45,7 +49,7 @@ SCHEMA_VERSION = 1
 TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 _FIELDS = ("schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
-           "resize", "interpolation", "crop", "postprocess", "star", "outputs")
+           "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs")
 
 
 class MetadataError(ValueError):
@@ -146,6 +150,10 @@ def validate(meta: dict) -> dict:
         _fail("window", 'given when resize is "fit"', None)
     if "crop" in meta:
         out["crop"] = _crop(meta["crop"])
+    if "divisor" in meta:
+        out["divisor"] = _int(meta["divisor"], "divisor", 1)
+    if "context" in meta:
+        out["context"] = _int(meta["context"], "context", 0)
     if "star" in meta:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])

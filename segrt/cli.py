@@ -133,7 +133,22 @@ def _cmd_run(args) -> int:
         for name, ml in result.volumes_ml.items():
             print(f"  {name}: {ml:.2f} mL")
         return 0
-    raise SystemExit(f"error: {model_path}: segrt run handles semantic models here; this model's task is {task!r}")
+    from segrt.engine.instances import InstancePipeline
+
+    pipe = InstancePipeline(model, tile=args.tile, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+                            verbose=not args.quiet)
+    if pipe.ndim == 3:
+        from segrt.engine import io
+
+        image = io.read_volume(args.input, spacing=spacing).array
+        result = pipe.run(image, source=args.input)
+    else:
+        result = pipe.run(args.input)
+    out = args.output or _default_output(args.input, ".tif")
+    written = result.save(out)
+    print(f"wrote {', '.join(written)} ({len(result.points)} objects, {result.tiles} tile(s), {model.backend}; "
+          f"{result.timings['total']:.2f} s)")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -196,6 +211,9 @@ def main(argv=None) -> int:
                                    "Semantic 3D models: NIfTI, a DICOM series folder, a multi-frame DICOM, a TIFF "
                                    "stack or .npy in; labels (NIfTI with the input's affine, opens aligned in 3D "
                                    "Slicer) and a JSON with per-class volumes in mL and per-stage timings out. "
+                                   "Star-convex models: a TIFF / PNG / JPEG image (or a 3D stack) in; a label TIFF, "
+                                   "GeoJSON polygons (QuPath: File > Import objects), a CSV of objects and a JSON "
+                                   "out; large images run in exact tiles. "
                                    "MODEL is a .onnx file or a model name (deepbet, nuclei, instruments). Example: "
                                    "segrt run deepbet t1.nii.gz -o brain.nii.gz")
     r.add_argument("model", help=".onnx file exported by segrt, or a model name")
@@ -204,6 +222,9 @@ def main(argv=None) -> int:
     r.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
     r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5")
+    r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 1024 2D, 128 3D)")
+    r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
+    r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
     args = ap.parse_args(argv)
     commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check, "run": _cmd_run}

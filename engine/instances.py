@@ -1,0 +1,274 @@
+"""The instance pipeline for star-convex models (StarDist-style, 2D and 3D).
+
+    image -> percentile normalisation (statistics of the whole image) -> prob and dist, whole
+    or in tiles -> star-convex NMS over the whole image -> rendered labels, polygons, table
+
+Tiles are exact, not blended: each tile is predicted with ``context`` pixels of margin on every
+side (the model's metadata says how much its receptive field needs) and only its centre is
+kept, tile corners aligned to the network's ``divisor``. The stitched prob / dist maps are
+therefore the whole-image maps, and NMS runs once over all of them: no object is cut at a
+seam, duplicated or dropped, whatever its size relative to the tile or the margin (unlike
+stitching per-tile NMS results, where objects wider than the overlap fail). Memory: the
+stitched maps hold (1 + n_rays) float32 values per prediction cell.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from segrt.engine import io
+from segrt.engine.stages import Stages
+from segrt.engine.volume import ModelTaskError, _load
+
+__all__ = ["InstancePipeline", "InstanceResult"]
+
+
+@dataclasses.dataclass
+class InstanceResult:
+    labels: np.ndarray  # (H, W) or (D, H, W) int32, object i + 1 for the i-th point
+    points: np.ndarray  # (K, ndim) int64 pixel coordinates, by descending score
+    scores: np.ndarray  # (K,)
+    dists: np.ndarray  # (K, n_rays)
+    source: str
+    timings: dict
+    backend: str
+    tiles: int
+    notes: list
+    class_name: str = "object"
+    rays: object = None  # 3D: the Rays3D used
+
+    def polygons(self) -> np.ndarray:
+        """(K, n_rays, 2) polygon vertices (y, x) in pixel coordinates (pixel centres at integers)."""
+        if self.labels.ndim != 2:
+            raise ValueError("polygons exist for 2D results only")
+        n_rays = self.dists.shape[1]
+        phi = 2 * np.pi * np.arange(n_rays) / n_rays
+        d = self.dists.astype(np.float64)
+        ys = self.points[:, 0:1] + d * np.sin(phi)
+        xs = self.points[:, 1:2] + d * np.cos(phi)
+        return np.stack([ys, xs], axis=-1)
+
+    def objects(self) -> list:
+        """One row per object: id, centroid (of its rendered pixels), area (pixels), score."""
+        nd = self.labels.ndim
+        k = len(self.points)
+        flat = self.labels.reshape(-1)
+        area = np.bincount(flat, minlength=k + 1)[1:k + 1]
+        coords = np.indices(self.labels.shape).reshape(nd, -1)
+        sums = [np.bincount(flat, weights=c, minlength=k + 1)[1:k + 1] for c in coords]
+        rows = []
+        axes = "zyx"[-nd:]
+        for i in range(k):
+            row = {"id": i + 1}
+            for a, s in zip(axes, sums):
+                row[f"centroid_{a}"] = round(float(s[i] / area[i]), 3) if area[i] else float("nan")
+            row["area" if nd == 2 else "volume"] = int(area[i])
+            row["score"] = round(float(self.scores[i]), 6)
+            rows.append(row)
+        return rows
+
+    def geojson(self) -> dict:
+        """A GeoJSON FeatureCollection of the polygons in QuPath's pixel frame (x, y; a pixel's
+        centre at +0.5), one detection per object: QuPath opens it with File > Import objects."""
+        features = []
+        for i, poly in enumerate(self.polygons()):
+            ring = [[round(float(x) + 0.5, 3), round(float(y) + 0.5, 3)] for y, x in poly]
+            ring.append(ring[0])
+            features.append({"type": "Feature", "id": str(i + 1),
+                             "geometry": {"type": "Polygon", "coordinates": [ring]},
+                             "properties": {"objectType": "detection", "name": str(i + 1),
+                                            "classification": {"name": self.class_name},
+                                            "measurements": {"score": round(float(self.scores[i]), 6)}}})
+        return {"type": "FeatureCollection", "features": features}
+
+    def summary(self) -> dict:
+        return {"input": self.source, "shape": list(self.labels.shape), "objects": int(len(self.points)),
+                "backend": self.backend, "tiles": self.tiles, "timings_s": self.timings, "notes": self.notes}
+
+    def save(self, path) -> list:
+        """Writes the labels (TIFF / .npy by suffix) and beside them ``<stem>.csv``,
+        ``<stem>.json`` and, for 2D, ``<stem>.geojson``; each file appears complete or not at all."""
+        path = os.fspath(path)
+        stem = os.path.splitext(path)[0]
+        written = [io.write_labels(path, self.labels)]
+        rows = self.objects()
+        with io.atomic_path(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
+            fields = list(rows[0]) if rows else ["id", "score"]
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+        written.append(stem + ".csv")
+        if self.labels.ndim == 2:
+            with io.atomic_path(stem + ".geojson") as tmp, open(tmp, "w") as f:
+                json.dump(self.geojson(), f)
+            written.append(stem + ".geojson")
+        with io.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
+            json.dump(self.summary(), f, indent=2)
+        written.append(stem + ".json")
+        return written
+
+
+class InstancePipeline:
+    """Star-convex instance segmentation with a segrt model (task star-convex-2d / -3d).
+
+    Args:
+        model: a .onnx file exported by segrt, or a loaded Model (anything with ``infer`` and
+            ``metadata``).
+        tile: tile size per axis (pixels of output kept per tile), rounded up to the model's
+            divisor; inputs up to this size run whole. Default 1024 (2D) / 128 (3D).
+        prob_thresh, nms_thresh: override the metadata's thresholds.
+        verbose: stage read-out on stderr.
+    """
+
+    def __init__(self, model, *, backend="auto", tile=None, prob_thresh=None, nms_thresh=None, verbose=False,
+                 **backend_options):
+        self.model = _load(model, backend, backend_options) if isinstance(model, (str, os.PathLike)) else model
+        meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
+        path = getattr(self.model, "path", "model")
+        task = meta.get("task")
+        if task not in ("star-convex-2d", "star-convex-3d"):
+            raise ModelTaskError(f"{path}: the instance pipeline runs star-convex models; this model's task is "
+                                 f"{task!r}" + (" (use the volume pipeline)" if task == "semantic" else ""))
+        self.ndim = 2 if task == "star-convex-2d" else 3
+        star = meta.get("star") or {}
+        if "n_rays" not in star:
+            raise ModelTaskError(f"{path}: star-convex metadata without star.n_rays")
+        self.n_rays = star["n_rays"]
+        self.grid = tuple(star.get("grid", (1,) * self.ndim))
+        self.prob_thresh = star.get("prob_thresh", 0.5) if prob_thresh is None else float(prob_thresh)
+        self.nms_thresh = star.get("nms_thresh", 0.4) if nms_thresh is None else float(nms_thresh)
+        self.in_channels = meta.get("in_channels", 1)
+        self.outputs = meta.get("outputs", ["prob", "dist"])
+        step = math.lcm(meta.get("divisor", 1), *self.grid)
+        self.step = step
+        self.context = -(-meta.get("context", 0) // step) * step
+        default_tile = 1024 if self.ndim == 2 else 128
+        t = default_tile if tile is None else tile
+        tiles = (t,) * self.ndim if np.isscalar(t) else tuple(t)
+        if len(tiles) != self.ndim or min(tiles) < 1:
+            raise ValueError(f"tile must be a positive size or {self.ndim} sizes, got {tile!r}")
+        self.tile = tuple(-(-int(v) // step) * step for v in tiles)
+        self.verbose = verbose
+        self.rays = None
+        if self.ndim == 3:
+            from segrt.kernels.starnms import rays_3d
+
+            self.rays = rays_3d(self.n_rays, star.get("rays_anisotropy"))
+        names = meta.get("class_names") or []
+        self.class_name = names[1] if len(names) > 1 else "object"
+
+    def _as_image(self, image, source):
+        x = np.asarray(image)
+        if x.dtype.kind not in "biuf":
+            raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
+        c = self.in_channels
+        if x.ndim == self.ndim and c == 1:
+            return x[None].astype(np.float32)
+        if x.ndim == self.ndim + 1 and x.shape[-1] == c:
+            return np.moveaxis(x, -1, 0).astype(np.float32)
+        if x.ndim == self.ndim + 1 and c == 1 and x.shape[-1] in (3, 4) and self.ndim == 2:
+            rgb = x[..., :3].astype(np.float32)
+            return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[None]  # luminance for a grey model
+        raise io.InputFileError(f"{source}: an image of shape {x.shape} does not fit this {self.ndim}D model with "
+                                f"{c} input channel(s); expected {'(H, W)' if self.ndim == 2 else '(D, H, W)'}"
+                                + (f" with {c} channels last" if c > 1 else ""))
+
+    def _normalize(self, x):
+        from segrt.engine import preprocess
+
+        spec = self.meta.get("normalization")
+        # statistics of the whole image, per channel, so tiles and the whole image agree
+        return np.stack([preprocess.normalize(ch, spec) for ch in x])
+
+    def _infer(self, batch):
+        out = self.model.infer(batch)
+        if isinstance(out, dict):
+            prob, dist = out[self.outputs[0]], out[self.outputs[1]]
+        elif isinstance(out, (list, tuple)):
+            prob, dist = out
+        else:
+            raise ModelTaskError("a star-convex model must return two outputs (prob, dist)")
+        return np.asarray(prob, np.float32), np.asarray(dist, np.float32)
+
+    def predict(self, x: np.ndarray, stages: Stages):
+        """prob (*cells) and dist (*cells, n_rays) of a normalised (C, *spatial) image, tiled when
+        it is larger than the tile. Returns (prob, dist, number of tiles)."""
+        spatial = x.shape[1:]
+        padded = tuple(-(-s // self.step) * self.step for s in spatial)
+        pads = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)]
+        mode = "reflect" if all(p - s < s for p, s in zip(padded, spatial)) else "edge"
+        xp = np.pad(x, pads, mode=mode) if padded != spatial else x
+        cells = tuple(p // g for p, g in zip(padded, self.grid))
+        if all(p <= t for p, t in zip(padded, self.tile)):
+            with stages("infer"):
+                prob, dist = self._infer(xp[None])
+            self._check_outputs(prob, dist, cells)
+            prob_full, dist_full, n_tiles = prob[0, 0], np.moveaxis(dist[0], 0, -1), 1
+        else:
+            prob_full = np.empty(cells, np.float32)
+            dist_full = np.empty(cells + (self.n_rays,), np.float32)
+            starts = [range(0, p, t) for p, t in zip(padded, self.tile)]
+            n_tiles = 0
+            total = math.prod(len(s) for s in starts)
+            for start in itertools.product(*starts):
+                core = [(a, min(a + t, p)) for a, t, p in zip(start, self.tile, padded)]
+                src = [(max(0, a - self.context), min(p, b + self.context)) for (a, b), p in zip(core, padded)]
+                with stages("infer"):
+                    prob, dist = self._infer(xp[(None, slice(None)) + tuple(slice(a, b) for a, b in src)])
+                self._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, self.grid)))
+                out_sl = tuple(slice(a // g, b // g) for (a, b), g in zip(core, self.grid))
+                in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
+                prob_full[out_sl] = prob[(0, 0) + in_sl]
+                dist_full[out_sl] = np.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
+                n_tiles += 1
+                if self.verbose:
+                    print(f"\rsegrt: tiles {n_tiles}/{total}", end="" if n_tiles < total else "\n", flush=True,
+                          file=sys.stderr)
+        keep = tuple(slice(0, -(-s // g)) for s, g in zip(spatial, self.grid))
+        return prob_full[keep], dist_full[keep], n_tiles
+
+    def _check_outputs(self, prob, dist, cells):
+        want_p = (1, 1) + cells
+        want_d = (1, self.n_rays) + cells
+        if tuple(prob.shape) != want_p or tuple(dist.shape) != want_d:
+            raise ModelTaskError(f"the model returned prob {tuple(prob.shape)} and dist {tuple(dist.shape)}; expected "
+                                 f"{want_p} and {want_d} (grid {self.grid}, {self.n_rays} rays) for this input")
+
+    def run(self, image, *, source=None) -> InstanceResult:
+        """Segments an image (array, or a TIFF / PNG / JPEG / .npy path; 3D: a TIFF stack / .npy)."""
+        from segrt.kernels import starnms
+
+        stages = Stages(self.verbose)
+        if isinstance(image, (str, os.PathLike)):
+            source = os.fspath(image)
+            with stages("read"):
+                image = io.read_image(source)
+        source = source or "array"
+        x = self._as_image(image, source)
+        with stages("normalize"):
+            x = self._normalize(x)
+        prob, dist, n_tiles = self.predict(x, stages)
+        shape = x.shape[1:]
+        with stages("nms"):
+            if self.ndim == 2:
+                points, scores, dists = starnms.nms_2d(prob, dist, prob_thresh=self.prob_thresh,
+                                                       nms_thresh=self.nms_thresh, grid=self.grid)
+            else:
+                points, scores, dists = starnms.nms_3d(prob, dist, self.rays, prob_thresh=self.prob_thresh,
+                                                       nms_thresh=self.nms_thresh, grid=self.grid)
+        with stages("render"):
+            if self.ndim == 2:
+                labels = starnms.render_2d(dists, points, shape, scores=scores)
+            else:
+                labels = starnms.render_3d(dists, points, self.rays, shape, scores=scores)
+        timings = dict(stages.timings)
+        timings["total"] = stages.total()
+        return InstanceResult(labels, points, scores, dists, source, timings, getattr(self.model, "backend", "?"),
+                              n_tiles, [], self.class_name, self.rays)

@@ -1,0 +1,480 @@
+"""The video pipeline: frames in, coloured overlays out, with bounded latency.
+
+    capture thread -> newest-frame slot -> resize + normalise -> infer -> argmax + remove
+    small blobs -> overlay (class colours, contours, latency read-out) -> write / display
+
+Capture runs in its own thread and hands frames over through a one-frame slot: when
+inference falls behind a live source (a camera, a stream, or a file paced with
+``realtime``), the older frame is replaced and counted as dropped, never queued, so latency
+stays bounded. A file read without ``realtime`` is processed frame by frame, none dropped.
+
+Latency is measured per frame from the moment capture returned it to the moment its overlay
+was written or shown; per-stage and end-to-end p50 / p90 / p99 / max, dropped frames and the
+effective frame rate are reported live, as JSON and as a PNG latency CDF.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+from segrt._optional import optional_import
+from segrt.engine import io
+from segrt.engine.volume import ModelTaskError, _load
+
+__all__ = ["VideoPipeline", "VideoStats", "open_source", "SourceError", "PALETTE"]
+
+# class colours (BGR, OpenCV's order), background first and unused
+PALETTE = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200], [0, 255, 80], [80, 80, 255],
+                    [255, 120, 60], [180, 255, 255]], np.uint8)
+STAGES = ("preprocess", "infer", "postprocess", "overlay", "output")
+
+
+class SourceError(OSError):
+    """A video source that cannot be opened (the message names it and says what to check)."""
+
+
+def _cv2():
+    return optional_import("cv2", extra="io", purpose="video capture and overlays")
+
+
+# -- sources -------------------------------------------------------------------------------
+
+class _OpenCVSource:
+    def __init__(self, spec):
+        cv2 = _cv2()
+        self.name = str(spec)
+        self.live = isinstance(spec, int) or "://" in str(spec)
+        if not self.live and not os.path.isfile(str(spec)):
+            raise SourceError(f"{spec}: no such video file (a camera is an integer index, a stream a URL)")
+        self.cap = cv2.VideoCapture(spec)
+        if not self.cap.isOpened():
+            what = "camera" if isinstance(spec, int) else "stream" if self.live else "video file"
+            raise SourceError(f"{spec}: cannot open this {what}" + (
+                "; check the index and that no other program holds it" if isinstance(spec, int) else
+                "; check the URL and the network" if self.live else
+                "; the file is not a video OpenCV can decode (or it is damaged)"))
+        fps = self.cap.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else 30.0
+        frames = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
+        self.frames = int(frames) if frames and frames > 0 and not self.live else None
+
+    def read(self):
+        ok, frame = self.cap.read()
+        return frame if ok and frame is not None else None
+
+    def close(self):
+        self.cap.release()
+
+
+class _DicomCineSource:
+    """Frames of a multi-frame DICOM (an ultrasound or angiography cine), as BGR uint8."""
+
+    def __init__(self, path):
+        pydicom = optional_import("pydicom", extra="io", purpose="reading DICOM cines")
+        self.name, self.live = path, False
+        try:
+            self.ds = pydicom.dcmread(path)
+        except Exception as err:
+            raise SourceError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
+        if "PixelData" not in self.ds:
+            raise SourceError(f"{path}: DICOM file without pixel data")
+        self.frames = int(getattr(self.ds, "NumberOfFrames", 1) or 1)
+        frame_time = float(getattr(self.ds, "FrameTime", 0) or 0)
+        rate = float(getattr(self.ds, "CineRate", 0) or getattr(self.ds, "RecommendedDisplayFrameRate", 0) or 0)
+        self.fps = rate if rate > 0 else (1000.0 / frame_time if frame_time > 0 else 30.0)
+        self.index = 0
+        self._encapsulated = None
+        if self.ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"):
+            from pydicom.encaps import generate_frames  # baseline / extended JPEG: OpenCV decodes it fast
+
+            self._encapsulated = generate_frames(self.ds.PixelData, number_of_frames=self.frames)
+        self._all = None
+
+    def read(self):
+        if self.index >= self.frames:
+            return None
+        cv2 = _cv2()
+        i = self.index
+        self.index += 1
+        try:
+            if self._encapsulated is not None:
+                data = next(self._encapsulated)
+                frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+                if frame is None:
+                    raise ValueError("OpenCV could not decode the JPEG frame")
+                return frame
+            if self._all is None:
+                self._all = self.ds.pixel_array if self.frames > 1 else self.ds.pixel_array[None]
+            frame = self._all[i]
+        except Exception as err:  # a truncated or damaged frame ends the stream
+            raise SourceError(f"{self.name}: frame {i} cannot be decoded ({type(err).__name__}: {err})") from None
+        if frame.ndim == 2:
+            frame = np.repeat(frame[..., None], 3, axis=2)
+        if frame.dtype != np.uint8:
+            lo, hi = float(frame.min()), float(frame.max())
+            frame = ((frame - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
+        return np.ascontiguousarray(frame[..., ::-1])
+
+    def close(self):
+        pass
+
+
+def open_source(spec):
+    """A camera index (int or digits), a URL, a video file or a multi-frame DICOM."""
+    if isinstance(spec, str) and spec.isdigit():
+        spec = int(spec)
+    if isinstance(spec, str) and os.path.isfile(spec) and (spec.lower().endswith(".dcm") or io._looks_like_dicom(spec)):
+        return _DicomCineSource(spec)
+    return _OpenCVSource(spec)
+
+
+class _LatestFrame:
+    """A one-frame slot: the producer replaces an unconsumed frame (counted as dropped), or,
+    with ``block``, waits for the consumer (offline files: nothing dropped)."""
+
+    def __init__(self, block: bool):
+        self.cond = threading.Condition()
+        self.item = None
+        self.closed = False
+        self.dropped = 0
+        self.block = block
+        self.error = None
+
+    def put(self, item) -> None:
+        with self.cond:
+            while self.block and self.item is not None and not self.closed:
+                self.cond.wait()
+            if self.item is not None:
+                self.dropped += 1
+            self.item = item
+            self.cond.notify_all()
+
+    def get(self):
+        with self.cond:
+            while self.item is None and not self.closed:
+                self.cond.wait()
+            item, self.item = self.item, None
+            self.cond.notify_all()
+            return item
+
+    def close(self, error=None) -> None:
+        with self.cond:
+            self.closed = True
+            self.error = self.error or error
+            self.cond.notify_all()
+
+
+# -- statistics ----------------------------------------------------------------------------
+
+def _pcts(values) -> dict:
+    v = np.asarray(values, np.float64) * 1000.0
+    if v.size == 0:
+        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
+    p50, p90, p99 = np.percentile(v, [50, 90, 99])
+    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
+            "max_ms": round(float(v.max()), 3), "n": int(v.size)}
+
+
+@dataclasses.dataclass
+class VideoStats:
+    source: str
+    frames_read: int
+    frames_processed: int
+    frames_dropped: int
+    wall_s: float
+    source_fps: float
+    stages: dict  # stage -> list of seconds per frame
+    end_to_end: list  # seconds per frame
+    stopped: str  # why the run ended
+    backend: str = "?"
+
+    @property
+    def effective_fps(self) -> float:
+        return self.frames_processed / self.wall_s if self.wall_s > 0 else 0.0
+
+    def summary(self) -> dict:
+        non_model = [sum(self.stages[s][i] for s in STAGES if s not in ("infer", "output"))
+                     for i in range(len(self.end_to_end))]
+        return {"source": self.source, "backend": self.backend, "stopped": self.stopped,
+                "frames_read": self.frames_read, "frames_processed": self.frames_processed,
+                "frames_dropped": self.frames_dropped, "source_fps": round(self.source_fps, 3),
+                "effective_fps": round(self.effective_fps, 3), "wall_s": round(self.wall_s, 3),
+                "end_to_end": _pcts(self.end_to_end), "non_model": _pcts(non_model),
+                "stages": {s: _pcts(v) for s, v in self.stages.items()}}
+
+    def line(self) -> str:
+        e = _pcts(self.end_to_end)
+        return (f"frames {self.frames_processed} (dropped {self.frames_dropped}), {self.effective_fps:.1f} fps, "
+                f"latency p50 {e['p50_ms'] or 0:.1f} ms p99 {e['p99_ms'] or 0:.1f} ms max {e['max_ms'] or 0:.1f} ms")
+
+    def save(self, json_path, png_path=None) -> list:
+        with io.atomic_path(json_path) as tmp, open(tmp, "w") as f:
+            json.dump(self.summary(), f, indent=2)
+        written = [os.fspath(json_path)]
+        if png_path is not None and self.end_to_end:
+            written.append(latency_cdf_png(png_path, {"end to end": self.end_to_end,
+                                                      "infer": self.stages["infer"]}))
+        return written
+
+
+def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
+    """A latency CDF drawn with OpenCV (no plotting library needed)."""
+    cv2 = _cv2()
+    w, h = size
+    img = np.full((h, w, 3), 255, np.uint8)
+    left, right, top, bottom = 60, 20, 30, 50
+    all_ms = np.concatenate([np.asarray(v, float) * 1000 for v in series.values() if len(v)])
+    x_max = float(np.percentile(all_ms, 100)) * 1.05 or 1.0
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
+    for frac in (0.0, 0.5, 0.9, 0.99, 1.0):
+        y = int(h - bottom - frac * (h - top - bottom))
+        cv2.line(img, (left, y), (w - right, y), (220, 220, 220), 1)
+        cv2.putText(img, f"{frac:g}", (8, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+    for i in range(6):
+        v = x_max * i / 5
+        x = int(left + i / 5 * (w - left - right))
+        cv2.putText(img, f"{v:.0f}", (x - 10, h - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
+                    cv2.LINE_AA)
+    cv2.putText(img, "latency (ms)", (w // 2 - 40, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    colours = [(200, 80, 0), (0, 140, 255), (0, 160, 0)]
+    for k, (name, vals) in enumerate(series.items()):
+        v = np.sort(np.asarray(vals, float) * 1000)
+        if v.size == 0:
+            continue
+        frac = np.arange(1, v.size + 1) / v.size
+        pts = np.stack([left + v / x_max * (w - left - right), h - bottom - frac * (h - top - bottom)], 1)
+        cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colours[k % 3], 2, cv2.LINE_AA)
+        cv2.putText(img, name, (left + 10, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1,
+                    cv2.LINE_AA)
+    with io.atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, img):
+            raise OSError(f"{path}: OpenCV could not write the PNG")
+    return os.fspath(path)
+
+
+# -- the pipeline --------------------------------------------------------------------------
+
+class VideoPipeline:
+    """Real-time 2D semantic segmentation of video frames with a segrt model.
+
+    Args:
+        model: a .onnx file exported by segrt (task semantic, 2D, a fixed ``window`` [H, W],
+            3 input channels for colour video or 1 for grey) or a loaded Model.
+        alpha: overlay opacity of class colours.
+        min_blob: blobs smaller than this many model-grid pixels are removed (default: the
+            metadata's postprocess.remove_small).
+        contours: draw class outlines.
+    """
+
+    def __init__(self, model, *, backend="auto", alpha=0.45, min_blob=None, contours=True, **backend_options):
+        self.model = _load(model, backend, backend_options) if isinstance(model, (str, os.PathLike)) else model
+        meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
+        path = getattr(self.model, "path", "model")
+        if meta.get("task") != "semantic" or len(meta.get("window", [])) != 2:
+            raise ModelTaskError(f"{path}: the video pipeline runs 2D semantic models with a window [H, W] in their "
+                                 f"metadata; this one has task {meta.get('task')!r}, window {meta.get('window')}")
+        self.window = tuple(meta["window"])
+        self.channels = meta.get("in_channels", 3)
+        if self.channels not in (1, 3):
+            raise ModelTaskError(f"{path}: video models take 1 (grey) or 3 (RGB) channels, this one {self.channels}")
+        self.alpha = float(alpha)
+        pp = (meta.get("postprocess") or {}).get("remove_small")
+        self.min_blob = pp if min_blob is None else min_blob
+        self.contours = contours
+        self.class_names = meta.get("class_names") or []
+        norm = meta.get("normalization") or {"kind": "none"}
+        if norm["kind"] not in ("none", "zscore"):
+            raise ModelTaskError(f"{path}: video frames take fixed normalisations (none / zscore with mean and std), "
+                                 f"not {norm['kind']!r}")
+        scale = norm.get("scale", 1.0)
+        shift = norm.get("shift", 0.0)
+        if norm["kind"] == "zscore":
+            mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
+            scale, shift = scale / std, shift - scale * mean / std
+        self._scale, self._shift = np.float32(scale), np.float32(shift)
+        self._batch = np.empty((1, self.channels) + self.window, np.float32)
+        self._last_latency = None
+
+    def preprocess(self, frame: np.ndarray) -> np.ndarray:
+        cv2 = _cv2()
+        h, w = self.window
+        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
+        if self.channels == 1:
+            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+            np.multiply(grey, self._scale, out=self._batch[0, 0], casting="unsafe")
+            self._batch[0, 0] += self._shift
+        else:
+            if small.ndim == 2:
+                small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
+            for c in range(3):  # BGR frame -> RGB planes
+                np.multiply(small[..., 2 - c], self._scale, out=self._batch[0, c], casting="unsafe")
+                self._batch[0, c] += self._shift
+        return self._batch
+
+    def postprocess(self, scores) -> np.ndarray:
+        s = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
+        s = s[0]
+        labels = (s[0] > 0).astype(np.uint8) if s.shape[0] == 1 else s.argmax(axis=0).astype(np.uint8)
+        if self.min_blob:
+            from segrt.kernels.label import remove_small
+
+            labels = remove_small(labels, self.min_blob, 8)
+        return labels
+
+    def overlay(self, frame: np.ndarray, labels: np.ndarray, latency_ms=None) -> np.ndarray:
+        cv2 = _cv2()
+        h, w = frame.shape[:2]
+        if frame.ndim == 2:
+            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
+        full = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        colour = PALETTE[np.minimum(full, len(PALETTE) - 1)]
+        out = cv2.addWeighted(frame, 1 - self.alpha, colour, self.alpha, 0)
+        np.copyto(out, frame, where=(full == 0)[..., None])
+        if self.contours:
+            for c in np.unique(labels):
+                if c == 0:
+                    continue
+                mask = (full == c).astype(np.uint8)
+                found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                cv2.drawContours(out, found, -1, tuple(int(v) for v in PALETTE[min(c, len(PALETTE) - 1)]), 2)
+        if latency_ms is not None:
+            cv2.putText(out, f"{latency_ms:5.1f} ms", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                        cv2.LINE_AA)
+        return out
+
+    def process(self, frame: np.ndarray, times: dict | None = None):
+        """One frame through every stage; returns (overlay, labels). ``times`` collects seconds
+        per stage."""
+        if frame is None or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
+            raise ValueError(f"a frame must be an (H, W) or (H, W, 3) uint8 image, got "
+                             f"{None if frame is None else (frame.shape, frame.dtype)}")
+        t0 = time.perf_counter()
+        batch = self.preprocess(frame)
+        t1 = time.perf_counter()
+        scores = self.model.infer(batch)
+        t2 = time.perf_counter()
+        labels = self.postprocess(scores)
+        t3 = time.perf_counter()
+        out = self.overlay(frame, labels, self._last_latency)
+        t4 = time.perf_counter()
+        if times is not None:
+            for name, dt in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+                times.setdefault(name, []).append(dt)
+        return out, labels
+
+    def run(self, source, *, out=None, display=False, realtime=False, max_frames=None, live=False,
+            on_frame=None) -> VideoStats:
+        """Runs until the source ends, ``max_frames`` are processed, or (with ``display``) the
+        window gets Esc / q. A source that fails mid-stream ends the run cleanly: the stats
+        so far come back with ``stopped`` saying why, and the output file is complete.
+
+        Args:
+            source: what ``open_source`` takes, or an opened source.
+            out: write the overlays to this video file (.mp4 / .avi), atomically.
+            display: show the overlays in a window (needs a GUI build of OpenCV).
+            realtime: pace a file at its frame rate, as a camera would deliver it (frames
+                that arrive while the model is busy are dropped, newest wins).
+            live: print a one-line status every second on stderr.
+            on_frame: callback(index, overlay, labels) for each processed frame.
+        """
+        cv2 = _cv2()
+        src = open_source(source) if not hasattr(source, "read") else source
+        slot = _LatestFrame(block=not (src.live or realtime))
+        counters = {"read": 0}
+        stop = threading.Event()
+
+        def capture():
+            t_start = time.perf_counter()
+            try:
+                while not stop.is_set():
+                    if realtime and not src.live:
+                        due = t_start + counters["read"] / src.fps
+                        delay = due - time.perf_counter()
+                        if delay > 0:
+                            time.sleep(delay)
+                    frame = src.read()
+                    if frame is None:
+                        slot.close("end of stream" if not src.live else "the source stopped delivering frames")
+                        return
+                    counters["read"] += 1
+                    slot.put((counters["read"] - 1, frame, time.perf_counter()))
+            except Exception as err:  # a source failing mid-stream: stop cleanly, say why
+                slot.close(f"source error: {err}")
+
+        writer = None
+        tmp_ctx = tmp_path = None
+        times: dict = {}
+        e2e: list = []
+        processed = 0
+        stopped = "end of stream"
+        thread = threading.Thread(target=capture, name="segrt-capture", daemon=True)
+        t_begin = time.perf_counter()
+        last_print = t_begin
+        thread.start()
+        try:
+            while True:
+                item = slot.get()
+                if item is None:
+                    stopped = slot.error or "end of stream"
+                    break
+                index, frame, t_cap = item
+                overlay, labels = self.process(frame, times)
+                t_out = time.perf_counter()
+                if out is not None:
+                    if writer is None:
+                        tmp_ctx = io.atomic_path(out)
+                        tmp_path = tmp_ctx.__enter__()
+                        fourcc = cv2.VideoWriter_fourcc(*("mp4v" if str(out).lower().endswith(".mp4") else "MJPG"))
+                        writer = cv2.VideoWriter(tmp_path, fourcc, src.fps, (overlay.shape[1], overlay.shape[0]))
+                        if not writer.isOpened():
+                            raise OSError(f"{out}: OpenCV cannot write this video format; use .mp4 or .avi")
+                    writer.write(overlay)
+                if display:
+                    cv2.imshow("segrt", overlay)
+                    if cv2.waitKey(1) & 0xFF in (27, ord("q")):
+                        stopped = "stopped by the user"
+                        break
+                if on_frame is not None:
+                    on_frame(index, overlay, labels)
+                t_done = time.perf_counter()
+                times.setdefault("output", []).append(t_done - t_out)
+                e2e.append(t_done - t_cap)
+                self._last_latency = 1000 * (t_done - t_cap)
+                processed += 1
+                if live and t_done - last_print >= 1.0:
+                    last_print = t_done
+                    partial = VideoStats(src.name, counters["read"], processed, slot.dropped, t_done - t_begin,
+                                         src.fps, times, e2e, "running")
+                    sys.stderr.write("\r" + partial.line())
+                    sys.stderr.flush()
+                if max_frames is not None and processed >= max_frames:
+                    stopped = f"max_frames ({max_frames}) reached"
+                    break
+        except BaseException:
+            if tmp_ctx is not None:
+                writer.release()
+                tmp_ctx.__exit__(*sys.exc_info())
+                tmp_ctx = None
+            raise
+        finally:
+            stop.set()
+            slot.close()
+            thread.join(timeout=2.0)
+            src.close()
+            if display:
+                cv2.destroyAllWindows()
+        if tmp_ctx is not None:
+            writer.release()
+            tmp_ctx.__exit__(None, None, None)
+        wall = time.perf_counter() - t_begin
+        stats = VideoStats(src.name, counters["read"], processed, slot.dropped, wall, src.fps,
+                           {s: times.get(s, []) for s in STAGES}, e2e, stopped, getattr(self.model, "backend", "?"))
+        if live:
+            sys.stderr.write("\r" + stats.line() + "\n")
+        return stats
