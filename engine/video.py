@@ -299,6 +299,10 @@ class VideoPipeline:
             scale, shift = scale / std, shift - scale * mean / std
         self._scale, self._shift = np.float32(scale), np.float32(shift)
         self._batch = np.empty((1, self.channels) + self.window, np.float32)
+        lut = np.zeros((256, 3), np.uint8)
+        lut[:len(PALETTE)] = PALETTE
+        lut[len(PALETTE):] = PALETTE[-1]
+        self._lut = np.ascontiguousarray(lut[:, None, :]).reshape(1, 256, 3)
         self._last_latency = None
 
     def preprocess(self, frame: np.ndarray) -> np.ndarray:
@@ -319,8 +323,14 @@ class VideoPipeline:
 
     def postprocess(self, scores) -> np.ndarray:
         s = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
-        s = s[0]
-        labels = (s[0] > 0).astype(np.uint8) if s.shape[0] == 1 else s.argmax(axis=0).astype(np.uint8)
+        s = np.ascontiguousarray(s[0], np.float32)
+        if s.shape[0] == 1:
+            labels = (s[0] > 0).view(np.uint8)
+        else:
+            from segrt.kernels import stitch
+
+            labels = np.empty(s.shape[1:], np.uint8 if s.shape[0] <= 256 else np.uint16)
+            stitch.argmax_block(s, labels, (0, 0))  # compiled, first maximum wins as np.argmax
         if self.min_blob:
             from segrt.kernels.label import remove_small
 
@@ -328,21 +338,26 @@ class VideoPipeline:
         return labels
 
     def overlay(self, frame: np.ndarray, labels: np.ndarray, latency_ms=None) -> np.ndarray:
+        """Class colours blended with ``alpha`` where labels are set, outlines, latency text.
+        Everything full-frame runs in OpenCV (LUT, blend, masked copy); outlines are traced
+        on the model-sized labels and scaled, which costs a fraction of tracing full frames."""
         cv2 = _cv2()
         h, w = frame.shape[:2]
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        full = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        colour = PALETTE[np.minimum(full, len(PALETTE) - 1)]
-        out = cv2.addWeighted(frame, 1 - self.alpha, colour, self.alpha, 0)
-        np.copyto(out, frame, where=(full == 0)[..., None])
+        small = labels if labels.dtype == np.uint8 else np.minimum(labels, 255).astype(np.uint8)
+        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        colour = cv2.LUT(cv2.cvtColor(full, cv2.COLOR_GRAY2BGR), self._lut)
+        blended = cv2.addWeighted(frame, 1 - self.alpha, colour, self.alpha, 0)
+        out = frame.copy()
+        cv2.copyTo(blended, (full != 0).view(np.uint8), out)
         if self.contours:
-            for c in np.unique(labels):
-                if c == 0:
-                    continue
-                mask = (full == c).astype(np.uint8)
-                found, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                cv2.drawContours(out, found, -1, tuple(int(v) for v in PALETTE[min(c, len(PALETTE) - 1)]), 2)
+            present = np.flatnonzero(np.bincount(small.reshape(-1), minlength=2)[1:]) + 1
+            sy, sx = h / small.shape[0], w / small.shape[1]
+            for c in present:
+                found, _ = cv2.findContours((small == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                scaled = [np.rint((cnt + 0.5) * (sx, sy) - 0.5).astype(np.int32) for cnt in found]
+                cv2.polylines(out, scaled, True, tuple(int(v) for v in self._lut[0, min(c, 255)]), 2, cv2.LINE_8)
         if latency_ms is not None:
             cv2.putText(out, f"{latency_ms:5.1f} ms", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
                         cv2.LINE_AA)
@@ -384,6 +399,12 @@ class VideoPipeline:
             on_frame: callback(index, overlay, labels) for each processed frame.
         """
         cv2 = _cv2()
+        if display:
+            try:
+                cv2.namedWindow("segrt", cv2.WINDOW_AUTOSIZE)
+            except cv2.error:
+                raise RuntimeError("display needs OpenCV with GUI support and a screen: pip install "
+                                   "opencv-python (not -headless), or write the overlay with out=...") from None
         src = open_source(source) if not hasattr(source, "read") else source
         slot = _LatestFrame(block=not (src.live or realtime))
         counters = {"read": 0}

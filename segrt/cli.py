@@ -104,7 +104,8 @@ def _cmd_build(args) -> int:
 
 def _default_output(source: str, suffix: str) -> str:
     base = os.path.basename(os.path.normpath(source))
-    for ext in (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg"):
+    for ext in (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov",
+                ".mkv"):
         if base.lower().endswith(ext):
             base = base[: -len(ext)]
             break
@@ -151,6 +152,30 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_video(args) -> int:
+    from segrt.engine.video import VideoPipeline
+    from segrt.export import zoo
+
+    model_path = zoo.resolve(args.model, verbose=not args.quiet)
+    pipe = VideoPipeline(model_path, backend=args.backend, alpha=args.alpha)
+    if args.stats:
+        stats_path = args.stats
+    elif str(args.source).isdigit() or "://" in str(args.source):
+        stats_path = "stream_segrt_latency.json"
+    else:
+        stats_path = _default_output(args.source, "_latency.json")
+    stats = pipe.run(args.source, out=args.out, display=args.display, realtime=args.realtime,
+                     max_frames=args.max_frames, live=not args.quiet)
+    png = os.path.splitext(stats_path)[0] + ".png"
+    written = stats.save(stats_path, png)
+    s = stats.summary()
+    print(f"{stats.line()}; stopped: {stats.stopped}")
+    print("  per stage p50 / p99 ms: " + ", ".join(f"{k} {v['p50_ms']} / {v['p99_ms']}" for k, v in s["stages"].items()
+                                                  if v["n"]))
+    print(f"wrote {', '.join(([args.out] if args.out and stats.frames_processed else []) + written)}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="segrt",
@@ -160,6 +185,9 @@ def main(argv=None) -> int:
     b = sub.add_parser("bench", help="run a benchmark (e.g. `segrt bench nms --quick`)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
     sub.add_parser("info", help="show the build (compiled kernels, OpenMP, Clipper) and versions")
+    d = sub.add_parser("demo", help="run the three stories (brain MRI, nuclei, surgical video) into ./segrt-demo",
+                       add_help=False)
+    d.add_argument("rest", nargs=argparse.REMAINDER)
 
     e = sub.add_parser("export", help="export a PyTorch model to a verified, self-describing ONNX file",
                        description="Export a TorchScript file (or package.module:factory) to ONNX. The graph is "
@@ -226,14 +254,36 @@ def main(argv=None) -> int:
     r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
     r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
+    v = sub.add_parser("video", help="segment a video stream live: overlay, latency statistics",
+                       description="Run a 2D semantic model on a video file, a camera (its index), an RTSP / HTTP "
+                                   "URL or a DICOM cine. Capture runs in its own thread and the newest frame wins: "
+                                   "when inference falls behind a live source, frames are dropped and counted, never "
+                                   "queued. Prints live statistics; writes per-stage and end-to-end latency "
+                                   "p50 / p90 / p99 / max, dropped frames and fps as JSON plus a PNG latency CDF. "
+                                   "Example: segrt video instruments clip.avi --out overlay.mp4 --realtime")
+    v.add_argument("model", help=".onnx file exported by segrt (2D semantic), or a model name")
+    v.add_argument("source", help="video file, camera index (0), rtsp:// or http:// URL, or a multi-frame DICOM")
+    v.add_argument("--out", help="write the overlay video here (.mp4 or .avi)")
+    v.add_argument("--display", action="store_true", help="show the overlay in a window (Esc or q stops)")
+    v.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, as a camera would")
+    v.add_argument("--max-frames", type=int, help="stop after this many processed frames")
+    v.add_argument("--stats", help="latency JSON (default <source>_latency.json here; the PNG CDF beside it)")
+    v.add_argument("--alpha", type=float, default=0.45, help="overlay opacity (default 0.45)")
+    v.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
+    v.add_argument("-q", "--quiet", action="store_true", help="no live read-out")
     args = ap.parse_args(argv)
-    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check, "run": _cmd_run}
+    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check, "run": _cmd_run,
+                "video": _cmd_video}
     if args.command in commands:
         try:
             return commands[args.command](args)
         except (ValueError, OSError, RuntimeError, ImportError) as err:  # segrt's errors name file and cause
             print(f"error: {err}", file=sys.stderr)
             return 2
+    if args.command == "demo":
+        from segrt.demo import main as demo_main
+
+        return demo_main(args.rest)
     if args.command == "bench":
         from segrt.bench.__main__ import main as bench_main
 

@@ -42,6 +42,13 @@ def _prepare(image, connectivity, device):
     return dev, arr, conn
 
 
+def _threads(arr: np.ndarray) -> int:
+    """All cores (0) for large images; the calling thread alone below ~1 M voxels, where waking a
+    thread team costs more than it saves and, next to a runtime's spinning workers (a video
+    frame between two inferences), turns into latency spikes."""
+    return 0 if arr.size >= 1 << 20 else 1
+
+
 def _restore(out: np.ndarray, transposed: bool) -> np.ndarray:
     return out.T if transposed else out
 
@@ -76,7 +83,7 @@ def connected_components(image, connectivity=None, *, out_dtype=None, return_n=F
             raise ValueError(f"the image has {n} components, more than {dtype} can number; pass a wider out_dtype")
         labels = labels.astype(dtype)
     else:
-        labels, n = _ext.extension().label_connected_components(work, conn, want or "")
+        labels, n = _ext.extension().label_connected_components(work, conn, want or "", _threads(work))
     labels = _restore(labels, transposed)
     return (labels, int(n)) if return_n else labels
 
@@ -109,7 +116,7 @@ def component_stats(labels, *, no_slice_conversion=False, device="auto"):
     else:
         if dev == "cpu" and not _ext.available():
             _ext.extension()
-        counts, boxes, sums = _ext.extension().label_statistics(work, max_label)
+        counts, boxes, sums = _ext.extension().label_statistics(work, max_label, _threads(work))
     nd = arr.ndim
     if transposed:  # back to the caller's axis order
         boxes = boxes.reshape(-1, nd, 2)[:, ::-1, :].reshape(-1, 2 * nd)
@@ -186,7 +193,8 @@ def remove_small(seg, min_size, connectivity=None, *, device="auto"):
 
         out = _reference.remove_small(work, conn, keys[order], sizes[order], fallback)
     else:
-        out, _ = _ext.extension().label_remove_small(work, conn, keys[order], sizes[order], fallback)
+        out, _ = _ext.extension().label_remove_small(work, conn, keys[order], sizes[order], fallback,
+                                                         _threads(work))
     return _restore(out, transposed).view(arr.dtype)
 
 
@@ -225,7 +233,8 @@ def keep_largest(seg, k=1, connectivity=None, classes=None, *, per_class=True, d
 
         out = _reference.keep_largest(work, conn, k, None if classes is None else keys, per_class)
     else:
-        out, _ = _ext.extension().label_keep_largest(work, conn, k, keys.tolist(), classes is None, per_class)
+        out, _ = _ext.extension().label_keep_largest(work, conn, k, keys.tolist(), classes is None, per_class,
+                                                         _threads(work))
     return _restore(out, transposed).view(arr.dtype)
 
 
