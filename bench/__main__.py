@@ -8,6 +8,7 @@ BENCHMARKS = {
     "label": "segrt.bench.label",
     "stitch": "segrt.bench.stitch",
     "engine": "segrt.bench.engine",
+    "pipeline": "segrt.bench.pipeline",
 }
 
 

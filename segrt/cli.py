@@ -177,6 +177,11 @@ def _cmd_video(args) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # its own options (--out, --quiet) must not meet this parser
+        from segrt.demo import main as demo_main
+
+        return demo_main(argv[1:])
     ap = argparse.ArgumentParser(
         prog="segrt",
         description="segrt: compiled inference engine for medical image segmentation.",
@@ -280,10 +285,6 @@ def main(argv=None) -> int:
         except (ValueError, OSError, RuntimeError, ImportError) as err:  # segrt's errors name file and cause
             print(f"error: {err}", file=sys.stderr)
             return 2
-    if args.command == "demo":
-        from segrt.demo import main as demo_main
-
-        return demo_main(args.rest)
     if args.command == "bench":
         from segrt.bench.__main__ import main as bench_main
 

@@ -1,0 +1,33 @@
+"""`segrt demo` end to end on a reduced setting (a 1 s clip): every story runs, every file
+the report names exists, and the quality figures hold."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+
+def test_demo_runs_all_three_stories(tmp_path, monkeypatch, capsys):
+    for name in ("deepbet", "nilearn", "stardist", "nibabel"):
+        pytest.importorskip(name) if name != "deepbet" else None
+    from segrt.cli import main
+
+    monkeypatch.setenv("SEGRT_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--quiet", "--video-seconds", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "3/3 stories" in printed
+    report = json.loads((out / "report.json").read_text())
+    stories = {s["story"]: s for s in report["stories"]}
+    assert set(stories) == {"brain MRI", "nuclei", "surgical video"}
+    for s in stories.values():
+        assert "error" not in s, s
+        for path in s["outputs"] + [s["figure"]]:
+            assert os.path.isfile(path) and os.path.getsize(path) > 0, path
+    assert stories["brain MRI"]["metrics"]["dice_vs_mni_brain_mask"] >= 0.95
+    assert stories["nuclei"]["metrics"]["ap_iou50_right_half"] >= 0.78
+    assert stories["surgical video"]["metrics"]["frames"] + stories["surgical video"]["metrics"]["dropped"] == 30
+    md = (out / "report.md").read_text()
+    assert "| brain MRI |" in md and "| nuclei |" in md and "| surgical video |" in md
+    assert not [p for p in out.rglob("*partial*")]
