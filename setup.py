@@ -20,7 +20,7 @@ except ImportError:  # only during metadata-only steps; build isolation provides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SUBPACKAGES = ["kernels", "engine", "export", "bench"]
+SUBPACKAGES = ["kernels", "engine", "export", "bench", "models"]
 
 packages = ["segrt"]
 package_dir = {"segrt": "segrt"}
@@ -116,6 +116,8 @@ ext_modules = [
 setup(
     packages=packages,
     package_dir=package_dir,
+    # the demo models travel with the package (each under 1 MB), with their cards
+    package_data={"segrt.models": ["*.onnx", "*.metrics.json", "README.md"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": BuildExt},
 )

@@ -104,7 +104,7 @@ def bench_nuclei(report: Report, repeats: int) -> None:
               f"{row['peer_nms_render_s']:.3f} s", flush=True)
 
 
-def bench_video(report: Report, frames: int, tmp: str) -> None:
+def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     from segrt.engine.video import VideoPipeline
     from segrt.export import zoo
     from segrt.synthetic import EndoscopyScene, write_clip
@@ -135,13 +135,18 @@ def bench_video(report: Report, frames: int, tmp: str) -> None:
           f"{row['non_model_p99_ms']:.2f} ms", flush=True)
     rate = round(sustainable, 1)
     clip = write_clip(os.path.join(tmp, "paced.avi"), seed=4321, seconds=frames / rate, fps=rate)
-    stats = pipe.run(clip, realtime=True)
-    _video_row(report, f"real time, generated clip paced at {rate} fps (the sustainable rate)", stats)
+    # three runs each: on a shared 2-core VM a burst that takes a core away doubles inference
+    # for a few frames, which moves p99; every run is reported
+    for run in range(runs):
+        _video_row(report, f"real time, generated clip paced at {rate} fps (the sustainable rate), run {run + 1}",
+                   pipe.run(clip, realtime=True))
     from pydicom.data import get_testdata_file
 
     cine = get_testdata_file("color3d_jpeg_baseline.dcm")
     if cine:
-        _video_row(report, "real time, ultrasound cine (pydicom-data) at 30 fps", pipe.run(cine, realtime=True))
+        for run in range(runs):
+            _video_row(report, f"real time, ultrasound cine (pydicom-data) at 30 fps, run {run + 1}",
+                       pipe.run(cine, realtime=True))
 
 
 def _decode_s(frame) -> float:
@@ -165,9 +170,11 @@ def _video_row(report, case, stats):
            "e2e_p90_ms": e["p90_ms"], "e2e_p99_ms": e["p99_ms"], "e2e_max_ms": e["max_ms"],
            "p99_over_p50": e["p99_ms"] / e["p50_ms"], "non_model_p50_ms": s["non_model"]["p50_ms"],
            "non_model_p99_ms": s["non_model"]["p99_ms"]}
-    report.add(**row)
+    e_infer = s["stages"]["infer"]
+    row["infer_p50_ms"], row["infer_p99_ms"] = e_infer["p50_ms"], e_infer["p99_ms"]
     print(f"  video {case}: {row['frames']} frames, dropped {row['dropped']}, e2e p50 {e['p50_ms']:.1f} ms p99 "
-          f"{e['p99_ms']:.1f} ms (x{row['p99_over_p50']:.2f})", flush=True)
+          f"{e['p99_ms']:.1f} ms (x{row['p99_over_p50']:.2f}); infer p99 {row['infer_p99_ms']:.1f} ms", flush=True)
+    report.add(**row)
 
 
 def main(argv=None) -> Report:
@@ -182,7 +189,7 @@ def main(argv=None) -> Report:
     with tempfile.TemporaryDirectory() as tmp:
         bench_brain(report, repeats, os.path.join(tmp, "cache"))
         bench_nuclei(report, repeats)
-        bench_video(report, 60 if args.quick else 300, tmp)
+        bench_video(report, 60 if args.quick else 300, tmp, 1 if args.quick else 3)
     report.to_json(args.out)
     print(f"\nwritten: {args.out}")
     return report

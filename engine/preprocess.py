@@ -87,30 +87,55 @@ def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
     return {}
 
 
+def _mean_std(x: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation in two passes over float32 data, accumulated in float64
+    blocks (exact enough for 10^8 voxels, and several times faster than x.std())."""
+    flat = x.reshape(-1)
+    n = flat.size
+    if n == 0:
+        return 0.0, 1.0
+    block = 1 << 20
+    total = sum(float(np.add.reduce(flat[i:i + block], dtype=np.float64)) for i in range(0, n, block))
+    mean = total / n
+    sq = 0.0
+    buf = np.empty(min(block, n), np.float32)
+    for i in range(0, n, block):
+        part = buf[:min(block, n - i)]
+        np.subtract(flat[i:i + block], np.float32(mean), out=part)
+        sq += float(np.dot(part, part))
+    return mean, (sq / n) ** 0.5
+
+
 def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np.ndarray:
-    """Intensity normalisation per the model's metadata (see segrt.export.metadata), float32."""
-    x = np.asarray(x, np.float32)
-    if not spec or spec["kind"] == "none":
-        out = x.copy()
-    elif spec["kind"] == "ct":
+    """Intensity normalisation per the model's metadata (see segrt.export.metadata), float32,
+    computed in place on one new array."""
+    out = np.array(x, dtype=np.float32, copy=True)
+    kind = (spec or {}).get("kind", "none")
+    if kind == "ct":
         lo, hi = spec["window"]
-        out = (np.clip(x, lo, hi) - np.float32(lo)) / np.float32(hi - lo)
-    elif spec["kind"] == "percentile":
-        stats = stats or percentile_stats(x, spec)
+        np.clip(out, lo, hi, out=out)
+        out -= np.float32(lo)
+        out *= np.float32(1.0 / (hi - lo))
+    elif kind == "percentile":
+        stats = stats or percentile_stats(out, spec)
         lo, hi = stats["low"], stats["high"]
-        out = (x - np.float32(lo)) / np.float32(hi - lo if hi > lo else 1.0)
+        out -= np.float32(lo)
+        out *= np.float32(1.0 / (hi - lo if hi > lo else 1.0))
         if spec.get("clip", True):
             np.clip(out, 0, 1, out=out)
-    else:  # zscore
-        mean = spec.get("mean", float(x.mean(dtype=np.float64)))
-        std = spec.get("std", float(x.std(dtype=np.float64)))
-        out = (x - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
+    elif kind == "zscore":
+        mean, std = (spec["mean"], spec["std"]) if "mean" in spec and "std" in spec else _mean_std(out)
+        mean, std = spec.get("mean", mean), spec.get("std", std)
+        out -= np.float32(mean)
+        out *= np.float32(1.0 / (std if std > 0 else 1.0))
     if spec and spec.get("standardize"):
-        mean, std = float(out.mean(dtype=np.float64)), float(out.std(dtype=np.float64))
-        out = (out - np.float32(mean)) / np.float32(std if std > 0 else 1.0)
+        mean, std = _mean_std(out)
+        out -= np.float32(mean)
+        out *= np.float32(1.0 / (std if std > 0 else 1.0))
     if spec and ("scale" in spec or "shift" in spec):
-        out = out * np.float32(spec.get("scale", 1.0)) + np.float32(spec.get("shift", 0.0))
-    return out.astype(np.float32, copy=False)
+        out *= np.float32(spec.get("scale", 1.0))
+        out += np.float32(spec.get("shift", 0.0))
+    return out
 
 
 def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=None):

@@ -193,7 +193,12 @@ class VolumePipeline:
 def _argmax(scores: np.ndarray) -> np.ndarray:
     if scores.shape[0] == 1:  # one logit channel: foreground where positive
         return (scores[0] > 0).astype(np.uint8)
-    return scores.argmax(axis=0).astype(np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    from segrt.kernels import stitch
+
+    scores = np.ascontiguousarray(scores, np.float32)
+    labels = np.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    stitch.argmax_block(scores, labels, (0,) * labels.ndim)  # compiled; first maximum wins, as np.argmax
+    return labels
 
 
 def _postprocess(labels: np.ndarray, spec: dict) -> np.ndarray:

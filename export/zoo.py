@@ -43,8 +43,9 @@ def cache_root(cache_dir=None) -> str:
                                                                                    "segrt"))
 
 
-def _repo_models_dir() -> str:
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+def _models_dir() -> str | None:
+    spec = importlib.util.find_spec("segrt.models")
+    return spec.submodule_search_locations[0] if spec is not None and spec.submodule_search_locations else None
 
 
 def resolve(spec, *, cache_dir=None, verbose=False) -> str:
@@ -55,10 +56,10 @@ def resolve(spec, *, cache_dir=None, verbose=False) -> str:
     if spec == "deepbet":
         return deepbet(cache_dir=cache_dir, verbose=verbose)
     if spec in NAMES:
-        for folder in (_repo_models_dir(), os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")):
-            path = os.path.join(folder, f"{spec}.onnx")
-            if os.path.isfile(path):
-                return path
+        folder = _models_dir()
+        path = os.path.join(folder, f"{spec}.onnx") if folder else ""
+        if os.path.isfile(path):
+            return path
         raise FileNotFoundError(f"the demo model {spec!r} is not in this installation; train it with "
                                 f"`python models/train_{spec}.py` (see models/README.md)")
     if os.path.exists(spec):
