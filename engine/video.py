@@ -134,6 +134,16 @@ def open_source(spec):
     return _OpenCVSource(spec)
 
 
+def _lower_priority() -> None:
+    """Capture and decoding yield the cores to inference: on a machine whose cores are all busy
+    inferring, a decode that preempts one inference thread stalls the whole layer, so it runs
+    at a lower priority (Linux threads have their own nice value) while inference is busy."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (AttributeError, OSError):  # not Linux, or not permitted: run as is
+        pass
+
+
 class _LatestFrame:
     """A one-frame slot: the producer replaces an unconsumed frame (counted as dropped), or,
     with ``block``, waits for the consumer (offline files: nothing dropped)."""
@@ -419,9 +429,11 @@ class VideoPipeline:
         stop = threading.Event()
 
         def capture():
+            _lower_priority()
             t_start = time.perf_counter()
             try:
                 while not stop.is_set():
+                    due = None
                     if realtime and not src.live:
                         due = t_start + counters["read"] / src.fps
                         delay = due - time.perf_counter()
@@ -432,7 +444,9 @@ class VideoPipeline:
                         slot.close("end of stream" if not src.live else "the source stopped delivering frames")
                         return
                     counters["read"] += 1
-                    slot.put((counters["read"] - 1, frame, time.perf_counter()))
+                    # latency counts from when the frame was due (paced file) or delivered (live)
+                    t_cap = time.perf_counter() if due is None else min(due, time.perf_counter())
+                    slot.put((counters["read"] - 1, frame, t_cap))
             except Exception as err:  # a source failing mid-stream: stop cleanly, say why
                 slot.close(f"source error: {err}")
 
