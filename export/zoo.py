@@ -10,7 +10,6 @@ model; any other MODEL argument is a path to a segrt .onnx file.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
@@ -67,14 +66,6 @@ def resolve(spec, *, cache_dir=None, verbose=False) -> str:
     raise FileNotFoundError(f"no model {spec!r}: expected a .onnx file or one of {NAMES}")
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _deepbet_files():
     spec = importlib.util.find_spec("deepbet")
     if spec is None or not spec.submodule_search_locations:
@@ -102,7 +93,9 @@ def deepbet(cache_dir=None, verbose=False) -> str:
     folder = os.path.join(cache_root(cache_dir), "models", f"deepbet-{DEEPBET_VERSION}")
     target = os.path.join(folder, "deepbet.onnx")
     manifest_path = os.path.join(folder, "manifest.json")
-    sources = {"model.pt": _sha256(model_pt), "bbox_model.pt": _sha256(bbox_pt)}
+    from segrt.export.trt_build import _sha256_file
+
+    sources = {"model.pt": _sha256_file(model_pt), "bbox_model.pt": _sha256_file(bbox_pt)}
     if os.path.isfile(target) and os.path.isfile(manifest_path):
         try:
             with open(manifest_path) as f:
