@@ -40,6 +40,7 @@ Schema (version 1); every field is optional unless noted:
 from __future__ import annotations
 
 import json
+import os
 import numbers
 
 __all__ = ["MetadataError", "KEY", "TASKS", "validate", "to_json", "from_json"]
@@ -217,7 +218,8 @@ def _crop(v) -> dict:
         _fail("crop", "margin in [0, 1] and min_fraction in [0, 1)", v)
     if "localizer" in v:
         name = v["localizer"]
-        if not isinstance(name, str) or not name.endswith(".onnx") or "/" in name or "\\" in name or name.startswith("."):
+        plain = isinstance(name, str) and os.path.basename(name) == name and "\\" not in name
+        if not plain or not name.endswith(".onnx") or name.startswith("."):
             _fail("crop.localizer", "a plain .onnx file name beside the model (no folders)", name)
         out["localizer"] = name
     return out

@@ -197,16 +197,19 @@ def _report(out, stories, total_s) -> str:
     info = machine_info()
     lines = ["# segrt demo", "", f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores. "
              f"Total {total_s:.1f} s.", "",
-             "| Story | Backend | Per-stage timings (s) | Quality | Outputs |", "|---|---|---|---|---|"]
+             "| Story | Backend | Per-stage timings | Quality | Outputs |", "|---|---|---|---|---|"]
     for s in stories:
         if "error" in s:
             lines.append(f"| {s['story']} | — | — | not run: {s['error']} | — |")
             continue
-        timings = ", ".join(f"{k} {v:.3f}" for k, v in s["timings_s"].items())
+        per_frame = s["story"] == "surgical video"
+        timings = ", ".join(f"{k} {v * 1000:.2f} ms" if per_frame else f"{k} {v:.3f} s"
+                            for k, v in s["timings_s"].items())
         quality = ", ".join(f"{k} {v}" for k, v in s["metrics"].items())
         outputs = ", ".join(os.path.relpath(p, out) for p in s["outputs"])
         lines.append(f"| {s['story']} | {s['backend']} | {timings} | {quality} | {outputs} |")
-    lines += ["", "Video timings are per-frame medians; volume and image timings are one run each.", ""]
+    lines += ["", "Video timings are per-frame medians; volume and image timings are one run each (the first: "
+              "it includes compiling the model for its input size).", ""]
     for s in stories:
         if "figure" in s:
             lines.append(f"![{s['story']}]({os.path.relpath(s['figure'], out)})")

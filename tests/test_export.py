@@ -134,10 +134,32 @@ def test_model_without_metadata_loads_with_graph_fields(tmp_path):
     ({"task": "star-convex-2d", "star": {"n_rays": 2}}, "n_rays"),
     ({"task": "star-convex-3d", "spatial_dims": 2}, "spatial_dims"),
     ({"task": "semantic", "colour": "red"}, "unknown"),
+    ({"task": "semantic", "resize": "fit"}, "window"),
+    ({"task": "semantic", "resize": "stretch", "window": [8, 8]}, "resize"),
+    ({"task": "semantic", "interpolation": "cubic"}, "interpolation"),
+    ({"task": "semantic", "crop": {"kind": "foreground", "localizer": "../x.onnx"}}, "localizer"),
+    ({"task": "semantic", "crop": {"kind": "foreground", "margin": 3}}, "margin"),
+    ({"task": "semantic", "normalization": {"kind": "percentile", "low": 1, "high": 99, "clip": "yes"}}, "clip"),
+    ({"task": "semantic", "normalization": {"kind": "none", "scale": "x"}}, "scale"),
+    ({"task": "semantic", "postprocess": {"fill_holes": [1, "a"]}}, "fill_holes"),
+    ({"task": "semantic", "divisor": 0}, "divisor"),
+    ({"task": "semantic", "context": -1}, "context"),
 ])
 def test_metadata_with_wrong_types_is_refused(meta, match):
     with pytest.raises(MetadataError, match=match):
         md.validate(meta)
+
+
+def test_pipeline_metadata_round_trips():
+    from segrt.export import zoo
+
+    for meta in (zoo.DEEPBET_METADATA, zoo.DEEPBET_LOCALIZER_METADATA):
+        back = md.from_json(md.to_json(meta))
+        assert back == md.validate(meta)
+        assert back["normalization"]["scale"] == 0.226 and back["resize"] == "fit"
+    assert md.from_json(md.to_json(zoo.DEEPBET_METADATA))["postprocess"] == {"keep_largest": {1: 1}, "fill_holes": [1]}
+    star = md.validate({"task": "star-convex-2d", "star": {"n_rays": 32}, "divisor": 4, "context": 48})
+    assert (star["divisor"], star["context"]) == (4, 48)
 
 
 def test_stored_metadata_with_wrong_types_is_refused_on_load(tmp_path, unet2d_path):

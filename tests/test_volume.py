@@ -121,7 +121,8 @@ def _write_series(folder, vol, affine_lps, *, slope=2.0, intercept=-1024.0, seri
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
         ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid, description
         ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
         ds.PixelSpacing = [float(np.linalg.norm(affine_lps[:3, 1])), float(np.linalg.norm(affine_lps[:3, 0]))]
