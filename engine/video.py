@@ -357,28 +357,39 @@ class VideoPipeline:
 
     def overlay(self, frame: np.ndarray, labels: np.ndarray, latency_ms=None) -> np.ndarray:
         """Class colours blended with ``alpha`` where labels are set, outlines, latency text.
-        Everything full-frame runs in OpenCV (LUT, blend, masked copy); outlines are traced
-        on the model-sized labels and scaled, which costs a fraction of tracing full frames."""
+        The colour work (LUT, blend, masked copy, all OpenCV) covers only the box around the
+        labels; outlines are traced on the model-sized labels and scaled, a fraction of the
+        cost of tracing full frames."""
         cv2 = _cv2()
         h, w = frame.shape[:2]
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         small = labels if labels.dtype == np.uint8 else np.minimum(labels, 255).astype(np.uint8)
-        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-        colour = cv2.LUT(cv2.cvtColor(full, cv2.COLOR_GRAY2BGR), self._lut)
-        blended = cv2.addWeighted(frame, 1 - self.alpha, colour, self.alpha, 0)
         out = frame.copy()
-        cv2.copyTo(blended, (full != 0).view(np.uint8), out)
+        x, y, bw, bh = cv2.boundingRect(small)  # the labelled region: colour work is done there only
+        if bw == 0:
+            return self._latency_text(out, latency_ms)
+        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        sy, sx = h / small.shape[0], w / small.shape[1]
+        y0, y1 = max(0, int(y * sy) - 1), min(h, int(np.ceil((y + bh) * sy)) + 1)
+        x0, x1 = max(0, int(x * sx) - 1), min(w, int(np.ceil((x + bw) * sx)) + 1)
+        roi = full[y0:y1, x0:x1]
+        colour = cv2.LUT(cv2.cvtColor(roi, cv2.COLOR_GRAY2BGR), self._lut)
+        blended = cv2.addWeighted(frame[y0:y1, x0:x1], 1 - self.alpha, colour, self.alpha, 0)
+        cv2.copyTo(blended, (roi != 0).view(np.uint8), out[y0:y1, x0:x1])
         if self.contours:
             present = np.flatnonzero(np.bincount(small.reshape(-1), minlength=2)[1:]) + 1
-            sy, sx = h / small.shape[0], w / small.shape[1]
             for c in present:
                 found, _ = cv2.findContours((small == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
                 scaled = [np.rint((cnt + 0.5) * (sx, sy) - 0.5).astype(np.int32) for cnt in found]
                 cv2.polylines(out, scaled, True, tuple(int(v) for v in self._lut[0, min(c, 255)]), 2, cv2.LINE_8)
+        return self._latency_text(out, latency_ms)
+
+    @staticmethod
+    def _latency_text(out, latency_ms):
         if latency_ms is not None:
-            cv2.putText(out, f"{latency_ms:5.1f} ms", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
-                        cv2.LINE_AA)
+            _cv2().putText(out, f"{latency_ms:5.1f} ms", (10, 24), _cv2().FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                           _cv2().LINE_AA)
         return out
 
     def process(self, frame: np.ndarray, times: dict | None = None):

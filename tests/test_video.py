@@ -157,3 +157,23 @@ def test_cli_video(tmp_path, clip, capsys):
     assert "dropped" in capsys.readouterr().out
     assert json.loads(stats.read_text())["frames_processed"] == 30
     assert (tmp_path / "s.png").is_file() and (tmp_path / "o.mp4").is_file()
+
+
+def test_overlay_equals_the_plain_blend(pipeline):
+    from segrt.engine.video import PALETTE
+
+    scene = EndoscopyScene(77)
+    pipeline.contours = False
+    try:
+        for t in (0.0, 1.3):
+            frame = scene.frame(t)[0]
+            labels = pipeline.postprocess(pipeline.model.infer(pipeline.preprocess(frame)))
+            assert labels.any()
+            full = cv2.resize(labels, (640, 480), interpolation=cv2.INTER_NEAREST)
+            ref = cv2.addWeighted(frame, 1 - pipeline.alpha, PALETTE[np.minimum(full, len(PALETTE) - 1)],
+                                  pipeline.alpha, 0)
+            np.copyto(ref, frame, where=(full == 0)[..., None])
+            np.testing.assert_array_equal(pipeline.overlay(frame, labels), ref)
+        np.testing.assert_array_equal(pipeline.overlay(frame, np.zeros_like(labels)), frame)
+    finally:
+        pipeline.contours = True
