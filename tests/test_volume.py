@@ -3,6 +3,7 @@ MNI152 T1 against deepbet's own pipeline and the MNI brain mask."""
 from __future__ import annotations
 
 import gzip
+import json
 import importlib.util
 import os
 
@@ -352,3 +353,25 @@ def test_deepbet_on_mni152_matches_deepbet_and_the_brain_mask(tmp_path_factory, 
         assert _dice(ours, ref) >= 0.99, backend  # task-level parity with deepbet's own pipeline
         assert _dice(ours, brain) >= 0.95, backend
         assert res.volumes_ml["brain"] == pytest.approx(ref.sum() / 1000, rel=0.01)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tif"])
+def test_cli_run_on_npy_and_tiff_stacks_writes_the_same_format(tmp_path, threshold_model, suffix):
+    import tifffile
+
+    from segrt.cli import main
+
+    arr = np.where(np.random.default_rng(1).random((12, 20, 16)) > 0.6, 3.0, -3.0).astype(np.float32)
+    src = tmp_path / f"stack{suffix}"
+    if suffix == ".npy":
+        np.save(src, arr)
+    else:
+        tifffile.imwrite(src, arr)
+    out = tmp_path / f"labels{suffix}"
+    assert main(["run", threshold_model, str(src), "-o", str(out), "--spacing", "2,0.5,0.5", "--backend", "ort",
+                 "-q"]) == 0
+    labels = np.load(out) if suffix == ".npy" else tifffile.imread(out)
+    np.testing.assert_array_equal(labels, arr > 0)
+    summary = json.loads((tmp_path / "labels.json").read_text())
+    assert summary["spacing_mm"] == [2.0, 0.5, 0.5]
+    assert summary["volumes_ml"]["object"] == pytest.approx((arr > 0).sum() * 0.5 / 1000)
