@@ -22,6 +22,30 @@ import numpy as np
 from segrt.bench.harness import Report, _version, bench_args
 
 
+_PEAK_CHILD = """
+import json, sys
+from segrt.bench.harness import _status_kb
+{setup}
+base = _status_kb("VmRSS")
+{run}
+print(json.dumps({{"peak_mb": _status_kb("VmHWM") / 1024, "base_mb": base / 1024}}))
+"""
+
+
+def _peak_mb(setup: str, run: str) -> dict | None:
+    """Peak resident memory (MB) of a fresh interpreter doing ``setup`` then ``run``: the whole
+    process (libraries, model, data), and what it held before ``run``."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _PEAK_CHILD.format(setup=setup, run=run)], capture_output=True,
+                         text=True, timeout=900)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def _median_stages(runs: list) -> dict:
     keys = runs[0].keys()
     return {k: float(np.median([r[k] for r in runs])) for k in keys}
@@ -60,7 +84,14 @@ def bench_brain(report: Report, repeats: int, cache: str) -> None:
         row["speedup"] = row["peer_total_s"] / row["segrt_total_s"]
     except ImportError as err:
         row["peer"] = f"not run: {err}"
+    mem = _peak_mb(f"from segrt.engine.volume import VolumePipeline\npipe = VolumePipeline({model!r})",
+                   f"pipe.run({t1!r})")
+    ref_mem = _peak_mb("import torch\ntorch.set_num_threads(2)\nfrom deepbet import BrainExtraction\n"
+                       "bet = BrainExtraction(no_gpu=True)", f"bet.run({t1!r})")
+    row["segrt_peak_mb"] = mem and round(mem["peak_mb"], 1)
+    row["peer_peak_mb"] = ref_mem and round(ref_mem["peak_mb"], 1)
     report.add(**row)
+    print(f"  brain: peak memory segrt {row['segrt_peak_mb']} MB, deepbet {row['peer_peak_mb']} MB (whole process)")
     print(f"  brain: segrt {row['segrt_total_s']:.2f} s, deepbet {row.get('peer_total_s', float('nan')):.2f} s, "
           f"Dice {row.get('dice_vs_peer', float('nan')):.5f}", flush=True)
 
@@ -85,6 +116,10 @@ def bench_nuclei(report: Report, repeats: int) -> None:
 
         x = pipe._normalize(pipe._as_image(image, "bench"))
         prob, dist, _ = pipe.predict(x, Stages())
+        if isinstance(dist, tuple):  # tiled: rays stored for candidate cells; StarDist wants the full map
+            cells, rows = dist
+            dist = np.zeros(prob.shape + (rows.shape[1],), np.float32)
+            dist.reshape(-1, rows.shape[1])[cells] = rows
         t_peer = []
         for _ in range(max(1, repeats // 2)):
             t0 = time.perf_counter()
@@ -99,7 +134,16 @@ def bench_nuclei(report: Report, repeats: int) -> None:
                "peer": "StarDist 0.9.2 NMS + polygons_to_label on the same prob / dist",
                "segrt_nms_render_s": ours_post, "peer_nms_render_s": float(np.median(t_peer)),
                "speedup_nms_render": float(np.median(t_peer)) / ours_post}
+        reps = 4 if tile == 512 else 1
+        mem = _peak_mb("import numpy as np\nfrom stardist.data import test_image_nuclei_2d\n"
+                       "from segrt.engine.instances import InstancePipeline\nfrom segrt.export import zoo\n"
+                       f"img = np.tile(test_image_nuclei_2d(), ({reps}, {reps}))\n"
+                       f"pipe = InstancePipeline(zoo.resolve('nuclei'), tile={tile})", "pipe.run(img)")
+        row["segrt_peak_mb"] = mem and round(mem["peak_mb"], 1)
+        row["segrt_peak_above_setup_mb"] = mem and round(mem["peak_mb"] - mem["base_mb"], 1)
         report.add(**row)
+        print(f"  nuclei {name}: peak memory {row['segrt_peak_mb']} MB ({row['segrt_peak_above_setup_mb']} MB above "
+              "the loaded model and image)", flush=True)
         print(f"  nuclei {name}: total {row['segrt_total_s']:.3f} s, NMS+render {ours_post:.3f} s vs StarDist "
               f"{row['peer_nms_render_s']:.3f} s", flush=True)
 

@@ -103,19 +103,29 @@ PYBIND11_MODULE(_C, m) {
 
     m.def(
         "nms_2d",
-        [](carray<float> dist, carray<int64_t> order, int64_t width, int gy, int gx, float thresh, int n_threads) {
+        [](carray<float> dist, carray<int64_t> order, int64_t width, int gy, int gx, float thresh, int n_threads,
+           py::object rows_obj) {
             if (dist.ndim() != 2) throw std::invalid_argument("dist must be (cells, n_rays)");
             const int n_rays = (int)dist.shape(1);
             const int64_t n = order.size();
             const int64_t cells = dist.shape(0);
             const int64_t* o = order.data();
+            // rows: candidate i's distances are row rows[i] of dist (compact storage);
+            // without it, row order[i] (dist holds every cell)
+            carray<int64_t> rows;
+            const int64_t* r = o;
+            if (!rows_obj.is_none()) {
+                rows = rows_obj.cast<carray<int64_t>>();
+                if (rows.size() != n) throw std::invalid_argument("rows must hold one row per candidate");
+                r = rows.data();
+            }
             for (int64_t i = 0; i < n; ++i)
-                if (o[i] < 0 || o[i] >= cells) throw std::invalid_argument("candidate index out of range");
+                if (o[i] < 0 || r[i] < 0 || r[i] >= cells) throw std::invalid_argument("candidate index out of range");
             std::vector<uint8_t> keep;
             Nms2DStats st;
             {
                 py::gil_scoped_release release;
-                keep = nms_2d(dist.data(), n_rays, o, n, width, gy, gx, thresh, n_threads, &st);
+                keep = nms_2d(dist.data(), n_rays, o, n, width, gy, gx, thresh, n_threads, &st, r == o ? nullptr : r);
             }
             py::array_t<bool> out(n);
             bool* p = out.mutable_data();
@@ -123,7 +133,7 @@ PYBIND11_MODULE(_C, m) {
             return py::make_tuple(out, stats_2d(st));
         },
         py::arg("dist"), py::arg("order"), py::arg("width"), py::arg("grid_y"), py::arg("grid_x"),
-        py::arg("thresh"), py::arg("n_threads") = 0);
+        py::arg("thresh"), py::arg("n_threads") = 0, py::arg("rows") = py::none());
 
     m.def(
         "polygon_overlap_2d",

@@ -51,10 +51,11 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                                        const std::vector<int64_t>& border_hi, int64_t& nan_count);
 
 // Greedy suppression over candidates given in visiting order (flat cell indices into a
-// grid with `width` columns). dist: (cells, n_rays) float32. Returns keep flags.
+// grid with `width` columns). dist: (cells, n_rays) float32, row order[i] for candidate i, or
+// row rows[i] when rows is given (dist then holds the candidates' rows only). Returns keep flags.
 std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n,
                             int64_t width, int grid_y, int grid_x, float thresh, int n_threads,
-                            Nms2DStats* stats);
+                            Nms2DStats* stats, const int64_t* rows = nullptr);
 
 // Intersection area (as float, StarDist's convention) and own areas of two candidate
 // polygons given by integer vertices; exposed for tests.

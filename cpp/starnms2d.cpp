@@ -855,7 +855,9 @@ template std::vector<int64_t> select_candidates<double>(const double*, const std
 
 // ---- NMS ---------------------------------------------------------------------------------
 std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n, int64_t width,
-                            int grid_y, int grid_x, float thresh, int n_threads, Nms2DStats* stats) {
+                            int grid_y, int grid_x, float thresh, int n_threads, Nms2DStats* stats,
+                            const int64_t* rows) {
+    const int64_t* row = rows ? rows : order;  // candidate i's distances: row row[i] of dist
     std::vector<uint8_t> keep(n, 0);
     Nms2DStats st;
     st.candidates = n;
@@ -918,7 +920,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     {
         std::vector<uint64_t> keys(n);
         for (int64_t i = 0; i < n; ++i) {
-            keys[i] = (uint64_t)order[i];
+            keys[i] = (uint64_t)row[i];
             by_cell[i] = i;
         }
         radix_sort_stable(keys, by_cell);
@@ -932,13 +934,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         for (int64_t q = i0; q < i1; ++q) {
             // rows are visited in memory order but with gaps: fetch a few ahead explicitly
             if (q + 8 < i1) {
-                const char* ahead = (const char*)(dist + order[by_cell[q + 8]] * n_rays);
+                const char* ahead = (const char*)(dist + row[by_cell[q + 8]] * n_rays);
                 for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
             }
             const int64_t i = by_cell[q];
             const int64_t p = pos_of[i];
             const Pt c = centre[i];
-            const int nv = maker.make(order[i], c, v.data(), &rmax[p], &is_bad);
+            const int nv = maker.make(row[i], c, v.data(), &rmax[p], &is_bad);
             int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
             int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
             for (int k = 0; k < nv; ++k) {

@@ -199,7 +199,9 @@ class InstancePipeline:
 
     def predict(self, x: np.ndarray, stages: Stages):
         """prob (*cells) and dist (*cells, n_rays) of a normalised (C, *spatial) image, tiled when
-        it is larger than the tile. Returns (prob, dist, number of tiles)."""
+        it is larger than the tile. Returns (prob, dist, number of tiles); tiled 2D returns
+        dist as (ascending flat cells, their (k, n_rays) rows) for the cells with
+        prob >= prob_thresh only."""
         spatial = x.shape[1:]
         padded = tuple(-(-s // self.step) * self.step for s in spatial)
         pads = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)]
@@ -212,11 +214,17 @@ class InstancePipeline:
             self._check_outputs(prob, dist, cells)
             prob_full, dist_full, n_tiles = prob[0, 0], np.moveaxis(dist[0], 0, -1), 1
         else:
+            # 2D: ray lengths are kept for candidate cells only (prob >= prob_thresh), so memory
+            # follows the objects, not (1 + n_rays) floats per cell; 3D keeps the full maps
+            sparse = self.ndim == 2
             prob_full = np.empty(cells, np.float32)
-            dist_full = np.empty(cells + (self.n_rays,), np.float32)
+            dist_full = None if sparse else np.empty(cells + (self.n_rays,), np.float32)
+            stored_cells, stored_dists = [], []
             starts = [range(0, p, t) for p, t in zip(padded, self.tile)]
             n_tiles = 0
             total = math.prod(len(s) for s in starts)
+            keep_cells = tuple(-(-s // g) for s, g in zip(spatial, self.grid))
+            thresh = np.float32(self.prob_thresh)
             for start in itertools.product(*starts):
                 core = [(a, min(a + t, p)) for a, t, p in zip(start, self.tile, padded)]
                 src = [(max(0, a - self.context), min(p, b + self.context)) for (a, b), p in zip(core, padded)]
@@ -225,12 +233,28 @@ class InstancePipeline:
                 self._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, self.grid)))
                 out_sl = tuple(slice(a // g, b // g) for (a, b), g in zip(core, self.grid))
                 in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
-                prob_full[out_sl] = prob[(0, 0) + in_sl]
-                dist_full[out_sl] = np.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
+                tile_prob = prob[(0, 0) + in_sl]
+                prob_full[out_sl] = tile_prob
+                if not sparse:
+                    dist_full[out_sl] = np.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
+                else:
+                    hits = np.nonzero(tile_prob >= thresh)
+                    rows, cols = hits[0] + out_sl[0].start, hits[1] + out_sl[1].start
+                    inside = (rows < keep_cells[0]) & (cols < keep_cells[1])
+                    stored_cells.append(rows[inside] * keep_cells[1] + cols[inside])
+                    tile_dist = dist[(0, slice(None)) + in_sl]
+                    stored_dists.append(tile_dist[:, hits[0][inside], hits[1][inside]].T)
                 n_tiles += 1
                 if self.verbose:
                     print(f"\rsegrt: tiles {n_tiles}/{total}", end="" if n_tiles < total else "\n", flush=True,
                           file=sys.stderr)
+            if sparse:
+                cells_all = np.concatenate(stored_cells) if stored_cells else np.zeros(0, np.int64)
+                order = np.argsort(cells_all, kind="stable")
+                dists_all = (np.concatenate(stored_dists) if stored_dists else
+                             np.zeros((0, self.n_rays), np.float32))[order]
+                prob_keep = np.ascontiguousarray(prob_full[tuple(slice(0, k) for k in keep_cells)])
+                return prob_keep, (cells_all[order], np.ascontiguousarray(dists_all, np.float32)), n_tiles
         keep = tuple(slice(0, -(-s // g)) for s, g in zip(spatial, self.grid))
         return prob_full[keep], dist_full[keep], n_tiles
 
@@ -257,7 +281,10 @@ class InstancePipeline:
         prob, dist, n_tiles = self.predict(x, stages)
         shape = x.shape[1:]
         with stages("nms"):
-            if self.ndim == 2:
+            if isinstance(dist, tuple):  # tiled 2D: ray lengths stored for candidate cells only
+                points, scores, dists = starnms._nms_2d_stored(prob, *dist, prob_thresh=self.prob_thresh,
+                                                               nms_thresh=self.nms_thresh, grid=self.grid)
+            elif self.ndim == 2:
                 points, scores, dists = starnms.nms_2d(prob, dist, prob_thresh=self.prob_thresh,
                                                        nms_thresh=self.nms_thresh, grid=self.grid)
             else:

@@ -336,3 +336,20 @@ def test_render_bad_input():
         render_2d(np.ones((3, 8)), np.zeros((3, 2)), (10, 10), scores=np.ones(2))
     with pytest.raises(ValueError, match="NaN"):
         render_2d(np.full((3, 8), np.nan), np.zeros((3, 2)), (10, 10))
+
+
+def test_stored_rays_give_the_dense_result():
+    """The tiled pipeline's path: ray lengths stored for a superset of the candidates only."""
+    from segrt.kernels.starnms import _nms_2d_stored
+
+    rng = np.random.default_rng(3)
+    _, prob, dist = dsb_targets_2d()
+    ref = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4)
+    extra = rng.random(prob.shape) < 0.05  # stored cells: the candidates and some others
+    cells = np.flatnonzero((prob > 0.5) | extra)
+    got = _nms_2d_stored(prob, cells, dist.reshape(-1, 32)[cells], prob_thresh=0.5, nms_thresh=0.4)
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)
+    missing = np.flatnonzero(prob > 0.6)
+    with pytest.raises(ValueError, match="no stored distances"):
+        _nms_2d_stored(prob, missing, dist.reshape(-1, 32)[missing], prob_thresh=0.5)

@@ -96,7 +96,7 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         from segrt.kernels.starnms import _cpu
 
         try:
-            kept, stats = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
+            kept, stats, _ = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
         except ValueError as err:
             raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
         _last_stats.clear()
@@ -106,6 +106,30 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
     scores = np.asarray(prob).reshape(-1)[kept]
     dists = np.asarray(dist).reshape(-1, n_rays)[kept]
     return points, scores, dists
+
+
+def _nms_2d_stored(prob, cells, dists, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2):
+    """nms_2d for a prob map whose ray lengths are stored for some cells only: ``cells``
+    ascending flat indices (every cell with prob > prob_thresh among them), ``dists`` their
+    (k, n_rays) rows. Same result as nms_2d on the dense array, with memory for the
+    candidates only (the tiled instance pipeline on large images)."""
+    prob_a = _validate.as_float_array(prob, "prob", 2, scan=False)
+    dists_a = _validate.as_float_array(dists, "dists", 2, scan=False)
+    cells = np.asarray(cells, np.int64)
+    if cells.shape != (dists_a.shape[0],) or dists_a.shape[1] < 3:
+        raise ValueError(f"cells {cells.shape} and dists {dists_a.shape} must be (k,) and (k, n_rays >= 3)")
+    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
+    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
+    grid = _validate.check_grid(grid, 2)
+    lo, hi = _validate.border_bounds(border, prob_a.shape)
+    from segrt.kernels.starnms import _cpu
+
+    kept, stats, rows = _cpu.nms_2d(prob_a, dists_a, prob_thresh, nms_thresh, grid, lo, hi, stored=cells)
+    _last_stats.clear()
+    _last_stats.update(stats)
+    r, c = np.unravel_index(kept, prob_a.shape)
+    points = np.stack([r * grid[0], c * grid[1]], axis=1).astype(np.int64).reshape(-1, 2)
+    return points, prob_a.reshape(-1)[kept], dists_a[rows]
 
 
 def render_2d(dists, points, shape, scores=None, *, device="auto"):

@@ -10,16 +10,26 @@ def candidates(prob: np.ndarray, prob_thresh: float, lo, hi) -> np.ndarray:
     return extension().select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi))
 
 
-def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0):
-    """Kept flat cell indices in visiting order, plus the kernel's work counters."""
+def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, stored=None):
+    """Kept flat cell indices in visiting order, plus the kernel's work counters.
+
+    stored: None when dist holds every cell (..., n_rays); else the ascending flat indices of
+    the cells whose rows dist (k, n_rays) holds, a superset of the candidates.
+    Returns (kept cells, stats, the kept candidates' rows of dist)."""
     C = extension()
     order = candidates(prob, prob_thresh, lo, hi)
     n_rays = dist.shape[-1]
     dist32 = dist if dist.dtype == np.float32 else dist.astype(np.float32)
+    rows = None
+    if stored is not None:
+        rows = np.searchsorted(stored, order)
+        if order.size and (rows.max() >= stored.size or not np.array_equal(stored[rows], order)):
+            raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
     keep, stats = C.nms_2d(
-        dist32.reshape(-1, n_rays), order, prob.shape[1], grid[0], grid[1], float(nms_thresh), int(n_threads)
+        dist32.reshape(-1, n_rays), order, prob.shape[1], grid[0], grid[1], float(nms_thresh), int(n_threads),
+        rows=rows,
     )
-    return order[keep], stats
+    return order[keep], stats, (order if rows is None else rows)[keep]
 
 
 def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
