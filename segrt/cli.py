@@ -255,7 +255,7 @@ def main(argv=None) -> int:
     r.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
     r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5")
-    r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 1024 2D, 128 3D)")
+    r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
     r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
     r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
