@@ -122,8 +122,10 @@ class InstancePipeline:
         model: a .onnx file exported by segrt, or a loaded Model (anything with ``infer`` and
             ``metadata``).
         tile: tile size per axis (pixels of output kept per tile), rounded up to the model's
-            divisor; inputs up to this size run whole. Default 512 (2D: about 0.65 GB peak for
-            the demo model whatever the image size; 1024 is 15 % faster at twice the memory) / 128 (3D).
+            divisor; inputs up to this size run whole. Default 512 (2D) / 128 (3D). Memory (2D):
+            the runtime's buffers for one tile (about 0.4 GB for the demo model at 512) plus
+            12 bytes per pixel (normalised image, prob, labels) plus the candidates' rays;
+            1024 px tiles run about 15 % faster with twice the runtime buffers.
         prob_thresh, nms_thresh: override the metadata's thresholds.
         verbose: stage read-out on stderr.
     """
