@@ -72,6 +72,78 @@ def stable_instance_norm(proto, rank: int) -> int:
     return count
 
 
+def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
+    """A copy of ``proto`` for one input shape in which every InstanceNormalization over at
+    least ``min_elements`` voxels per channel computes its statistics by AveragePool stages
+    (one spatial axis each, so every sum is short) and normalises as ``x * a + b`` with
+    per-channel ``a = scale / std``, ``b = bias - mean * a``. Returns (copy, count).
+
+    OpenVINO turns InstanceNormalization into its MVN kernel, whose float32 statistics drift on
+    long channels: on deepbet's 192x224x192 input the first norm was off by 1e-3 relative and
+    994 mask voxels differed from torch. The staged ReduceMean rewrite that fixes ONNX Runtime
+    is fused back by OpenVINO's pattern matching and got worse; pooling is not, and with it the
+    masks equal torch's (max difference 5e-4) at 2.0x torch's speed instead of 2.2x. The
+    kernels need static sizes, hence one rewrite per input shape (OpenVINO compiles per shape
+    anyway)."""
+    import onnx
+    from onnx import helper, numpy_helper, shape_inference
+
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(proto)
+    for d, v in zip(fixed.graph.input[0].type.tensor_type.shape.dim, input_shape):
+        d.ClearField("dim_param")
+        d.dim_value = int(v)
+    inferred = shape_inference.infer_shapes(fixed)
+    shapes = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in inferred.graph.value_info}
+    nodes, count = [], 0
+    for node in proto.graph.node:
+        shape = shapes.get(node.input[0]) if node.op_type == "InstanceNormalization" else None
+        spatial = shape[2:] if shape else []
+        if not spatial or min(spatial) <= 0 or int(np.prod(spatial)) < min_elements or len(node.input) != 3:
+            nodes.append(node)
+            continue
+        x, scale, bias = node.input
+        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        p = f"_segrt_pool{count}_"
+        count += 1
+        nd = len(spatial)
+
+        def pooled_mean(src, tag):
+            out, cur = [], src
+            for axis in reversed(range(nd)):
+                kernel = [1] * nd
+                kernel[axis] = spatial[axis]
+                nxt = f"{p}{tag}{axis}"
+                out.append(helper.make_node("AveragePool", [cur], [nxt], kernel_shape=kernel, strides=kernel))
+                cur = nxt
+            return out, cur
+
+        mean_nodes, mean = pooled_mean(x, "mean")
+        sq_nodes, mean_sq = pooled_mean(p + "sq", "msq")
+        axes = numpy_helper.from_array(np.array([0] + list(range(2, 2 + nd)), np.int64))
+        nodes += mean_nodes + [helper.make_node("Mul", [x, x], [p + "sq"])] + sq_nodes + [
+            helper.make_node("Mul", [mean, mean], [p + "m2"]),
+            helper.make_node("Sub", [mean_sq, p + "m2"], [p + "var"]),
+            helper.make_node("Constant", [], [p + "eps"], value=numpy_helper.from_array(np.array(eps, np.float32))),
+            helper.make_node("Add", [p + "var", p + "eps"], [p + "var_eps"]),
+            helper.make_node("Sqrt", [p + "var_eps"], [p + "std"]),
+            helper.make_node("Constant", [], [p + "axes"], value=axes),
+            helper.make_node("Unsqueeze", [scale, p + "axes"], [p + "scale"]),
+            helper.make_node("Unsqueeze", [bias, p + "axes"], [p + "bias"]),
+            helper.make_node("Div", [p + "scale", p + "std"], [p + "a"]),
+            helper.make_node("Mul", [mean, p + "a"], [p + "ma"]),
+            helper.make_node("Sub", [p + "bias", p + "ma"], [p + "b"]),
+            helper.make_node("Mul", [x, p + "a"], [p + "xa"]),
+            helper.make_node("Add", [p + "xa", p + "b"], list(node.output)),
+        ]
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    if count:
+        del out.graph.node[:]
+        out.graph.node.extend(nodes)
+    return out, count
+
+
 class OrtRunner:
     """ONNX Runtime on the CPU with tuned options: all graph optimisations, the memory arena
     and pattern planner, one intra-op thread per available core, sequential execution."""
@@ -129,7 +201,8 @@ class OpenVinoRunner:
     """OpenVINO on the CPU, f32 unless asked otherwise; the model is compiled once per input
     shape (static shapes run fastest) and the compiled models are kept (8 shapes, LRU)."""
 
-    def __init__(self, path, inputs, outputs, *, threads=None, precision="f32", cache_size=8):
+    def __init__(self, path, inputs, outputs, *, threads=None, precision="f32", cache_size=8, stable_norm=True,
+                 proto=None):
         ov = optional_import("openvino", purpose="the OpenVINO backend")
         if precision not in ("f32", "bf16"):
             raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
@@ -145,13 +218,23 @@ class OpenVinoRunner:
         self.n_outputs = len(outputs)
         self.compiled = collections.OrderedDict()
         self.cache_size = cache_size
+        # InstanceNormalization gets exact statistics per input shape (see pooled_instance_norm)
+        self.proto = None
+        if stable_norm and proto is not None and any(n.op_type == "InstanceNormalization" for n in proto.graph.node):
+            self.proto = proto
 
     def compiled_for(self, shape):
         c = self.compiled.get(shape)
         if c is not None:
             self.compiled.move_to_end(shape)
             return c
-        model = self.model.clone()
+        model = None
+        if self.proto is not None:
+            rewritten, count = pooled_instance_norm(self.proto, shape)
+            if count:
+                model = self.core.read_model(rewritten.SerializeToString(), b"")
+        if model is None:
+            model = self.model.clone()
         model.reshape({self.input_name: list(shape)})
         c = self.core.compile_model(model, "CPU", self.config)
         self.compiled[shape] = c

@@ -273,7 +273,7 @@ def load(path, *, backend="auto", **options) -> Model:
     if chosen == "ort":
         runner = backends.OrtRunner(path, inputs, outputs, proto=proto, **options)
     elif chosen == "openvino":
-        runner = backends.OpenVinoRunner(path, inputs, outputs, **options)
+        runner = backends.OpenVinoRunner(path, inputs, outputs, proto=proto, **options)
     elif chosen == "ort-gpu":
         if not _ort_gpu_available():
             raise RuntimeError("backend 'ort-gpu' needs onnxruntime-gpu (its CUDAExecutionProvider is not available "

@@ -318,3 +318,42 @@ def test_ort_backend_keeps_instance_norm_statistics_exact_on_volumes(tmp_path):
     err_stable, err_plain = np.abs(stable - ref).max(), np.abs(plain - ref).max()
     assert err_stable < 1e-5, err_stable
     assert err_plain > 10 * err_stable, (err_plain, err_stable)
+
+
+def test_openvino_backend_keeps_instance_norm_statistics_exact_on_volumes(tmp_path):
+    # OpenVINO's MVN kernel drifts on long channels; segrt pools the statistics per shape
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
+                              torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1), torch.nn.InstanceNorm3d(2))
+    with torch.no_grad():
+        net[0].bias += 3.0  # a mean far from zero, as real activations have
+    x = _rand((1, 1, 96, 112, 96), seed=7)
+    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "in.onnx", check_shapes=[]).path
+    with torch.no_grad():
+        ref = net.double()(torch.from_numpy(x).double()).numpy()
+    stable = load(path, backend="openvino")
+    plain = load(path, backend="openvino", stable_norm=False)
+    err_stable = np.abs(stable.infer(x) - ref).max()
+    err_plain = np.abs(plain.infer(x) - ref).max()
+    assert err_stable < 2e-4, err_stable
+    assert err_plain > 5 * err_stable, (err_plain, err_stable)
+    # small inputs keep OpenVINO's own kernel (short sums are exact enough) and still agree
+    small = _rand((1, 1, 16, 16, 16), seed=8)
+    with torch.no_grad():
+        ref_small = net(torch.from_numpy(small).double()).numpy()
+    assert np.abs(stable.infer(small) - ref_small).max() < 1e-4
+
+
+def test_pooled_instance_norm_rewrites_only_long_channels(tmp_path):
+    from segrt.engine.backends import pooled_instance_norm
+
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
+                              torch.nn.Conv3d(4, 4, 3, stride=4, padding=1), torch.nn.InstanceNorm3d(4, affine=True))
+    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "two.onnx", check_shapes=[]).path
+    proto = onnx.load(path)
+    # at 64^3: 32^3 = 32768 voxels per channel in the first norm, 8^3 = 512 in the second
+    rewritten, count = pooled_instance_norm(proto, (1, 1, 64, 64, 64))
+    assert count == 1
+    kinds = [n.op_type for n in rewritten.graph.node]
+    assert kinds.count("InstanceNormalization") == 1 and kinds.count("AveragePool") == 6
+    assert pooled_instance_norm(proto, (1, 1, 16, 16, 16))[1] == 0
