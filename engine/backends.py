@@ -81,8 +81,8 @@ def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
     OpenVINO turns InstanceNormalization into its MVN kernel, whose float32 statistics drift on
     long channels: on deepbet's 192x224x192 input the first norm was off by 1e-3 relative and
     994 mask voxels differed from torch. The staged ReduceMean rewrite that fixes ONNX Runtime
-    is fused back by OpenVINO's pattern matching and got worse; pooling is not, and with it the
-    masks equal torch's (max difference 5e-4) at 2.0x torch's speed instead of 2.2x. The
+    is exact on a lone norm but made OpenVINO worse inside the network (cause not found);
+    with pooling the masks equal torch's (max difference 4e-4) at 2.5x torch's speed. The
     kernels need static sizes, hence one rewrite per input shape (OpenVINO compiles per shape
     anyway)."""
     import onnx
