@@ -132,7 +132,7 @@ class InstancePipeline:
 
     def __init__(self, model, *, backend="auto", tile=None, prob_thresh=None, nms_thresh=None, verbose=False,
                  **backend_options):
-        self.model = _load(model, backend, backend_options) if isinstance(model, (str, os.PathLike)) else model
+        self.model = _load(model, backend, backend_options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
         task = meta.get("task")

@@ -284,7 +284,7 @@ class VideoPipeline:
 
     def __init__(self, model, *, backend="auto", alpha=0.45, min_blob=None, contours=True, warmup=True,
                  **backend_options):
-        self.model = _load(model, backend, backend_options) if isinstance(model, (str, os.PathLike)) else model
+        self.model = _load(model, backend, backend_options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
         if meta.get("task") != "semantic" or len(meta.get("window", [])) != 2:

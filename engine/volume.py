@@ -54,9 +54,12 @@ class VolumeResult:
 
 
 def _load(model, backend, options):
-    from segrt.engine.model import Model, load
+    """A loaded model as is (anything with ``infer`` and ``metadata``), else load the file."""
+    if hasattr(model, "infer") and hasattr(model, "metadata"):
+        return model
+    from segrt.engine.model import load
 
-    return model if isinstance(model, Model) else load(model, backend=backend, **options)
+    return load(model, backend=backend, **options)
 
 
 class VolumePipeline:
