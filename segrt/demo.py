@@ -60,9 +60,13 @@ def _outline(grey, labels, colour=(0, 220, 255)):
 
     img = cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR)
     edge = np.zeros(labels.shape, bool)
-    edge[1:] |= labels[1:] != labels[:-1]
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge &= labels > 0
+    rows = labels[1:] != labels[:-1]
+    cols = labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= rows
+    edge[:-1] |= rows
+    edge[:, 1:] |= cols
+    edge[:, :-1] |= cols
+    edge &= labels > 0  # the object's own outermost pixels, on every side
     img[edge] = colour
     return img
 
