@@ -52,6 +52,10 @@ class _OpenCVSource:
         self.live = isinstance(spec, int) or "://" in str(spec)
         if not self.live and not os.path.isfile(str(spec)):
             raise SourceError(f"{spec}: no such video file (a camera is an integer index, a stream a URL)")
+        try:  # OpenCV's own warnings on a failed open repeat what SourceError says
+            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        except AttributeError:
+            pass
         self.cap = cv2.VideoCapture(spec)
         if not self.cap.isOpened():
             what = "camera" if isinstance(spec, int) else "stream" if self.live else "video file"
