@@ -124,7 +124,8 @@ class InstancePipeline:
         tile: tile size per axis (pixels of output kept per tile), rounded up to the model's
             divisor; inputs up to this size run whole. Default 512 (2D) / 128 (3D). Memory (2D):
             the runtime's buffers for one tile (about 0.4 GB for the demo model at 512) plus
-            12 bytes per pixel (normalised image, prob, labels) plus the candidates' rays;
+            8 bytes per pixel (prob, labels) beside the input image (tiles are normalised and
+            padded one at a time) plus the candidates' rays;
             1024 px tiles run about 15 % faster with twice the runtime buffers.
         prob_thresh, nms_thresh: override the metadata's thresholds.
         verbose: stage read-out on stderr.
@@ -173,9 +174,9 @@ class InstancePipeline:
             raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
         c = self.in_channels
         if x.ndim == self.ndim and c == 1:
-            return x[None].astype(np.float32)
+            return x[None]
         if x.ndim == self.ndim + 1 and x.shape[-1] == c:
-            return np.moveaxis(x, -1, 0).astype(np.float32)
+            return np.moveaxis(x, -1, 0)
         if x.ndim == self.ndim + 1 and c == 1 and x.shape[-1] in (3, 4) and self.ndim == 2:
             rgb = x[..., :3].astype(np.float32)
             return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[None]  # luminance for a grey model
@@ -190,6 +191,18 @@ class InstancePipeline:
         # statistics of the whole image, per channel, so tiles and the whole image agree
         return np.stack([preprocess.normalize(ch, spec) for ch in x])
 
+    def _tile_normalizer(self, x):
+        """A function normalising any crop of ``x`` exactly as ``_normalize`` normalises the
+        whole, from statistics of the whole image; None where the normalisation needs the
+        normalised image's own statistics (standardize, z-score without fixed mean / std)."""
+        from segrt.engine import preprocess
+
+        spec = self.meta.get("normalization") or {"kind": "none"}
+        if spec.get("standardize") or (spec["kind"] == "zscore" and not ("mean" in spec and "std" in spec)):
+            return None
+        stats = [preprocess.percentile_stats(ch, spec) for ch in x]
+        return lambda crop: np.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(crop, stats)])
+
     def _infer(self, batch):
         out = self.model.infer(batch)
         if isinstance(out, dict):
@@ -200,7 +213,7 @@ class InstancePipeline:
             raise ModelTaskError("a star-convex model must return two outputs (prob, dist)")
         return np.asarray(prob, np.float32), np.asarray(dist, np.float32)
 
-    def predict(self, x: np.ndarray, stages: Stages):
+    def predict(self, x: np.ndarray, stages: Stages, normalizer=None):
         """prob (*cells) and dist (*cells, n_rays) of a normalised (C, *spatial) image, tiled when
         it is larger than the tile. Returns (prob, dist, number of tiles); tiled 2D returns
         dist as (ascending flat cells, their (k, n_rays) rows) for the cells with
@@ -209,9 +222,24 @@ class InstancePipeline:
         padded = tuple(-(-s // self.step) * self.step for s in spatial)
         pads = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)]
         mode = "reflect" if all(p - s < s for p, s in zip(padded, spatial)) else "edge"
-        xp = np.pad(x, pads, mode=mode) if padded != spatial else x
+        whole = all(p <= t for p, t in zip(padded, self.tile))
+        src_len = [min(p, t + 2 * self.context) for p, t in zip(padded, self.tile)]
+        # a tile pads itself like the whole image is padded when it holds enough image to reflect
+        per_tile = normalizer is not None and not whole and all(n > 2 * (p - s) for n, p, s in
+                                                                zip(src_len, padded, spatial))
+        if normalizer is not None and not per_tile:
+            x = normalizer(x)
+        xp = None if per_tile else (np.pad(x, pads, mode=mode) if padded != spatial else x)
+
+        def tile_input(src):
+            if not per_tile:
+                return xp[(None, slice(None)) + tuple(slice(a, b) for a, b in src)]
+            crop = normalizer(x[(slice(None),) + tuple(slice(a, min(b, s)) for (a, b), s in zip(src, spatial))])
+            extra = [(0, 0)] + [(0, max(0, b - s)) for (_, b), s in zip(src, spatial)]
+            return (np.pad(crop, extra, mode=mode) if any(e for _, e in extra) else crop)[None]
+
         cells = tuple(p // g for p, g in zip(padded, self.grid))
-        if all(p <= t for p, t in zip(padded, self.tile)):
+        if whole:
             with stages("infer"):
                 prob, dist = self._infer(xp[None])
             self._check_outputs(prob, dist, cells)
@@ -238,8 +266,9 @@ class InstancePipeline:
                     n = min(p, t + 2 * self.context)
                     lo = min(max(0, a - self.context), p - n)
                     src.append((lo, lo + n))
+                batch = tile_input(src)
                 with stages("infer"):
-                    prob, dist = self._infer(xp[(None, slice(None)) + tuple(slice(a, b) for a, b in src)])
+                    prob, dist = self._infer(batch)
                 self._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, self.grid)))
                 out_sl = tuple(slice(a // g, b // g) for (a, b), g in zip(core, self.grid))
                 in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
@@ -287,8 +316,10 @@ class InstancePipeline:
         source = source or "array"
         x = self._as_image(image, source)
         with stages("normalize"):
-            x = self._normalize(x)
-        prob, dist, n_tiles = self.predict(x, stages)
+            normalizer = self._tile_normalizer(x) if self.ndim == 2 else None
+            if normalizer is None:
+                x = self._normalize(x)
+        prob, dist, n_tiles = self.predict(x, stages, normalizer)
         shape = x.shape[1:]
         with stages("nms"):
             if isinstance(dist, tuple):  # tiled 2D: ray lengths stored for candidate cells only

@@ -82,7 +82,8 @@ def resize_linear(arr: np.ndarray, shape) -> np.ndarray:
 def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
     """The statistics a normalisation takes from the whole input (before any crop)."""
     if spec.get("kind") == "percentile":
-        lo, hi = np.percentile(arr, [spec["low"], spec["high"]])
+        # on float32 values, as normalize sees them, whatever the input's dtype
+        lo, hi = np.percentile(np.asarray(arr, np.float32), [spec["low"], spec["high"]])
         return {"low": float(lo), "high": float(hi)}
     return {}
 

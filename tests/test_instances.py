@@ -162,3 +162,14 @@ def test_cli_run_on_a_png(tmp_path, dsb, capsys):
     assert main(["run", NUCLEI, str(png), "-o", str(out), "--backend", "ort", "-q"]) == 0
     assert "objects" in capsys.readouterr().out
     assert out.is_file() and (tmp_path / "out" / "dsb_nuclei.geojson").is_file()
+
+
+@pytest.mark.parametrize("shape", [(509, 507), (512, 512)])
+def test_tiles_normalised_and_padded_one_at_a_time_equal_the_whole(dsb, shape):
+    # odd sizes: the network's divisor pads the image, each tile pads itself the same way
+    img = np.ascontiguousarray(dsb[0][: shape[0], : shape[1]])
+    whole = InstancePipeline(NUCLEI, backend="ort").run(img)
+    tiled = InstancePipeline(NUCLEI, backend="ort", tile=128).run(img)
+    assert tiled.tiles == 16 and whole.tiles == 1
+    np.testing.assert_array_equal(tiled.points, whole.points)
+    np.testing.assert_array_equal(tiled.labels, whole.labels)
