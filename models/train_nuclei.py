@@ -8,7 +8,7 @@ Targets are StarDist's: ``edt_prob`` (object probability) and ``star_dist`` (dis
 32 rays). The network is a small U-Net (3 levels) with a sigmoid probability head and a
 distance head, trained with BCE + probability-weighted L1 as in StarDist.
 
-    pip install -e ".[peers,export,io]" && python models/train_nuclei.py   # about 5 minutes, 2 cores
+    pip install -e ".[peers,export,io]" && python models/train_nuclei.py   # about 11 minutes, 2 cores
 """
 from __future__ import annotations
 
@@ -162,8 +162,8 @@ def evaluate(predict, prob_thresh, nms_thresh):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--generated", type=int, default=40)
+    ap.add_argument("--steps", type=int, default=3000)
+    ap.add_argument("--generated", type=int, default=60)
     ap.add_argument("--out", default=os.path.join(HERE, "nuclei.onnx"))
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)

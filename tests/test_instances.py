@@ -33,9 +33,9 @@ def test_nuclei_model_on_the_held_out_half(dsb, whole):
 
     _, gt = dsb
     m = matching(gt[:, 256:], whole.labels[:, 256:], thresh=0.5)
-    # the model card's figure is 0.84 (StarDist's AP definition, TP / (TP + FP + FN))
-    assert m.accuracy >= 0.78, m
-    assert m.f1 >= 0.88, m
+    # the model card's figure is 0.88 (StarDist's AP definition, TP / (TP + FP + FN))
+    assert m.accuracy >= 0.85, m
+    assert m.f1 >= 0.92, m
 
 
 @pytest.mark.parametrize("backend", ["ort", "openvino"])
