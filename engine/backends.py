@@ -19,6 +19,20 @@ def _physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _affine_nodes(p: str, var: str, eps: float, scale: str, bias: str, nd: int) -> list:
+    """Nodes shared by the InstanceNormalization rewrites: ``{p}std`` = sqrt(var + eps) and
+    ``{p}scale`` / ``{p}bias`` unsqueezed to broadcast over (N, C, *nd spatial axes)."""
+    from onnx import helper, numpy_helper
+
+    axes = numpy_helper.from_array(np.array([0] + list(range(2, 2 + nd)), np.int64))
+    return [helper.make_node("Constant", [], [p + "eps"], value=numpy_helper.from_array(np.array(eps, np.float32))),
+            helper.make_node("Add", [var, p + "eps"], [p + "var_eps"]),
+            helper.make_node("Sqrt", [p + "var_eps"], [p + "std"]),
+            helper.make_node("Constant", [], [p + "axes"], value=axes),
+            helper.make_node("Unsqueeze", [scale, p + "axes"], [p + "scale"]),
+            helper.make_node("Unsqueeze", [bias, p + "axes"], [p + "bias"])]
+
+
 def stable_instance_norm(proto, rank: int) -> int:
     """Rewrites every InstanceNormalization of ``proto`` in place as a two-pass mean / variance
     whose reductions run one spatial axis at a time; returns how many were rewritten.
@@ -28,7 +42,7 @@ def stable_instance_norm(proto, rank: int) -> int:
     softmax output moved by up to 0.05 from torch's and 250 mask voxels flipped. Reducing axis
     by axis keeps each sum to a few hundred terms (max difference 5e-5, identical masks, same
     speed)."""
-    from onnx import helper, numpy_helper
+    from onnx import helper
 
     spatial = list(range(2, rank))
     nodes, count = [], 0
@@ -54,15 +68,8 @@ def stable_instance_norm(proto, rank: int) -> int:
         nodes += [helper.make_node("Sub", [x, p + "mean"], [p + "centred"]),
                   helper.make_node("Mul", [p + "centred", p + "centred"], [p + "square"])]
         nodes += staged_mean(p + "square", p + "var")
-        axes = numpy_helper.from_array(np.array([0] + spatial, np.int64))
-        nodes += [
-            helper.make_node("Constant", [], [p + "eps"], value=numpy_helper.from_array(np.array(eps, np.float32))),
-            helper.make_node("Add", [p + "var", p + "eps"], [p + "var_eps"]),
-            helper.make_node("Sqrt", [p + "var_eps"], [p + "std"]),
+        nodes += _affine_nodes(p, p + "var", eps, scale, bias, len(spatial)) + [
             helper.make_node("Div", [p + "centred", p + "std"], [p + "normed"]),
-            helper.make_node("Constant", [], [p + "axes"], value=axes),
-            helper.make_node("Unsqueeze", [scale, p + "axes"], [p + "scale"]),
-            helper.make_node("Unsqueeze", [bias, p + "axes"], [p + "bias"]),
             helper.make_node("Mul", [p + "normed", p + "scale"], [p + "scaled"]),
             helper.make_node("Add", [p + "scaled", p + "bias"], list(node.output)),
         ]
@@ -73,7 +80,7 @@ def stable_instance_norm(proto, rank: int) -> int:
 
 
 def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
-    """A copy of ``proto`` for one input shape in which every InstanceNormalization over at
+    """A copy of ``proto`` fixed to one input shape in which every InstanceNormalization over at
     least ``min_elements`` voxels per channel computes its statistics by AveragePool stages
     (one spatial axis each, so every sum is short) and normalises as ``x * a + b`` with
     per-channel ``a = scale / std``, ``b = bias - mean * a``. Returns (copy, count).
@@ -86,7 +93,7 @@ def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
     kernels need static sizes, hence one rewrite per input shape (OpenVINO compiles per shape
     anyway)."""
     import onnx
-    from onnx import helper, numpy_helper, shape_inference
+    from onnx import helper, shape_inference
 
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
@@ -120,28 +127,20 @@ def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
 
         mean_nodes, mean = pooled_mean(x, "mean")
         sq_nodes, mean_sq = pooled_mean(p + "sq", "msq")
-        axes = numpy_helper.from_array(np.array([0] + list(range(2, 2 + nd)), np.int64))
         nodes += mean_nodes + [helper.make_node("Mul", [x, x], [p + "sq"])] + sq_nodes + [
             helper.make_node("Mul", [mean, mean], [p + "m2"]),
             helper.make_node("Sub", [mean_sq, p + "m2"], [p + "var"]),
-            helper.make_node("Constant", [], [p + "eps"], value=numpy_helper.from_array(np.array(eps, np.float32))),
-            helper.make_node("Add", [p + "var", p + "eps"], [p + "var_eps"]),
-            helper.make_node("Sqrt", [p + "var_eps"], [p + "std"]),
-            helper.make_node("Constant", [], [p + "axes"], value=axes),
-            helper.make_node("Unsqueeze", [scale, p + "axes"], [p + "scale"]),
-            helper.make_node("Unsqueeze", [bias, p + "axes"], [p + "bias"]),
+        ] + _affine_nodes(p, p + "var", eps, scale, bias, nd) + [
             helper.make_node("Div", [p + "scale", p + "std"], [p + "a"]),
             helper.make_node("Mul", [mean, p + "a"], [p + "ma"]),
             helper.make_node("Sub", [p + "bias", p + "ma"], [p + "b"]),
             helper.make_node("Mul", [x, p + "a"], [p + "xa"]),
             helper.make_node("Add", [p + "xa", p + "b"], list(node.output)),
         ]
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    if count:
-        del out.graph.node[:]
-        out.graph.node.extend(nodes)
-    return out, count
+    if count:  # the shape-fixed copy is the result: it is compiled for that shape anyway
+        del fixed.graph.node[:]
+        fixed.graph.node.extend(nodes)
+    return fixed, count
 
 
 class OrtRunner:

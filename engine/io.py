@@ -20,8 +20,8 @@ import numpy as np
 
 from segrt._optional import optional_import
 
-__all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "atomic_path", "VOLUME_SUFFIXES",
-           "IMAGE_SUFFIXES"]
+__all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "write_png", "atomic_path",
+           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tif", ".tiff", ".npy")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -404,3 +404,12 @@ def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
     else:
         raise ValueError(f"{path}: unsupported output format; use .nii.gz, .nii, .tif or .npy")
     return path
+
+
+def write_png(path, image: np.ndarray) -> str:
+    """Writes a BGR (or grey) uint8 image as PNG, atomically. Returns the path."""
+    cv2 = optional_import("cv2", extra="io", purpose="writing PNG")
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(tmp, image):
+            raise OSError(f"{path}: OpenCV could not write the PNG")
+    return os.fspath(path)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats"]
+           "percentile_stats", "labels_from_scores"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,8 +125,8 @@ def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np
         if spec.get("clip", True):
             np.clip(out, 0, 1, out=out)
     elif kind == "zscore":
-        mean, std = (spec["mean"], spec["std"]) if "mean" in spec and "std" in spec else _mean_std(out)
-        mean, std = spec.get("mean", mean), spec.get("std", std)
+        own = (None, None) if "mean" in spec and "std" in spec else _mean_std(out)
+        mean, std = spec.get("mean", own[0]), spec.get("std", own[1])
         out -= np.float32(mean)
         out *= np.float32(1.0 / (std if std > 0 else 1.0))
     if spec and spec.get("standardize"):
@@ -158,3 +158,16 @@ def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=N
         lo, hi = int(centre - size / 2), int(centre + size / 2)
         box.append(slice(max(0, lo), min(shape[ax], hi)))
     return tuple(box)
+
+
+def labels_from_scores(scores: np.ndarray) -> np.ndarray:
+    """Class labels of one (C, *spatial) score array: the compiled argmax (first maximum
+    wins, as np.argmax), or foreground where a single logit channel is positive."""
+    if scores.shape[0] == 1:
+        return (scores[0] > 0).astype(np.uint8)
+    from segrt.kernels import stitch
+
+    scores = np.ascontiguousarray(scores, np.float32)
+    labels = np.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    stitch.argmax_block(scores, labels, (0,) * labels.ndim)
+    return labels

@@ -266,10 +266,7 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
         cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colours[k % 3], 2, cv2.LINE_AA)
         cv2.putText(img, name, (left + 10, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1,
                     cv2.LINE_AA)
-    with io.atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, img):
-            raise OSError(f"{path}: OpenCV could not write the PNG")
-    return os.fspath(path)
+    return io.write_png(path, img)
 
 
 # -- the pipeline --------------------------------------------------------------------------
@@ -344,15 +341,10 @@ class VideoPipeline:
         return self._batch
 
     def postprocess(self, scores) -> np.ndarray:
-        s = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
-        s = np.ascontiguousarray(s[0], np.float32)
-        if s.shape[0] == 1:
-            labels = (s[0] > 0).view(np.uint8)
-        else:
-            from segrt.kernels import stitch
+        from segrt.engine.preprocess import labels_from_scores
 
-            labels = np.empty(s.shape[1:], np.uint8 if s.shape[0] <= 256 else np.uint16)
-            stitch.argmax_block(s, labels, (0, 0))  # compiled, first maximum wins as np.argmax
+        s = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
+        labels = labels_from_scores(s[0])
         if self.min_blob:
             from segrt.kernels.label import remove_small
 
@@ -392,8 +384,9 @@ class VideoPipeline:
     @staticmethod
     def _latency_text(out, latency_ms):
         if latency_ms is not None:
-            _cv2().putText(out, f"{latency_ms:5.1f} ms", (10, 24), _cv2().FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
-                           _cv2().LINE_AA)
+            cv2 = _cv2()
+            cv2.putText(out, f"{latency_ms:5.1f} ms", (10, 24), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2,
+                        cv2.LINE_AA)
         return out
 
     def process(self, frame: np.ndarray, times: dict | None = None):

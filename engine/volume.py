@@ -125,7 +125,7 @@ class VolumePipeline:
             if target == window:
                 scores = model.infer(xn[None, None])
                 scores = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
-                labels = _argmax(scores[0])
+                labels = preprocess.labels_from_scores(scores[0])
             else:
                 from segrt.engine.sliding_window import sliding_window
 
@@ -191,17 +191,6 @@ class VolumePipeline:
         timings = dict(stages.timings)
         timings["total"] = stages.total()
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
-
-
-def _argmax(scores: np.ndarray) -> np.ndarray:
-    if scores.shape[0] == 1:  # one logit channel: foreground where positive
-        return (scores[0] > 0).astype(np.uint8)
-    from segrt.kernels import stitch
-
-    scores = np.ascontiguousarray(scores, np.float32)
-    labels = np.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
-    stitch.argmax_block(scores, labels, (0,) * labels.ndim)  # compiled; first maximum wins, as np.argmax
-    return labels
 
 
 def _postprocess(labels: np.ndarray, spec: dict) -> np.ndarray:

@@ -20,6 +20,8 @@ import traceback
 
 import numpy as np
 
+from segrt.engine import io
+
 __all__ = ["main", "run_demo"]
 
 
@@ -35,17 +37,6 @@ class _Say:
 def _package_dir(name):
     spec = importlib.util.find_spec(name)
     return spec.submodule_search_locations[0] if spec is not None and spec.submodule_search_locations else None
-
-
-def _write_png(path, img):
-    import cv2
-
-    from segrt.engine import io
-
-    with io.atomic_path(path) as tmp:
-        if not cv2.imwrite(tmp, img):
-            raise OSError(f"could not write {path}")
-    return path
 
 
 def _grey8(x, lo=None, hi=None):
@@ -79,7 +70,7 @@ def _dice(a, b):
 def story_brain(out, say, cache_dir=None) -> dict:
     import cv2
 
-    from segrt.engine import io, preprocess
+    from segrt.engine import preprocess
     from segrt.engine.volume import VolumePipeline
     from segrt.export import zoo
 
@@ -127,7 +118,7 @@ def story_brain(out, say, cache_dir=None) -> dict:
     h = max(v[0].shape[0] for v in views)
     tiles = [cv2.copyMakeBorder(_outline(np.ascontiguousarray(a), np.ascontiguousarray(b), (0, 80, 255)), 0,
                                 h - a.shape[0], 0, 4, cv2.BORDER_CONSTANT) for a, b in views]
-    fig = _write_png(os.path.join(out, "figures", "brain_mri.png"), cv2.resize(np.concatenate(tiles, 1), None, fx=2,
+    fig = io.write_png(os.path.join(out, "figures", "brain_mri.png"), cv2.resize(np.concatenate(tiles, 1), None, fx=2,
                                                                                fy=2, interpolation=cv2.INTER_NEAREST))
     return {"story": "brain MRI", "input": "MNI152 T1 (nilearn), 197 x 233 x 189, 1 mm",
             "model": "deepbet 1.0.2 (converted by segrt export)", "backend": result.backend,
@@ -149,7 +140,7 @@ def story_nuclei(out, say) -> dict:
     written = result.save(os.path.join(out, "nuclei", "dsb_nuclei.tif"))
     m = matching(gt[:, 256:], result.labels[:, 256:], thresh=0.5)
     fig = _outline(_grey8(img.astype(np.float32)), result.labels)
-    fig = _write_png(os.path.join(out, "figures", "nuclei.png"), cv2.resize(fig, None, fx=1.5, fy=1.5))
+    fig = io.write_png(os.path.join(out, "figures", "nuclei.png"), cv2.resize(fig, None, fx=1.5, fy=1.5))
     return {"story": "nuclei", "input": "DSB 2018 image (stardist.data), 512 x 512",
             "model": "segrt nuclei demo (star-convex, 32 rays)", "backend": result.backend, "outputs": written,
             "figure": fig, "timings_s": result.timings,
@@ -158,8 +149,6 @@ def story_nuclei(out, say) -> dict:
 
 
 def story_video(out, say, seconds=4.0) -> dict:
-    import cv2
-
     from segrt.engine.video import VideoPipeline
     from segrt.export import zoo
     from segrt.synthetic import write_clip
@@ -183,7 +172,7 @@ def story_video(out, say, seconds=4.0) -> dict:
     if not say.quiet:
         sys.stderr.write("\n")
     written = stats.save(os.path.join(folder, "latency.json"), os.path.join(out, "figures", "video_latency_cdf.png"))
-    fig = _write_png(os.path.join(out, "figures", "video_overlay.png"), shown.get("frame", np.zeros((8, 8, 3),
+    fig = io.write_png(os.path.join(out, "figures", "video_overlay.png"), shown.get("frame", np.zeros((8, 8, 3),
                                                                                                  np.uint8)))
     s = stats.summary()
     return {"story": "surgical video", "input": f"generated endoscopy clip, {n_total} frames 640 x 480 at 30 fps, "
@@ -220,8 +209,6 @@ def _report(out, stories, total_s) -> str:
     if any(s.get("figure", "").endswith("video_overlay.png") for s in stories):
         lines.append("![latency CDF](figures/video_latency_cdf.png)")
     path = os.path.join(out, "report.md")
-    from segrt.engine import io
-
     with io.atomic_path(path) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines) + "\n")
     with io.atomic_path(os.path.join(out, "report.json")) as tmp, open(tmp, "w") as f:
