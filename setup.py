@@ -109,7 +109,7 @@ ext_modules = [
         include_dirs=["cpp"],
         cxx_std=17,
         # -ffp-contract=off: no fused multiply-adds, so float results match peers bit for bit
-        extra_compile_args=["-O3", "-ffp-contract=off"],
+        extra_compile_args=["-O3", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math"],
     )
 ]
 

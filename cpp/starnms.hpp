@@ -35,6 +35,8 @@ struct Nms2DStats {
     int64_t pairs_exact_star = 0;    // exact overlap, common-star-centre merge
     int64_t pairs_exact_general = 0; // exact overlap, general routine
     int64_t pairs_exact_two_star = 0; // exact overlap, each star-shaped about its own centre
+    int64_t pairs_lower_bound = 0;  // suppressed by the common-centre lower bound (no merge)
+    int64_t pairs_upper_bound = 0;  // settled by the slab upper bound (no common centre)
     int64_t pairs_clipper = 0;   // near the threshold, settled by Clipper
     double seconds_prepare = 0;  // polygons, areas, buckets
     double seconds_buckets = 0;  //   of which: centres, buckets, memory-order sort
@@ -68,6 +70,15 @@ struct PairOverlap {
 PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
                                const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
                                int force_general);
+
+// The bounds the NMS loop tries before exact work, as areas (-1: not applicable): lower
+// when a is star-shaped about its centre and b about a's centre; upper when the centres differ.
+struct OverlapBounds {
+    double lower;
+    double upper;
+};
+OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
+                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y);
 
 // Seconds per exact overlap of one pair, over `reps` repetitions (a micro-benchmark).
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,

@@ -219,6 +219,170 @@ int64_t star_intersection_area2(const Pt* A, const double* AK, const ClipEdge* A
     return a2 < 0 ? -a2 : a2;
 }
 
+// ---- a lower bound for a common star centre ------------------------------------------
+// Nearly every pair that reaches exact work ends in a suppression with room to spare; a bound
+// that proves it costs a fraction of the merge. Angles about a's centre z are cut into
+// kSectors equal steps of the angle key. profile[s] is a radius within which a holds every
+// point of sector s: the least distance from z to an edge whose angular span meets the
+// sector (a is star-shaped about z, so its boundary at any angle lies on such an edge).
+constexpr int kSectors = 64;
+constexpr int kSpan = 8;  // StarProfile keeps minima over up to kSpan consecutive sectors
+constexpr int kMaxRays = 255;
+
+struct StarProfile {
+    double min_over[kSectors][kSpan];  // [s][l]: least profile over sectors s .. s + l (cyclic)
+    // least profile over sectors s0 .. s1, cyclic
+    inline double range(int s0, int s1) const {
+        const int l = (s1 - s0) & (kSectors - 1);
+        if (l < kSpan) return min_over[s0][l];
+        double r = min_over[s0][kSpan - 1];
+        for (int s = s0 + kSpan; s <= s0 + l; ++s) r = std::min(r, min_over[s & (kSectors - 1)][0]);
+        return r;
+    }
+};
+
+inline int key_sector(double key) {
+    const int s = (int)(key * (kSectors / 4.0));
+    return s < kSectors ? s : kSectors - 1;
+}
+
+inline double segment_distance(const Pt& z, const Pt& p, const Pt& q) {
+    const double ex = (double)(q.x - p.x), ey = (double)(q.y - p.y);
+    const double wx = (double)(z.x - p.x), wy = (double)(z.y - p.y);
+    const double len2 = ex * ex + ey * ey;
+    double t = len2 > 0 ? (wx * ex + wy * ey) / len2 : 0.0;
+    t = t < 0 ? 0 : (t > 1 ? 1 : t);
+    const double dx = wx - t * ex, dy = wy - t * ey;
+    return std::sqrt(dx * dx + dy * dy);
+}
+
+// rot / rot_key: a rotated by rotate_star about z (keys ascending, rot[n] == rot[0]).
+void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, StarProfile& P) {
+    double profile[kSectors];
+    for (int s = 0; s < kSectors; ++s) profile[s] = std::numeric_limits<double>::infinity();
+    for (int k = 0; k < n; ++k) {
+        const double d = segment_distance(z, rot[k], rot[k + 1]);
+        const int s0 = key_sector(rot_key[k]);
+        const int s1 = k + 1 < n ? key_sector(rot_key[k + 1]) : key_sector(rot_key[0]) + kSectors;
+        for (int s = s0; s <= s1; ++s) {
+            double& r = profile[s < kSectors ? s : s - kSectors];
+            r = d < r ? d : r;
+        }
+    }
+    for (int s = 0; s < kSectors; ++s) {
+        double r = profile[s];
+        for (int l = 0; l < kSpan; ++l) {
+            r = std::min(r, profile[(s + l) & (kSectors - 1)]);
+            P.min_over[s][l] = r;
+        }
+    }
+}
+
+// Twice a lower bound on |a n b|, or -1 when b is not star-shaped about a's centre z (the
+// test star_prepare makes). b: its vertices relative to its own centre, (x, y) pairs, which
+// lies at z + dz. b is the union of the triangles (z, b_k, b_k+1); each, shrunk towards z
+// until no point of it lies beyond the profile over its wedge, lies in a.
+// This bound is most of the NMS's work, so the per-vertex loops are written to vectorise:
+// angles and radii in float, each vertex's sector range widened by the key's rounding error
+// and the radius lowered by its own, so that the bound stays a bound; the star test and
+// the sum in double (exact products: coordinates below 2^17). m <= kMaxRays.
+double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy) {
+    constexpr float kKeyError = 1e-5f;  // far above float rounding of a key in [0, 4)
+    // local arrays: the compiler sees they alias nothing and vectorises without run-time checks
+    double X[kMaxRays + 1], Y[kMaxRays + 1], inv_rho[kMaxRays + 1];  // the first vertex repeated at m
+    double cross[kMaxRays], R[kMaxRays];
+    float inv_rho_f[kMaxRays];
+    int32_t sec_lo[kMaxRays + 1], sec_hi[kMaxRays + 1];
+    const float fx = (float)dzx, fy = (float)dzy;
+    for (int k = 0; k < m; ++k) {
+        const float x = fx + (float)rel[2 * k], y = fy + (float)rel[2 * k + 1];
+        const float ax = std::fabs(x), ay = std::fabs(y);
+        const bool up = y >= 0, right = x >= 0;
+        // angle_key: quadrant base plus the diamond fraction
+        const float base = up ? (right ? 0.0f : 1.0f) : (right ? 3.0f : 2.0f);
+        const float key = base + (up != right ? ax : ay) / (ax + ay);
+        inv_rho_f[k] = 1.0f / std::sqrt(x * x + y * y);
+        const float lo = key - kKeyError, hi = key + kKeyError;
+        const int32_t slo = (int32_t)((lo < 0.0f ? lo + 4.0f : lo) * (kSectors / 4.0f));
+        const int32_t shi = (int32_t)((hi >= 4.0f ? hi - 4.0f : hi) * (kSectors / 4.0f));
+        sec_lo[k] = slo < kSectors ? slo : kSectors - 1;
+        sec_hi[k] = shi < kSectors ? shi : kSectors - 1;
+    }
+    const int32_t ix = (int32_t)dzx, iy = (int32_t)dzy;
+    for (int k = 0; k < m; ++k) {
+        X[k] = (double)(ix + (int32_t)rel[2 * k]);
+        Y[k] = (double)(iy + (int32_t)rel[2 * k + 1]);
+        inv_rho[k] = (double)inv_rho_f[k] * (1.0 - 1e-5);  // below 1 / rho despite float rounding
+    }
+    X[m] = X[0];
+    Y[m] = Y[0];
+    inv_rho[m] = inv_rho[0];
+    sec_hi[m] = sec_hi[0];
+    // star-shaped about z: every step counter-clockwise (or radial, outwards), once around
+    // (the angle key wraps exactly where a counter-clockwise step enters y >= 0 from y < 0)
+    double bad = 0, wraps = 0;
+    for (int k = 0; k < m; ++k) {
+        const double c = X[k] * Y[k + 1] - Y[k] * X[k + 1];
+        const double d = X[k] * X[k + 1] + Y[k] * Y[k + 1];
+        cross[k] = c;
+        bad += (c < 0 || (c == 0 && d <= 0)) ? 1.0 : 0.0;
+        wraps += (Y[k] < 0 && Y[k + 1] >= 0) ? 1.0 : 0.0;
+    }
+    if (bad != 0 || wraps != 1) return -1;
+    // each wedge's radius (a radial step has no area and takes 0)
+    for (int k = 0; k < m; ++k) R[k] = cross[k] > 0 ? P.range(sec_lo[k], sec_hi[k + 1]) : 0.0;
+    double sum = 0;
+    for (int k = 0; k < m; ++k) {
+        const double f0 = R[k] * inv_rho[k], f1 = R[k] * inv_rho[k + 1];  // shrink: min(1, r / rho)
+        sum += cross[k] * (f0 < 1.0 ? f0 : 1.0) * (f1 < 1.0 ? f1 : 1.0);
+    }
+    return sum * (1.0 - 1e-9);
+}
+
+// ---- an upper bound for pairs without a common centre -------------------------------------
+// Such pairs are mostly neighbours that barely touch. Along u = zb - za, a n b lies between
+// b's lowest and a's highest support value, so its area is at most that of either polygon
+// cut by the other's support line: O(n + m), no crossings to round.
+
+// Twice the area of the part of polygon v where sign * (u . x - h) >= 0 (one-plane
+// Sutherland-Hodgman; exact up to double rounding for any simple polygon).
+double halfplane_area2(const Pt* v, int n, int64_t ux, int64_t uy, int64_t h, int sign, const Pt& o) {
+    double acc = 0, px = 0, py = 0, fx = 0, fy = 0;
+    bool have = false;
+    auto emit = [&](double x, double y) {
+        if (have) acc += px * y - py * x;
+        else fx = x, fy = y, have = true;
+        px = x, py = y;
+    };
+    int64_t fp = sign * (ux * v[n - 1].x + uy * v[n - 1].y - h);
+    for (int k = 0; k < n; ++k) {
+        const Pt& p = v[k == 0 ? n - 1 : k - 1];
+        const Pt& q = v[k];
+        const int64_t fq = sign * (ux * q.x + uy * q.y - h);
+        if ((fp >= 0) != (fq >= 0)) {
+            const double t = (double)fp / (double)(fp - fq);
+            emit((double)(p.x - o.x) + t * (double)(q.x - p.x), (double)(p.y - o.y) + t * (double)(q.y - p.y));
+        }
+        if (fq >= 0) emit((double)(q.x - o.x), (double)(q.y - o.y));
+        fp = fq;
+    }
+    if (!have) return 0;
+    acc += px * fy - py * fx;
+    return acc < 0 ? -acc : acc;
+}
+
+// Twice an upper bound on |a n b| (a, b simple polygons, za != zb).
+double slab_upper_bound2(const Pt* a, int n, const Pt& za, const Pt* b, int m, const Pt& zb) {
+    const int64_t ux = zb.x - za.x, uy = zb.y - za.y;
+    int64_t ha = std::numeric_limits<int64_t>::min(), hb = std::numeric_limits<int64_t>::max();
+    for (int k = 0; k < n; ++k) ha = std::max(ha, ux * a[k].x + uy * a[k].y);
+    for (int k = 0; k < m; ++k) hb = std::min(hb, ux * b[k].x + uy * b[k].y);
+    if (ha <= hb) return 0;  // a separating line
+    const double cap_a = halfplane_area2(a, n, ux, uy, hb, 1, za);
+    const double cap_b = halfplane_area2(b, m, ux, uy, ha, -1, za);
+    return std::min(cap_a, cap_b) * (1.0 + 1e-9) + 1e-6;
+}
+
 // ---- general routine -------------------------------------------------------------------
 // For any pair (self-intersecting, spiky, degenerate polygons included): split every edge of
 // both polygons at every contact with any other edge (crossings rounded as Clipper rounds
@@ -552,11 +716,13 @@ struct PreparedA {
 // midpoint) for the O(n + m) merge, then the two-star routine, then the general one.
 // force: 0 automatic, 1 general routine only, 2 skip the common-centre merge (tests).
 // Returns -1 with method 2 when skip_general is set and only the general routine would do.
-// enough: twice an area past which the exact value no longer matters (the merge may stop).
+// enough: twice an area past which the exact value no longer matters (the merge may stop);
+// below: twice an area under which it does not matter either (an upper bound may settle it;
+// 0 is returned then).
 template <typename StarFn>
 int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb, StarFn&& b_star_fn, PairScratch& s,
                            int* method, int force = 0, bool skip_general = false,
-                           int64_t enough = std::numeric_limits<int64_t>::max()) {
+                           int64_t enough = std::numeric_limits<int64_t>::max(), int64_t below = 0) {
     const Pt* a = A.v;
     const int n = A.n;
     const Pt za = A.z;
@@ -572,6 +738,10 @@ int64_t intersection_area2(const PreparedA& A, const Pt* b, int m, const Pt& zb,
                     return star_intersection_area2(A.rot, A.rot_key, A.rot_clip, n, s.brot.data(), s.bkrot.data(), m,
                                                    za2, enough, &early);
                 }
+            }
+            if (below > 0 && (za.x != zb.x || za.y != zb.y) && slab_upper_bound2(a, n, za, b, m, zb) <= (double)below) {
+                *method = 5;
+                return 0;
             }
             const Pt others[2] = {zb2, Pt{za.x + zb.x, za.y + zb.y}};
             for (int c = 0; c < 2; ++c) {
@@ -756,6 +926,32 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
     return r;
 }
 
+OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
+                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y) {
+    PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
+    OverlapBounds r{-1.0, -1.0};
+    const int m = (int)P.b.size();
+    if (P.A.start >= 0 && m >= 3 && m <= kMaxRays) {
+        StarProfile profile;
+        star_profile(P.ar.data(), P.kar.data(), P.A.n, P.A.z, profile);
+        std::vector<int16_t> rel(2 * m);
+        bool fits = true;
+        for (int k = 0; k < m; ++k) {
+            const int64_t dx = P.b[k].x - cb_x, dy = P.b[k].y - cb_y;
+            fits &= dx >= -32768 && dx <= 32767 && dy >= -32768 && dy <= 32767;
+            rel[2 * k] = (int16_t)dx;
+            rel[2 * k + 1] = (int16_t)dy;
+        }
+        if (fits) {
+            const double lb2 = star_lower_bound2(profile, rel.data(), m, cb_x - ca_x, cb_y - ca_y);
+            if (lb2 >= 0) r.lower = 0.5 * lb2;
+        }
+    }
+    if ((ca_x != cb_x || ca_y != cb_y) && P.A.n >= 3 && m >= 3)
+        r.upper = 0.5 * slab_upper_bound2(P.a.data(), P.A.n, P.A.z, P.b.data(), m, P.zb);
+    return r;
+}
+
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
                         int64_t cb_x, int64_t cb_y, int reps) {
     PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
@@ -865,7 +1061,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         if (stats) *stats = st;
         return keep;
     }
-    if (n_rays > 255) throw std::invalid_argument("at most 255 rays are supported");
+    if (n_rays > kMaxRays) throw std::invalid_argument("at most 255 rays are supported");
     const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
     const int threads = effective_threads(n_threads);
     const auto t_start = std::chrono::steady_clock::now();
@@ -999,8 +1195,9 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<Pt> poly_i(n_rays), rot_i(n_rays + 1);
     std::vector<double> key_i(n_rays), rot_key_i(n_rays + 1);
     std::vector<ClipEdge> clip_i(n_rays);
+    StarProfile profile_i;
     std::vector<int64_t> todo;
-    std::vector<int64_t> counts(3 * threads, 0), counts_clipper(threads, 0);
+    std::vector<int64_t> counts(5 * threads, 0), counts_clipper(threads, 0);
     const bool use_clipper = clipper_available();
     std::vector<std::vector<int64_t>> clip_buf(threads, std::vector<int64_t>(4 * n_rays));
     auto clipper_area = [&](const Pt* a, int n, const Pt* b, int m, int tid) {
@@ -1021,8 +1218,10 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         const Pt zi = centre[i];
         const int start_i = star_prepare(poly_i.data(), ni, Pt{2 * zi.x, 2 * zi.y}, key_i.data());
         if (start_i >= 0) rotate_star(poly_i.data(), key_i.data(), ni, start_i, rot_i.data(), rot_key_i.data());
-        if (start_i >= 0)
+        if (start_i >= 0) {
             for (int k = 0; k < ni; ++k) clip_i[k] = make_clip_edge(rot_i[k], rot_i[k + 1]);
+            star_profile(rot_i.data(), rot_key_i.data(), ni, zi, profile_i);
+        }
         const PreparedA prep_i{poly_i.data(), ni, zi, start_i, key_i.data(), rot_i.data(), rot_key_i.data(), clip_i.data()};
         const Box bi = slots[pi].box;
         const double area_i = slots[pi].area;
@@ -1046,7 +1245,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     const int64_t h = (int64_t)std::min(bi.y1, sj.box.y1) - std::max(bi.y0, sj.box.y0);
                     // the intersection lies inside both boxes: an upper bound on its area
                     if (w <= 0 || h <= 0 ||
-                        (double)w * (double)h / (std::fmin(area_i, (double)sj.area) + 1.e-10) <= thresh_lo) {
+                        (double)w * (double)h / (std::min(area_i, (double)sj.area) + 1.e-10) <= thresh_lo) {
                         ++st.pairs_bound_rejected;
                         continue;
                     }
@@ -1060,19 +1259,27 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             Pt* pj = other[tid].data();
             for (int64_t t = t0; t < t1; ++t) {
                 const int64_t p = todo[t];
-                const int nj = polygon(p, pj);
                 const Pt zj = centre[slots[p].rank];
+                // past this the pair is suppressed whatever the rest of the merge finds: a
+                // margin above the threshold that covers Clipper's rounding (kClipperMargin)
+                const double amin = std::min(area_i, (double)slots[p].area);
+                const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                if (start_i >= 0 && star_lower_bound2(profile_i, rel.get() + (size_t)p * 2 * n_rays,
+                                                      slots[p].nverts, zj.x - zi.x, zj.y - zi.y) >= (double)enough) {
+                    ++counts[5 * tid + 3];
+                    suppressed[p] = 1;
+                    continue;
+                }
+                const int nj = polygon(p, pj);
                 int method = 0;
+                // under this it is kept whatever the exact area: the same margin below
+                const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
                 // polygons that are star-shaped about no common point are jagged (spikes, noise);
                 // there Clipper's rounding can move the area far from the geometry, so Clipper
                 // decides them outright when it is linked
-                // past this the pair is suppressed whatever the rest of the merge finds: a
-                // margin above the threshold that covers Clipper's rounding (kClipperMargin)
-                const double amin = std::fmin(area_i, (double)slots[p].area);
-                const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + 2 * clipper_gap(amin))) + 1;
                 const int64_t i2 = intersection_area2(prep_i, pj, nj, zj, [&]() { return is_star(p, pj, nj, zj, other_keys[tid].data()); },
-                                                      s, &method, 0, use_clipper, enough);
-                ++counts[3 * tid + method - 1];
+                                                      s, &method, 0, use_clipper, enough, below);
+                ++counts[5 * tid + method - 1];
                 double inter2 = (double)i2;
                 if (use_clipper && (i2 < 0 || near_threshold((double)i2, (float)area_i, slots[p].area, thresh))) {
                     ++counts_clipper[tid];
@@ -1086,9 +1293,11 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         else work(0, nt, 0);
     }
     for (int t = 0; t < threads; ++t) {
-        st.pairs_exact_star += counts[3 * t];
-        st.pairs_exact_general += counts[3 * t + 1];
-        st.pairs_exact_two_star += counts[3 * t + 2];
+        st.pairs_exact_star += counts[5 * t];
+        st.pairs_exact_general += counts[5 * t + 1];
+        st.pairs_exact_two_star += counts[5 * t + 2];
+        st.pairs_lower_bound += counts[5 * t + 3];
+        st.pairs_upper_bound += counts[5 * t + 4];
         st.pairs_clipper += counts_clipper[t];
     }
     st.seconds_suppress = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepared).count();

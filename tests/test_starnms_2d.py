@@ -134,7 +134,7 @@ def test_render_clips_polygons_leaving_the_image():
 
 # ---- overlap geometry ---------------------------------------------------------------
 
-def _random_pairs(n, seed, noise):
+def _random_pairs(n, seed, noise, reach=8):
     _, prob, dist = dsb_targets_2d()
     if noise:
         prob, dist = add_noise(prob, dist, seed=seed, kind=noise)
@@ -144,7 +144,7 @@ def _random_pairs(n, seed, noise):
     out = []
     while len(out) < n:
         a = idx[rng.integers(len(idx))]
-        b = a + rng.integers(-8, 9, 2)
+        b = a + rng.integers(-reach, reach + 1, 2)
         if not (0 <= b[0] < prob.shape[0] and 0 <= b[1] < prob.shape[1]) or prob[tuple(b)] <= 0.5:
             continue
         pa = _reference.polygon_2d(dist[tuple(a)], a[0], a[1], tables)
@@ -172,6 +172,56 @@ def test_overlap_routines_agree_and_stay_within_clipper_margin(noise):
     assert 1 in methods
     # half the allowed gap: the measured deviations stay well inside it
     assert worst < 0.5, worst
+
+
+def _geometric_area(pa, pb):
+    """|a n b| of the lattice polygons without Clipper's rounding (to about 1e-9 px^2):
+    Clipper on coordinates scaled by 2^20."""
+    s = 1 << 20
+    return _reference.clipper_intersection_area(pa * s, pb * s) / s / s
+
+
+@pytest.mark.parametrize("noise", [None, "mult", "abs"])
+def test_overlap_bounds_hold_and_are_tight(noise):
+    """The lower bound (common star centre) and the slab upper bound the NMS loop settles
+    most pairs with bracket the geometric intersection area; the lower one is tight enough
+    to matter (the loop needs overlap - margin above the threshold)."""
+    lower_ratio, upper_excess = [], []
+    for pa, a, pb, b in _random_pairs(600, seed=11, noise=noise, reach=20):
+        lo, hi = C.polygon_overlap_bounds_2d(pa, a[1], a[0], pb, b[1], b[0])
+        true = _geometric_area(pa, pb)
+        amin = min(_reference.lattice_area(pa), _reference.lattice_area(pb))
+        if lo >= 0:
+            assert lo <= true + 1e-6, (a, b, lo, true)
+            if true > 0.5 * amin:
+                lower_ratio.append(lo / true)
+        if hi >= 0:
+            assert hi >= true - 1e-6, (a, b, hi, true)
+            if true < 0.1 * amin:
+                upper_excess.append((hi - true) / amin)
+    assert len(lower_ratio) > 50 and len(upper_excess) > 50
+    assert np.median(lower_ratio) > 0.7, np.median(lower_ratio)
+    assert np.median(upper_excess) < 0.3, np.median(upper_excess)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(3, 40), st.integers(-12, 12), st.integers(-12, 12), st.integers(0, 2**31 - 1))
+def test_overlap_bounds_hold_on_random_star_polygons(n_rays, dy, dx, seed):
+    rng = np.random.default_rng(seed)
+    tables = _reference.ray_tables_float(n_rays)
+    # spiky or smooth, small or large: the bounds may be loose, never wrong
+    scale = rng.uniform(1, 15)
+    da = (scale * rng.uniform(0.2, 1.5, n_rays)).astype(np.float32)
+    db = (scale * rng.uniform(0.2, 1.5, n_rays)).astype(np.float32)
+    a, b = np.array([50, 50]), np.array([50 + dy, 50 + dx])
+    pa = _reference.polygon_2d(da, a[0], a[1], tables)
+    pb = _reference.polygon_2d(db, b[0], b[1], tables)
+    if _reference.lattice_area(pa) == 0 or _reference.lattice_area(pb) == 0:
+        return
+    lo, hi = C.polygon_overlap_bounds_2d(pa, a[1], a[0], pb, b[1], b[0])
+    true = _geometric_area(pa, pb)
+    assert lo <= true + 1e-6
+    assert hi < 0 or hi >= true - 1e-6
 
 
 def test_clipper_bridge_equals_pyclipper():
