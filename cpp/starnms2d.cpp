@@ -871,6 +871,79 @@ struct Box {
     int32_t x0, x1, y0, y1;
 };
 
+// make() for the NMS's prepare pass when every ray is finite, non-negative and below
+// kSimpleRay (returns false otherwise, nothing usable written): the per-ray work written to
+// vectorise, the clean-up in int32 (products below 2^24). Writes the cleaned vertices
+// relative to the centre as (x, y) int16 pairs, their count, the bounding box (of the
+// uncleaned path: a box that holds the polygon, which is all its users need) and twice
+// the area (cleaning drops only repeated and collinear vertices, which add none).
+constexpr float kSimpleRay = 2000.0f;
+
+inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, int* nverts, Box* box,
+                        int64_t* area2, float* longest) {
+    const int n = M.n_rays;
+    const float* d = M.dist + cell * n;
+    const float* cos_t = M.cos_t.data();
+    const float* sin_t = M.sin_t.data();
+    int32_t out_of_range = 0, longest_bits = 0;
+    for (int k = 0; k < n; ++k) {
+        out_of_range |= !(d[k] >= 0.0f && d[k] < kSimpleRay);  // NaN fails too
+        int32_t bits;
+        std::memcpy(&bits, &d[k], 4);
+        longest_bits = bits > longest_bits ? bits : longest_bits;  // non-negative floats order as their bits
+    }
+    if (out_of_range) return false;
+    std::memcpy(longest, &longest_bits, 4);
+    int32_t X[kMaxRays + 1], Y[kMaxRays + 1];
+    const float px = (float)c.x, py = (float)c.y;
+    const int32_t cx = (int32_t)c.x, cy = (int32_t)c.y;
+    for (int k = 0; k < n; ++k) {
+        X[k] = (int32_t)(px + d[k] * cos_t[k]) - cx;  // truncation, as make()
+        Y[k] = (int32_t)(py + d[k] * sin_t[k]) - cy;
+    }
+    X[n] = X[0], Y[n] = Y[0];
+    int32_t s2 = 0;
+    int32_t x0 = X[0], x1 = X[0], y0 = Y[0], y1 = Y[0];
+    for (int k = 0; k < n; ++k) {
+        s2 += X[k] * Y[k + 1] - Y[k] * X[k + 1];
+        x0 = X[k] < x0 ? X[k] : x0;
+        x1 = X[k] > x1 ? X[k] : x1;
+        y0 = Y[k] < y0 ? Y[k] : y0;
+        y1 = Y[k] > y1 ? Y[k] : y1;
+    }
+    // clean_path in int32 on the stack
+    int32_t U[kMaxRays], V[kMaxRays];
+    auto orient0 = [&](int a, int b, int32_t x, int32_t y) {
+        return (U[b] - U[a]) * (y - V[a]) == (V[b] - V[a]) * (x - U[a]);
+    };
+    int cnt = 0;
+    for (int k = 0; k < n; ++k) {
+        const int32_t x = X[k], y = Y[k];
+        if (cnt > 0 && x == U[cnt - 1] && y == V[cnt - 1]) continue;
+        while (cnt >= 2 && orient0(cnt - 2, cnt - 1, x, y)) --cnt;
+        U[cnt] = x;
+        V[cnt] = y;
+        ++cnt;
+    }
+    int first = 0;  // the closing vertices, as clean_path (dropping the first shifts the start)
+    while (cnt - first >= 3) {
+        const int last = cnt - 1;
+        if (U[last] == U[first] && V[last] == V[first]) --cnt;
+        else if (orient0(last - 1, last, U[first], V[first])) --cnt;
+        else if (orient0(last, first, U[first + 1], V[first + 1])) ++first;
+        else break;
+    }
+    cnt -= first;
+    for (int k = 0; k < cnt; ++k) {
+        rel[2 * k] = (int16_t)U[first + k];
+        rel[2 * k + 1] = (int16_t)V[first + k];
+    }
+    *nverts = cnt;
+    *box = Box{x0 + cx, x1 + cx, y0 + cy, y1 + cy};
+    *area2 = (int64_t)s2;
+    return true;
+}
+
 }  // namespace
 
 namespace {
@@ -1136,6 +1209,15 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             const int64_t i = by_cell[q];
             const int64_t p = pos_of[i];
             const Pt c = centre[i];
+            {
+                Box box;
+                int64_t s2;
+                int nv;
+                if (make_simple(maker, row[i], c, rel.get() + (size_t)p * 2 * n_rays, &nv, &box, &s2, &rmax[p])) {
+                    slots[p] = Slot{box, (float)(0.5 * (double)(s2 < 0 ? -s2 : s2)), nv, i};
+                    continue;
+                }
+            }
             const int nv = maker.make(row[i], c, v.data(), &rmax[p], &is_bad);
             int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
             int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
