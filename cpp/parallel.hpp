@@ -51,6 +51,27 @@ void parallel_for_tid(int64_t n, int threads, F&& fn) {
 #endif
 }
 
+// fn(thread_id, team_size) once on each thread of a team that runs concurrently (code that
+// waits on another member relies on it); team_size may be below the request.
+template <typename F>
+void parallel_team(int threads, F&& fn) {
+    threads = effective_threads(threads);
+#if SEGRT_HAVE_OPENMP
+    if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+        fn(omp_get_thread_num(), omp_get_num_threads());
+        return;
+    }
+#endif
+    fn(0, 1);
+}
+
+inline void spin_pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
 template <typename F>
 void parallel_for(int64_t n, int threads, F&& fn) {
     parallel_for_tid(n, threads, [&](int64_t b, int64_t e, int) { fn(b, e); });

@@ -30,7 +30,7 @@ namespace starnms {
 struct Nms2DStats {
     int64_t candidates = 0;
     int64_t kept = 0;
-    int64_t pairs_considered = 0;    // unsuppressed later candidates near a kept one
+    int64_t pairs_considered = 0;    // kept polygons near a later candidate
     int64_t pairs_bound_rejected = 0;  // decided by the bounding-box bound
     int64_t pairs_exact_star = 0;    // exact overlap, common-star-centre merge
     int64_t pairs_exact_general = 0; // exact overlap, general routine

@@ -1,5 +1,6 @@
 // 2D star-convex NMS: see starnms.hpp for the algorithm and the conventions it keeps.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -7,6 +8,7 @@
 #include <memory>
 #include <stdexcept>
 #include <type_traits>
+#include <vector>
 
 #include "clipper_bridge.hpp"
 #include "parallel.hpp"
@@ -226,16 +228,17 @@ int64_t star_intersection_area2(const Pt* A, const double* AK, const ClipEdge* A
 // point of sector s: the least distance from z to an edge whose angular span meets the
 // sector (a is star-shaped about z, so its boundary at any angle lies on such an edge).
 constexpr int kSectors = 64;
-constexpr int kSpan = 8;  // StarProfile keeps minima over up to kSpan consecutive sectors
+constexpr int kSpan = 4;  // StarProfile keeps minima over up to kSpan consecutive sectors
 constexpr int kMaxRays = 255;
 
 struct StarProfile {
-    double min_over[kSectors][kSpan];  // [s][l]: least profile over sectors s .. s + l (cyclic)
+    // [s][l]: least profile over sectors s .. s + l (cyclic), rounded down to float
+    float min_over[kSectors][kSpan];
     // least profile over sectors s0 .. s1, cyclic
     inline double range(int s0, int s1) const {
         const int l = (s1 - s0) & (kSectors - 1);
         if (l < kSpan) return min_over[s0][l];
-        double r = min_over[s0][kSpan - 1];
+        float r = min_over[s0][kSpan - 1];
         for (int s = s0 + kSpan; s <= s0 + l; ++s) r = std::min(r, min_over[s & (kSectors - 1)][0]);
         return r;
     }
@@ -273,20 +276,26 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
         double r = profile[s];
         for (int l = 0; l < kSpan; ++l) {
             r = std::min(r, profile[(s + l) & (kSectors - 1)]);
-            P.min_over[s][l] = r;
+            float f = (float)r;
+            if ((double)f > r) f = std::nextafter(f, 0.0f);  // a radius inside a stays inside
+            P.min_over[s][l] = f;
         }
     }
 }
 
-// Twice a lower bound on |a n b|, or -1 when b is not star-shaped about a's centre z (the
-// test star_prepare makes). b: its vertices relative to its own centre, (x, y) pairs, which
-// lies at z + dz. b is the union of the triangles (z, b_k, b_k+1); each, shrunk towards z
-// until no point of it lies beyond the profile over its wedge, lies in a.
+// Twice a lower bound on |a n b|. b: its vertices relative to its own centre, (x, y) pairs,
+// which lies at z + dz (z: a's centre, about which P is a's profile). Seen from z, b is the
+// signed sum of the triangles (z, b_k, b_k+1) (for a simple b its winding number is that
+// sum); each counter-clockwise triangle, shrunk towards z until no point of it lies beyond
+// the profile over its wedge, lies in a, and a clockwise one can take away at most its own
+// area. Counter-clockwise triangles only when b is star-shaped about z (the test
+// star_prepare makes); otherwise b must be known to be simple (`simple`: star-shaped about
+// its own centre) or -1 is returned.
 // This bound is most of the NMS's work, so the per-vertex loops are written to vectorise:
 // angles and radii in float, each vertex's sector range widened by the key's rounding error
 // and the radius lowered by its own, so that the bound stays a bound; the star test and
 // the sum in double (exact products: coordinates below 2^17). m <= kMaxRays.
-double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy) {
+double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
     constexpr float kKeyError = 1e-5f;  // far above float rounding of a key in [0, 4)
     // local arrays: the compiler sees they alias nothing and vectorises without run-time checks
     double X[kMaxRays + 1], Y[kMaxRays + 1], inv_rho[kMaxRays + 1];  // the first vertex repeated at m
@@ -305,8 +314,9 @@ double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_
         const float lo = key - kKeyError, hi = key + kKeyError;
         const int32_t slo = (int32_t)((lo < 0.0f ? lo + 4.0f : lo) * (kSectors / 4.0f));
         const int32_t shi = (int32_t)((hi >= 4.0f ? hi - 4.0f : hi) * (kSectors / 4.0f));
-        sec_lo[k] = slo < kSectors ? slo : kSectors - 1;
-        sec_hi[k] = shi < kSectors ? shi : kSectors - 1;
+        // clamped: a vertex on z has no angle (its triangles have no area and no wedge)
+        sec_lo[k] = std::min(std::max(slo, 0), kSectors - 1);
+        sec_hi[k] = std::min(std::max(shi, 0), kSectors - 1);
     }
     const int32_t ix = (int32_t)dzx, iy = (int32_t)dzy;
     for (int k = 0; k < m; ++k) {
@@ -328,14 +338,15 @@ double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_
         bad += (c < 0 || (c == 0 && d <= 0)) ? 1.0 : 0.0;
         wraps += (Y[k] < 0 && Y[k + 1] >= 0) ? 1.0 : 0.0;
     }
-    if (bad != 0 || wraps != 1) return -1;
-    // each wedge's radius (a radial step has no area and takes 0)
+    if ((bad != 0 || wraps != 1) && !simple) return -1;
+    // each counter-clockwise wedge's radius
     for (int k = 0; k < m; ++k) R[k] = cross[k] > 0 ? P.range(sec_lo[k], sec_hi[k + 1]) : 0.0;
     double sum = 0;
     for (int k = 0; k < m; ++k) {
         const double f0 = R[k] * inv_rho[k], f1 = R[k] * inv_rho[k + 1];  // shrink: min(1, r / rho)
-        sum += cross[k] * (f0 < 1.0 ? f0 : 1.0) * (f1 < 1.0 ? f1 : 1.0);
+        sum += cross[k] > 0 ? cross[k] * (f0 < 1.0 ? f0 : 1.0) * (f1 < 1.0 ? f1 : 1.0) : cross[k];
     }
+    if (sum <= 0) return 0;
     return sum * (1.0 - 1e-9);
 }
 
@@ -1016,7 +1027,8 @@ OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca
             rel[2 * k + 1] = (int16_t)dy;
         }
         if (fits) {
-            const double lb2 = star_lower_bound2(profile, rel.data(), m, cb_x - ca_x, cb_y - ca_y);
+            const bool b_simple = star_prepare(P.b.data(), m, Pt{2 * cb_x, 2 * cb_y}, P.kb.data()) >= 0;
+            const double lb2 = star_lower_bound2(profile, rel.data(), m, cb_x - ca_x, cb_y - ca_y, b_simple);
             if (lb2 >= 0) r.lower = 0.5 * lb2;
         }
     }
@@ -1183,7 +1195,6 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::unique_ptr<Slot[]> slots(new Slot[n]);
     std::unique_ptr<float[]> rmax(new float[n]);
     std::unique_ptr<int16_t[]> rel(new int16_t[(size_t)n * 2 * n_rays]);  // vertices relative to the centre
-    std::vector<uint8_t> star(n, 0);                   // 0 unknown, 1 star-shaped, 2 not
     const auto t_buckets = std::chrono::steady_clock::now();
     std::vector<int64_t> by_cell(n);
     {
@@ -1247,141 +1258,280 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
     const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
 
-    auto polygon = [&](int64_t p, Pt* out) -> int {
-        const Pt c = centre[slots[p].rank];
-        const int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
-        const int nv = slots[p].nverts;
-        for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
-        return nv;
-    };
-    auto is_star = [&](int64_t p, const Pt* v, int nv, const Pt& c, double* scratch_keys) -> bool {
-        uint8_t f = __atomic_load_n(&star[p], __ATOMIC_RELAXED);
-        if (f == 0) {
-            f = star_prepare(v, nv, Pt{2 * c.x, 2 * c.y}, scratch_keys) >= 0 ? 1 : 2;
-            __atomic_store_n(&star[p], f, __ATOMIC_RELAXED);
-        }
-        return f == 1;
-    };
-    std::vector<uint8_t> suppressed(n, 0);  // by slot
-    std::vector<int64_t> cursor(bucket_start.begin(), bucket_start.end() - 1);
     const auto t_prepared = std::chrono::steady_clock::now();
     st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
     st.seconds_polygons = std::chrono::duration<double>(t_prepared - t_sorted).count();
     st.seconds_buckets = std::chrono::duration<double>(t_sorted - t_start).count();
 
-    // 3. greedy suppression
-    std::vector<PairScratch> scratch(threads);
-    std::vector<std::vector<Pt>> other(threads, std::vector<Pt>(n_rays));
-    std::vector<std::vector<double>> other_keys(threads, std::vector<double>(n_rays));
-    for (auto& s : scratch) s.reserve(n_rays);
-    std::vector<Pt> poly_i(n_rays), rot_i(n_rays + 1);
-    std::vector<double> key_i(n_rays), rot_key_i(n_rays + 1);
-    std::vector<ClipEdge> clip_i(n_rays);
-    StarProfile profile_i;
-    std::vector<int64_t> todo;
-    std::vector<int64_t> counts(5 * threads, 0), counts_clipper(threads, 0);
-    const bool use_clipper = clipper_available();
-    std::vector<std::vector<int64_t>> clip_buf(threads, std::vector<int64_t>(4 * n_rays));
-    auto clipper_area = [&](const Pt* a, int n, const Pt* b, int m, int tid) {
-        int64_t* buf = clip_buf[tid].data();
-        for (int k = 0; k < n; ++k) buf[2 * k] = a[k].x, buf[2 * k + 1] = a[k].y;
-        for (int k = 0; k < m; ++k) buf[2 * n + 2 * k] = b[k].x, buf[2 * n + 2 * k + 1] = b[k].y;
-        return clipper_intersection_area(buf, n, buf + 2 * n, m);
+    // 3. greedy suppression, pulled: each candidate, in rank order, is tested against the
+    //    kept polygons near it (a per-bucket index of kept polygons) and is kept when none
+    //    suppresses it; the same decisions as pushing each kept polygon onto the later
+    //    candidates. Threads own horizontal strips of buckets with equal candidate counts and
+    //    run their candidates in rank order; a candidate whose neighbourhood reaches into
+    //    another strip waits until that strip has decided every candidate ranked before it.
+    //    The thread holding the lowest undecided rank never waits, so all finish.
+    struct Kept {
+        int64_t slot, rank;
+        bool star;  // star-shaped about its centre: profile valid
+        StarProfile profile;
     };
+    // bucket b lists the kept polygons whose boxes meet it (a pushed-onto list: a polygon near
+    // a strip's edge may be listed in the next strip's buckets by that strip's thread)
+    struct Node {  // what the bound needs is copied in, so that rejected pairs read nothing else
+        Box box;
+        float area;
+        int32_t pad;
+        int64_t rank;
+        const Kept* kept;
+        Node* next;
+    };
+    constexpr int64_t kChunk = 256;
+    std::vector<std::vector<std::unique_ptr<Kept[]>>> kept_store(threads);
+    std::vector<std::vector<std::unique_ptr<Node[]>>> node_store(threads);
+    std::unique_ptr<std::atomic<Node*>[]> kept_head(new std::atomic<Node*>[nbx * nby]);
+    for (int64_t b = 0; b < nbx * nby; ++b) kept_head[b].store(nullptr, std::memory_order_relaxed);
+    auto bucket_x = [&](int64_t x) { return std::min<int64_t>(nbx - 1, std::max<int64_t>(0, (x - cx0) / bucket)); };
+    auto bucket_y = [&](int64_t y) { return std::min<int64_t>(nby - 1, std::max<int64_t>(0, (y - cy0) / bucket)); };
+    struct alignas(64) Progress {
+        std::atomic<int64_t> rank;  // every candidate of the strip ranked below this is decided
+    };
+    std::unique_ptr<Progress[]> progress(new Progress[threads]);
+    for (int t = 0; t < threads; ++t) progress[t].rank.store(-1, std::memory_order_relaxed);
+    // candidates per bucket row, for strips of equal work
+    std::vector<int64_t> row_start(nby + 1, 0);
+    for (int64_t by = 0; by < nby; ++by) row_start[by + 1] = bucket_start[(by + 1) * nbx];
+    std::vector<int64_t> counts(7 * threads, 0), counts_clipper(threads, 0);
+    const bool use_clipper = clipper_available();
     const double thresh_lo = (double)thresh * (1.0 - 1e-6);
 
-    for (int64_t i = 0; i < n; ++i) {
-        const int64_t pi = pos_of[i];
-        if (suppressed[pi]) continue;
-        keep[i] = 1;
-        ++st.kept;
-        if (i == n - 1) break;
-        const int ni = polygon(pi, poly_i.data());
-        const Pt zi = centre[i];
-        const int start_i = star_prepare(poly_i.data(), ni, Pt{2 * zi.x, 2 * zi.y}, key_i.data());
-        if (start_i >= 0) rotate_star(poly_i.data(), key_i.data(), ni, start_i, rot_i.data(), rot_key_i.data());
-        if (start_i >= 0) {
-            for (int k = 0; k < ni; ++k) clip_i[k] = make_clip_edge(rot_i[k], rot_i[k + 1]);
-            star_profile(rot_i.data(), rot_key_i.data(), ni, zi, profile_i);
-        }
-        const PreparedA prep_i{poly_i.data(), ni, zi, start_i, key_i.data(), rot_i.data(), rot_key_i.data(), clip_i.data()};
-        const Box bi = slots[pi].box;
-        const double area_i = slots[pi].area;
-        const int64_t qx0 = std::max<int64_t>(0, (bi.x0 - reach - cx0) / bucket);
-        const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (bi.x1 + reach - cx0)) / bucket);
-        const int64_t qy0 = std::max<int64_t>(0, (bi.y0 - reach - cy0) / bucket);
-        const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (bi.y1 + reach - cy0)) / bucket);
-        todo.clear();
-        for (int64_t by = qy0; by <= qy1; ++by) {
-            for (int64_t bx = qx0; bx <= qx1; ++bx) {
-                const int64_t b = by * nbx + bx;
-                int64_t p = cursor[b];
-                const int64_t end = bucket_start[b + 1];
-                while (p < end && slots[p].rank <= i) ++p;
-                cursor[b] = p;
-                for (; p < end; ++p) {
-                    if (suppressed[p]) continue;
-                    ++st.pairs_considered;
-                    const Slot& sj = slots[p];
-                    const int64_t w = (int64_t)std::min(bi.x1, sj.box.x1) - std::max(bi.x0, sj.box.x0);
-                    const int64_t h = (int64_t)std::min(bi.y1, sj.box.y1) - std::max(bi.y0, sj.box.y0);
-                    // the intersection lies inside both boxes: an upper bound on its area
-                    if (w <= 0 || h <= 0 ||
-                        (double)w * (double)h / (std::min(area_i, (double)sj.area) + 1.e-10) <= thresh_lo) {
-                        ++st.pairs_bound_rejected;
-                        continue;
-                    }
-                    todo.push_back(p);
-                }
-            }
-        }
-        const int64_t nt = (int64_t)todo.size();
-        auto work = [&](int64_t t0, int64_t t1, int tid) {
-            PairScratch& s = scratch[tid];
-            Pt* pj = other[tid].data();
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t p = todo[t];
-                const Pt zj = centre[slots[p].rank];
-                // past this the pair is suppressed whatever the rest of the merge finds: a
-                // margin above the threshold that covers Clipper's rounding (kClipperMargin)
-                const double amin = std::min(area_i, (double)slots[p].area);
-                const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-                if (start_i >= 0 && star_lower_bound2(profile_i, rel.get() + (size_t)p * 2 * n_rays,
-                                                      slots[p].nverts, zj.x - zi.x, zj.y - zi.y) >= (double)enough) {
-                    ++counts[5 * tid + 3];
-                    suppressed[p] = 1;
-                    continue;
-                }
-                const int nj = polygon(p, pj);
-                int method = 0;
-                // under this it is kept whatever the exact area: the same margin below
-                const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
-                // polygons that are star-shaped about no common point are jagged (spikes, noise);
-                // there Clipper's rounding can move the area far from the geometry, so Clipper
-                // decides them outright when it is linked
-                const int64_t i2 = intersection_area2(prep_i, pj, nj, zj, [&]() { return is_star(p, pj, nj, zj, other_keys[tid].data()); },
-                                                      s, &method, 0, use_clipper, enough, below);
-                ++counts[5 * tid + method - 1];
-                double inter2 = (double)i2;
-                if (use_clipper && (i2 < 0 || near_threshold((double)i2, (float)area_i, slots[p].area, thresh))) {
-                    ++counts_clipper[tid];
-                    inter2 = 2.0 * clipper_area(prep_i.v, prep_i.n, pj, nj, tid);
-                }
-                if (overlap_exceeds(inter2, (float)area_i, slots[p].area, thresh)) suppressed[p] = 1;
-            }
+    parallel_team(threads, [&](int tid, int team) {
+        // this thread's strip of bucket rows: [row_lo, row_hi)
+        auto strip_row = [&](int t) {
+            const int64_t target = n * t / team;
+            return (int64_t)(std::lower_bound(row_start.begin(), row_start.end(), target) - row_start.begin());
         };
-        // fan out only when there is enough exact work to pay for waking the threads
-        if (threads > 1 && nt >= 32) parallel_for_tid(nt, threads, work);
-        else work(0, nt, 0);
-    }
+        std::vector<int64_t> strip_lo(team + 1);
+        for (int t = 0; t <= team; ++t) strip_lo[t] = t == team ? nby : std::min<int64_t>(nby, strip_row(t));
+        strip_lo[0] = 0;
+        const int64_t row_lo = strip_lo[tid], row_hi = strip_lo[tid + 1];
+        auto strip_of = [&](int64_t by) {
+            return (int)(std::upper_bound(strip_lo.begin(), strip_lo.end(), by) - strip_lo.begin()) - 1;
+        };
+        std::vector<int64_t> mine;  // this strip's candidates in rank order
+        for (int64_t i = 0; i < n; ++i) {
+            const int64_t by = (centre[i].y - cy0) / bucket;
+            if (by >= row_lo && by < row_hi) mine.push_back(i);
+        }
+        progress[tid].rank.store(mine.empty() ? n : mine[0], std::memory_order_release);
+
+        auto& store = kept_store[tid];
+        auto& nodes = node_store[tid];
+        int64_t stored = 0, noded = 0;
+        PairScratch s;
+        s.reserve(n_rays);
+        std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1);
+        std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays);
+        std::vector<ClipEdge> clip_a(n_rays);
+        std::vector<Pt> rot_j(n_rays + 1);
+        std::vector<double> rot_key_j(n_rays + 1);
+        StarProfile j_profile;
+        std::vector<int64_t> clip_buf(4 * n_rays);
+        std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
+        int64_t* cnt = &counts[7 * tid];
+        auto polygon = [&](int64_t p, Pt* out) -> int {
+            const Pt c = centre[slots[p].rank];
+            const int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
+            const int nv = slots[p].nverts;
+            for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
+            return nv;
+        };
+
+        const size_t rel_bytes = sizeof(int16_t) * 2 * (size_t)n_rays;
+        for (size_t q = 0; q < mine.size(); ++q) {
+            // rank order visits slots at random: fetch ahead, the slot index first
+            if (q + 16 < mine.size()) __builtin_prefetch(&pos_of[mine[q + 16]]);
+            if (q + 8 < mine.size()) {
+                const int64_t ahead = pos_of[mine[q + 8]];
+                __builtin_prefetch(&slots[ahead]);
+                const char* r = (const char*)(rel.get() + (size_t)ahead * 2 * n_rays);
+                for (size_t off = 0; off < rel_bytes; off += 64) __builtin_prefetch(r + off);
+            }
+            const int64_t j = mine[q];
+            const int64_t pj_slot = pos_of[j];
+            const Slot& sj = slots[pj_slot];
+            const Pt zj = centre[j];
+            const int64_t qx0 = std::max<int64_t>(0, (sj.box.x0 - reach - cx0) / bucket);
+            const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (sj.box.x1 + reach - cx0)) / bucket);
+            const int64_t qy0 = std::max<int64_t>(0, (sj.box.y0 - reach - cy0) / bucket);
+            const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (sj.box.y1 + reach - cy0)) / bucket);
+            // Other strips holding centres within reach of j's box must have decided every
+            // candidate ranked before j before j may be kept; a suppression by a polygon
+            // already kept is final, so j is first tested against what is there.
+            const bool seam = sj.box.y0 - reach < cy0 + row_lo * bucket || sj.box.y1 + reach >= cy0 + row_hi * bucket;
+            auto others_ready = [&](bool wait) {
+                for (int u = strip_of(qy0); u <= strip_of(qy1); ++u) {
+                    if (u == tid) continue;
+                    while (progress[u].rank.load(std::memory_order_acquire) < j) {
+                        if (!wait) return false;
+                        spin_pause();
+                    }
+                }
+                return true;
+            };
+            bool ready = !seam || others_ready(false);
+            int nj = -1;
+            int b_star = -1;  // j star-shaped about its own centre: unknown / no / yes
+            int j_profile_state = 0;  // j_profile: not made / made / j not star-shaped
+            bool suppressed = false;
+            for (int attempt = 0; attempt < 2 && !suppressed; ++attempt) {
+                if (attempt == 1) {
+                    if (ready) break;
+                    ready = others_ready(true);
+                }
+                // kept polygons whose boxes meet j's and leave room for the threshold, nearest
+                // first; a pair is looked at in the one bucket that holds its boxes' common corner
+                near.clear();
+                const int64_t bx0 = bucket_x(sj.box.x0), bx1 = bucket_x(sj.box.x1);
+                const int64_t by0 = bucket_y(sj.box.y0), by1 = bucket_y(sj.box.y1);
+                for (int64_t by = by0; by <= by1; ++by) {
+                    for (int64_t bx = bx0; bx <= bx1; ++bx) {
+                        for (const Node* e = kept_head[by * nbx + bx].load(std::memory_order_acquire); e; e = e->next) {
+                            if (e->rank > j) continue;  // another strip ran ahead
+                            const Box& bi = e->box;
+                            if (bucket_x(std::max(bi.x0, sj.box.x0)) != bx || bucket_y(std::max(bi.y0, sj.box.y0)) != by)
+                                continue;
+                            ++cnt[5];
+                            const int64_t w = (int64_t)std::min(bi.x1, sj.box.x1) - std::max(bi.x0, sj.box.x0);
+                            const int64_t h = (int64_t)std::min(bi.y1, sj.box.y1) - std::max(bi.y0, sj.box.y0);
+                            // the intersection lies inside both boxes: an upper bound on its area
+                            if (w <= 0 || h <= 0 ||
+                                (double)w * (double)h / (std::min((double)e->area, (double)sj.area) + 1.e-10) <= thresh_lo) {
+                                ++cnt[6];
+                                continue;
+                            }
+                            const Pt zi = centre[e->rank];
+                            near.emplace_back((zi.x - zj.x) * (zi.x - zj.x) + (zi.y - zj.y) * (zi.y - zj.y), e->kept);
+                        }
+                    }
+                }
+                std::sort(near.begin(), near.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+                for (const auto& entry : near) {
+                    const Kept& K = *entry.second;
+                    const Slot& si = slots[K.slot];
+                    const Pt zi = centre[K.rank];
+                    const double area_i = si.area;
+                    const double amin = std::min(area_i, (double)sj.area);
+                    // past this the pair is suppressed whatever the exact area: a margin above the
+                    // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
+                    const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                    const int16_t* rel_j = rel.get() + (size_t)pj_slot * 2 * n_rays;
+                    double lb = K.star ? star_lower_bound2(K.profile, rel_j, sj.nverts, zj.x - zi.x, zj.y - zi.y, false) : 0;
+                    if (lb >= (double)enough) {
+                        ++cnt[3];
+                        suppressed = true;
+                        break;
+                    }
+                    // noisy outlines are often star-shaped about their own centre only: j's star
+                    // test and profile, once per candidate, for the bound with clockwise
+                    // triangles about i's centre and the bound about j's centre
+                    if (j_profile_state == 0) {
+                        if (nj < 0) nj = polygon(pj_slot, pj.data());
+                        const int start = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                        b_star = start >= 0;
+                        j_profile_state = 2;
+                        if (start >= 0) {
+                            rotate_star(pj.data(), keys_j.data(), nj, start, rot_j.data(), rot_key_j.data());
+                            star_profile(rot_j.data(), rot_key_j.data(), nj, zj, j_profile);
+                            j_profile_state = 1;
+                        }
+                    }
+                    if (K.star && lb < 0 && b_star == 1)
+                        lb = star_lower_bound2(K.profile, rel_j, sj.nverts, zj.x - zi.x, zj.y - zi.y, true);
+                    if (lb < (double)enough && j_profile_state == 1)
+                        lb = std::max(lb, star_lower_bound2(j_profile, rel.get() + (size_t)K.slot * 2 * n_rays,
+                                                            si.nverts, zi.x - zj.x, zi.y - zj.y, K.star));
+                    if (lb >= (double)enough) {
+                        ++cnt[3];
+                        suppressed = true;
+                        break;
+                    }
+                    const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+                    if (nj < 0) nj = polygon(pj_slot, pj.data());
+                    const int na = polygon(K.slot, pa.data());
+                    const int start_a = star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data());
+                    if (start_a >= 0) {
+                        rotate_star(pa.data(), key_a.data(), na, start_a, rot_a.data(), rot_key_a.data());
+                        for (int k = 0; k < na; ++k) clip_a[k] = make_clip_edge(rot_a[k], rot_a[k + 1]);
+                    }
+                    const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
+                    int method = 0;
+                    auto j_star = [&]() {
+                        if (b_star < 0) b_star = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, keys_j.data()) >= 0;
+                        return b_star == 1;
+                    };
+                    // polygons that are star-shaped about no common point are jagged (spikes, noise);
+                    // there Clipper's rounding can move the area far from the geometry, so Clipper
+                    // decides them outright when it is linked
+                    const int64_t i2 = intersection_area2(A, pj.data(), nj, zj, j_star, s, &method, 0, use_clipper, enough, below);
+                    ++cnt[method - 1];
+                    double inter2 = (double)i2;
+                    if (use_clipper && (i2 < 0 || near_threshold((double)i2, si.area, sj.area, thresh))) {
+                        ++counts_clipper[tid];
+                        for (int k = 0; k < na; ++k) clip_buf[2 * k] = pa[k].x, clip_buf[2 * k + 1] = pa[k].y;
+                        for (int k = 0; k < nj; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
+                        inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nj);
+                    }
+                    if (overlap_exceeds(inter2, si.area, sj.area, thresh)) {
+                        suppressed = true;
+                        break;
+                    }
+                }
+            }
+            if (!suppressed) {
+                keep[j] = 1;
+                if ((stored & (kChunk - 1)) == 0) store.emplace_back(new Kept[kChunk]);
+                Kept& K = store.back()[stored & (kChunk - 1)];
+                ++stored;
+                K.slot = pj_slot;
+                K.rank = j;
+                if (nj < 0) nj = polygon(pj_slot, pj.data());
+                const int start = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, key_a.data());
+                K.star = start >= 0;
+                if (K.star) {
+                    rotate_star(pj.data(), key_a.data(), nj, start, rot_a.data(), rot_key_a.data());
+                    star_profile(rot_a.data(), rot_key_a.data(), nj, zj, K.profile);
+                }
+                for (int64_t by = bucket_y(sj.box.y0); by <= bucket_y(sj.box.y1); ++by) {
+                    for (int64_t bx = bucket_x(sj.box.x0); bx <= bucket_x(sj.box.x1); ++bx) {
+                        if ((noded & (kChunk - 1)) == 0) nodes.emplace_back(new Node[kChunk]);
+                        Node* e = &nodes.back()[noded & (kChunk - 1)];
+                        ++noded;
+                        e->box = sj.box;
+                        e->area = sj.area;
+                        e->rank = j;
+                        e->kept = &K;
+                        std::atomic<Node*>& head = kept_head[by * nbx + bx];
+                        e->next = head.load(std::memory_order_relaxed);
+                        while (!head.compare_exchange_weak(e->next, e, std::memory_order_release,
+                                                           std::memory_order_relaxed)) {
+                        }
+                    }
+                }
+            }
+            progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
+        }
+    });
     for (int t = 0; t < threads; ++t) {
-        st.pairs_exact_star += counts[5 * t];
-        st.pairs_exact_general += counts[5 * t + 1];
-        st.pairs_exact_two_star += counts[5 * t + 2];
-        st.pairs_lower_bound += counts[5 * t + 3];
-        st.pairs_upper_bound += counts[5 * t + 4];
+        st.pairs_exact_star += counts[7 * t];
+        st.pairs_exact_general += counts[7 * t + 1];
+        st.pairs_exact_two_star += counts[7 * t + 2];
+        st.pairs_lower_bound += counts[7 * t + 3];
+        st.pairs_upper_bound += counts[7 * t + 4];
+        st.pairs_considered += counts[7 * t + 5];
+        st.pairs_bound_rejected += counts[7 * t + 6];
         st.pairs_clipper += counts_clipper[t];
     }
+    for (int64_t i = 0; i < n; ++i) st.kept += keep[i];
     st.seconds_suppress = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepared).count();
     if (stats) *stats = st;
     return keep;

@@ -183,14 +183,17 @@ def _geometric_area(pa, pb):
 
 @pytest.mark.parametrize("noise", [None, "mult", "abs"])
 def test_overlap_bounds_hold_and_are_tight(noise):
-    """The lower bound (common star centre) and the slab upper bound the NMS loop settles
-    most pairs with bracket the geometric intersection area; the lower one is tight enough
-    to matter (the loop needs overlap - margin above the threshold)."""
+    """The lower bound (about either centre; clockwise triangles taken off when the other
+    polygon is not star-shaped about it) and the slab upper bound the NMS loop settles most
+    pairs with bracket the geometric intersection area; the lower one is tight enough to
+    matter (the loop needs overlap - margin above the threshold)."""
     lower_ratio, upper_excess = [], []
     for pa, a, pb, b in _random_pairs(600, seed=11, noise=noise, reach=20):
         lo, hi = C.polygon_overlap_bounds_2d(pa, a[1], a[0], pb, b[1], b[0])
+        lo_swapped, _ = C.polygon_overlap_bounds_2d(pb, b[1], b[0], pa, a[1], a[0])
         true = _geometric_area(pa, pb)
         amin = min(_reference.lattice_area(pa), _reference.lattice_area(pb))
+        assert lo_swapped <= true + 1e-6, (a, b, lo_swapped, true)
         if lo >= 0:
             assert lo <= true + 1e-6, (a, b, lo, true)
             if true > 0.5 * amin:
@@ -219,8 +222,9 @@ def test_overlap_bounds_hold_on_random_star_polygons(n_rays, dy, dx, seed):
     if _reference.lattice_area(pa) == 0 or _reference.lattice_area(pb) == 0:
         return
     lo, hi = C.polygon_overlap_bounds_2d(pa, a[1], a[0], pb, b[1], b[0])
+    lo_swapped, _ = C.polygon_overlap_bounds_2d(pb, b[1], b[0], pa, a[1], a[0])
     true = _geometric_area(pa, pb)
-    assert lo <= true + 1e-6
+    assert lo <= true + 1e-6 and lo_swapped <= true + 1e-6
     assert hi < 0 or hi >= true - 1e-6
 
 
