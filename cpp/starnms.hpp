@@ -13,10 +13,17 @@
 //     the two angularly sorted vertex lists in O(n + m) integer operations. Otherwise a
 //     general O(n m) routine sums, by Green's theorem, the pieces of each boundary lying
 //     inside the other polygon. Both give the exact lattice area in int64.
-//     Candidates are bucketed on a uniform grid sized by the largest polygon, so each kept
-//     polygon looks only at nearby candidates; a bounding-box bound rejects pairs that
-//     cannot reach the threshold before any exact work. Work on the neighbours of one kept
-//     polygon is shared among threads (OpenMP), as the greedy order itself is sequential.
+//     Most pairs never need it. Before exact work: a bounding-box bound; a lower bound
+//     (the kept polygon's inscribed radius per angular sector about its centre, against
+//     the candidate's triangle fan about that centre, each triangle shrunk to fit; also
+//     with the roles swapped) that proves nearly every suppression; and a slab upper bound
+//     for neighbours that barely touch. Decisions within a margin of the threshold that
+//     covers Clipper's rounding always come from exact work (or Clipper itself).
+//     The greedy loop is pulled: candidates, in rank order, test the kept polygons whose
+//     boxes meet theirs (a per-bucket index of kept polygons, nearest first). Threads own
+//     horizontal strips of equal candidate counts; a candidate near another strip may be
+//     suppressed at once by what is already kept, but is kept only after that strip has
+//     decided every candidate ranked before it. The result never depends on the threads.
 //
 // 3D. See starnms3d.cpp.
 #pragma once

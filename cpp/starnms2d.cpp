@@ -1093,35 +1093,55 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                                        int64_t& nan_count) {
     nan_count = 0;
     const int nd = (int)shape.size();
+    for (int d = 0; d < nd; ++d)
+        if (lo[d] >= hi[d]) return {};
     std::vector<int64_t> strides(nd, 1);
     for (int d = nd - 2; d >= 0; --d) strides[d] = strides[d + 1] * shape[d + 1];
     using K = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+    // the first axis in parts, one per thread, concatenated in order: flat indices stay
+    // ascending, which the stable sort turns into the tie order
+    const int64_t first = hi[0] - lo[0];
+    const int parts = (int)std::min<int64_t>(effective_threads(0), first);
+    std::vector<std::vector<K>> part_keys(parts);
+    std::vector<std::vector<int64_t>> part_idx(parts);
+    std::vector<int64_t> part_nan(parts, 0);
+    parallel_for(parts, parts, [&](int64_t p0, int64_t p1) {
+        for (int64_t part = p0; part < p1; ++part) {
+            std::vector<K>& keys = part_keys[part];
+            std::vector<int64_t>& idx = part_idx[part];
+            int64_t nans = 0;
+            // walk the rows of the last axis inside the border
+            std::vector<int64_t> pos(lo.begin(), lo.end()), end(hi.begin(), hi.end());
+            pos[0] = lo[0] + first * part / parts;
+            end[0] = lo[0] + first * (part + 1) / parts;
+            while (true) {
+                int64_t base = 0;
+                for (int d = 0; d < nd - 1; ++d) base += pos[d] * strides[d];
+                for (int64_t x = lo[nd - 1]; x < hi[nd - 1]; ++x) {
+                    const T v = prob[base + x];
+                    if (v > thresh) {
+                        keys.push_back(order_key(v));
+                        idx.push_back(base + x);
+                    }
+                    nans += (v != v);
+                }
+                int d = nd - 2;
+                while (d >= 0) {
+                    if (++pos[d] < end[d]) break;
+                    pos[d] = lo[d];
+                    --d;
+                }
+                if (d < 0) break;
+            }
+            part_nan[part] = nans;
+        }
+    });
     std::vector<K> keys;
     std::vector<int64_t> idx;
-    // walk the rows of the last axis inside the border
-    std::vector<int64_t> pos(nd, 0);
-    for (int d = 0; d < nd; ++d) {
-        if (lo[d] >= hi[d]) return {};
-        pos[d] = lo[d];
-    }
-    while (true) {
-        int64_t base = 0;
-        for (int d = 0; d < nd - 1; ++d) base += pos[d] * strides[d];
-        for (int64_t x = lo[nd - 1]; x < hi[nd - 1]; ++x) {
-            const T v = prob[base + x];
-            if (v > thresh) {
-                keys.push_back(order_key(v));
-                idx.push_back(base + x);
-            }
-            nan_count += (v != v);
-        }
-        int d = nd - 2;
-        while (d >= 0) {
-            if (++pos[d] < hi[d]) break;
-            pos[d] = lo[d];
-            --d;
-        }
-        if (d < 0) break;
+    for (int part = 0; part < parts; ++part) {
+        keys.insert(keys.end(), part_keys[part].begin(), part_keys[part].end());
+        idx.insert(idx.end(), part_idx[part].begin(), part_idx[part].end());
+        nan_count += part_nan[part];
     }
     radix_sort_stable(keys, idx);
     return idx;
