@@ -53,8 +53,6 @@ py::dict stats_2d(const Nms2DStats& s) {
     d["pairs_upper_bound"] = s.pairs_upper_bound;
     d["pairs_clipper"] = s.pairs_clipper;
     d["seconds_prepare"] = s.seconds_prepare;
-    d["seconds_buckets"] = s.seconds_buckets;
-    d["seconds_polygons"] = s.seconds_polygons;
     d["seconds_suppress"] = s.seconds_suppress;
     return d;
 }

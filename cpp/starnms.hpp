@@ -45,10 +45,8 @@ struct Nms2DStats {
     int64_t pairs_lower_bound = 0;  // suppressed by the common-centre lower bound (no merge)
     int64_t pairs_upper_bound = 0;  // settled by the slab upper bound (no common centre)
     int64_t pairs_clipper = 0;   // near the threshold, settled by Clipper
-    double seconds_prepare = 0;  // polygons, areas, buckets
-    double seconds_buckets = 0;  //   of which: centres, buckets, memory-order sort
-    double seconds_polygons = 0; //   of which: building every polygon
-    double seconds_suppress = 0; // the greedy loop
+    double seconds_prepare = 0;  // centres, ray checks, the grid
+    double seconds_suppress = 0; // the greedy loop (building each candidate's polygon included)
 };
 
 // Flat indices of cells with prob > thresh inside [border_lo, border_hi), ordered by

@@ -1171,15 +1171,34 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     const int threads = effective_threads(n_threads);
     const auto t_start = std::chrono::steady_clock::now();
 
-    // 1. uniform buckets over candidate centres. Everything the greedy loop reads about a
-    //    candidate lives in its slot, bucket by bucket (ranks ascending inside a bucket),
-    //    so scanning a neighbourhood reads memory in order.
-    const int64_t bucket = 32;  // pixels; a query scans about (2 reach + box) / 32 buckets a side
-    // centres once (a 64-bit division each; they are needed many times)
+    // 1. centres, and the longest ray of any candidate (how far a polygon reaches from its
+    //    centre), checking every candidate's rays on the way
     std::vector<Pt> centre(n);
-    parallel_for(n, threads, [&](int64_t a, int64_t b) {
-        for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
+    std::vector<float> longest(threads, 0.0f);
+    std::vector<uint8_t> bad(threads, 0);
+    parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
+        float r = longest[tid];
+        int32_t is_bad = 0;
+        for (int64_t i = a; i < b; ++i) {
+            centre[i] = maker.centre(order[i]);
+            const float* d = dist + row[i] * n_rays;
+            for (int k = 0; k < n_rays; ++k) {
+                is_bad |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
+                r = d[k] > r ? d[k] : r;
+            }
+        }
+        longest[tid] = r;
+        bad[tid] |= (uint8_t)is_bad;
     });
+    float rmax_all = 0;
+    for (int t = 0; t < threads; ++t) {
+        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+        rmax_all = std::max(rmax_all, longest[t]);
+    }
+    // vertices are stored relative to their centre in int16
+    if (rmax_all > 32766.0f) throw std::invalid_argument("rays longer than 32767 pixels are not supported");
+    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
+    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
     int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
     for (int64_t i = 0; i < n; ++i) {
         const Pt c = centre[i];
@@ -1188,116 +1207,35 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         cy0 = std::min(cy0, c.y);
         cy1 = std::max(cy1, c.y);
     }
+    // a uniform grid over the centres for the index of kept polygons
+    const int64_t bucket = 32;  // pixels
     const int64_t nbx = (cx1 - cx0) / bucket + 1, nby = (cy1 - cy0) / bucket + 1;
-    std::vector<int64_t> bucket_start(nbx * nby + 1, 0);
-    std::vector<int64_t> pos_of(n);
-    for (int64_t i = 0; i < n; ++i) {
-        const Pt c = centre[i];
-        const int64_t b = ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket;
-        pos_of[i] = b;
-        ++bucket_start[b + 1];
-    }
-    for (int64_t b = 0; b < nbx * nby; ++b) bucket_start[b + 1] += bucket_start[b];
-    {
-        std::vector<int64_t> fill(bucket_start.begin(), bucket_start.end() - 1);
-        for (int64_t i = 0; i < n; ++i) pos_of[i] = fill[pos_of[i]]++;
-    }
-
-    // 2. every candidate's polygon, once, visiting the distance rows in memory order
-    struct Slot {
-        Box box;
-        float area;
-        int32_t nverts;
-        int64_t rank;
-    };
-    // written in full below: left uninitialised, so the pages are first touched by the
-    // threads that fill them rather than zeroed serially
-    std::unique_ptr<Slot[]> slots(new Slot[n]);
-    std::unique_ptr<float[]> rmax(new float[n]);
-    std::unique_ptr<int16_t[]> rel(new int16_t[(size_t)n * 2 * n_rays]);  // vertices relative to the centre
-    const auto t_buckets = std::chrono::steady_clock::now();
-    std::vector<int64_t> by_cell(n);
-    {
-        std::vector<uint64_t> keys(n);
-        for (int64_t i = 0; i < n; ++i) {
-            keys[i] = (uint64_t)row[i];
-            by_cell[i] = i;
-        }
-        radix_sort_stable(keys, by_cell);
-    }
-    std::vector<uint8_t> bad(threads, 0), too_far(threads, 0);
-    const auto t_sorted = std::chrono::steady_clock::now();
-    parallel_for_tid(n, threads, [&](int64_t i0, int64_t i1, int tid) {
-        std::vector<Pt> v(n_rays);
-        bool is_bad = false;
-        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
-        for (int64_t q = i0; q < i1; ++q) {
-            // rows are visited in memory order but with gaps: fetch a few ahead explicitly
-            if (q + 8 < i1) {
-                const char* ahead = (const char*)(dist + row[by_cell[q + 8]] * n_rays);
-                for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
-            }
-            const int64_t i = by_cell[q];
-            const int64_t p = pos_of[i];
-            const Pt c = centre[i];
-            {
-                Box box;
-                int64_t s2;
-                int nv;
-                if (make_simple(maker, row[i], c, rel.get() + (size_t)p * 2 * n_rays, &nv, &box, &s2, &rmax[p])) {
-                    slots[p] = Slot{box, (float)(0.5 * (double)(s2 < 0 ? -s2 : s2)), nv, i};
-                    continue;
-                }
-            }
-            const int nv = maker.make(row[i], c, v.data(), &rmax[p], &is_bad);
-            int64_t x0 = v[0].x, x1 = v[0].x, y0 = v[0].y, y1 = v[0].y;
-            int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
-            for (int k = 0; k < nv; ++k) {
-                x0 = std::min(x0, v[k].x);
-                x1 = std::max(x1, v[k].x);
-                y0 = std::min(y0, v[k].y);
-                y1 = std::max(y1, v[k].y);
-                const int64_t dx = v[k].x - c.x, dy = v[k].y - c.y;
-                if (dx < -32768 || dx > 32767 || dy < -32768 || dy > 32767) too_far[tid] = 1;
-                r[2 * k] = (int16_t)dx;
-                r[2 * k + 1] = (int16_t)dy;
-            }
-            const int64_t s2 = shoelace2(v.data(), nv);
-            slots[p] = Slot{Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1},
-                            (float)(0.5 * (double)(s2 < 0 ? -s2 : s2)), nv, i};
-        }
-        if (is_bad) bad[tid] = 1;
-    });
-    for (int t = 0; t < threads; ++t) {
-        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
-        if (too_far[t]) throw std::invalid_argument("rays longer than 32767 pixels are not supported");
-    }
-    float rmax_all = 0;
-    for (int64_t p = 0; p < n; ++p) rmax_all = std::max(rmax_all, rmax[p]);
-    rmax.reset();
-    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
-    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
-
+    std::vector<int64_t> row_start(nby + 1, 0);  // candidates per bucket row, for strips of equal work
+    for (int64_t i = 0; i < n; ++i) ++row_start[(centre[i].y - cy0) / bucket + 1];
+    for (int64_t by = 0; by < nby; ++by) row_start[by + 1] += row_start[by];
     const auto t_prepared = std::chrono::steady_clock::now();
     st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
-    st.seconds_polygons = std::chrono::duration<double>(t_prepared - t_sorted).count();
-    st.seconds_buckets = std::chrono::duration<double>(t_sorted - t_start).count();
 
-    // 3. greedy suppression, pulled: each candidate, in rank order, is tested against the
-    //    kept polygons near it (a per-bucket index of kept polygons) and is kept when none
-    //    suppresses it; the same decisions as pushing each kept polygon onto the later
-    //    candidates. Threads own horizontal strips of buckets with equal candidate counts and
-    //    run their candidates in rank order; a candidate whose neighbourhood reaches into
-    //    another strip waits until that strip has decided every candidate ranked before it.
+    // 2. greedy suppression, pulled: each candidate, in rank order, builds its polygon and
+    //    is tested against the kept polygons near it (a per-bucket index of kept polygons);
+    //    it is kept when none suppresses it: the same decisions as pushing each kept polygon
+    //    onto the later candidates. Threads own horizontal strips of buckets with equal
+    //    candidate counts and run their candidates in rank order; a candidate whose
+    //    neighbourhood reaches into another strip is kept only once that strip has decided
+    //    every candidate ranked before it (a suppression by what is already kept is final).
     //    The thread holding the lowest undecided rank never waits, so all finish.
     struct Kept {
-        int64_t slot, rank;
+        Pt z;
+        int64_t rank;
+        int nverts;
+        float area;
         bool star;  // star-shaped about its centre: profile valid
         StarProfile profile;
+        const int16_t* rel;  // vertices relative to z
     };
     // bucket b lists the kept polygons whose boxes meet it (a pushed-onto list: a polygon near
     // a strip's edge may be listed in the next strip's buckets by that strip's thread)
-    struct Node {  // what the bound needs is copied in, so that rejected pairs read nothing else
+    struct Node {  // what the box bound needs is copied in, so that rejected pairs read nothing else
         Box box;
         float area;
         int32_t pad;
@@ -1305,9 +1243,10 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         const Kept* kept;
         Node* next;
     };
-    constexpr int64_t kChunk = 256;
+    constexpr int64_t kChunk = 64;
     std::vector<std::vector<std::unique_ptr<Kept[]>>> kept_store(threads);
     std::vector<std::vector<std::unique_ptr<Node[]>>> node_store(threads);
+    std::vector<std::vector<std::unique_ptr<int16_t[]>>> rel_store(threads);
     std::unique_ptr<std::atomic<Node*>[]> kept_head(new std::atomic<Node*>[nbx * nby]);
     for (int64_t b = 0; b < nbx * nby; ++b) kept_head[b].store(nullptr, std::memory_order_relaxed);
     auto bucket_x = [&](int64_t x) { return std::min<int64_t>(nbx - 1, std::max<int64_t>(0, (x - cx0) / bucket)); };
@@ -1317,21 +1256,16 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     };
     std::unique_ptr<Progress[]> progress(new Progress[threads]);
     for (int t = 0; t < threads; ++t) progress[t].rank.store(-1, std::memory_order_relaxed);
-    // candidates per bucket row, for strips of equal work
-    std::vector<int64_t> row_start(nby + 1, 0);
-    for (int64_t by = 0; by < nby; ++by) row_start[by + 1] = bucket_start[(by + 1) * nbx];
     std::vector<int64_t> counts(7 * threads, 0), counts_clipper(threads, 0);
     const bool use_clipper = clipper_available();
     const double thresh_lo = (double)thresh * (1.0 - 1e-6);
 
     parallel_team(threads, [&](int tid, int team) {
         // this thread's strip of bucket rows: [row_lo, row_hi)
-        auto strip_row = [&](int t) {
-            const int64_t target = n * t / team;
-            return (int64_t)(std::lower_bound(row_start.begin(), row_start.end(), target) - row_start.begin());
-        };
-        std::vector<int64_t> strip_lo(team + 1);
-        for (int t = 0; t <= team; ++t) strip_lo[t] = t == team ? nby : std::min<int64_t>(nby, strip_row(t));
+        std::vector<int64_t> strip_lo(team + 1, nby);
+        for (int t = 0; t < team; ++t)
+            strip_lo[t] = std::min<int64_t>(
+                nby, std::lower_bound(row_start.begin(), row_start.end(), n * t / team) - row_start.begin());
         strip_lo[0] = 0;
         const int64_t row_lo = strip_lo[tid], row_hi = strip_lo[tid + 1];
         auto strip_of = [&](int64_t by) {
@@ -1349,45 +1283,54 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         int64_t stored = 0, noded = 0;
         PairScratch s;
         s.reserve(n_rays);
-        std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1);
-        std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays);
+        std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1), rot_j(n_rays + 1);
+        std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays), rot_key_j(n_rays + 1);
         std::vector<ClipEdge> clip_a(n_rays);
-        std::vector<Pt> rot_j(n_rays + 1);
-        std::vector<double> rot_key_j(n_rays + 1);
+        std::vector<int16_t> rel_j(2 * n_rays);
         StarProfile j_profile;
         std::vector<int64_t> clip_buf(4 * n_rays);
         std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
         int64_t* cnt = &counts[7 * tid];
-        auto polygon = [&](int64_t p, Pt* out) -> int {
-            const Pt c = centre[slots[p].rank];
-            const int16_t* r = rel.get() + (size_t)p * 2 * n_rays;
-            const int nv = slots[p].nverts;
+        auto absolute = [](const int16_t* r, int nv, const Pt& c, Pt* out) {
             for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
             return nv;
         };
+        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
 
-        const size_t rel_bytes = sizeof(int16_t) * 2 * (size_t)n_rays;
         for (size_t q = 0; q < mine.size(); ++q) {
-            // rank order visits slots at random: fetch ahead, the slot index first
-            if (q + 16 < mine.size()) __builtin_prefetch(&pos_of[mine[q + 16]]);
+            // rank order visits the distance rows at random: fetch ahead
             if (q + 8 < mine.size()) {
-                const int64_t ahead = pos_of[mine[q + 8]];
-                __builtin_prefetch(&slots[ahead]);
-                const char* r = (const char*)(rel.get() + (size_t)ahead * 2 * n_rays);
-                for (size_t off = 0; off < rel_bytes; off += 64) __builtin_prefetch(r + off);
+                const char* ahead = (const char*)(dist + row[mine[q + 8]] * n_rays);
+                for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
             }
             const int64_t j = mine[q];
-            const int64_t pj_slot = pos_of[j];
-            const Slot& sj = slots[pj_slot];
             const Pt zj = centre[j];
-            const int64_t qx0 = std::max<int64_t>(0, (sj.box.x0 - reach - cx0) / bucket);
-            const int64_t qx1 = std::min<int64_t>(nbx - 1, std::max<int64_t>(-1, (sj.box.x1 + reach - cx0)) / bucket);
-            const int64_t qy0 = std::max<int64_t>(0, (sj.box.y0 - reach - cy0) / bucket);
-            const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (sj.box.y1 + reach - cy0)) / bucket);
-            // Other strips holding centres within reach of j's box must have decided every
-            // candidate ranked before j before j may be kept; a suppression by a polygon
-            // already kept is final, so j is first tested against what is there.
-            const bool seam = sj.box.y0 - reach < cy0 + row_lo * bucket || sj.box.y1 + reach >= cy0 + row_hi * bucket;
+            // j's polygon: vertices relative to its centre, box, area
+            Box box_j;
+            int nv_j;
+            int64_t s2;
+            {
+                float unused;
+                if (!make_simple(maker, row[j], zj, rel_j.data(), &nv_j, &box_j, &s2, &unused)) {
+                    nv_j = maker.make(row[j], zj, pj.data());
+                    int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
+                    if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
+                    for (int k = 0; k < nv_j; ++k) {
+                        x0 = std::min(x0, pj[k].x);
+                        x1 = std::max(x1, pj[k].x);
+                        y0 = std::min(y0, pj[k].y);
+                        y1 = std::max(y1, pj[k].y);
+                        rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
+                        rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
+                    }
+                    box_j = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
+                    s2 = shoelace2(pj.data(), nv_j);
+                }
+            }
+            const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
+            const int64_t qy0 = std::max<int64_t>(0, (box_j.y0 - reach - cy0) / bucket);
+            const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (box_j.y1 + reach - cy0)) / bucket);
+            const bool seam = box_j.y0 - reach < cy0 + row_lo * bucket || box_j.y1 + reach >= cy0 + row_hi * bucket;
             auto others_ready = [&](bool wait) {
                 for (int u = strip_of(qy0); u <= strip_of(qy1); ++u) {
                     if (u == tid) continue;
@@ -1399,8 +1342,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 return true;
             };
             bool ready = !seam || others_ready(false);
-            int nj = -1;
-            int b_star = -1;  // j star-shaped about its own centre: unknown / no / yes
+            bool have_pj = false;
+            int b_star = -1;          // j star-shaped about its own centre: unknown / no / yes
             int j_profile_state = 0;  // j_profile: not made / made / j not star-shaped
             bool suppressed = false;
             for (int attempt = 0; attempt < 2 && !suppressed; ++attempt) {
@@ -1411,25 +1354,25 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 // kept polygons whose boxes meet j's and leave room for the threshold, nearest
                 // first; a pair is looked at in the one bucket that holds its boxes' common corner
                 near.clear();
-                const int64_t bx0 = bucket_x(sj.box.x0), bx1 = bucket_x(sj.box.x1);
-                const int64_t by0 = bucket_y(sj.box.y0), by1 = bucket_y(sj.box.y1);
+                const int64_t bx0 = bucket_x(box_j.x0), bx1 = bucket_x(box_j.x1);
+                const int64_t by0 = bucket_y(box_j.y0), by1 = bucket_y(box_j.y1);
                 for (int64_t by = by0; by <= by1; ++by) {
                     for (int64_t bx = bx0; bx <= bx1; ++bx) {
                         for (const Node* e = kept_head[by * nbx + bx].load(std::memory_order_acquire); e; e = e->next) {
                             if (e->rank > j) continue;  // another strip ran ahead
                             const Box& bi = e->box;
-                            if (bucket_x(std::max(bi.x0, sj.box.x0)) != bx || bucket_y(std::max(bi.y0, sj.box.y0)) != by)
+                            if (bucket_x(std::max(bi.x0, box_j.x0)) != bx || bucket_y(std::max(bi.y0, box_j.y0)) != by)
                                 continue;
                             ++cnt[5];
-                            const int64_t w = (int64_t)std::min(bi.x1, sj.box.x1) - std::max(bi.x0, sj.box.x0);
-                            const int64_t h = (int64_t)std::min(bi.y1, sj.box.y1) - std::max(bi.y0, sj.box.y0);
+                            const int64_t w = (int64_t)std::min(bi.x1, box_j.x1) - std::max(bi.x0, box_j.x0);
+                            const int64_t h = (int64_t)std::min(bi.y1, box_j.y1) - std::max(bi.y0, box_j.y0);
                             // the intersection lies inside both boxes: an upper bound on its area
                             if (w <= 0 || h <= 0 ||
-                                (double)w * (double)h / (std::min((double)e->area, (double)sj.area) + 1.e-10) <= thresh_lo) {
+                                (double)w * (double)h / (std::min((double)e->area, (double)area_j) + 1.e-10) <= thresh_lo) {
                                 ++cnt[6];
                                 continue;
                             }
-                            const Pt zi = centre[e->rank];
+                            const Pt zi = e->kept->z;
                             near.emplace_back((zi.x - zj.x) * (zi.x - zj.x) + (zi.y - zj.y) * (zi.y - zj.y), e->kept);
                         }
                     }
@@ -1437,71 +1380,67 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 std::sort(near.begin(), near.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
                 for (const auto& entry : near) {
                     const Kept& K = *entry.second;
-                    const Slot& si = slots[K.slot];
-                    const Pt zi = centre[K.rank];
-                    const double area_i = si.area;
-                    const double amin = std::min(area_i, (double)sj.area);
+                    const Pt zi = K.z;
+                    const float area_i = K.area;
+                    const double amin = std::min((double)area_i, (double)area_j);
                     // past this the pair is suppressed whatever the exact area: a margin above the
                     // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
                     const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-                    const int16_t* rel_j = rel.get() + (size_t)pj_slot * 2 * n_rays;
-                    double lb = K.star ? star_lower_bound2(K.profile, rel_j, sj.nverts, zj.x - zi.x, zj.y - zi.y, false) : 0;
+                    double lb = K.star ? star_lower_bound2(K.profile, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, false) : 0;
                     if (lb >= (double)enough) {
                         ++cnt[3];
                         suppressed = true;
                         break;
                     }
+                    if (!have_pj) {
+                        absolute(rel_j.data(), nv_j, zj, pj.data());
+                        have_pj = true;
+                    }
                     // noisy outlines are often star-shaped about their own centre only: j's star
                     // test and profile, once per candidate, for the bound with clockwise
                     // triangles about i's centre and the bound about j's centre
                     if (j_profile_state == 0) {
-                        if (nj < 0) nj = polygon(pj_slot, pj.data());
-                        const int start = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                        const int start = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
                         b_star = start >= 0;
                         j_profile_state = 2;
                         if (start >= 0) {
-                            rotate_star(pj.data(), keys_j.data(), nj, start, rot_j.data(), rot_key_j.data());
-                            star_profile(rot_j.data(), rot_key_j.data(), nj, zj, j_profile);
+                            rotate_star(pj.data(), keys_j.data(), nv_j, start, rot_j.data(), rot_key_j.data());
+                            star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, j_profile);
                             j_profile_state = 1;
                         }
                     }
                     if (K.star && lb < 0 && b_star == 1)
-                        lb = star_lower_bound2(K.profile, rel_j, sj.nverts, zj.x - zi.x, zj.y - zi.y, true);
+                        lb = star_lower_bound2(K.profile, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, true);
                     if (lb < (double)enough && j_profile_state == 1)
-                        lb = std::max(lb, star_lower_bound2(j_profile, rel.get() + (size_t)K.slot * 2 * n_rays,
-                                                            si.nverts, zi.x - zj.x, zi.y - zj.y, K.star));
+                        lb = std::max(lb, star_lower_bound2(j_profile, K.rel, K.nverts, zi.x - zj.x, zi.y - zj.y, K.star));
                     if (lb >= (double)enough) {
                         ++cnt[3];
                         suppressed = true;
                         break;
                     }
                     const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
-                    if (nj < 0) nj = polygon(pj_slot, pj.data());
-                    const int na = polygon(K.slot, pa.data());
-                    const int start_a = star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data());
+                    const int na = absolute(K.rel, K.nverts, zi, pa.data());
+                    const int start_a = K.star ? star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data()) : -1;
                     if (start_a >= 0) {
                         rotate_star(pa.data(), key_a.data(), na, start_a, rot_a.data(), rot_key_a.data());
                         for (int k = 0; k < na; ++k) clip_a[k] = make_clip_edge(rot_a[k], rot_a[k + 1]);
                     }
                     const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
                     int method = 0;
-                    auto j_star = [&]() {
-                        if (b_star < 0) b_star = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, keys_j.data()) >= 0;
-                        return b_star == 1;
-                    };
+                    auto j_star = [&]() { return b_star == 1; };
                     // polygons that are star-shaped about no common point are jagged (spikes, noise);
                     // there Clipper's rounding can move the area far from the geometry, so Clipper
                     // decides them outright when it is linked
-                    const int64_t i2 = intersection_area2(A, pj.data(), nj, zj, j_star, s, &method, 0, use_clipper, enough, below);
+                    const int64_t i2 = intersection_area2(A, pj.data(), nv_j, zj, j_star, s, &method, 0, use_clipper, enough, below);
                     ++cnt[method - 1];
                     double inter2 = (double)i2;
-                    if (use_clipper && (i2 < 0 || near_threshold((double)i2, si.area, sj.area, thresh))) {
+                    if (use_clipper && (i2 < 0 || near_threshold((double)i2, area_i, area_j, thresh))) {
                         ++counts_clipper[tid];
                         for (int k = 0; k < na; ++k) clip_buf[2 * k] = pa[k].x, clip_buf[2 * k + 1] = pa[k].y;
-                        for (int k = 0; k < nj; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
-                        inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nj);
+                        for (int k = 0; k < nv_j; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
+                        inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nv_j);
                     }
-                    if (overlap_exceeds(inter2, si.area, sj.area, thresh)) {
+                    if (overlap_exceeds(inter2, area_i, area_j, thresh)) {
                         suppressed = true;
                         break;
                     }
@@ -1509,25 +1448,33 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             }
             if (!suppressed) {
                 keep[j] = 1;
-                if ((stored & (kChunk - 1)) == 0) store.emplace_back(new Kept[kChunk]);
-                Kept& K = store.back()[stored & (kChunk - 1)];
+                if (stored % kChunk == 0) {
+                    store.emplace_back(new Kept[kChunk]);
+                    rel_store[tid].emplace_back(new int16_t[kChunk * 2 * n_rays]);
+                }
+                Kept& K = store.back()[stored % kChunk];
+                int16_t* kept_rel = rel_store[tid].back().get() + (stored % kChunk) * 2 * n_rays;
                 ++stored;
-                K.slot = pj_slot;
+                K.z = zj;
                 K.rank = j;
-                if (nj < 0) nj = polygon(pj_slot, pj.data());
-                const int start = star_prepare(pj.data(), nj, Pt{2 * zj.x, 2 * zj.y}, key_a.data());
+                K.nverts = nv_j;
+                K.area = area_j;
+                std::copy(rel_j.begin(), rel_j.begin() + 2 * nv_j, kept_rel);
+                K.rel = kept_rel;
+                if (!have_pj) absolute(rel_j.data(), nv_j, zj, pj.data());
+                const int start = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, key_a.data());
                 K.star = start >= 0;
                 if (K.star) {
-                    rotate_star(pj.data(), key_a.data(), nj, start, rot_a.data(), rot_key_a.data());
-                    star_profile(rot_a.data(), rot_key_a.data(), nj, zj, K.profile);
+                    rotate_star(pj.data(), key_a.data(), nv_j, start, rot_a.data(), rot_key_a.data());
+                    star_profile(rot_a.data(), rot_key_a.data(), nv_j, zj, K.profile);
                 }
-                for (int64_t by = bucket_y(sj.box.y0); by <= bucket_y(sj.box.y1); ++by) {
-                    for (int64_t bx = bucket_x(sj.box.x0); bx <= bucket_x(sj.box.x1); ++bx) {
-                        if ((noded & (kChunk - 1)) == 0) nodes.emplace_back(new Node[kChunk]);
-                        Node* e = &nodes.back()[noded & (kChunk - 1)];
+                for (int64_t by = bucket_y(box_j.y0); by <= bucket_y(box_j.y1); ++by) {
+                    for (int64_t bx = bucket_x(box_j.x0); bx <= bucket_x(box_j.x1); ++bx) {
+                        if (noded % kChunk == 0) nodes.emplace_back(new Node[kChunk]);
+                        Node* e = &nodes.back()[noded % kChunk];
                         ++noded;
-                        e->box = sj.box;
-                        e->area = sj.area;
+                        e->box = box_j;
+                        e->area = area_j;
                         e->rank = j;
                         e->kept = &K;
                         std::atomic<Node*>& head = kept_head[by * nbx + bx];
