@@ -8,7 +8,8 @@
 - video (640 x 480 generated endoscopy frames, the demo instrument model): back-to-back
   throughput with per-stage and non-model time per frame, then a real-time run paced at the
   rate the CPU sustains (one frame per p99 frame time plus its decode; end-to-end p50 / p99,
-  dropped frames), and the ultrasound cine from pydicom-data paced at its own 30 fps.
+  dropped frames), and the ultrasound cine from pydicom-data paced at its own 30 fps or, when
+  the CPU sustains less on its frames, at that rate.
 """
 from __future__ import annotations
 
@@ -203,9 +204,28 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
 
     cine = get_testdata_file("color3d_jpeg_baseline.dcm")
     if cine:
+        from segrt.engine.video import open_source
+
+        # the cine at its own rate, or at the rate the CPU sustains on its frames when that is
+        # lower (near saturation a frame waits for the one before it, which is not the bound)
+        src = open_source(cine)
+        native, cine_frames = src.fps, []
+        while (frame := src.read()) is not None:
+            cine_frames.append(frame)
+        src.close()
+        for frame in cine_frames[:10]:
+            pipe.process(frame)
+        per_frame = []
+        for frame in cine_frames:
+            t0 = time.perf_counter()
+            pipe.process(frame)
+            per_frame.append(time.perf_counter() - t0)
+        cine_rate = round(min(native, 1.0 / (float(np.percentile(per_frame, 99)) + _decode_s(cine_frames[0]))), 1)
         for run in range(runs):
-            _video_row(report, f"real time, ultrasound cine (pydicom-data) at 30 fps, run {run + 1}",
-                       *_run_paced(pipe, cine))
+            src = open_source(cine)
+            src.fps = cine_rate
+            _video_row(report, f"real time, ultrasound cine (pydicom-data) paced at {cine_rate:g} fps (own rate "
+                       f"{native:g} fps; sustainable rate if lower), run {run + 1}", *_run_paced(pipe, src))
 
 
 def _cpu_steal_s() -> float:
