@@ -882,29 +882,22 @@ struct Box {
     int32_t x0, x1, y0, y1;
 };
 
-// make() for the NMS's prepare pass when every ray is finite, non-negative and below
-// kSimpleRay (returns false otherwise, nothing usable written): the per-ray work written to
-// vectorise, the clean-up in int32 (products below 2^24). Writes the cleaned vertices
-// relative to the centre as (x, y) int16 pairs, their count, the bounding box (of the
-// uncleaned path: a box that holds the polygon, which is all its users need) and twice
-// the area (cleaning drops only repeated and collinear vertices, which add none).
-constexpr float kSimpleRay = 2000.0f;
+// make() before the clean-up, when every ray is finite, non-negative and below kSimpleRay
+// (returns false otherwise, nothing usable written), written to vectorise: the n_rays
+// vertices relative to the centre as (x, y) int16 pairs, the bounding box and twice the
+// area. The path Clipper cleans (clean_simple) bounds the same region: the clean-up drops
+// only repeated and collinear vertices (spikes included), which add no area, so the box
+// holds the polygon and the lower bounds may use the raw path.
+constexpr float kSimpleRay = 2000.0f;  // int32 products below: coordinates under 2^11
 
-inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, int* nverts, Box* box,
-                        int64_t* area2, float* longest) {
+inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2) {
     const int n = M.n_rays;
     const float* d = M.dist + cell * n;
     const float* cos_t = M.cos_t.data();
     const float* sin_t = M.sin_t.data();
-    int32_t out_of_range = 0, longest_bits = 0;
-    for (int k = 0; k < n; ++k) {
-        out_of_range |= !(d[k] >= 0.0f && d[k] < kSimpleRay);  // NaN fails too
-        int32_t bits;
-        std::memcpy(&bits, &d[k], 4);
-        longest_bits = bits > longest_bits ? bits : longest_bits;  // non-negative floats order as their bits
-    }
+    int32_t out_of_range = 0;
+    for (int k = 0; k < n; ++k) out_of_range |= !(d[k] >= 0.0f && d[k] < kSimpleRay);  // NaN fails too
     if (out_of_range) return false;
-    std::memcpy(longest, &longest_bits, 4);
     int32_t X[kMaxRays + 1], Y[kMaxRays + 1];
     const float px = (float)c.x, py = (float)c.y;
     const int32_t cx = (int32_t)c.x, cy = (int32_t)c.y;
@@ -921,15 +914,24 @@ inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_
         x1 = X[k] > x1 ? X[k] : x1;
         y0 = Y[k] < y0 ? Y[k] : y0;
         y1 = Y[k] > y1 ? Y[k] : y1;
+        rel[2 * k] = (int16_t)X[k];
+        rel[2 * k + 1] = (int16_t)Y[k];
     }
-    // clean_path in int32 on the stack
+    *box = Box{x0 + cx, x1 + cx, y0 + cy, y1 + cy};
+    *area2 = (int64_t)s2;
+    return true;
+}
+
+// clean_path on make_simple's raw path, in int32 on the stack (products below 2^24);
+// returns the vertex count.
+inline int clean_simple(const int16_t* raw, int n, int16_t* rel) {
     int32_t U[kMaxRays], V[kMaxRays];
     auto orient0 = [&](int a, int b, int32_t x, int32_t y) {
         return (U[b] - U[a]) * (y - V[a]) == (V[b] - V[a]) * (x - U[a]);
     };
     int cnt = 0;
     for (int k = 0; k < n; ++k) {
-        const int32_t x = X[k], y = Y[k];
+        const int32_t x = raw[2 * k], y = raw[2 * k + 1];
         if (cnt > 0 && x == U[cnt - 1] && y == V[cnt - 1]) continue;
         while (cnt >= 2 && orient0(cnt - 2, cnt - 1, x, y)) --cnt;
         U[cnt] = x;
@@ -949,10 +951,7 @@ inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_
         rel[2 * k] = (int16_t)U[first + k];
         rel[2 * k + 1] = (int16_t)V[first + k];
     }
-    *nverts = cnt;
-    *box = Box{x0 + cx, x1 + cx, y0 + cy, y1 + cy};
-    *area2 = (int64_t)s2;
-    return true;
+    return cnt;
 }
 
 }  // namespace
@@ -1015,20 +1014,28 @@ OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca
     PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
     OverlapBounds r{-1.0, -1.0};
     const int m = (int)P.b.size();
-    if (P.A.start >= 0 && m >= 3 && m <= kMaxRays) {
-        StarProfile profile;
-        star_profile(P.ar.data(), P.kar.data(), P.A.n, P.A.z, profile);
-        std::vector<int16_t> rel(2 * m);
+    // b relative to its centre, as the NMS loop holds it: the raw path first, cleaned after
+    auto relative = [&](const int64_t* xy, int count, std::vector<int16_t>& rel) {
+        rel.resize(2 * count);
         bool fits = true;
-        for (int k = 0; k < m; ++k) {
-            const int64_t dx = P.b[k].x - cb_x, dy = P.b[k].y - cb_y;
+        for (int k = 0; k < count; ++k) {
+            const int64_t dx = xy[2 * k] - cb_x, dy = xy[2 * k + 1] - cb_y;
             fits &= dx >= -32768 && dx <= 32767 && dy >= -32768 && dy <= 32767;
             rel[2 * k] = (int16_t)dx;
             rel[2 * k + 1] = (int16_t)dy;
         }
-        if (fits) {
-            const bool b_simple = star_prepare(P.b.data(), m, Pt{2 * cb_x, 2 * cb_y}, P.kb.data()) >= 0;
-            const double lb2 = star_lower_bound2(profile, rel.data(), m, cb_x - ca_x, cb_y - ca_y, b_simple);
+        return fits;
+    };
+    if (P.A.start >= 0 && n_b >= 3 && n_b <= kMaxRays) {
+        StarProfile profile;
+        star_profile(P.ar.data(), P.kar.data(), P.A.n, P.A.z, profile);
+        std::vector<int64_t> xy_clean(2 * m);
+        for (int k = 0; k < m; ++k) xy_clean[2 * k] = P.b[k].x, xy_clean[2 * k + 1] = P.b[k].y;
+        std::vector<int16_t> raw, clean;
+        if (relative(xy_b, n_b, raw) && relative(xy_clean.data(), m, clean)) {
+            double lb2 = star_lower_bound2(profile, raw.data(), n_b, cb_x - ca_x, cb_y - ca_y, false);
+            if (lb2 < 0 && m >= 3 && star_prepare(P.b.data(), m, Pt{2 * cb_x, 2 * cb_y}, P.kb.data()) >= 0)
+                lb2 = star_lower_bound2(profile, clean.data(), m, cb_x - ca_x, cb_y - ca_y, true);
             if (lb2 >= 0) r.lower = 0.5 * lb2;
         }
     }
@@ -1292,7 +1299,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1), rot_j(n_rays + 1);
         std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays), rot_key_j(n_rays + 1);
         std::vector<ClipEdge> clip_a(n_rays);
-        std::vector<int16_t> rel_j(2 * n_rays);
+        std::vector<int16_t> rel_j(2 * n_rays), rel_raw(2 * n_rays);
         StarProfile j_profile;
         std::vector<int64_t> clip_buf(4 * n_rays);
         std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
@@ -1311,28 +1318,34 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             }
             const int64_t j = mine[q];
             const Pt zj = centre[j];
-            // j's polygon: vertices relative to its centre, box, area
+            // j's polygon: vertices relative to its centre (raw: before Clipper's clean-up,
+            // which the first bound does not need), box, area
             Box box_j;
-            int nv_j;
+            int nv_j = 0;
             int64_t s2;
-            {
-                float unused;
-                if (!make_simple(maker, row[j], zj, rel_j.data(), &nv_j, &box_j, &s2, &unused)) {
-                    nv_j = maker.make(row[j], zj, pj.data());
-                    int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
-                    if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
-                    for (int k = 0; k < nv_j; ++k) {
-                        x0 = std::min(x0, pj[k].x);
-                        x1 = std::max(x1, pj[k].x);
-                        y0 = std::min(y0, pj[k].y);
-                        y1 = std::max(y1, pj[k].y);
-                        rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
-                        rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
-                    }
-                    box_j = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
-                    s2 = shoelace2(pj.data(), nv_j);
+            bool cleaned = false;
+            if (!make_simple(maker, row[j], zj, rel_raw.data(), &box_j, &s2)) {
+                nv_j = maker.make(row[j], zj, pj.data());
+                int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
+                if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
+                for (int k = 0; k < nv_j; ++k) {
+                    x0 = std::min(x0, pj[k].x);
+                    x1 = std::max(x1, pj[k].x);
+                    y0 = std::min(y0, pj[k].y);
+                    y1 = std::max(y1, pj[k].y);
+                    rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
+                    rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
                 }
+                box_j = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
+                s2 = shoelace2(pj.data(), nv_j);
+                cleaned = true;
             }
+            const int16_t* first_rel = cleaned ? rel_j.data() : rel_raw.data();
+            const int first_n = cleaned ? nv_j : n_rays;
+            auto clean = [&]() {
+                if (!cleaned) nv_j = clean_simple(rel_raw.data(), n_rays, rel_j.data());
+                cleaned = true;
+            };
             const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
             const int64_t qy0 = std::max<int64_t>(0, (box_j.y0 - reach - cy0) / bucket);
             const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (box_j.y1 + reach - cy0)) / bucket);
@@ -1392,12 +1405,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     // past this the pair is suppressed whatever the exact area: a margin above the
                     // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
                     const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-                    double lb = K.star ? star_lower_bound2(K.profile, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, false) : 0;
+                    double lb = K.star ? star_lower_bound2(K.profile, first_rel, first_n, zj.x - zi.x, zj.y - zi.y, false) : 0;
                     if (lb >= (double)enough) {
                         ++cnt[3];
                         suppressed = true;
                         break;
                     }
+                    clean();
                     if (!have_pj) {
                         absolute(rel_j.data(), nv_j, zj, pj.data());
                         have_pj = true;
@@ -1454,6 +1468,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             }
             if (!suppressed) {
                 keep[j] = 1;
+                clean();
                 if (stored % kChunk == 0) {
                     store.emplace_back(new Kept[kChunk]);
                     rel_store[tid].emplace_back(new int16_t[kChunk * 2 * n_rays]);
