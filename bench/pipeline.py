@@ -225,7 +225,7 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
             src = open_source(cine)
             src.fps = cine_rate
             _video_row(report, f"real time, ultrasound cine (pydicom-data) paced at {cine_rate:g} fps (own rate "
-                       f"{native:g} fps; sustainable rate if lower), run {run + 1}", *_run_paced(pipe, src))
+                       f"{native:.1f} fps; sustainable rate if lower), run {run + 1}", *_run_paced(pipe, src))
 
 
 def _cpu_steal_s() -> float:
