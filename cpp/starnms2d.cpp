@@ -296,7 +296,8 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
 // angles and radii in float, each vertex's sector range widened by the key's rounding error
 // and the radius lowered by its own, so that the bound stays a bound; the star test and
 // the sum in double (exact products: coordinates below 2^17). m <= kMaxRays.
-double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
+// AVX2 where the CPU has it, chosen at load time (the build stays portable): same values
+__attribute__((target_clones("avx2", "default"))) double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
     constexpr float kKeyError = 1e-5f;  // far above float rounding of a key in [0, 4)
     // local arrays: the compiler sees they alias nothing and vectorises without run-time checks
     double X[kMaxRays + 1], Y[kMaxRays + 1], inv_rho[kMaxRays + 1];  // the first vertex repeated at m
@@ -891,7 +892,8 @@ struct Box {
 // holds the polygon and the lower bounds may use the raw path.
 constexpr float kSimpleRay = 2000.0f;  // int32 products below: coordinates under 2^11
 
-inline bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2) {
+// AVX2 where the CPU has it, chosen at load time (the build stays portable): same values
+__attribute__((target_clones("avx2", "default"))) bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2) {
     const int n = M.n_rays;
     const float* d = M.dist + cell * n;
     const float* cos_t = M.cos_t.data();
