@@ -296,7 +296,7 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
 // angles and radii in float, each vertex's sector range widened by the key's rounding error
 // and the radius lowered by its own, so that the bound stays a bound; the star test and
 // the sum in double (exact products: coordinates below 2^17). m <= kMaxRays.
-// AVX2 where the CPU has it, chosen at load time (the build stays portable): same values
+// AVX2 where the CPU has it, chosen at load time (the build stays portable)
 __attribute__((target_clones("avx2", "default"))) double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
     constexpr float kKeyError = 1e-5f;  // far above float rounding of a key in [0, 4)
     // local arrays: the compiler sees they alias nothing and vectorises without run-time checks
@@ -1124,6 +1124,12 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
             std::vector<int64_t> pos(lo.begin(), lo.end()), end(hi.begin(), hi.end());
             pos[0] = lo[0] + first * part / parts;
             end[0] = lo[0] + first * (part + 1) / parts;
+            // room for candidates on 1 cell in 16 (network outputs hold fewer) before any
+            // regrowth copies
+            int64_t cells = end[0] - pos[0];
+            for (int d = 1; d < nd; ++d) cells *= hi[d] - lo[d];
+            keys.reserve(cells / 16);
+            idx.reserve(cells / 16);
             while (true) {
                 int64_t base = 0;
                 for (int d = 0; d < nd - 1; ++d) base += pos[d] * strides[d];
@@ -1292,6 +1298,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 return (int)(std::upper_bound(strip_lo.begin(), strip_lo.end(), by) - strip_lo.begin()) - 1;
             };
             std::vector<int64_t> mine;  // this strip's candidates in rank order
+            mine.reserve(row_start[row_hi] - row_start[row_lo]);
             for (int64_t i = 0; i < n; ++i) {
                 const int64_t by = (centre[i].y - cy0) / bucket;
                 if (by >= row_lo && by < row_hi) mine.push_back(i);
