@@ -1435,20 +1435,23 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                             have_pj = true;
                         }
                         // noisy outlines are often star-shaped about their own centre only: j's star
-                        // test and profile, once per candidate, for the bound with clockwise
-                        // triangles about i's centre and the bound about j's centre
-                        if (j_profile_state == 0) {
-                            const int start = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
-                            b_star = start >= 0;
-                            j_profile_state = 2;
-                            if (start >= 0) {
-                                rotate_star(pj.data(), keys_j.data(), nv_j, start, rot_j.data(), rot_key_j.data());
-                                star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, j_profile);
-                                j_profile_state = 1;
-                            }
+                        // test (once per candidate) for the bound with clockwise triangles about i's
+                        // centre, then j's profile (once per candidate, when needed) for the bound
+                        // about j's centre
+                        int start_j = -1;
+                        if (b_star < 0) {
+                            start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                            b_star = start_j >= 0;
+                            if (!b_star) j_profile_state = 2;
                         }
                         if (K.star && lb < 0 && b_star == 1)
                             lb = star_lower_bound2(K.profile, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, true);
+                        if (lb < (double)enough && j_profile_state == 0) {
+                            if (start_j < 0) start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                            rotate_star(pj.data(), keys_j.data(), nv_j, start_j, rot_j.data(), rot_key_j.data());
+                            star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, j_profile);
+                            j_profile_state = 1;
+                        }
                         if (lb < (double)enough && j_profile_state == 1)
                             lb = std::max(lb, star_lower_bound2(j_profile, K.rel, K.nverts, zi.x - zj.x, zi.y - zj.y, K.star));
                         if (lb >= (double)enough) {
