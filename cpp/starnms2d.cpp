@@ -1317,7 +1317,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             StarProfile j_profile;
             std::vector<int64_t> clip_buf(4 * n_rays);
             std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
-            int64_t* cnt = &counts[7 * tid];
+            int64_t cnt[7] = {0, 0, 0, 0, 0, 0, 0};  // this thread's counters (no shared cache line)
             auto absolute = [](const int16_t* r, int nv, const Pt& c, Pt* out) {
                 for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
                 return nv;
@@ -1529,6 +1529,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 }
                 progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
             }
+            std::copy(cnt, cnt + 7, &counts[7 * tid]);
         } catch (...) {
             if (!failed.exchange(true)) failure = std::current_exception();
             progress[tid].rank.store(n, std::memory_order_release);  // nobody waits on this strip
