@@ -694,7 +694,7 @@ int64_t star_pieces_inside(const StarView& A, const StarView& B, bool count_shar
 }
 
 struct PairScratch {
-    std::vector<Pt> ring, arot, brot;
+    std::vector<Pt> arot, brot;
     std::vector<double> akey, bkey, bkey_own, akrot, bkrot;
     std::vector<Split> splits;
     std::vector<SharedSpan> shared;
@@ -702,7 +702,6 @@ struct PairScratch {
     std::vector<int8_t> vside;
     GeneralScratch general;
     void reserve(int n_rays) {
-        ring.resize(4 * n_rays + 8);
         akey.resize(n_rays);
         bkey.resize(n_rays);
         bkey_own.resize(n_rays);
@@ -812,32 +811,32 @@ inline bool overlap_exceeds(double inter2, float area_a, float area_b, float thr
 }
 
 // Drops repeated points and vertices collinear with their neighbours, in place, as Clipper
-// does when a path is added; returns the new count (fewer than 3: no area).
-int clean_path(Pt* v, int n) {
+// does when a path is added; returns the new count (fewer than 3: no area). T: the type the
+// collinearity test multiplies in (int32 where the coordinates allow it, on the hot path).
+template <typename T, typename P>
+int clean_points(P* v, int n) {
+    auto collinear = [](const P& a, const P& b, const P& c) {
+        return (T)(b.x - a.x) * (T)(c.y - a.y) == (T)(b.y - a.y) * (T)(c.x - a.x);
+    };
     int cnt = 0;
     for (int k = 0; k < n; ++k) {
-        const Pt p = v[k];
+        const P p = v[k];
         if (cnt > 0 && p.x == v[cnt - 1].x && p.y == v[cnt - 1].y) continue;
-        while (cnt >= 2 && orient(v[cnt - 2], v[cnt - 1], p) == 0) --cnt;
+        while (cnt >= 2 && collinear(v[cnt - 2], v[cnt - 1], p)) --cnt;
         v[cnt++] = p;
     }
-    bool changed = true;
-    while (changed && cnt >= 3) {
-        changed = false;
-        if (v[cnt - 1].x == v[0].x && v[cnt - 1].y == v[0].y) {
-            --cnt;
-            changed = true;
-        } else if (orient(v[cnt - 2], v[cnt - 1], v[0]) == 0) {
-            --cnt;
-            changed = true;
-        } else if (orient(v[cnt - 1], v[0], v[1]) == 0) {
-            std::memmove(v, v + 1, sizeof(Pt) * (cnt - 1));
-            --cnt;
-            changed = true;
-        }
+    int first = 0;  // the closing vertices (dropping the first shifts the start)
+    while (cnt - first >= 3) {
+        if (v[cnt - 1].x == v[first].x && v[cnt - 1].y == v[first].y) --cnt;
+        else if (collinear(v[cnt - 2], v[cnt - 1], v[first])) --cnt;
+        else if (collinear(v[cnt - 1], v[first], v[first + 1])) ++first;
+        else break;
     }
-    return cnt;
+    if (first > 0) std::memmove(v, v + first, sizeof(P) * (cnt - first));
+    return cnt - first;
 }
+
+int clean_path(Pt* v, int n) { return clean_points<int64_t>(v, n); }
 
 struct PolygonMaker {
     const float* dist;
@@ -861,21 +860,15 @@ struct PolygonMaker {
         return Pt{(cell % width) * gx, (cell / width) * gy};
     }
     // Vertices truncated towards zero (Clipper's integer points), cleaned as Clipper cleans
-    // a path (clean_path). Returns the vertex count; *longest gets the longest ray, *bad is
-    // set on NaN / infinite / negative rays.
-    inline int make(int64_t cell, const Pt& c, Pt* out, float* longest = nullptr, bool* bad = nullptr) const {
+    // a path (clean_path). Returns the vertex count.
+    inline int make(int64_t cell, const Pt& c, Pt* out) const {
         const float py = (float)c.y, px = (float)c.x;
         const float* d = dist + cell * n_rays;
-        float rmax = 0;
         for (int k = 0; k < n_rays; ++k) {
-            const float dk = d[k];
-            if (bad && !(dk >= 0 && dk <= 3.0e38f)) *bad = true;
-            const float y = py + dk * sin_t[k];
-            const float x = px + dk * cos_t[k];
+            const float y = py + d[k] * sin_t[k];
+            const float x = px + d[k] * cos_t[k];
             out[k] = Pt{(int64_t)x, (int64_t)y};
-            rmax = std::max(rmax, dk);
         }
-        if (longest) *longest = rmax;
         return clean_path(out, n_rays);
     }
 };
@@ -925,34 +918,18 @@ __attribute__((target_clones("avx2", "default"))) bool make_simple(const Polygon
     return true;
 }
 
-// clean_path on make_simple's raw path, in int32 on the stack (products below 2^24);
+// clean_path on make_simple's raw path, multiplying in int32 (products below 2^24);
 // returns the vertex count.
 inline int clean_simple(const int16_t* raw, int n, int16_t* rel) {
-    int32_t U[kMaxRays], V[kMaxRays];
-    auto orient0 = [&](int a, int b, int32_t x, int32_t y) {
-        return (U[b] - U[a]) * (y - V[a]) == (V[b] - V[a]) * (x - U[a]);
+    struct P32 {
+        int32_t x, y;
     };
-    int cnt = 0;
-    for (int k = 0; k < n; ++k) {
-        const int32_t x = raw[2 * k], y = raw[2 * k + 1];
-        if (cnt > 0 && x == U[cnt - 1] && y == V[cnt - 1]) continue;
-        while (cnt >= 2 && orient0(cnt - 2, cnt - 1, x, y)) --cnt;
-        U[cnt] = x;
-        V[cnt] = y;
-        ++cnt;
-    }
-    int first = 0;  // the closing vertices, as clean_path (dropping the first shifts the start)
-    while (cnt - first >= 3) {
-        const int last = cnt - 1;
-        if (U[last] == U[first] && V[last] == V[first]) --cnt;
-        else if (orient0(last - 1, last, U[first], V[first])) --cnt;
-        else if (orient0(last, first, U[first + 1], V[first + 1])) ++first;
-        else break;
-    }
-    cnt -= first;
+    P32 v[kMaxRays];
+    for (int k = 0; k < n; ++k) v[k] = P32{raw[2 * k], raw[2 * k + 1]};
+    const int cnt = clean_points<int32_t>(v, n);
     for (int k = 0; k < cnt; ++k) {
-        rel[2 * k] = (int16_t)U[first + k];
-        rel[2 * k + 1] = (int16_t)V[first + k];
+        rel[2 * k] = (int16_t)v[k].x;
+        rel[2 * k + 1] = (int16_t)v[k].y;
     }
     return cnt;
 }

@@ -19,6 +19,12 @@ def _physical_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _norm_inputs(node):
+    """An InstanceNormalization node's (x, scale, bias, epsilon)."""
+    x, scale, bias = node.input
+    return x, scale, bias, next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+
+
 def _affine_nodes(p: str, var: str, eps: float, scale: str, bias: str, nd: int) -> list:
     """Nodes shared by the InstanceNormalization rewrites: ``{p}std`` = sqrt(var + eps) and
     ``{p}scale`` / ``{p}bias`` unsqueezed to broadcast over (N, C, *nd spatial axes)."""
@@ -50,8 +56,7 @@ def stable_instance_norm(proto, rank: int) -> int:
         if node.op_type != "InstanceNormalization" or len(node.input) != 3:
             nodes.append(node)
             continue
-        x, scale, bias = node.input
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        x, scale, bias, eps = _norm_inputs(node)
         p = f"_segrt_in{count}_"
         count += 1
 
@@ -109,8 +114,7 @@ def pooled_instance_norm(proto, input_shape, min_elements: int = 10_000):
         if not spatial or min(spatial) <= 0 or int(np.prod(spatial)) < min_elements or len(node.input) != 3:
             nodes.append(node)
             continue
-        x, scale, bias = node.input
-        eps = next((a.f for a in node.attribute if a.name == "epsilon"), 1e-5)
+        x, scale, bias, eps = _norm_inputs(node)
         p = f"_segrt_pool{count}_"
         count += 1
         nd = len(spatial)
