@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import os
+import threading
 
 import numpy as np
 
@@ -202,13 +203,19 @@ class OrtRunner:
 
 class OpenVinoRunner:
     """OpenVINO on the CPU, f32 unless asked otherwise; the model is compiled once per input
-    shape (static shapes run fastest) and the compiled models are kept (8 shapes, LRU)."""
+    shape (static shapes run fastest) and the compiled models are kept (8 shapes, LRU).
 
-    def __init__(self, path, inputs, outputs, *, threads=None, precision="f32", cache_size=8, stable_norm=True,
-                 proto=None):
+    Safe to call from several threads: each thread infers through its own request. With
+    ``streams`` > 1 the ``threads`` are split into that many streams, so that as many calls
+    run at once (separately compiled copies of a model would take turns instead)."""
+
+    def __init__(self, path, inputs, outputs, *, threads=None, streams=1, precision="f32", cache_size=8,
+                 stable_norm=True, proto=None):
         ov = optional_import("openvino", purpose="the OpenVINO backend")
         if precision not in ("f32", "bf16"):
             raise ValueError(f"precision must be 'f32' or 'bf16', got {precision!r}")
+        if isinstance(streams, bool) or not isinstance(streams, int) or streams < 1:
+            raise ValueError(f"streams must be a positive integer, got {streams!r}")
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(path)
@@ -217,7 +224,12 @@ class OpenVinoRunner:
         self.config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
         if threads:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        if streams > 1:
+            self.config["NUM_STREAMS"] = streams
+            self.config["INFERENCE_NUM_THREADS"] = max(int(threads or _physical_cores()), streams)
         self.input_name = inputs[0].name
+        self._lock = threading.Lock()
+        self._local = threading.local()
         self.n_outputs = len(outputs)
         self.compiled = collections.OrderedDict()
         self.cache_size = cache_size
@@ -227,6 +239,10 @@ class OpenVinoRunner:
             self.proto = proto
 
     def compiled_for(self, shape):
+        with self._lock:
+            return self._compiled_for(shape)
+
+    def _compiled_for(self, shape):
         c = self.compiled.get(shape)
         if c is not None:
             self.compiled.move_to_end(shape)
@@ -246,5 +262,14 @@ class OpenVinoRunner:
         return c
 
     def __call__(self, x):
-        res = self.compiled_for(x.shape)(x)
+        compiled = self.compiled_for(x.shape)
+        requests = self._local.__dict__.setdefault("requests", {})
+        owner, request = requests.get(x.shape, (None, None))
+        if owner is not compiled:  # first call on this thread, or recompiled since
+            request = compiled.create_infer_request()
+            requests.pop(x.shape, None)
+            requests[x.shape] = (compiled, request)
+            if len(requests) > self.cache_size:  # the oldest shape's request goes with its model
+                requests.pop(next(iter(requests)))
+        res = request.infer(x)
         return [res[i] for i in range(self.n_outputs)]

@@ -54,7 +54,7 @@ def test_file_offline_processes_every_frame_and_segments_instruments(tmp_path, c
     s = json.loads((tmp_path / "lat.json").read_text())
     assert s["frames_processed"] == 30 and s["end_to_end"]["n"] == 30
     assert s["end_to_end"]["p50_ms"] <= s["end_to_end"]["p99_ms"] <= s["end_to_end"]["max_ms"]
-    assert set(s["stages"]) == {"preprocess", "infer", "postprocess", "overlay", "output"}
+    assert set(s["stages"]) == {"wait", "preprocess", "infer", "postprocess", "overlay", "output"}
     assert cv2.imread(written[1]).shape == (400, 640, 3)
 
 
@@ -177,3 +177,72 @@ def test_overlay_equals_the_plain_blend(pipeline):
         np.testing.assert_array_equal(pipeline.overlay(frame, np.zeros_like(labels)), frame)
     finally:
         pipeline.contours = True
+
+
+class _JitteryModel(_SlowModel):
+    """Slow on every third call, so that with two workers frames finish out of order; safe
+    to call from several threads (sleep and fresh arrays only)."""
+
+    def __init__(self, fast, slow):
+        super().__init__(fast)
+        self.slow, self.calls, self.lock = slow, 0, __import__("threading").Lock()
+
+    def infer(self, batch):
+        with self.lock:
+            self.calls += 1
+            delay = self.slow if self.calls % 3 == 0 else self.delay
+        time.sleep(delay)
+        return np.stack([np.zeros(batch.shape[2:], np.float32), batch[0, 0] - 128])[None]
+
+
+def test_two_workers_write_every_frame_in_order(tmp_path, clip):
+    seen = []
+    out = tmp_path / "o.avi"
+    pipe = VideoPipeline(_JitteryModel(0.005, 0.06), workers=2)
+    stats = pipe.run(clip, out=str(out), on_frame=lambda i, overlay, labels: seen.append(i))
+    assert seen == list(range(30)), seen  # finished out of order, written in order
+    assert stats.frames_processed == 30 and stats.frames_dropped == 0
+    assert int(cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    assert len(stats.stages["wait"]) == len(stats.end_to_end) == 30
+
+
+def test_two_workers_in_real_time_never_go_back_in_time(clip):
+    seen = []
+    pipe = VideoPipeline(_JitteryModel(0.04, 0.09), workers=2)
+    stats = pipe.run(clip, realtime=True, on_frame=lambda i, overlay, labels: seen.append(i))
+    assert seen == sorted(seen) and len(set(seen)) == len(seen)
+    assert stats.frames_processed + stats.frames_dropped == stats.frames_read == 30
+    assert stats.frames_dropped > 0  # 0.09 s calls at 30 fps: late or replaced frames
+    assert max(stats.end_to_end) < 2 * 0.09 + 0.05, max(stats.end_to_end)
+
+
+def test_workers_are_checked():
+    for bad in (0, -1, 1.5, "2", True):
+        with pytest.raises(ValueError, match="workers must be an integer"):
+            VideoPipeline(_SlowModel(0), workers=bad)
+
+
+@pytest.mark.parametrize("backend", ["openvino", "ort"])
+def test_a_model_file_with_two_workers_equals_one(backend, clip):
+    pytest.importorskip("openvino" if backend == "openvino" else "onnxruntime")
+    scene = EndoscopyScene(7)
+    frames = [scene.frame(i / 30.0)[0] for i in range(6)]
+    one = VideoPipeline(INSTRUMENTS, backend=backend, warmup=False)
+    two = VideoPipeline(INSTRUMENTS, backend=backend, workers=2)
+    assert two.workers == 2
+    want = [one.process(f)[1] for f in frames]
+    got = {}
+
+    def run(worker):  # the two workers infer at once through the one model
+        for k in range(worker, len(frames), 2):
+            got[k] = two.process(frames[k], worker=worker)[1]
+
+    import threading
+
+    threads = [threading.Thread(target=run, args=(w,)) for w in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for k, labels in enumerate(want):
+        np.testing.assert_array_equal(got[k], labels)
