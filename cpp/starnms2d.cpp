@@ -879,14 +879,16 @@ struct Box {
 
 // make() before the clean-up, when every ray is finite, non-negative and below kSimpleRay
 // (returns false otherwise, nothing usable written), written to vectorise: the n_rays
-// vertices relative to the centre as (x, y) int16 pairs, the bounding box and twice the
-// area. The path Clipper cleans (clean_simple) bounds the same region: the clean-up drops
-// only repeated and collinear vertices (spikes included), which add no area, so the box
-// holds the polygon and the lower bounds may use the raw path.
+// vertices relative to the centre as (x, y) int16 pairs, the bounding box, twice the area,
+// and whether the path is star-shaped about the centre (star_lower_bound2's test, so then
+// the polygon is simple). The path Clipper cleans (clean_simple) bounds the same region:
+// the clean-up drops only repeated and collinear vertices (spikes included), which add no
+// area, so the box holds the polygon and the lower bounds may use the raw path.
 constexpr float kSimpleRay = 2000.0f;  // int32 products below: coordinates under 2^11
 
 // AVX2 where the CPU has it, chosen at load time (the build stays portable): same values
-__attribute__((target_clones("avx2", "default"))) bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2) {
+__attribute__((target_clones("avx2", "default"))) bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2,
+                 bool* own_star) {
     const int n = M.n_rays;
     const float* d = M.dist + cell * n;
     const float* cos_t = M.cos_t.data();
@@ -902,10 +904,14 @@ __attribute__((target_clones("avx2", "default"))) bool make_simple(const Polygon
         Y[k] = (int32_t)(py + d[k] * sin_t[k]) - cy;
     }
     X[n] = X[0], Y[n] = Y[0];
-    int32_t s2 = 0;
+    int32_t s2 = 0, bad = 0, wraps = 0;
     int32_t x0 = X[0], x1 = X[0], y0 = Y[0], y1 = Y[0];
     for (int k = 0; k < n; ++k) {
-        s2 += X[k] * Y[k + 1] - Y[k] * X[k + 1];
+        const int32_t cross = X[k] * Y[k + 1] - Y[k] * X[k + 1];
+        const int32_t dot = X[k] * X[k + 1] + Y[k] * Y[k + 1];
+        s2 += cross;
+        bad += (cross < 0) | ((cross == 0) & (dot <= 0));
+        wraps += (Y[k] < 0) & (Y[k + 1] >= 0);
         x0 = X[k] < x0 ? X[k] : x0;
         x1 = X[k] > x1 ? X[k] : x1;
         y0 = Y[k] < y0 ? Y[k] : y0;
@@ -915,6 +921,7 @@ __attribute__((target_clones("avx2", "default"))) bool make_simple(const Polygon
     }
     *box = Box{x0 + cx, x1 + cx, y0 + cy, y1 + cy};
     *area2 = (int64_t)s2;
+    *own_star = bad == 0 && wraps == 1;
     return true;
 }
 
@@ -1319,7 +1326,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 int nv_j = 0;
                 int64_t s2;
                 bool cleaned = false;
-                if (!make_simple(maker, row[j], zj, rel_raw.data(), &box_j, &s2)) {
+                bool raw_star = false;  // j's raw path star-shaped about its centre: j is simple
+                if (!make_simple(maker, row[j], zj, rel_raw.data(), &box_j, &s2, &raw_star)) {
                     nv_j = maker.make(row[j], zj, pj.data());
                     int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
                     if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
@@ -1400,7 +1408,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         // past this the pair is suppressed whatever the exact area: a margin above the
                         // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
                         const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-                        double lb = K.star ? star_lower_bound2(K.profile, first_rel, first_n, zj.x - zi.x, zj.y - zi.y, false) : 0;
+                        double lb = K.star ? star_lower_bound2(K.profile, first_rel, first_n, zj.x - zi.x, zj.y - zi.y, raw_star) : 0;
                         if (lb >= (double)enough) {
                             ++cnt[3];
                             suppressed = true;
