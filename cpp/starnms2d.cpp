@@ -1182,8 +1182,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         for (int64_t i = a; i < b; ++i) {
             // rank order visits the rows at random: fetch ahead
-            if (i + 8 < b) {
-                const char* ahead = (const char*)(dist + row[i + 8] * n_rays);
+            if (i + 16 < b) {
+                const char* ahead = (const char*)(dist + row[i + 16] * n_rays);
                 for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
             }
             centre[i] = maker.centre(order[i]);
@@ -1307,6 +1307,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 return nv;
             };
             const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+            constexpr size_t kAhead = 16;  // rows fetched this many candidates ahead (8 left stalls here)
 
             for (size_t q = 0; q < mine.size(); ++q) {
                 if (failed.load(std::memory_order_relaxed)) {
@@ -1314,8 +1315,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     break;
                 }
                 // rank order visits the distance rows at random: fetch ahead
-                if (q + 8 < mine.size()) {
-                    const char* ahead = (const char*)(dist + row[mine[q + 8]] * n_rays);
+                if (q + kAhead < mine.size()) {
+                    const char* ahead = (const char*)(dist + row[mine[q + kAhead]] * n_rays);
                     for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
                 }
                 const int64_t j = mine[q];
