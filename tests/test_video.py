@@ -157,6 +157,10 @@ def test_cli_video(tmp_path, clip, capsys):
     assert "dropped" in capsys.readouterr().out
     assert json.loads(stats.read_text())["frames_processed"] == 30
     assert (tmp_path / "s.png").is_file() and (tmp_path / "o.mp4").is_file()
+    assert main(["video", INSTRUMENTS, clip, "--workers", "2", "--stats", str(stats), "--backend", "ort", "-q"]) == 0
+    assert json.loads(stats.read_text())["frames_processed"] == 30
+    assert main(["video", INSTRUMENTS, clip, "--workers", "0", "--backend", "ort", "-q"]) == 2
+    assert "workers must be an integer" in capsys.readouterr().err
 
 
 def test_overlay_equals_the_plain_blend(pipeline):
