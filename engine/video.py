@@ -280,13 +280,6 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
 
 # -- the pipeline --------------------------------------------------------------------------
 
-def _cores() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:
-        return max(1, os.cpu_count() or 1)
-
-
 def _chosen_backend(model, backend) -> str:
     if backend != "auto":
         return backend
@@ -320,7 +313,6 @@ class VideoPipeline:
 
     def __init__(self, model, *, backend="auto", alpha=0.45, min_blob=None, contours=True, workers=1,
                  warmup=True, **backend_options):
-        cores = _cores()
         n_workers = _check_workers(workers)
         options = dict(backend_options)
         if n_workers > 1 and not hasattr(model, "infer"):
@@ -330,7 +322,9 @@ class VideoPipeline:
             if chosen == "openvino":
                 options.setdefault("streams", n_workers)
             elif chosen == "ort":
-                options.setdefault("threads", max(1, cores // n_workers))
+                from segrt.engine.backends import _physical_cores
+
+                options.setdefault("threads", max(1, _physical_cores() // n_workers))
         self.model = _load(model, backend, options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
@@ -446,7 +440,7 @@ class VideoPipeline:
 
     def process(self, frame: np.ndarray, times: dict | None = None, *, worker: int = 0):
         """One frame through every stage; returns (overlay, labels). ``times`` collects seconds
-        per stage; ``worker`` picks the model copy and buffer (one frame per worker at a time)."""
+        per stage; ``worker`` picks the input buffer (one frame per worker at a time)."""
         if frame is None or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
             raise ValueError(f"a frame must be an (H, W) or (H, W, 3) uint8 image, got "
                              f"{None if frame is None else (frame.shape, frame.dtype)}")
