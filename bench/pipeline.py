@@ -9,7 +9,8 @@
   throughput with per-stage and non-model time per frame; files read as fast as processed
   with one worker and with two; a real-time run paced at the rate the CPU sustains (one
   frame per p99 frame time plus its decode; end-to-end p50 / p99, dropped frames); two
-  workers at 30 fps; the ultrasound cine from pydicom-data paced at its own 30 fps or, when
+  workers at 30 fps; bf16 inference (speed, pixels equal to f32, paced at its own
+  sustainable rate); the ultrasound cine from pydicom-data paced at its own 30 fps or, when
   the CPU sustains less on its frames, at that rate.
 """
 from __future__ import annotations
@@ -214,6 +215,26 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     at30 = write_clip(os.path.join(tmp, "paced30.avi"), seed=4321, seconds=frames / 30, fps=30)
     for run in range(runs):
         _video_row(report, f"real time, generated clip at 30 fps, 2 workers, run {run + 1}", *_run_paced(two, at30))
+    if pipe.model.backend == "openvino":  # bfloat16 inference: its speed, its agreement with f32, its tail
+        bf16 = VideoPipeline(zoo.resolve("instruments"), backend="openvino", precision="bf16")
+        times_bf: dict = {}
+        agree = []
+        for f in clip_frames:
+            labels = bf16.process(f, times_bf)[1]
+            agree.append(float((labels == pipe.process(f)[1]).mean()))
+        per_bf = [sum(v[i] for v in times_bf.values()) for i in range(frames)]
+        rate_bf = round(1.0 / (float(np.percentile(per_bf, 99)) + _decode_s(clip_frames[0])), 1)
+        report.add(story="video", case="back-to-back, bf16 inference", backend="openvino bf16", frames=frames,
+                   median_rate_fps=1.0 / float(np.median(per_bf)), sustainable_fps=rate_bf,
+                   infer_p50_ms=1000 * float(np.median(times_bf["infer"])),
+                   infer_p99_ms=1000 * float(np.percentile(times_bf["infer"], 99)),
+                   pixels_equal_f32_min=min(agree), pixels_equal_f32_mean=float(np.mean(agree)))
+        print(f"  video bf16: infer p50 {1000 * np.median(times_bf['infer']):.1f} ms, pixels equal to f32 "
+              f"{np.mean(agree):.6f} (min {min(agree):.6f})", flush=True)
+        paced_bf = write_clip(os.path.join(tmp, "paced_bf16.avi"), seed=4321, seconds=frames / rate_bf, fps=rate_bf)
+        for run in range(runs):
+            _video_row(report, f"real time, bf16, generated clip paced at {rate_bf} fps (its sustainable rate), run "
+                       f"{run + 1}", *_run_paced(bf16, paced_bf))
     from pydicom.data import get_testdata_file
 
     cine = get_testdata_file("color3d_jpeg_baseline.dcm")

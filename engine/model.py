@@ -247,6 +247,26 @@ def _choose(backend: str) -> tuple[str, str]:
     return "ort", "; ".join(skipped + ["ort: the portable CPU fallback"])
 
 
+def _check_options(backend: str, options: dict) -> None:
+    """Options a backend does not take are an error that lists the ones it does."""
+    import inspect
+
+    from segrt.engine import backends
+
+    if backend == "trt":
+        from segrt.engine.trt_backend import TrtRunner as runner
+    else:
+        runner = backends.OrtRunner if backend in ("ort", "ort-gpu") else backends.OpenVinoRunner
+    internal = {"proto", "gpu", "window"}
+    params = inspect.signature(runner.__init__).parameters
+    accepted = [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY and n not in internal]
+    if backend == "ort":
+        accepted.remove("device")
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ValueError(f"backend {backend!r} takes the options {accepted}, not {unknown}")
+
+
 def load(path, *, backend="auto", **options) -> Model:
     """Load an ONNX model for inference.
 
@@ -270,6 +290,7 @@ def load(path, *, backend="auto", **options) -> Model:
     chosen, reason = _choose(backend)
     from segrt.engine import backends
 
+    _check_options(chosen, options)
     if chosen == "ort":
         runner = backends.OrtRunner(path, inputs, outputs, proto=proto, **options)
     elif chosen == "openvino":

@@ -248,6 +248,12 @@ def test_backend_choice_and_unknown_backends(unet2d_path):
         load(unet2d_path, backend="tensorflow")
     with pytest.raises((ImportError, RuntimeError), match="tensorrt|CUDA"):
         load(unet2d_path, backend="trt")  # needs TensorRT and a GPU: a clear error here
+    # an option the backend does not take is named, with the ones it does
+    with pytest.raises(ValueError, match=r"backend 'ort' takes the options \[.*'threads'.*\], not \['precision'\]"):
+        load(unet2d_path, backend="ort", precision="bf16")
+    if "openvino" in CPU_BACKENDS:
+        with pytest.raises(ValueError, match=r"'openvino' takes .*'streams'.*not \['thread'\]"):
+            load(unet2d_path, backend="openvino", thread=2)
 
 
 def test_check_reports_raw_and_task_agreement(unet2d_path, tmp_path):

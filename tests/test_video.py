@@ -161,6 +161,18 @@ def test_cli_video(tmp_path, clip, capsys):
     assert json.loads(stats.read_text())["frames_processed"] == 30
     assert main(["video", INSTRUMENTS, clip, "--workers", "0", "--backend", "ort", "-q"]) == 2
     assert "workers must be an integer" in capsys.readouterr().err
+    assert main(["video", INSTRUMENTS, clip, "--precision", "bf16", "--backend", "ort", "-q"]) == 2
+    assert "not ['precision']" in capsys.readouterr().err
+
+
+def test_bf16_video_agrees_with_f32():
+    pytest.importorskip("openvino")
+    scene = EndoscopyScene(99)
+    f32 = VideoPipeline(INSTRUMENTS, backend="openvino", warmup=False)
+    bf16 = VideoPipeline(INSTRUMENTS, backend="openvino", precision="bf16", warmup=False)
+    for i in range(3):
+        frame = scene.frame(i / 30.0)[0]
+        assert (f32.process(frame)[1] == bf16.process(frame)[1]).mean() > 0.999
 
 
 def test_overlay_equals_the_plain_blend(pipeline):
