@@ -11,7 +11,7 @@ stays bounded. A file read without ``realtime`` is processed frame by frame, non
 Frames are processed by ``workers`` threads (one by default), each with its share of the
 cores; overlays come out in frame order. One worker with every core gives the lowest
 latency. More workers give more frames per second when the model does not use all cores
-well (the demo model on 2 CPU cores: 4 to 15 % more, measured), at the cost of each frame
+well (the demo model on 2 CPU cores: 1 to 15 % more, measured), at the cost of each frame
 taking longer; an overlay finished after a newer one is dropped (counted) rather than shown late.
 
 Latency is measured per frame from the moment capture returned it to the moment its overlay
