@@ -23,21 +23,35 @@ using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
 namespace {
 
 template <typename T>
-py::array_t<int64_t> select_candidates_py(carray<T> prob, double thresh, std::vector<int64_t> lo,
-                                          std::vector<int64_t> hi) {
+py::object select_candidates_py(carray<T> prob, double thresh, std::vector<int64_t> lo, std::vector<int64_t> hi,
+                                py::object dist_obj) {
     std::vector<int64_t> shape(prob.shape(), prob.shape() + prob.ndim());
     if (lo.size() != shape.size() || hi.size() != shape.size())
         throw std::invalid_argument("border bounds must have one entry per axis");
+    // dist given: the candidates' rays are checked and measured on the way (RayCheck), and
+    // (candidates, longest ray) comes back
+    carray<float> dist;
+    RayCheck check;
+    if (!dist_obj.is_none()) {
+        dist = dist_obj.cast<carray<float>>();
+        if (dist.ndim() != 2 || dist.shape(0) != prob.size())
+            throw std::invalid_argument("dist must hold one row of rays per cell of prob");
+        check.dist = dist.data();
+        check.n_rays = (int)dist.shape(1);
+    }
     std::vector<int64_t> idx;
     int64_t nan_count = 0;
     {
         py::gil_scoped_release release;
-        idx = select_candidates<T>(prob.data(), shape, (T)thresh, lo, hi, nan_count);
+        idx = select_candidates<T>(prob.data(), shape, (T)thresh, lo, hi, nan_count,
+                                   check.dist ? &check : nullptr);
     }
     if (nan_count) throw std::invalid_argument("prob contains " + std::to_string(nan_count) + " NaN value(s)");
+    if (check.bad) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
     py::array_t<int64_t> out(idx.size());
     std::copy(idx.begin(), idx.end(), out.mutable_data());
-    return out;
+    if (!check.dist) return std::move(out);
+    return py::make_tuple(out, check.longest);
 }
 
 py::dict stats_2d(const Nms2DStats& s) {
@@ -97,14 +111,14 @@ PYBIND11_MODULE(_C, m) {
     bind_stitch(m);
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
-          py::arg("hi"));
+          py::arg("hi"), py::arg("dist") = py::none());
     m.def("select_candidates", &select_candidates_py<double>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
-          py::arg("hi"));
+          py::arg("hi"), py::arg("dist") = py::none());
 
     m.def(
         "nms_2d",
         [](carray<float> dist, carray<int64_t> order, int64_t width, int gy, int gx, float thresh, int n_threads,
-           py::object rows_obj) {
+           py::object rows_obj, float longest_ray) {
             if (dist.ndim() != 2) throw std::invalid_argument("dist must be (cells, n_rays)");
             const int n_rays = (int)dist.shape(1);
             const int64_t n = order.size();
@@ -125,7 +139,8 @@ PYBIND11_MODULE(_C, m) {
             Nms2DStats st;
             {
                 py::gil_scoped_release release;
-                keep = nms_2d(dist.data(), n_rays, o, n, width, gy, gx, thresh, n_threads, &st, r == o ? nullptr : r);
+                keep = nms_2d(dist.data(), n_rays, o, n, width, gy, gx, thresh, n_threads, &st, r == o ? nullptr : r,
+                              longest_ray);
             }
             py::array_t<bool> out(n);
             bool* p = out.mutable_data();
@@ -133,7 +148,9 @@ PYBIND11_MODULE(_C, m) {
             return py::make_tuple(out, stats_2d(st));
         },
         py::arg("dist"), py::arg("order"), py::arg("width"), py::arg("grid_y"), py::arg("grid_x"),
-        py::arg("thresh"), py::arg("n_threads") = 0, py::arg("rows") = py::none());
+        py::arg("thresh"), py::arg("n_threads") = 0, py::arg("rows") = py::none(),
+        // select_candidates(dist=...)'s longest ray for these candidates: their rows were checked then
+        py::arg("longest_ray") = -1.0f);
 
     m.def(
         "polygon_overlap_bounds_2d",

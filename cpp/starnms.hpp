@@ -52,17 +52,32 @@ struct Nms2DStats {
 // Flat indices of cells with prob > thresh inside [border_lo, border_hi), ordered by
 // descending prob, ties by ascending flat index (a stable LSD radix sort on the float bits).
 // nan_count: NaN cells seen in that region.
+// The rays of the candidates, checked and measured as they are found (in memory order, so
+// that nms_2d need not visit them in rank order, at random): dist holds one row of n_rays
+// per cell of prob.
+struct RayCheck {
+    const float* dist = nullptr;
+    int n_rays = 0;
+    float longest = 0;  // out: the longest ray of any candidate
+    bool bad = false;   // out: a candidate's rays hold NaN, infinite or negative values
+};
+
+// Flat indices of the cells with prob > thresh inside [border_lo, border_hi), by descending
+// prob (ties: ascending index); NaNs counted in nan_count; rays checked when `rays` is given.
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
                                        const std::vector<int64_t>& border_lo,
-                                       const std::vector<int64_t>& border_hi, int64_t& nan_count);
+                                       const std::vector<int64_t>& border_hi, int64_t& nan_count,
+                                       RayCheck* rays = nullptr);
 
 // Greedy suppression over candidates given in visiting order (flat cell indices into a
 // grid with `width` columns). dist: (cells, n_rays) float32, row order[i] for candidate i, or
 // row rows[i] when rows is given (dist then holds the candidates' rows only). Returns keep flags.
+// longest_ray: what select_candidates' RayCheck measured for these candidates (their rows
+// were checked then), or negative to check and measure the rows here.
 std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n,
                             int64_t width, int grid_y, int grid_x, float thresh, int n_threads,
-                            Nms2DStats* stats, const int64_t* rows = nullptr);
+                            Nms2DStats* stats, const int64_t* rows = nullptr, float longest_ray = -1.0f);
 
 // Intersection area (as float, StarDist's convention) and own areas of two candidate
 // polygons given by integer vertices; exposed for tests.

@@ -1093,7 +1093,7 @@ void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
                                        const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
-                                       int64_t& nan_count) {
+                                       int64_t& nan_count, RayCheck* rays) {
     nan_count = 0;
     const int nd = (int)shape.size();
     for (int d = 0; d < nd; ++d)
@@ -1108,6 +1108,8 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
     std::vector<std::vector<K>> part_keys(parts);
     std::vector<std::vector<int64_t>> part_idx(parts);
     std::vector<int64_t> part_nan(parts, 0);
+    std::vector<float> part_longest(parts, 0.0f);
+    std::vector<uint8_t> part_bad(parts, 0);
     parallel_for(parts, parts, [&](int64_t p0, int64_t p1) {
         for (int64_t part = p0; part < p1; ++part) {
             std::vector<K>& keys = part_keys[part];
@@ -1143,6 +1145,26 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                 if (d < 0) break;
             }
             part_nan[part] = nans;
+            if (rays) {  // this part's candidates, still in memory order: their rows in turn
+                const float* dist = rays->dist;
+                const int n_rays = rays->n_rays;
+                const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+                float longest = 0.0f;
+                int32_t bad = 0;
+                for (size_t c = 0; c < idx.size(); ++c) {
+                    if (c + 8 < idx.size()) {
+                        const char* ahead = (const char*)(dist + idx[c + 8] * n_rays);
+                        for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
+                    }
+                    const float* d = dist + idx[c] * n_rays;
+                    for (int k = 0; k < n_rays; ++k) {
+                        bad |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
+                        longest = d[k] > longest ? d[k] : longest;
+                    }
+                }
+                part_longest[part] = longest;
+                part_bad[part] = (uint8_t)bad;
+            }
         }
     });
     std::vector<K> keys;
@@ -1151,6 +1173,10 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
         keys.insert(keys.end(), part_keys[part].begin(), part_keys[part].end());
         idx.insert(idx.end(), part_idx[part].begin(), part_idx[part].end());
         nan_count += part_nan[part];
+        if (rays) {
+            rays->longest = std::max(rays->longest, part_longest[part]);
+            rays->bad = rays->bad || part_bad[part];
+        }
     }
     radix_sort_stable(keys, idx);
     return idx;
@@ -1158,15 +1184,15 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
 
 template std::vector<int64_t> select_candidates<float>(const float*, const std::vector<int64_t>&, float,
                                                        const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                                       int64_t&);
+                                                       int64_t&, RayCheck*);
 template std::vector<int64_t> select_candidates<double>(const double*, const std::vector<int64_t>&, double,
                                                         const std::vector<int64_t>&, const std::vector<int64_t>&,
-                                                        int64_t&);
+                                                        int64_t&, RayCheck*);
 
 // ---- NMS ---------------------------------------------------------------------------------
 std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n, int64_t width,
                             int grid_y, int grid_x, float thresh, int n_threads, Nms2DStats* stats,
-                            const int64_t* rows) {
+                            const int64_t* rows, float longest_ray) {
     const int64_t* row = rows ? rows : order;  // candidate i's distances: row row[i] of dist
     std::vector<uint8_t> keep(n, 0);
     Nms2DStats st;
@@ -1182,14 +1208,19 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     const auto t_start = std::chrono::steady_clock::now();
 
     // 1. centres, and the longest ray of any candidate (how far a polygon reaches from its
-    //    centre), checking every candidate's rays on the way
+    //    centre), checking every candidate's rays on the way, unless select_candidates did
     std::vector<Pt> centre(n);
+    const bool measured = longest_ray >= 0.0f;
     std::vector<float> longest(threads, 0.0f);
     std::vector<uint8_t> bad(threads, 0);
     parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
         float r = longest[tid];
         int32_t is_bad = 0;
         const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+        if (measured) {
+            for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
+            return;
+        }
         for (int64_t i = a; i < b; ++i) {
             // rank order visits the rows at random: fetch ahead
             if (i + (int64_t)kFetchAhead < b) {
@@ -1206,7 +1237,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         longest[tid] = r;
         bad[tid] |= (uint8_t)is_bad;
     });
-    float rmax_all = 0;
+    float rmax_all = measured ? longest_ray : 0.0f;
     for (int t = 0; t < threads; ++t) {
         if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
         rmax_all = std::max(rmax_all, longest[t]);

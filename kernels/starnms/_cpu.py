@@ -17,17 +17,21 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     the cells whose rows dist (k, n_rays) holds, a superset of the candidates.
     Returns (kept cells, stats, the kept candidates' rows of dist)."""
     C = extension()
-    order = candidates(prob, prob_thresh, lo, hi)
     n_rays = dist.shape[-1]
-    dist32 = dist if dist.dtype == np.float32 else dist.astype(np.float32)
+    dist32 = (dist if dist.dtype == np.float32 else dist.astype(np.float32)).reshape(-1, n_rays)
     rows = None
-    if stored is not None:
+    longest = -1.0
+    if stored is None:  # the candidates' rays are checked as they are found, in memory order
+        order, longest = C.select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi),
+                                             dist=dist32)
+    else:
+        order = candidates(prob, prob_thresh, lo, hi)
         rows = np.searchsorted(stored, order)
         if order.size and (rows.max() >= stored.size or not np.array_equal(stored[rows], order)):
             raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
     keep, stats = C.nms_2d(
-        dist32.reshape(-1, n_rays), order, prob.shape[1], grid[0], grid[1], float(nms_thresh), int(n_threads),
-        rows=rows,
+        dist32, order, prob.shape[1], grid[0], grid[1], float(nms_thresh), int(n_threads), rows=rows,
+        longest_ray=longest,
     )
     return order[keep], stats, (order if rows is None else rows)[keep]
 
