@@ -356,6 +356,25 @@ def test_nan_and_negative_values():
         nms_2d(prob, d, device="reference")
 
 
+def test_only_the_candidates_rays_are_checked_and_measured():
+    from segrt.kernels._ext import extension
+
+    rng = np.random.default_rng(3)
+    prob = rng.random((40, 50)).astype(np.float32)
+    dist = (rng.random((40, 50, 16)) * 9 + 0.5).astype(np.float32)
+    dist[prob <= 0.5] = np.nan  # no candidate there: never read
+    dist[:2] = -1.0  # in the border: never read
+    rows = dist.reshape(-1, 16)
+    order, longest = extension().select_candidates(prob, 0.5, [2, 2], [38, 48], dist=rows)
+    assert np.array_equal(order, extension().select_candidates(prob, 0.5, [2, 2], [38, 48]))
+    assert longest == rows[order].max()
+    points, _, _ = nms_2d(prob, dist)
+    assert len(points) > 0
+    rows[order[len(order) // 2], 3] = np.inf
+    with pytest.raises(ValueError, match="NaN, infinite or negative"):
+        nms_2d(prob, dist)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
