@@ -275,8 +275,10 @@ def load(path, *, backend="auto", **options) -> Model:
         backend: "auto" (trt, then ort-gpu, then openvino, then ort; the choice and why are in
             ``model.backend_reason``), "openvino", "ort", "ort-gpu" or "trt".
         options: backend options: ort: ``threads`` (intra-op threads, default: ORT's choice),
-            ``spinning`` (bool, default True); openvino: ``threads``, ``precision`` ("f32",
-            default; "bf16" is opt-in).
+            ``spinning`` (bool, default True); openvino: ``threads``, ``streams`` (calls that
+            run at once from several threads, the threads split between them; default 1),
+            ``precision`` ("f32", default; "bf16" is opt-in). An option the backend does not
+            take is a ValueError that lists the ones it does.
 
     Returns:
         a Model with ``infer``, ``metadata``, ``backend``, ``inputs`` / ``outputs``.
