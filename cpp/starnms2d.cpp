@@ -1090,6 +1090,25 @@ void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
 }
 }  // namespace
 
+namespace {
+// Starts fetching a row of distances the loop will read soon (rows are visited with gaps).
+inline void fetch_row(const float* row, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch((const char*)row + off);
+}
+
+// The longest ray of a row into *longest; *bad set when a ray is NaN, infinite or negative.
+inline void scan_rays(const float* d, int n_rays, float* longest, int32_t* bad) {
+    float r = *longest;
+    int32_t b = 0;
+    for (int k = 0; k < n_rays; ++k) {
+        b |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
+        r = d[k] > r ? d[k] : r;
+    }
+    *longest = r;
+    *bad |= b;
+}
+}  // namespace
+
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
                                        const std::vector<int64_t>& lo, const std::vector<int64_t>& hi,
@@ -1152,15 +1171,8 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                 float longest = 0.0f;
                 int32_t bad = 0;
                 for (size_t c = 0; c < idx.size(); ++c) {
-                    if (c + 8 < idx.size()) {
-                        const char* ahead = (const char*)(dist + idx[c + 8] * n_rays);
-                        for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
-                    }
-                    const float* d = dist + idx[c] * n_rays;
-                    for (int k = 0; k < n_rays; ++k) {
-                        bad |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
-                        longest = d[k] > longest ? d[k] : longest;
-                    }
+                    if (c + 8 < idx.size()) fetch_row(dist + idx[c + 8] * n_rays, row_bytes);
+                    scan_rays(dist + idx[c] * n_rays, n_rays, &longest, &bad);
                 }
                 part_longest[part] = longest;
                 part_bad[part] = (uint8_t)bad;
@@ -1214,25 +1226,18 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<float> longest(threads, 0.0f);
     std::vector<uint8_t> bad(threads, 0);
     parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
-        float r = longest[tid];
-        int32_t is_bad = 0;
-        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         if (measured) {
             for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
             return;
         }
+        float r = longest[tid];
+        int32_t is_bad = 0;
+        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         for (int64_t i = a; i < b; ++i) {
             // rank order visits the rows at random: fetch ahead
-            if (i + (int64_t)kFetchAhead < b) {
-                const char* ahead = (const char*)(dist + row[i + kFetchAhead] * n_rays);
-                for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
-            }
+            if (i + (int64_t)kFetchAhead < b) fetch_row(dist + row[i + kFetchAhead] * n_rays, row_bytes);
             centre[i] = maker.centre(order[i]);
-            const float* d = dist + row[i] * n_rays;
-            for (int k = 0; k < n_rays; ++k) {
-                is_bad |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
-                r = d[k] > r ? d[k] : r;
-            }
+            scan_rays(dist + row[i] * n_rays, n_rays, &r, &is_bad);
         }
         longest[tid] = r;
         bad[tid] |= (uint8_t)is_bad;
@@ -1355,10 +1360,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     break;
                 }
                 // rank order visits the distance rows at random: fetch ahead
-                if (q + kFetchAhead < mine.size()) {
-                    const char* ahead = (const char*)(dist + row[mine[q + kFetchAhead]] * n_rays);
-                    for (size_t off = 0; off < row_bytes; off += 64) __builtin_prefetch(ahead + off);
-                }
+                if (q + kFetchAhead < mine.size()) fetch_row(dist + row[mine[q + kFetchAhead]] * n_rays, row_bytes);
                 const int64_t j = mine[q];
                 const Pt zj = centre[j];
                 // j's polygon: vertices relative to its centre (raw: before Clipper's clean-up,
