@@ -262,3 +262,59 @@ def test_a_model_file_with_two_workers_equals_one(backend, clip):
         t.join()
     for k, labels in enumerate(want):
         np.testing.assert_array_equal(got[k], labels)
+
+
+class _RecordingSource(_FailingSource):
+    """Ends after ``frames_ok`` frames; notes when and in which thread each read happened."""
+
+    def __init__(self, frames_ok):
+        super().__init__(frames_ok, live=False)
+        self.reads = []
+
+    def read(self):
+        import threading
+
+        self.reads.append((time.perf_counter(), threading.current_thread().name))
+        return super().read()
+
+
+def test_every_worker_thread_is_warm_before_the_first_frame_is_read():
+    import threading
+
+    pipe = VideoPipeline(_JitteryModel(0.002, 0.004), workers=2)
+    warmed, processed = [], []
+    warm, process = pipe._warm_thread, pipe.process
+
+    def warm_spy(worker):
+        warm(worker)
+        warmed.append((time.perf_counter(), threading.current_thread().name))
+
+    def process_spy(frame, times=None, *, worker=0):
+        processed.append(threading.current_thread().name)
+        return process(frame, times, worker=worker)
+
+    pipe._warm_thread, pipe.process = warm_spy, process_spy
+    for _ in range(2):  # each run starts new threads: each is warmed again
+        warmed.clear()
+        processed.clear()
+        src = _RecordingSource(8)
+        stats = pipe.run(src, realtime=True)
+        assert stats.frames_processed + stats.frames_dropped == 8
+        assert len({name for _, name in warmed}) == 2  # both workers, each in its own thread
+        assert max(t for t, _ in warmed) < src.reads[0][0]  # before capture read anything
+        assert set(processed) <= {name for _, name in warmed}  # frames only go to warm threads
+
+
+def test_a_worker_that_fails_to_warm_up_raises_in_the_caller(clip):
+    pipe = VideoPipeline(_SlowModel(0.0), workers=2)
+
+    def broken(worker):
+        if worker == 1:
+            raise MemoryError("no room for the infer request")
+
+    pipe._warm_thread = broken
+    src = _RecordingSource(5)
+    t0 = time.perf_counter()
+    with pytest.raises(MemoryError, match="infer request"):
+        pipe.run(src)
+    assert time.perf_counter() - t0 < 5 and src.reads == []  # no hang, and capture never started
