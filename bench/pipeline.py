@@ -303,20 +303,22 @@ def _run_paced(pipe, source, batch, rate, frames):
 
 
 def _video_summary(report) -> None:
-    """How often the bound p99 <= 1.25 x p50 held, for the pipeline and for its controls."""
+    """How often the bound p99 <= 1.25 x p50 held: for the pipeline; for the runtime alone
+    (the controls); and for the pipeline in the runs whose own inference stage stayed within
+    1.2 x its p50 at p99, where what the pipeline adds around the model decides."""
     paced = [r for r in report.rows if r.get("story") == "video" and "control_p99_over_p50" in r]
     if not paced:
         return
     held = [r["p99_over_p50"] <= 1.25 for r in paced]
-    quiet = [r["control_p99_over_p50"] <= 1.25 for r in paced]
+    quiet = [r["infer_p99_ms"] <= 1.2 * r["infer_p50_ms"] for r in paced]
     row = {"story": "video", "case": "summary of the real-time runs: p99 <= 1.25 x p50", "runs": len(paced),
-           "held": sum(held), "control_held": sum(quiet),
-           "held_where_control_held": sum(h and q for h, q in zip(held, quiet)),
-           "held_where_control_failed": sum(h and not q for h, q in zip(held, quiet))}
+           "held": sum(held), "control_held": sum(r["control_p99_over_p50"] <= 1.25 for r in paced),
+           "runs_inference_within_1.2": sum(quiet), "held_where_inference_within_1.2": sum(
+               h and q for h, q in zip(held, quiet))}
     report.add(**row)
-    print(f"  video bound p99 <= 1.25 x p50: held in {row['held']} of {row['runs']} real-time runs; the runtime "
-          f"alone held it in {row['control_held']}, and in those the pipeline held it in "
-          f"{row['held_where_control_held']}", flush=True)
+    print(f"  video bound p99 <= 1.25 x p50: held in {row['held']} of {row['runs']} real-time runs (the runtime alone "
+          f"in {row['control_held']}); in the {sum(quiet)} runs whose inference stayed within 1.2 x p50 the pipeline "
+          f"held it in {row['held_where_inference_within_1.2']}", flush=True)
 
 
 def _decode_s(frame) -> float:

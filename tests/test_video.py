@@ -318,3 +318,18 @@ def test_a_worker_that_fails_to_warm_up_raises_in_the_caller(clip):
     with pytest.raises(MemoryError, match="infer request"):
         pipe.run(src)
     assert time.perf_counter() - t0 < 5 and src.reads == []  # no hang, and capture never started
+
+
+def test_opencv_runs_on_one_thread_during_a_run_and_is_restored():
+    pipe = VideoPipeline(_SlowModel(0.0))
+    seen = []
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        pipe.run(_FailingSource(4, live=False), on_frame=lambda i, o, l: seen.append(cv2.getNumThreads()))
+        assert seen == [1] * 4 and cv2.getNumThreads() == 3
+        with pytest.raises(IOError):  # restored after a failed run too
+            pipe.run(_FailingSource(2, live=False), on_frame=lambda i, o, l: (_ for _ in ()).throw(IOError("x")))
+        assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
