@@ -153,7 +153,7 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_video(args) -> int:
-    from segrt.engine.video import VideoPipeline
+    from segrt.engine.video import VideoPipeline, open_source
     from segrt.export import zoo
 
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
@@ -165,7 +165,8 @@ def _cmd_video(args) -> int:
         stats_path = "stream_segrt_latency.json"
     else:
         stats_path = _default_output(args.source, "_latency.json")
-    stats = pipe.run(args.source, out=args.out, display=args.display, realtime=args.realtime,
+    source = open_source(args.source, decode_threads=args.decode_threads)
+    stats = pipe.run(source, out=args.out, display=args.display, realtime=args.realtime,
                      max_frames=args.max_frames, live=not args.quiet)
     png = os.path.splitext(stats_path)[0] + ".png"
     written = stats.save(stats_path, png)
@@ -279,6 +280,9 @@ def main(argv=None) -> int:
     v.add_argument("--workers", type=int, default=1,
                    help="frames in flight at once (default 1: lowest latency; 2 on a CPU: more frames per second, "
                         "each frame slower)")
+    v.add_argument("--decode-threads", type=int, default=1,
+                   help="FFmpeg decoding threads for files and streams (default 1: each frame decoded as it is "
+                        "read, the steadiest latency; 0: FFmpeg chooses, for large H.264 / HEVC frames)")
     v.add_argument("--stats", help="latency JSON (default <source>_latency.json here; the PNG CDF beside it)")
     v.add_argument("--alpha", type=float, default=0.45, help="overlay opacity (default 0.45)")
     v.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")

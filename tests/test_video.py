@@ -159,6 +159,11 @@ def test_cli_video(tmp_path, clip, capsys):
     assert (tmp_path / "s.png").is_file() and (tmp_path / "o.mp4").is_file()
     assert main(["video", INSTRUMENTS, clip, "--workers", "2", "--stats", str(stats), "--backend", "ort", "-q"]) == 0
     assert json.loads(stats.read_text())["frames_processed"] == 30
+    assert main(["video", INSTRUMENTS, clip, "--decode-threads", "0", "--stats", str(stats), "--backend", "ort",
+                 "-q"]) == 0
+    assert json.loads(stats.read_text())["frames_processed"] == 30
+    assert main(["video", INSTRUMENTS, clip, "--decode-threads", "-1", "--backend", "ort", "-q"]) == 2
+    assert "decode_threads must be an integer >= 0" in capsys.readouterr().err
     assert main(["video", INSTRUMENTS, clip, "--workers", "0", "--backend", "ort", "-q"]) == 2
     assert "workers must be an integer" in capsys.readouterr().err
     assert main(["video", INSTRUMENTS, clip, "--precision", "bf16", "--backend", "ort", "-q"]) == 2
@@ -333,3 +338,23 @@ def test_opencv_runs_on_one_thread_during_a_run_and_is_restored():
         assert cv2.getNumThreads() == 3
     finally:
         cv2.setNumThreads(before)
+
+
+def test_files_are_decoded_in_the_capture_thread_by_default(clip):
+    def threads():
+        return len(os.listdir("/proc/self/task"))
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs Linux's /proc to count threads")
+    before = threads()
+    one = open_source(clip)  # one decoding thread: the caller's, no FFmpeg thread of its own
+    first = [one.read() for _ in range(5)]
+    assert threads() == before
+    ffmpeg = open_source(clip, decode_threads=0)
+    for frame in first:  # same pixels either way
+        np.testing.assert_array_equal(ffmpeg.read(), frame)
+    one.close()
+    ffmpeg.close()
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="decode_threads"):
+            open_source(clip, decode_threads=bad)
