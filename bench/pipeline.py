@@ -7,8 +7,8 @@
   polygons_to_label on the same prob / dist.
 - video (640 x 480 generated endoscopy frames, the demo instrument model): back-to-back
   throughput with per-stage and non-model time per frame; files read as fast as processed
-  with one worker and with two; a real-time run paced at the rate the CPU sustains (one
-  frame per p99 frame time plus its decode; end-to-end p50 / p99, dropped frames); two
+  with one worker and with two; real-time runs paced at the rate the CPU sustains (one
+  frame per p99 frame time plus its decode, less 10 %; end-to-end p50 / p99, dropped frames); two
   workers at 30 fps; bf16 inference (speed, pixels equal to f32, paced at its own
   sustainable rate); the ultrasound cine from pydicom-data paced at its own 30 fps or, when
   the CPU sustains less on its frames, at that rate. Each real-time run follows a control:
@@ -172,8 +172,8 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     non_model = [sum(times[s][i] for s in ("preprocess", "postprocess", "overlay")) for i in range(frames)]
     sustained = 1.0 / float(np.median(per_frame))
     # the rate the CPU sustains: 99 % of frames (with their capture and decode) done before
-    # the next one arrives; pacing faster only trades queueing for dropped frames
-    sustainable = 1.0 / (float(np.percentile(per_frame, 99)) + _decode_s(clip_frames[0]))
+    # the next one arrives, with room for slow phases; faster only trades waiting for drops
+    sustainable = _sustainable_fps(per_frame, clip_frames[0])
     row = {"story": "video", "case": "back-to-back, 640x480 frames from memory", "backend": pipe.model.backend,
            "frames": frames, "fps": frames / wall, "median_rate_fps": sustained, "sustainable_fps": sustainable,
            "non_model_p50_ms": 1000 * float(np.median(non_model)),
@@ -198,7 +198,7 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     # several runs each, every one reported, each right after its control: the runtime alone
     # at the same pace. On a shared VM the host slows the cores in bursts; the control shows
     # whether a run's tail came from the pipeline or from the machine
-    for run in range(runs):
+    for run in range(runs + 2):  # the default set-up: two more runs
         _video_row(report, f"real time, generated clip paced at {rate} fps (the sustainable rate), run {run + 1}",
                    *_run_paced(pipe, clip, x, rate, frames))
     at30 = write_clip(os.path.join(tmp, "paced30.avi"), seed=4321, seconds=frames / 30, fps=30)
@@ -213,7 +213,7 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
             labels = bf16.process(f, times_bf)[1]
             agree.append(float((labels == pipe.process(f)[1]).mean()))
         per_bf = [sum(v[i] for v in times_bf.values()) for i in range(frames)]
-        rate_bf = round(1.0 / (float(np.percentile(per_bf, 99)) + _decode_s(clip_frames[0])), 1)
+        rate_bf = round(_sustainable_fps(per_bf, clip_frames[0]), 1)
         report.add(story="video", case="back-to-back, bf16 inference", backend="openvino bf16", frames=frames,
                    median_rate_fps=1.0 / float(np.median(per_bf)), sustainable_fps=rate_bf,
                    infer_p50_ms=1000 * float(np.median(times_bf["infer"])),
@@ -245,7 +245,7 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
             t0 = time.perf_counter()
             pipe.process(frame)
             per_frame.append(time.perf_counter() - t0)
-        cine_rate = round(min(native, 1.0 / (float(np.percentile(per_frame, 99)) + _decode_s(cine_frames[0]))), 1)
+        cine_rate = round(min(native, _sustainable_fps(per_frame, cine_frames[0])), 1)
         for run in range(runs):
             src = open_source(cine)
             src.fps = cine_rate
@@ -319,6 +319,13 @@ def _video_summary(report) -> None:
     print(f"  video bound p99 <= 1.25 x p50: held in {row['held']} of {row['runs']} real-time runs (the runtime alone "
           f"in {row['control_held']}); in the {sum(quiet)} runs whose inference stayed within 1.2 x p50 the pipeline "
           f"held it in {row['held_where_inference_within_1.2']}", flush=True)
+
+
+def _sustainable_fps(per_frame_s, frame) -> float:
+    """The rate the CPU sustains: one frame per p99 frame time (measured back to back) plus
+    its decode, less 10 % for this machine's slow phases (the host slows it by 20-30 % for
+    seconds at a time: a rate kept only in the fast phases drops frames, i.e. is not sustained)."""
+    return 0.9 / (float(np.percentile(per_frame_s, 99)) + _decode_s(frame))
 
 
 def _decode_s(frame) -> float:
