@@ -648,8 +648,8 @@ class VideoPipeline:
             for t in threads:
                 if t.ident is not None:  # started
                     t.join(timeout=2.0)
-            src.close()
             cv2.setNumThreads(opencv_threads)
+            src.close()
             if display:
                 cv2.destroyAllWindows()
         if tmp_ctx is not None:
