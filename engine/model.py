@@ -265,6 +265,9 @@ def _check_options(backend: str, options: dict) -> None:
     unknown = sorted(set(options) - set(accepted))
     if unknown:
         raise ValueError(f"backend {backend!r} takes the options {accepted}, not {unknown}")
+    threads = options.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer (or None: the backend's choice), got {threads!r}")
 
 
 def load(path, *, backend="auto", **options) -> Model:

@@ -158,6 +158,8 @@ def _cmd_video(args) -> int:
 
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
     options = {"precision": "bf16"} if args.precision == "bf16" else {}
+    if args.threads is not None:
+        options["threads"] = args.threads
     pipe = VideoPipeline(model_path, backend=args.backend, alpha=args.alpha, workers=args.workers, **options)
     if args.stats:
         stats_path = args.stats
@@ -280,6 +282,10 @@ def main(argv=None) -> int:
     v.add_argument("--workers", type=int, default=1,
                    help="frames in flight at once (default 1: lowest latency; 2 on a CPU: more frames per second, "
                         "each frame slower)")
+    v.add_argument("--threads", type=int,
+                   help="inference threads (default: one per core, the lowest latency). 1 gives the steadiest "
+                        "latency where a core can stall, as on shared virtual machines, at about twice the "
+                        "inference time")
     v.add_argument("--decode-threads", type=int, default=1,
                    help="FFmpeg decoding threads for files and streams (default 1: each frame decoded as it is "
                         "read, the steadiest latency; 0: FFmpeg chooses, for large H.264 / HEVC frames)")

@@ -254,6 +254,9 @@ def test_backend_choice_and_unknown_backends(unet2d_path):
     if "openvino" in CPU_BACKENDS:
         with pytest.raises(ValueError, match=r"'openvino' takes .*'streams'.*not \['thread'\]"):
             load(unet2d_path, backend="openvino", thread=2)
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="threads must be a positive integer"):
+            load(unet2d_path, backend="ort", threads=bad)
 
 
 def test_check_reports_raw_and_task_agreement(unet2d_path, tmp_path):

@@ -164,6 +164,10 @@ def test_cli_video(tmp_path, clip, capsys):
     assert json.loads(stats.read_text())["frames_processed"] == 30
     assert main(["video", INSTRUMENTS, clip, "--decode-threads", "-1", "--backend", "ort", "-q"]) == 2
     assert "decode_threads must be an integer >= 0" in capsys.readouterr().err
+    assert main(["video", INSTRUMENTS, clip, "--threads", "1", "--stats", str(stats), "--backend", "ort", "-q"]) == 0
+    assert json.loads(stats.read_text())["frames_processed"] == 30
+    assert main(["video", INSTRUMENTS, clip, "--threads", "0", "--backend", "ort", "-q"]) == 2
+    assert "threads must be a positive integer" in capsys.readouterr().err
     assert main(["video", INSTRUMENTS, clip, "--workers", "0", "--backend", "ort", "-q"]) == 2
     assert "workers must be an integer" in capsys.readouterr().err
     assert main(["video", INSTRUMENTS, clip, "--precision", "bf16", "--backend", "ort", "-q"]) == 2
