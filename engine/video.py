@@ -323,6 +323,9 @@ class VideoPipeline:
             default) gives the lowest latency; 2 on a CPU gives more frames per second at
             about twice the latency (see the module text). A loaded model is called by the
             workers as it is: it must be safe to call from several threads (segrt's are).
+        backend_options: passed to ``segrt.engine.load`` with a model file: ``threads``
+            (inference threads; 1 is the steadiest where a core can stall, as on shared VMs,
+            at about twice the inference time), ``precision`` ("bf16", OpenVINO), ...
     """
 
     def __init__(self, model, *, backend="auto", alpha=0.45, min_blob=None, contours=True, workers=1,
