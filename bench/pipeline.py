@@ -208,34 +208,19 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
                    *_run_paced(two, at30, x, 30.0, frames))
     # one inference thread (--threads 1): immune to a stalled second core, twice the inference
     one = VideoPipeline(zoo.resolve("instruments"), threads=1)
-    times_one: dict = {}
-    for f in clip_frames:
-        one.process(f, times_one)
-    per_one = [sum(v[i] for v in times_one.values()) for i in range(frames)]
-    rate_one = round(_sustainable_fps(per_one, clip_frames[0]), 1)
-    report.add(story="video", case="back-to-back, one inference thread", backend=one.model.backend, frames=frames,
-               median_rate_fps=1.0 / float(np.median(per_one)), sustainable_fps=rate_one,
-               infer_p50_ms=1000 * float(np.median(times_one["infer"])),
-               infer_p99_ms=1000 * float(np.percentile(times_one["infer"], 99)))
+    rate_one = _back_to_back_row(report, one, "back-to-back, one inference thread", clip_frames)[0]["sustainable_fps"]
     paced_one = write_clip(os.path.join(tmp, "paced_one.avi"), seed=4321, seconds=frames / rate_one, fps=rate_one)
     for run in range(runs):
         _video_row(report, f"real time, one inference thread, generated clip paced at {rate_one} fps (its sustainable "
                    f"rate), run {run + 1}", *_run_paced(one, paced_one, x, rate_one, frames))
     if pipe.model.backend == "openvino":  # bfloat16 inference: its speed, its agreement with f32, its tail
         bf16 = VideoPipeline(zoo.resolve("instruments"), backend="openvino", precision="bf16")
-        times_bf: dict = {}
-        agree = []
-        for f in clip_frames:
-            labels = bf16.process(f, times_bf)[1]
-            agree.append(float((labels == pipe.process(f)[1]).mean()))
-        per_bf = [sum(v[i] for v in times_bf.values()) for i in range(frames)]
-        rate_bf = round(_sustainable_fps(per_bf, clip_frames[0]), 1)
-        report.add(story="video", case="back-to-back, bf16 inference", backend="openvino bf16", frames=frames,
-                   median_rate_fps=1.0 / float(np.median(per_bf)), sustainable_fps=rate_bf,
-                   infer_p50_ms=1000 * float(np.median(times_bf["infer"])),
-                   infer_p99_ms=1000 * float(np.percentile(times_bf["infer"], 99)),
-                   pixels_equal_f32_min=min(agree), pixels_equal_f32_mean=float(np.mean(agree)))
-        print(f"  video bf16: infer p50 {1000 * np.median(times_bf['infer']):.1f} ms, pixels equal to f32 "
+        row, labels_bf = _back_to_back_row(report, bf16, "back-to-back, bf16 inference", clip_frames,
+                                           backend="openvino bf16")
+        agree = [float((labels == pipe.process(f)[1]).mean()) for f, labels in zip(clip_frames, labels_bf)]
+        row.update(pixels_equal_f32_min=min(agree), pixels_equal_f32_mean=float(np.mean(agree)))
+        rate_bf = row["sustainable_fps"]
+        print(f"  video bf16: infer p50 {row['infer_p50_ms']:.1f} ms, pixels equal to f32 "
               f"{np.mean(agree):.6f} (min {min(agree):.6f})", flush=True)
         paced_bf = write_clip(os.path.join(tmp, "paced_bf16.avi"), seed=4321, seconds=frames / rate_bf, fps=rate_bf)
         for run in range(runs):
@@ -339,6 +324,20 @@ def _video_summary(report) -> None:
     print(f"  video bound p99 <= 1.25 x p50: held in {row['held']} of {row['runs']} real-time runs (the runtime alone "
           f"in {row['control_held']}); in the {sum(quiet)} runs whose inference stayed within 1.2 x p50 the pipeline "
           f"held it in {row['held_where_inference_within_1.2']}", flush=True)
+
+
+def _back_to_back_row(report, pipe, case, clip_frames, backend=None):
+    """``clip_frames`` through ``pipe.process`` back to back: a row with the rate they sustain
+    (rounded as the clips are paced) and inference p50 / p99; returns (row, labels per frame)."""
+    times: dict = {}
+    labels = [pipe.process(f, times)[1] for f in clip_frames]
+    per_frame = [sum(v[i] for v in times.values()) for i in range(len(clip_frames))]
+    row = report.add(story="video", case=case, backend=backend or pipe.model.backend, frames=len(clip_frames),
+                     median_rate_fps=1.0 / float(np.median(per_frame)),
+                     sustainable_fps=round(_sustainable_fps(per_frame, clip_frames[0]), 1),
+                     infer_p50_ms=1000 * float(np.median(times["infer"])),
+                     infer_p99_ms=1000 * float(np.percentile(times["infer"], 99)))
+    return row, labels
 
 
 def _sustainable_fps(per_frame_s, frame) -> float:

@@ -49,9 +49,6 @@ struct Nms2DStats {
     double seconds_suppress = 0; // the greedy loop (building each candidate's polygon included)
 };
 
-// Flat indices of cells with prob > thresh inside [border_lo, border_hi), ordered by
-// descending prob, ties by ascending flat index (a stable LSD radix sort on the float bits).
-// nan_count: NaN cells seen in that region.
 // The rays of the candidates, checked and measured as they are found (in memory order, so
 // that nms_2d need not visit them in rank order, at random): dist holds one row of n_rays
 // per cell of prob.
@@ -63,7 +60,8 @@ struct RayCheck {
 };
 
 // Flat indices of the cells with prob > thresh inside [border_lo, border_hi), by descending
-// prob (ties: ascending index); NaNs counted in nan_count; rays checked when `rays` is given.
+// prob, ties by ascending index (a stable LSD radix sort on the float bits); NaN cells of that
+// region counted in nan_count; the candidates' rays checked when `rays` is given.
 template <typename T>
 std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>& shape, T thresh,
                                        const std::vector<int64_t>& border_lo,

@@ -294,7 +294,7 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
 
 # -- the pipeline --------------------------------------------------------------------------
 
-def _chosen_backend(model, backend) -> str:
+def _chosen_backend(backend) -> str:
     if backend != "auto":
         return backend
     from segrt.engine.model import _choose
@@ -335,7 +335,7 @@ class VideoPipeline:
         if n_workers > 1 and not hasattr(model, "infer"):
             # one model, called by every worker at once: OpenVINO splits its threads into
             # streams, ONNX Runtime gives each call its share of the cores
-            chosen = _chosen_backend(model, backend)
+            chosen = _chosen_backend(backend)
             if chosen == "openvino":
                 options.setdefault("streams", n_workers)
             elif chosen == "ort":
@@ -374,10 +374,9 @@ class VideoPipeline:
         lut[len(PALETTE):] = PALETTE[-1]
         self._lut = np.ascontiguousarray(lut[:, None, :]).reshape(1, 256, 3)
         self._last_latency = None
-        if warmup:  # the first inference compiles the model: not the stream's cost
-            for worker in range(n_workers):
-                for _ in range(2):
-                    self._warm_thread(worker)
+        if warmup:  # the first inference compiles the model: not the stream's cost (run() warms its own threads)
+            for _ in range(2):
+                self._warm_thread(0)
 
     def _warm_thread(self, worker: int) -> None:
         """Pays the calling thread's first-call costs before a stream reaches it: OpenCV builds
