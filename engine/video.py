@@ -369,10 +369,7 @@ class VideoPipeline:
         self._scale, self._shift = np.float32(scale), np.float32(shift)
         self._batch = np.empty((1, self.channels) + self.window, np.float32)
         self._buffers = [self._batch] + [np.empty_like(self._batch) for _ in range(n_workers - 1)]
-        lut = np.zeros((256, 3), np.uint8)
-        lut[:len(PALETTE)] = PALETTE
-        lut[len(PALETTE):] = PALETTE[-1]
-        self._lut = np.ascontiguousarray(lut[:, None, :]).reshape(1, 256, 3)
+        self._palette = PALETTE  # labels past it take its last colour
         self._last_latency = None
         if warmup:  # the first inference compiles the model: not the stream's cost (run() warms its own threads)
             for _ in range(2):
@@ -425,32 +422,29 @@ class VideoPipeline:
 
     def overlay(self, frame: np.ndarray, labels: np.ndarray, latency_ms=None) -> np.ndarray:
         """Class colours blended with ``alpha`` where labels are set, outlines, latency text.
-        The colour work (LUT, blend, masked copy, all OpenCV) covers only the box around the
-        labels; outlines are traced on the model-sized labels and scaled, a fraction of the
-        cost of tracing full frames."""
+        The colours go in with one compiled pass over the frame (``segrt.kernels.overlay``:
+        labels looked up at the frame's size, only labelled runs blended); outlines are traced
+        on the model-sized labels and scaled, a fraction of the cost of tracing full frames."""
+        from segrt.kernels.overlay import blend_labels
+
         cv2 = _cv2()
         h, w = frame.shape[:2]
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
         small = labels if labels.dtype == np.uint8 else np.minimum(labels, 255).astype(np.uint8)
-        out = frame.copy()
-        x, y, bw, bh = cv2.boundingRect(small)  # the labelled region: colour work is done there only
-        if bw == 0:
-            return self._latency_text(out, latency_ms)
-        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
-        sy, sx = h / small.shape[0], w / small.shape[1]
-        y0, y1 = max(0, int(y * sy) - 1), min(h, int(np.ceil((y + bh) * sy)) + 1)
-        x0, x1 = max(0, int(x * sx) - 1), min(w, int(np.ceil((x + bw) * sx)) + 1)
-        roi = full[y0:y1, x0:x1]
-        colour = cv2.LUT(cv2.cvtColor(roi, cv2.COLOR_GRAY2BGR), self._lut)
-        blended = cv2.addWeighted(frame[y0:y1, x0:x1], 1 - self.alpha, colour, self.alpha, 0)
-        cv2.copyTo(blended, (roi != 0).view(np.uint8), out[y0:y1, x0:x1])
+        out = blend_labels(frame, small, self._palette, self.alpha)
         if self.contours:
-            present = np.flatnonzero(np.bincount(small.reshape(-1), minlength=2)[1:]) + 1
+            top = int(cv2.minMaxLoc(small)[1])
+            # a few classes: one mask each (a count of every value costs more than that)
+            present = range(1, top + 1) if top <= 16 else np.flatnonzero(np.bincount(small.reshape(-1))[1:]) + 1
+            sy, sx = h / small.shape[0], w / small.shape[1]
             for c in present:
                 found, _ = cv2.findContours((small == c).view(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+                if not found:
+                    continue
                 scaled = [np.rint((cnt + 0.5) * (sx, sy) - 0.5).astype(np.int32) for cnt in found]
-                cv2.polylines(out, scaled, True, tuple(int(v) for v in self._lut[0, min(c, 255)]), 2, cv2.LINE_8)
+                colour = self._palette[min(int(c), len(self._palette) - 1)]
+                cv2.polylines(out, scaled, True, tuple(int(v) for v in colour), 2, cv2.LINE_8)
         return self._latency_text(out, latency_ms)
 
     @staticmethod

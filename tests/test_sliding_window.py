@@ -177,6 +177,20 @@ def test_kernels_equal_reference():
         assert la[1, 2, 3] == 2
 
 
+@pytest.mark.parametrize("dtype, label_dtype, classes", [(np.float32, np.uint8, 3), (np.float64, np.uint8, 2),
+                                                      (np.float32, np.uint16, 300), (np.float64, np.uint16, 5)])
+def test_argmax_kernel_long_rows_equals_numpy(dtype, label_dtype, classes):
+    """Rows long enough for the vectorised loop and its remainder (333), ties, infinities."""
+    rng = np.random.default_rng(classes)
+    acc = rng.integers(-3, 4, (classes, 2, 7, 333)).astype(dtype)  # small integers: many ties
+    acc[:, 0, 0, :40] = -np.inf
+    acc[classes - 1, 1, 2, 5:9] = np.inf
+    labels = np.zeros((2, 7, 333), label_dtype)
+    stitch.argmax_block(acc, labels, (0, 0, 0))
+    np.testing.assert_array_equal(labels, acc.argmax(axis=0))
+    assert labels[1, 2, 5:9].tolist() == [classes - 1] * 4
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

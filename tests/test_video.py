@@ -195,10 +195,16 @@ def test_overlay_equals_the_plain_blend(pipeline):
             labels = pipeline.postprocess(pipeline.model.infer(pipeline.preprocess(frame)))
             assert labels.any()
             full = cv2.resize(labels, (640, 480), interpolation=cv2.INTER_NEAREST)
-            ref = cv2.addWeighted(frame, 1 - pipeline.alpha, PALETTE[np.minimum(full, len(PALETTE) - 1)],
-                                  pipeline.alpha, 0)
+            colour = PALETTE[np.minimum(full, len(PALETTE) - 1)].astype(np.int32)
+            a = round(pipeline.alpha * 256)
+            ref = ((frame.astype(np.int32) * (256 - a) + colour * a + 128) >> 8).astype(np.uint8)
             np.copyto(ref, frame, where=(full == 0)[..., None])
-            np.testing.assert_array_equal(pipeline.overlay(frame, labels), ref)
+            got = pipeline.overlay(frame, labels)
+            np.testing.assert_array_equal(got, ref)
+            # and OpenCV's float blend to within one level
+            peer = cv2.addWeighted(frame, 1 - pipeline.alpha, colour.astype(np.uint8), pipeline.alpha, 0)
+            np.copyto(peer, frame, where=(full == 0)[..., None])
+            assert np.abs(got.astype(int) - peer).max() <= 1
         np.testing.assert_array_equal(pipeline.overlay(frame, np.zeros_like(labels)), frame)
     finally:
         pipeline.contours = True

@@ -1,0 +1,103 @@
+"""The overlay blend kernel: C++ against its NumPy reference (exact) and against OpenCV's
+nearest resize and float blend (the calls it replaces), in place, bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segrt.kernels.overlay import blend_labels
+
+cv2 = pytest.importorskip("cv2")
+
+PALETTE = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200]], np.uint8)
+
+
+def _case(rng, frame_hw, labels_hw, n_labels=6, dtype=np.uint8):
+    frame = rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8)
+    labels = rng.integers(0, n_labels, labels_hw).astype(dtype)
+    labels[: labels_hw[0] // 3] = 0  # background rows, and runs of one label along rows
+    labels[:, labels_hw[1] // 2:] = labels[:, labels_hw[1] // 2:labels_hw[1] // 2 + 1]
+    return frame, labels
+
+
+@pytest.mark.parametrize("frame_hw, labels_hw", [((480, 640), (240, 320)), ((481, 639), (240, 320)),
+                                                 ((1080, 1920), (240, 320)), ((100, 90), (240, 320)),
+                                                 ((7, 5), (7, 5)), ((10, 10), (3, 4)), ((1, 1), (1, 1))])
+@pytest.mark.parametrize("alpha", [0.0, 0.45, 1.0])
+def test_cpu_equals_reference(frame_hw, labels_hw, alpha):
+    rng = np.random.default_rng(sum(frame_hw) + sum(labels_hw))
+    frame, labels = _case(rng, frame_hw, labels_hw)
+    ref = blend_labels(frame, labels, PALETTE, alpha, device="reference")
+    got = blend_labels(frame, labels, PALETTE, alpha)
+    np.testing.assert_array_equal(got, ref)
+    if alpha == 0.0:
+        np.testing.assert_array_equal(got, frame)
+    assert not np.array_equal(ref, frame) or alpha == 0.0
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3])
+def test_matches_opencv_resize_and_blend(scale):
+    """Integer scales: the label lookup is cv2.INTER_NEAREST exactly; the blend is within
+    one level of cv2.addWeighted."""
+    rng = np.random.default_rng(scale)
+    frame, labels = _case(rng, (240 * scale, 320 * scale), (240, 320), n_labels=4)
+    alpha = 0.45
+    full = cv2.resize(labels, (320 * scale, 240 * scale), interpolation=cv2.INTER_NEAREST)
+    peer = cv2.addWeighted(frame, 1 - alpha, PALETTE[full], alpha, 0)
+    np.copyto(peer, frame, where=(full == 0)[..., None])
+    got = blend_labels(frame, labels, PALETTE, alpha)
+    diff = np.abs(got.astype(int) - peer)
+    assert diff.max() <= 1
+    np.testing.assert_array_equal(got[full == 0], frame[full == 0])  # untouched where unlabelled
+    assert diff[full != 0].mean() < 0.5  # rounding, not a bias: a = round(alpha * 256) is 115 / 256 here
+
+
+def test_labels_past_the_palette_and_wide_dtypes():
+    rng = np.random.default_rng(3)
+    frame, labels = _case(rng, (60, 80), (30, 40), n_labels=300, dtype=np.int32)
+    got = blend_labels(frame, labels, PALETTE, 1.0)
+    full = labels.repeat(2, 0).repeat(2, 1)
+    np.testing.assert_array_equal(got[full >= 3], np.broadcast_to(PALETTE[-1], got[full >= 3].shape))
+    np.testing.assert_array_equal(got, blend_labels(frame, labels, PALETTE, 1.0, device="reference"))
+    np.testing.assert_array_equal(blend_labels(frame, labels > 0, PALETTE, 0.5),
+                                  blend_labels(frame, (labels > 0).astype(np.uint8), PALETTE, 0.5))
+
+
+def test_in_place_and_into_out():
+    rng = np.random.default_rng(4)
+    frame, labels = _case(rng, (48, 64), (24, 32))
+    ref = blend_labels(frame, labels, PALETTE, 0.3, device="reference")
+    out = np.zeros_like(frame)
+    assert blend_labels(frame, labels, PALETTE, 0.3, out=out) is out
+    np.testing.assert_array_equal(out, ref)
+    same = frame.copy()
+    blend_labels(same, labels, PALETTE, 0.3, out=same)
+    np.testing.assert_array_equal(same, ref)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(frame=np.zeros((4, 4), np.uint8)), "frame must be an \\(H, W, 3\\) uint8"),
+    (dict(frame=np.zeros((4, 4, 3), np.float32)), "frame must be an \\(H, W, 3\\) uint8"),
+    (dict(labels=np.zeros((2, 2, 2), np.uint8)), "labels must be a 2D integer array"),
+    (dict(labels=np.zeros((2, 2), np.float32)), "labels must be a 2D integer array"),
+    (dict(labels=np.zeros((0, 2), np.uint8)), "must not be empty"),
+    (dict(labels=-np.ones((2, 2), np.int16)), "labels must be >= 0"),
+    (dict(palette=np.zeros((3, 4), np.uint8)), "palette must be a \\(K, 3\\) uint8"),
+    (dict(palette=np.zeros((300, 3), np.uint8)), "K <= 256"),
+    (dict(alpha=1.5), "alpha must be in \\[0, 1\\]"),
+    (dict(alpha="half"), "alpha must be a number"),
+    (dict(out=np.zeros((4, 4, 3), np.int32)), "out must be a C-contiguous uint8 array"),
+    (dict(device="gpu"), "device must be"),
+])
+def test_bad_input_is_refused(kwargs, match):
+    args = dict(frame=np.zeros((4, 4, 3), np.uint8), labels=np.ones((2, 2), np.uint8), palette=PALETTE, alpha=0.5)
+    args.update(kwargs)
+    frame, labels, palette, alpha = (args.pop(k) for k in ("frame", "labels", "palette", "alpha"))
+    with pytest.raises(ValueError, match=match):
+        blend_labels(frame, labels, palette, alpha, **args)
+
+
+def test_out_overlapping_the_frame_is_refused():
+    block = np.zeros((8, 4, 3), np.uint8)
+    with pytest.raises(ValueError, match="not a part of it"):
+        blend_labels(block[:4], np.ones((2, 2), np.uint8), PALETTE, 0.5, out=block[2:6])
