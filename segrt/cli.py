@@ -284,8 +284,9 @@ def main(argv=None) -> int:
                         "each frame slower)")
     v.add_argument("--threads", type=int,
                    help="inference threads (default: one per core, the lowest latency). 1 gives the steadiest "
-                        "latency where a core can stall, as on shared virtual machines, at about twice the "
-                        "inference time")
+                        "latency where a core can stall, as on shared virtual machines (p99 / p50 at most 1.23 "
+                        "in the pipeline benchmark), at about twice the inference time and a free core for "
+                        "capture and decode")
     v.add_argument("--decode-threads", type=int, default=1,
                    help="FFmpeg decoding threads for files and streams (default 1: each frame decoded as it is "
                         "read, the steadiest latency; 0: FFmpeg chooses, for large H.264 / HEVC frames)")
