@@ -183,6 +183,7 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     report.add(**row)
     print(f"  video back-to-back: {row['fps']:.1f} fps, non-model p50 {row['non_model_p50_ms']:.2f} ms p99 "
           f"{row['non_model_p99_ms']:.2f} ms", flush=True)
+    _overlay_kernel_row(report, pipe, clip_frames)
     x = pipe.preprocess(clip_frames[0]).copy()
     # throughput with one worker and with two (each frame in flight on its share of the cores)
     offline = write_clip(os.path.join(tmp, "offline.avi"), seed=4321, seconds=frames / 30, fps=30)
@@ -255,6 +256,61 @@ def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
                            f"rate {native:.1f} fps; sustainable rate if lower), run {run + 1}",
                            *_run_paced(p, src, p.preprocess(cine_frames[0]).copy(), cine_rate, len(cine_frames)))
     _video_summary(report)
+
+
+def _overlay_kernel_row(report, pipe, clip_frames, repeats: int = 5) -> None:
+    """The overlay's colours, segrt's one-pass kernel against the OpenCV calls it replaced
+    (nearest resize of the labels, grey to BGR, LUT, addWeighted, masked copy, on the box
+    around the labels), on the clip's frames and labels: medians of per-frame times."""
+    import cv2
+
+    from segrt.engine.video import PALETTE
+    from segrt.kernels.overlay import blend_labels
+
+    labels = [pipe.process(f)[1] for f in clip_frames]
+    lut = np.zeros((1, 256, 3), np.uint8)
+    lut[0, :len(PALETTE)] = PALETTE
+    lut[0, len(PALETTE):] = PALETTE[-1]
+    alpha = pipe.alpha
+
+    def opencv(frame, small):
+        h, w = frame.shape[:2]
+        out = frame.copy()
+        x, y, bw, bh = cv2.boundingRect(small)
+        if bw == 0:
+            return out
+        full = cv2.resize(small, (w, h), interpolation=cv2.INTER_NEAREST)
+        sy, sx = h / small.shape[0], w / small.shape[1]
+        y0, y1 = max(0, int(y * sy) - 1), min(h, int(np.ceil((y + bh) * sy)) + 1)
+        x0, x1 = max(0, int(x * sx) - 1), min(w, int(np.ceil((x + bw) * sx)) + 1)
+        roi = full[y0:y1, x0:x1]
+        colour = cv2.LUT(cv2.cvtColor(roi, cv2.COLOR_GRAY2BGR), lut)
+        blended = cv2.addWeighted(frame[y0:y1, x0:x1], 1 - alpha, colour, alpha, 0)
+        cv2.copyTo(blended, (roi != 0).view(np.uint8), out[y0:y1, x0:x1])
+        return out
+
+    def ours(frame, small):
+        return blend_labels(frame, small, PALETTE, alpha)
+
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # as during a video run
+    try:
+        worst = max(int(np.abs(ours(f, lab).astype(int) - opencv(f, lab)).max()) for f, lab in zip(clip_frames, labels))
+        times = {"segrt": [], "opencv": []}
+        for _ in range(repeats):
+            for name, fn in (("segrt", ours), ("opencv", opencv)):
+                for f, lab in zip(clip_frames, labels):
+                    t0 = time.perf_counter()
+                    fn(f, lab)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        cv2.setNumThreads(threads)
+    ms = {k: 1000 * float(np.median(v)) for k, v in times.items()}
+    report.add(story="video", case="overlay colours per 640x480 frame: segrt blend_labels vs OpenCV", backend="cpu",
+               frames=len(clip_frames), segrt_ms=ms["segrt"], opencv_ms=ms["opencv"],
+               speedup=ms["opencv"] / ms["segrt"], max_level_difference=worst)
+    print(f"  video overlay colours: segrt {ms['segrt']:.3f} ms, OpenCV {ms['opencv']:.3f} ms "
+          f"({ms['opencv'] / ms['segrt']:.1f}x), largest difference {worst} level(s)", flush=True)
 
 
 def _cpu_steal_s() -> float:
