@@ -284,7 +284,7 @@ def main(argv=None) -> int:
                         "each frame slower)")
     v.add_argument("--threads", type=int,
                    help="inference threads (default: one per core, the lowest latency). 1 gives the steadiest "
-                        "latency where a core can stall, as on shared virtual machines (p99 / p50 at most 1.23 "
+                        "latency where a core can stall, as on shared virtual machines (p99 / p50 at most 1.24 "
                         "in the pipeline benchmark), at about twice the inference time and a free core for "
                         "capture and decode")
     v.add_argument("--decode-threads", type=int, default=1,
