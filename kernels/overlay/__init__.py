@@ -13,9 +13,9 @@ Pinned semantics of ``blend_labels(frame, labels, palette, alpha)``:
 
 ``device="reference"`` is plain NumPy (a full-size label image, a colour image, a blend,
 a select); ``device="cpu"`` (C++) copies the frame and blends only the runs of labelled
-pixels, in one pass without temporaries: 0.15 ms for a 640 x 480 frame of the demo clip
-against 0.49 ms for the OpenCV calls it replaces (``python -m segrt.bench pipeline``, its
-"overlay colours" row; one thread, as in a video run).
+pixels, in one pass without temporaries: 0.15 to 0.23 ms for a 640 x 480 frame of the demo
+clip against 0.44 to 0.49 ms for the OpenCV calls it replaces, over two runs of
+``python -m segrt.bench pipeline`` (its "overlay colours" row; one thread, as in a video run).
 """
 from __future__ import annotations
 
