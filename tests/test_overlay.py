@@ -75,6 +75,17 @@ def test_in_place_and_into_out():
     np.testing.assert_array_equal(same, ref)
 
 
+def test_views_of_frames_and_labels():
+    """Flipped, strided and transposed inputs give what their contiguous copies give."""
+    rng = np.random.default_rng(6)
+    frame, labels = _case(rng, (96, 128), (48, 64))
+    for f, lab in ((frame[:, ::-1], labels[::-1]), (frame[::2, ::2], labels[::2, ::2]),
+                   (frame.transpose(1, 0, 2), labels.T)):
+        got = blend_labels(f, lab, PALETTE, 0.6)
+        assert got.flags.c_contiguous
+        np.testing.assert_array_equal(got, blend_labels(f.copy(), lab.copy(), PALETTE, 0.6, device="reference"))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(frame=np.zeros((4, 4), np.uint8)), "frame must be an \\(H, W, 3\\) uint8"),
     (dict(frame=np.zeros((4, 4, 3), np.float32)), "frame must be an \\(H, W, 3\\) uint8"),

@@ -368,3 +368,25 @@ def test_files_are_decoded_in_the_capture_thread_by_default(clip):
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="decode_threads"):
             open_source(clip, decode_threads=bad)
+
+
+def test_grey_and_small_frames_get_overlays_of_their_own_size(pipeline):
+    """A grey frame is coloured like its BGR copy; a frame smaller than the model's window
+    (labels larger than the frame) is coloured where its own labels are."""
+    from segrt.kernels.overlay import blend_labels
+
+    frame = EndoscopyScene(3).frame(0.5)[0]
+    grey = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+    out, labels = pipeline.process(grey)
+    assert out.shape == (480, 640, 3) and labels.any()
+    no_text = pipeline.overlay(grey, labels)
+    np.testing.assert_array_equal(no_text, pipeline.overlay(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), labels))
+    small = cv2.resize(frame, (160, 120), interpolation=cv2.INTER_AREA)
+    out, labels = pipeline.process(small)
+    assert out.shape == (120, 160, 3) and labels.shape == pipeline.window and labels.any()
+    pipeline.contours = False
+    try:
+        np.testing.assert_array_equal(pipeline.overlay(small, labels),
+                                      blend_labels(small, labels, pipeline._palette, pipeline.alpha, device="reference"))
+    finally:
+        pipeline.contours = True
