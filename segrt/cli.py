@@ -177,7 +177,23 @@ def _cmd_video(args) -> int:
     print("  per stage p50 / p99 ms: " + ", ".join(f"{k} {v['p50_ms']} / {v['p99_ms']}" for k, v in s["stages"].items()
                                                   if v["n"]))
     print(f"wrote {', '.join(([args.out] if args.out and stats.frames_processed else []) + written)}")
+    hint = _latency_tail_hint(s, args.threads)
+    if hint:
+        print(hint)
     return 0
+
+
+def _latency_tail_hint(summary: dict, threads) -> str | None:
+    """A line pointing at --threads 1 when several inference threads left a long latency tail
+    (p99 over 1.25 x p50, over at least 100 frames) whose source is inference itself."""
+    e2e, infer = summary["end_to_end"], summary["stages"].get("infer", {})
+    if threads == 1 or e2e["n"] < 100 or not infer.get("n") or e2e["p99_ms"] <= 1.25 * e2e["p50_ms"]:
+        return None
+    if infer["p99_ms"] - infer["p50_ms"] < 0.5 * (e2e["p99_ms"] - e2e["p50_ms"]):
+        return None  # the tail is not the model's
+    return (f"note: end-to-end p99 is {e2e['p99_ms'] / e2e['p50_ms']:.2f} x p50, mostly from inference. Inference "
+            "threads wait for each other; where a core stalls (shared VMs, busy hosts) --threads 1 gives steadier "
+            "latency at about twice the inference time.")
 
 
 def main(argv=None) -> int:

@@ -390,3 +390,19 @@ def test_grey_and_small_frames_get_overlays_of_their_own_size(pipeline):
                                       blend_labels(small, labels, pipeline._palette, pipeline.alpha, device="reference"))
     finally:
         pipeline.contours = True
+
+
+def test_cli_points_at_one_thread_only_for_an_inference_tail():
+    from segrt.cli import _latency_tail_hint
+
+    def summary(e2e, infer, n=300):
+        return {"end_to_end": {"p50_ms": e2e[0], "p99_ms": e2e[1], "n": n},
+                "stages": {"infer": {"p50_ms": infer[0], "p99_ms": infer[1], "n": n}}}
+
+    tail = summary((12.0, 18.0), (9.0, 15.0))
+    assert "--threads 1" in _latency_tail_hint(tail, None)
+    assert "1.50 x p50" in _latency_tail_hint(tail, 2)
+    assert _latency_tail_hint(tail, 1) is None  # already one thread
+    assert _latency_tail_hint(summary((12.0, 18.0), (9.0, 15.0), n=60), None) is None  # too few frames
+    assert _latency_tail_hint(summary((12.0, 14.5), (9.0, 11.5)), None) is None  # within 1.25
+    assert _latency_tail_hint(summary((12.0, 18.0), (9.0, 10.0)), None) is None  # the tail is not inference's
