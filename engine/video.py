@@ -33,6 +33,7 @@ import numpy as np
 from segrt._optional import optional_import
 from segrt.engine import io
 from segrt.engine.volume import ModelTaskError, _load
+from segrt.kernels.overlay import blend_labels
 
 __all__ = ["VideoPipeline", "VideoStats", "open_source", "SourceError", "PALETTE"]
 
@@ -425,8 +426,6 @@ class VideoPipeline:
         The colours go in with one compiled pass over the frame (``segrt.kernels.overlay``:
         labels looked up at the frame's size, only labelled runs blended); outlines are traced
         on the model-sized labels and scaled, a fraction of the cost of tracing full frames."""
-        from segrt.kernels.overlay import blend_labels
-
         cv2 = _cv2()
         h, w = frame.shape[:2]
         if frame.ndim == 2:

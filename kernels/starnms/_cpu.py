@@ -6,8 +6,10 @@ import numpy as np
 from segrt.kernels._ext import extension
 
 
-def candidates(prob: np.ndarray, prob_thresh: float, lo, hi) -> np.ndarray:
-    return extension().select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi))
+def candidates(prob: np.ndarray, prob_thresh: float, lo, hi, dist=None):
+    """Candidate cells by rank; with dist (cells, n_rays) float32 also their longest ray,
+    their rows checked on the way: (cells, longest)."""
+    return extension().select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi), dist=dist)
 
 
 def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, stored=None):
@@ -22,8 +24,7 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     rows = None
     longest = -1.0
     if stored is None:  # the candidates' rays are checked as they are found, in memory order
-        order, longest = C.select_candidates(prob, float(prob.dtype.type(prob_thresh)), list(lo), list(hi),
-                                             dist=dist32)
+        order, longest = candidates(prob, prob_thresh, lo, hi, dist=dist32)
     else:
         order = candidates(prob, prob_thresh, lo, hi)
         rows = np.searchsorted(stored, order)
