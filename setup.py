@@ -5,6 +5,7 @@
 where the compiler accepts it; otherwise the extension is built single-threaded.
 """
 import os
+import runpy
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,8 @@ except ImportError:  # only during metadata-only steps; build isolation provides
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-SUBPACKAGES = ["kernels", "engine", "export", "bench", "models"]
+# one list for the installed package and the source-checkout shim (segrt/_checkout.py)
+SUBPACKAGES = runpy.run_path(os.path.join(HERE, "segrt", "_subpackages.py"))["SUBPACKAGES"]
 
 packages = ["segrt"]
 package_dir = {"segrt": "segrt"}

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from segrt.bench.harness import Report, _version, bench_args, measure
+from segrt.bench.harness import Report, bench_args, measure, package_version
 
 
 
@@ -125,7 +125,7 @@ def main(argv=None) -> Report:
     args = bench_args("engine", __doc__.split("\n\n")[0], "the 2D UNet only, few repeats", argv)
     report = Report("engine")
     for p in ("torch", "onnxruntime", "openvino", "onnx", "deepbet", "monai"):
-        report.machine["versions"][p] = _version(p)
+        report.machine["versions"][p] = package_version(p)
     report.notes.append("p50 / p99 over repeated calls after warm-up; torch eager = the model as users run it "
                         "(deepbet ships TorchScript); overhead = segrt's infer over the raw runtime call "
                         "(InferenceSession.run / the compiled OpenVINO model) on the same input.")

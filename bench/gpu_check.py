@@ -93,7 +93,7 @@ def main(argv=None) -> dict:
         for precision in ("fp32", "fp16", "int8"):
             def trt_case(precision=precision):
                 from segrt.engine import load
-                from segrt.export.trt_build import build_engine
+                from segrt.engine.backends.tensorrt_build import build_engine
 
                 cache = os.path.join(tmp, "engines")
                 calib = os.path.join(tmp, "calib") if precision == "int8" else None

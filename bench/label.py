@@ -132,9 +132,9 @@ def main(argv=None) -> Report:
 
 
 def peers_version(dist: str):
-    from segrt.bench.harness import _version
+    from segrt.bench.harness import package_version
 
-    return _version(dist)
+    return package_version(dist)
 
 
 if __name__ == "__main__":

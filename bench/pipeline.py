@@ -25,16 +25,16 @@ import time
 
 import numpy as np
 
-from segrt.bench.harness import Report, _version, bench_args
+from segrt.bench.harness import Report, bench_args, package_version
 
 
 _PEAK_CHILD = """
 import json, sys
-from segrt.bench.harness import _status_kb
+from segrt.bench.memory import status_kb
 {setup}
-base = _status_kb("VmRSS")
+base = status_kb("VmRSS")
 {run}
-print(json.dumps({{"peak_mb": _status_kb("VmHWM") / 1024, "base_mb": base / 1024}}))
+print(json.dumps({{"peak_mb": status_kb("VmHWM") / 1024, "base_mb": base / 1024}}))
 """
 
 
@@ -157,7 +157,7 @@ def bench_nuclei(report: Report, repeats: int) -> None:
 def bench_video(report: Report, frames: int, tmp: str, runs: int) -> None:
     from segrt.engine.video import VideoPipeline
     from segrt.export import zoo
-    from segrt.synthetic import EndoscopyScene, write_clip
+    from segrt.bench.synthetic import EndoscopyScene, write_clip
 
     pipe = VideoPipeline(zoo.resolve("instruments"))
     scene = EndoscopyScene(4321)
@@ -458,7 +458,7 @@ def main(argv=None) -> Report:
     args = bench_args("pipeline", __doc__.split("\n\n")[0], "fewer repeats and frames", argv)
     report = Report("pipeline")
     for p in ("torch", "onnxruntime", "openvino", "cv2", "stardist", "deepbet", "nibabel"):
-        report.machine["versions"][p] = _version(p)
+        report.machine["versions"][p] = package_version(p)
     report.notes.append("Per-stage seconds are medians over repeats after a warm-up run; video latency is per frame "
                         "from capture to written overlay; non-model = preprocess + postprocess + overlay.")
     repeats = args.repeats or (2 if args.quick else 5)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from segrt.bench.harness import Report, _version
+from segrt.bench.harness import Report, package_version
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -138,7 +138,7 @@ def run_overhead(report: Report, shape, roi, repeats: int, overlap=0.5, mode="ga
 
 def _streaming_child(shape, roi, classes, overlap) -> dict:
     """Runs in a fresh process: the streamed argmax of a synthetic many-class predictor."""
-    from segrt.bench.harness import _status_kb
+    from segrt.bench.memory import status_kb
     from segrt.engine import sliding_window
 
     rng = np.random.default_rng(0)
@@ -159,13 +159,13 @@ def _streaming_child(shape, roi, classes, overlap) -> dict:
             out[:, c] += bias[c]
         return out
 
-    base_kb = _status_kb("VmRSS") or 0
+    base_kb = status_kb("VmRSS") or 0
     t = time.perf_counter()
     labels = sliding_window(x, roi, predictor, overlap=overlap, mode="gaussian", reduce="argmax")
     seconds = time.perf_counter() - t
     # spot check: the winning class of the blended linear scores is known in closed form
     # wherever the blend of x is far from the crossing points; compare a few voxels
-    return {"seconds": seconds, "peak_rss_gb": (_status_kb("VmHWM") or 0) / 2**20,
+    return {"seconds": seconds, "peak_rss_gb": (status_kb("VmHWM") or 0) / 2**20,
             "rss_before_gb": base_kb / 2**20, "labels_dtype": str(labels.dtype),
             "labels_shape": list(labels.shape), "classes_seen": int(len(np.unique(labels[:, ::16, ::16, ::16])))}
 
@@ -196,7 +196,7 @@ def main(argv=None) -> Report:
         args.out = os.path.join(RESULTS, "stitch_quick.json" if args.quick else "stitch.json")
     report = Report("stitch")
     for p in ("monai", "torch", "onnxruntime", "onnx"):
-        report.machine["versions"][p] = _version(p)
+        report.machine["versions"][p] = package_version(p)
     report.notes.append("Model time: seconds inside InferenceSession.run, summed over the windows of one run; "
                         "overhead: (total - model) / model of the same run, median over runs (segrt and MONAI "
                         "interleaved). Peak RSS of the streaming case: the whole process (input volume included).")

@@ -25,7 +25,7 @@ import numpy as np
 
 from segrt.engine import io
 from segrt.engine.stages import Stages
-from segrt.engine.volume import ModelTaskError, _load
+from segrt.engine.model import ModelTaskError, as_model
 
 __all__ = ["InstancePipeline", "InstanceResult"]
 
@@ -133,7 +133,7 @@ class InstancePipeline:
 
     def __init__(self, model, *, backend="auto", tile=None, prob_thresh=None, nms_thresh=None, verbose=False,
                  **backend_options):
-        self.model = _load(model, backend, backend_options)
+        self.model = as_model(model, backend, backend_options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
         task = meta.get("task")

@@ -108,7 +108,7 @@ def _mean_std(x: np.ndarray) -> tuple[float, float]:
 
 
 def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np.ndarray:
-    """Intensity normalisation per the model's metadata (see segrt.export.metadata), float32,
+    """Intensity normalisation per the model's metadata (see segrt.engine.metadata), float32,
     computed in place on one new array."""
     out = np.array(x, dtype=np.float32, copy=True)
     kind = (spec or {}).get("kind", "none")

@@ -31,8 +31,8 @@ import time
 import numpy as np
 
 from segrt._optional import optional_import
-from segrt.engine import io
-from segrt.engine.volume import ModelTaskError, _load
+from segrt.engine import backends, io
+from segrt.engine.model import ModelTaskError, as_model
 from segrt.kernels.overlay import blend_labels
 
 __all__ = ["VideoPipeline", "VideoStats", "open_source", "SourceError", "PALETTE"]
@@ -295,14 +295,6 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
 
 # -- the pipeline --------------------------------------------------------------------------
 
-def _chosen_backend(backend) -> str:
-    if backend != "auto":
-        return backend
-    from segrt.engine.model import _choose
-
-    return _choose("auto")[0]
-
-
 def _check_workers(workers) -> int:
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or not 1 <= workers <= 64:
         raise ValueError(f"workers must be an integer from 1 to 64, got {workers!r}")
@@ -336,14 +328,12 @@ class VideoPipeline:
         if n_workers > 1 and not hasattr(model, "infer"):
             # one model, called by every worker at once: OpenVINO splits its threads into
             # streams, ONNX Runtime gives each call its share of the cores
-            chosen = _chosen_backend(backend)
+            chosen = backends.choose(backend)[0]
             if chosen == "openvino":
                 options.setdefault("streams", n_workers)
             elif chosen == "ort":
-                from segrt.engine.backends import _physical_cores
-
-                options.setdefault("threads", max(1, _physical_cores() // n_workers))
-        self.model = _load(model, backend, options)
+                options.setdefault("threads", max(1, backends.usable_cpus() // n_workers))
+        self.model = as_model(model, backend, options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
         if meta.get("task") != "semantic" or len(meta.get("window", [])) != 2:

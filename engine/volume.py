@@ -1,5 +1,5 @@
 """The volume pipeline: a study in, a label volume aligned with it out, every step taken from
-the model's metadata (see segrt.export.metadata).
+the model's metadata (see segrt.engine.metadata).
 
     reorient to RAS -> [localise and crop to the foreground] -> resample (to the model's spacing,
     or fit to its window) -> normalise -> infer (sliding window with streaming argmax, or one
@@ -14,13 +14,10 @@ import os
 import numpy as np
 
 from segrt.engine import io, preprocess
+from segrt.engine.model import ModelTaskError, as_model
 from segrt.engine.stages import Stages
 
 __all__ = ["VolumePipeline", "VolumeResult", "ModelTaskError"]
-
-
-class ModelTaskError(ValueError):
-    """The model's task or metadata does not fit what the pipeline was asked to do."""
 
 
 @dataclasses.dataclass
@@ -53,15 +50,6 @@ class VolumeResult:
         return path, sidecar
 
 
-def _load(model, backend, options):
-    """A loaded model as is (anything with ``infer`` and ``metadata``), else load the file."""
-    if hasattr(model, "infer") and hasattr(model, "metadata"):
-        return model
-    from segrt.engine.model import load
-
-    return load(model, backend=backend, **options)
-
-
 class VolumePipeline:
     """Semantic segmentation of 3D studies with a segrt model.
 
@@ -76,7 +64,7 @@ class VolumePipeline:
 
     def __init__(self, model, *, backend="auto", overlap=0.5, mode="gaussian", sw_batch_size=1, localizer=None,
                  verbose=False, **backend_options):
-        self.model = _load(model, backend, backend_options)
+        self.model = as_model(model, backend, backend_options)
         self.meta = meta = self.model.metadata or {}
         path = getattr(self.model, "path", "model")
         if meta.get("task") != "semantic":
@@ -93,13 +81,13 @@ class VolumePipeline:
         self.localizer = None
         crop = meta.get("crop")
         if localizer is not None:
-            self.localizer = _load(localizer, backend, backend_options)
+            self.localizer = as_model(localizer, backend, backend_options)
         elif crop and crop.get("localizer"):
             loc_path = os.path.join(os.path.dirname(os.path.abspath(path)), crop["localizer"])
             if not os.path.isfile(loc_path):
                 raise ModelTaskError(f"{path}: its metadata names the localizer {crop['localizer']!r}, which is not "
                                      f"beside it ({loc_path})")
-            self.localizer = _load(loc_path, backend, backend_options)
+            self.localizer = as_model(loc_path, backend, backend_options)
         if crop and self.localizer is None and meta.get("resize") != "fit":
             raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
                                  "whole volume fitted to its window)")

@@ -4,7 +4,7 @@ torch and onnx are needed only here (the ``export`` extra), never at run time.
 """
 from __future__ import annotations
 
-from segrt.export.metadata import MetadataError
+from segrt.engine.metadata import MetadataError
 from segrt.export.onnx_export import ExportReport, ExportVerificationError, to_onnx
 
 __all__ = ["to_onnx", "ExportReport", "ExportVerificationError", "MetadataError"]

@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 
 from segrt._optional import optional_import
-from segrt.export import metadata as md
+from segrt.engine import metadata as md
 
 __all__ = ["ExportReport", "ExportVerificationError", "to_onnx"]
 
@@ -105,7 +105,7 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
         model: the network; put in eval mode here. One image input (N, C, *spatial).
         example_input: an example batch (torch tensor or NumPy array).
         path: where to write the .onnx file (its folder is created).
-        metadata: segrt metadata (see segrt.export.metadata) stored inside the file.
+        metadata: segrt metadata (see segrt.engine.metadata) stored inside the file.
         dynamic_axes: "auto" (batch and spatial axes of the input and every output dynamic),
             None (all static) or a torch.onnx-style dict.
         opset: ONNX opset (default 17).
@@ -177,7 +177,7 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
         return references[i]
 
     def verify_proto(p):
-        from segrt.engine.backends import stable_instance_norm
+        from segrt.engine.graph_rewrites import stable_instance_norm
 
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

@@ -93,9 +93,9 @@ def deepbet(cache_dir=None, verbose=False) -> str:
     folder = os.path.join(cache_root(cache_dir), "models", f"deepbet-{DEEPBET_VERSION}")
     target = os.path.join(folder, "deepbet.onnx")
     manifest_path = os.path.join(folder, "manifest.json")
-    from segrt.export.trt_build import _sha256_file
+    from segrt.engine.model_file import file_sha256
 
-    sources = {"model.pt": _sha256_file(model_pt), "bbox_model.pt": _sha256_file(bbox_pt)}
+    sources = {"model.pt": file_sha256(model_pt), "bbox_model.pt": file_sha256(bbox_pt)}
     if os.path.isfile(target) and os.path.isfile(manifest_path):
         try:
             with open(manifest_path) as f:

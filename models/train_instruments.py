@@ -23,7 +23,7 @@ WINDOW = (240, 320)
 def frames(seeds, per_scene, rng):
     import cv2
 
-    from segrt.synthetic import EndoscopyScene
+    from segrt.bench.synthetic import EndoscopyScene
 
     xs, ys = [], []
     for seed in seeds:
@@ -83,7 +83,7 @@ def main(argv=None):
     import torch
 
     from segrt.export import to_onnx
-    from segrt.synthetic import INSTRUMENT_CLASSES
+    from segrt.bench.synthetic import INSTRUMENT_CLASSES
 
     torch.manual_seed(args.seed)
     torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))

@@ -1,7 +1,7 @@
 """Importing ``segrt`` from a source checkout (e.g. Python started in the repository root).
 
-The installed package maps the root folders ``kernels/``, ``engine/``, ``export/`` and
-``bench/`` inside ``segrt``. A checkout keeps them beside ``segrt/``, so when the checkout's
+The installed package maps the root folders (``kernels/``, ``engine/``, ``export/``, ``bench/``,
+``models/``: ``segrt._subpackages``) inside ``segrt``. A checkout keeps them beside ``segrt/``, so when the checkout's
 ``segrt/`` is found first on ``sys.path`` its subpackages would be missing. Then, if segrt is
 also installed elsewhere, that installed copy is used; otherwise the subpackages are served
 from the checkout's folders (the compiled kernels then come from an in-place build,
@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-SUBPACKAGES = ("kernels", "engine", "export", "bench")
+from segrt._subpackages import SUBPACKAGES
 
 
 class _CheckoutFinder:
@@ -40,7 +40,10 @@ def resolve(package_file: str) -> bool:
         return False  # an installed package: nothing to do
     others = [p for p in sys.path if os.path.abspath(p or os.curdir) != root]
     spec = importlib.machinery.PathFinder.find_spec("segrt", others)
-    if spec is not None and spec.origin and os.path.dirname(os.path.abspath(spec.origin)) != here:
+    other = os.path.dirname(os.path.abspath(spec.origin)) if spec is not None and spec.origin else None
+    # only an installed package (its subpackages inside it) replaces this one; another checkout
+    # further down sys.path would hand back to this one without end
+    if other and other != here and os.path.isfile(os.path.join(other, "kernels", "__init__.py")):
         module = importlib.util.module_from_spec(spec)
         sys.modules["segrt"] = module
         spec.loader.exec_module(module)

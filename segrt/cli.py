@@ -92,7 +92,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_build(args) -> int:
-    from segrt.export.trt_build import build_engine
+    from segrt.engine.backends.tensorrt_build import build_engine
 
     window = tuple(int(v) for v in args.window.split(",")) if args.window else None
     rec = build_engine(args.model, precision=args.precision, calibration=args.calibration, cache_dir=args.cache_dir,

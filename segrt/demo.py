@@ -151,7 +151,7 @@ def story_nuclei(out, say) -> dict:
 def story_video(out, say, seconds=4.0) -> dict:
     from segrt.engine.video import VideoPipeline
     from segrt.export import zoo
-    from segrt.synthetic import write_clip
+    from segrt.bench.synthetic import write_clip
 
     folder = os.path.join(out, "video")
     say("  generating an endoscopy-like clip")

@@ -13,7 +13,7 @@ pytest.importorskip("onnxruntime")
 
 from segrt.engine import InferInputError, InvalidModelError, ModelFileError, load  # noqa: E402
 from segrt.export import ExportVerificationError, MetadataError, to_onnx  # noqa: E402
-from segrt.export import metadata as md  # noqa: E402
+from segrt.engine import metadata as md  # noqa: E402
 
 CPU_BACKENDS = ["ort"] + (["openvino"] if __import__("importlib").util.find_spec("openvino") else [])
 
@@ -225,40 +225,6 @@ def test_external_data_outside_the_model_folder_is_refused(tmp_path, unet2d_path
         load(good / "missing.onnx")
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
-def test_infer_refuses_bad_batches(unet2d_path, backend):
-    model = load(unet2d_path, backend=backend)
-    with pytest.raises(InferInputError, match="rank 4"):
-        model.infer(_rand((1, 64, 64)))
-    with pytest.raises(InferInputError, match="1 channels"):
-        model.infer(_rand((1, 2, 64, 64)))
-    with pytest.raises(InferInputError, match="float32"):
-        model.infer(_rand((1, 1, 64, 64)).astype(np.float64))
-    for bad in (np.nan, np.inf):
-        x = _rand((1, 1, 64, 64))
-        x[0, 0, 3, 4] = bad
-        with pytest.raises(InferInputError, match="NaN or infinite"):
-            model.infer(x)
-
-
-def test_backend_choice_and_unknown_backends(unet2d_path):
-    model = load(unet2d_path)
-    assert model.backend in ("openvino", "ort") and "trt" in model.backend_reason
-    with pytest.raises(ValueError, match="backend must be one of"):
-        load(unet2d_path, backend="tensorflow")
-    with pytest.raises((ImportError, RuntimeError), match="tensorrt|CUDA"):
-        load(unet2d_path, backend="trt")  # needs TensorRT and a GPU: a clear error here
-    # an option the backend does not take is named, with the ones it does
-    with pytest.raises(ValueError, match=r"backend 'ort' takes the options \[.*'threads'.*\], not \['precision'\]"):
-        load(unet2d_path, backend="ort", precision="bf16")
-    if "openvino" in CPU_BACKENDS:
-        with pytest.raises(ValueError, match=r"'openvino' takes .*'streams'.*not \['thread'\]"):
-            load(unet2d_path, backend="openvino", thread=2)
-    for bad in (0, -2, 1.5, True, "2"):
-        with pytest.raises(ValueError, match="threads must be a positive integer"):
-            load(unet2d_path, backend="ort", threads=bad)
-
-
 def test_check_reports_raw_and_task_agreement(unet2d_path, tmp_path):
     from segrt.cli import main as cli
     from segrt.engine.check import check
@@ -311,58 +277,3 @@ def test_cli_export_of_a_torchscript_file(tmp_path):
         bogus = tmp_path / "bogus.pt"
         bogus.write_bytes(b"nope")
         cli(["export", str(bogus), str(out), "--input-shape", "1,1,8,8,8"])
-
-
-def test_ort_backend_keeps_instance_norm_statistics_exact_on_volumes(tmp_path):
-    # ONNX Runtime's own kernel sums a channel's statistics over all 2.1 M voxels in float32
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 1), torch.nn.InstanceNorm3d(4, affine=True),
-                              torch.nn.Conv3d(4, 2, 1))
-    x = _rand((1, 1, 128, 128, 128), seed=7)
-    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "in.onnx", check_shapes=[]).path
-    with torch.no_grad():
-        ref = net.double()(torch.from_numpy(x).double()).numpy()
-    stable = load(path, backend="ort").infer(x)
-    plain = load(path, backend="ort", stable_norm=False).infer(x)
-    err_stable, err_plain = np.abs(stable - ref).max(), np.abs(plain - ref).max()
-    assert err_stable < 1e-5, err_stable
-    assert err_plain > 10 * err_stable, (err_plain, err_stable)
-
-
-def test_openvino_backend_keeps_instance_norm_statistics_exact_on_volumes(tmp_path):
-    # OpenVINO's MVN kernel drifts on long channels; segrt pools the statistics per shape
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
-                              torch.nn.ReLU(), torch.nn.Conv3d(4, 2, 1), torch.nn.InstanceNorm3d(2))
-    with torch.no_grad():
-        net[0].bias += 3.0  # a mean far from zero, as real activations have
-    x = _rand((1, 1, 96, 112, 96), seed=7)
-    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "in.onnx", check_shapes=[]).path
-    with torch.no_grad():
-        ref = net.double()(torch.from_numpy(x).double()).numpy()
-    stable = load(path, backend="openvino")
-    plain = load(path, backend="openvino", stable_norm=False)
-    err_stable = np.abs(stable.infer(x) - ref).max()
-    err_plain = np.abs(plain.infer(x) - ref).max()
-    assert err_stable < 2e-4, err_stable
-    assert err_plain > 5 * err_stable, (err_plain, err_stable)
-    # small inputs keep OpenVINO's own kernel (short sums are exact enough) and still agree
-    small = _rand((1, 1, 16, 16, 16), seed=8)
-    with torch.no_grad():
-        ref_small = net(torch.from_numpy(small).double()).numpy()
-    assert np.abs(stable.infer(small) - ref_small).max() < 1e-4
-
-
-def test_pooled_instance_norm_rewrites_only_long_channels(tmp_path):
-    from segrt.engine.backends import pooled_instance_norm
-
-    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3, stride=2, padding=1), torch.nn.InstanceNorm3d(4, affine=True),
-                              torch.nn.Conv3d(4, 4, 3, stride=4, padding=1), torch.nn.InstanceNorm3d(4, affine=True))
-    path = to_onnx(net, _rand((1, 1, 16, 16, 16)), tmp_path / "two.onnx", check_shapes=[]).path
-    proto = onnx.load(path)
-    # at 64^3: 32^3 = 32768 voxels per channel in the first norm, 8^3 = 512 in the second
-    rewritten, count = pooled_instance_norm(proto, (1, 1, 64, 64, 64))
-    assert count == 1
-    kinds = [n.op_type for n in rewritten.graph.node]
-    assert kinds.count("InstanceNormalization") == 1 and kinds.count("AveragePool") == 6
-    assert pooled_instance_norm(proto, (1, 1, 16, 16, 16))[1] == 0

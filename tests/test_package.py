@@ -18,25 +18,60 @@ def _run(code: str) -> str:
     return out.stdout
 
 
-def test_import_is_cheap_and_light():
-    code = (
-        "import sys, time; t = time.perf_counter(); import segrt, segrt.kernels.starnms, segrt.bench; "
-        "print(time.perf_counter() - t); print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,)
-    )
-    lines = _run(code).split("\n")
-    seconds, loaded = lines[0], lines[1]
-    assert float(seconds) < 1.0
+def test_import_is_light():
+    # what the code controls: no heavy optional package is imported (import time is measured by
+    # benchmarks, never asserted here: a busy machine would fail it for reasons not in the code)
+    code = ("import sys; import segrt, segrt.kernels.starnms, segrt.kernels.label, segrt.kernels.stitch, "
+            "segrt.bench, segrt.engine; segrt.load; "
+            "print(','.join(m for m in %r if m in sys.modules))" % (HEAVY,))
+    loaded = _run(code).strip()
     assert loaded == "", f"import segrt pulled in {loaded}"
 
 
 def test_subpackages_share_the_segrt_namespace():
-    import segrt.bench
-    import segrt.engine
-    import segrt.export
-    import segrt.kernels
+    import importlib
+    import os
 
-    for mod in (segrt.kernels, segrt.engine, segrt.export, segrt.bench):
-        assert mod.__name__.startswith("segrt.")
+    from segrt._subpackages import SUBPACKAGES
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in SUBPACKAGES:
+        mod = importlib.import_module(f"segrt.{name}")
+        assert mod.__name__ == f"segrt.{name}"
+        assert os.path.samefile(mod.__file__, os.path.join(root, name, "__init__.py")), mod.__file__
+
+
+def test_a_source_checkout_serves_every_subpackage(tmp_path):
+    # Python started in a checkout, nothing installed: the shim must serve models/ too (the demo
+    # models live there), from the one list setup.py also reads
+    import os
+    import shutil
+
+    from segrt._subpackages import SUBPACKAGES
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    shutil.copytree(os.path.join(root, "segrt"), tmp_path / "segrt", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in SUBPACKAGES:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"WHERE = {name!r}\n")
+    code = ("import sys; sys.path[:0] = [%r]; import importlib; "
+            "print(','.join(importlib.import_module('segrt.' + n).WHERE for n in %r))" % (str(tmp_path), SUBPACKAGES))
+    # run from the repository: a second checkout on sys.path must not take over
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ",".join(SUBPACKAGES)
+    setup_text = open(os.path.join(root, "setup.py")).read()
+    assert "_subpackages.py" in setup_text
+
+
+def test_one_version():
+    import segrt
+    from segrt._version import __version__
+
+    assert segrt.__version__ == __version__
+    from importlib import metadata
+
+    assert metadata.version("segrt") == __version__
 
 
 def test_optional_import_names_the_extra():

@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from segrt.export import trt_build as tb
+from segrt.engine.backends import tensorrt_build as tb
 
 GPU = {"gpu": "NVIDIA H200", "compute_capability": "9.0"}
 PROFILE = [((1, 1, 64, 64, 64), (1, 1, 64, 64, 64), (4, 1, 64, 64, 64))]

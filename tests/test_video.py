@@ -12,7 +12,7 @@ import pytest
 cv2 = pytest.importorskip("cv2")
 
 from segrt.engine.video import SourceError, VideoPipeline, open_source  # noqa: E402
-from segrt.synthetic import EndoscopyScene, write_clip  # noqa: E402
+from segrt.bench.synthetic import EndoscopyScene, write_clip  # noqa: E402
 
 INSTRUMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "instruments.onnx")
 

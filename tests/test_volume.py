@@ -233,7 +233,7 @@ def threshold_model(tmp_path_factory):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper
 
-    from segrt.export import metadata as md
+    from segrt.engine import metadata as md
 
     zero = helper.make_node("Sub", ["image", "image"], ["zero"])
     cat = helper.make_node("Concat", ["zero", "image"], ["scores"], axis=1)
@@ -276,7 +276,7 @@ def test_pipeline_refuses_models_that_do_not_fit(tmp_path):
     from onnx import TensorProto, helper
 
     from segrt.engine.volume import ModelTaskError, VolumePipeline
-    from segrt.export import metadata as md
+    from segrt.engine import metadata as md
 
     node = helper.make_node("Identity", ["image"], ["out"])
     vi = helper.make_tensor_value_info
@@ -382,7 +382,7 @@ def test_pipeline_resamples_to_the_model_spacing_and_back(tmp_path):
     from onnx import TensorProto, helper
 
     from segrt.engine.volume import VolumePipeline
-    from segrt.export import metadata as md
+    from segrt.engine import metadata as md
 
     seen = []
 

@@ -26,6 +26,7 @@ import time
 import numpy as np
 
 from segrt._optional import optional_import
+from segrt.engine.model_file import all_tensors, file_sha256, inspect_model_file
 
 __all__ = ["EngineTrustError", "EngineRecord", "build_engine", "cache_key", "profiles_for", "verify_engine_file",
            "calibration_batches", "gpu_identity"]
@@ -45,31 +46,21 @@ class EngineRecord:
     manifest: dict
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def onnx_content_hash(onnx_path: str, proto=None) -> str:
     """SHA-256 over the model file and, in name order, its external data files. ``proto``: the
     model as inspect_model_file parsed it (parsed here, with its checks, when not given)."""
-    from segrt.engine.model import _all_tensors, inspect_model_file
-
     if proto is None:
         proto = inspect_model_file(onnx_path)[0]  # also refuses hostile external data
-    h = hashlib.sha256(_sha256_file(onnx_path).encode())
+    h = hashlib.sha256(file_sha256(onnx_path).encode())
     folder = os.path.dirname(os.path.abspath(onnx_path))
     locations = set()
-    for t in _all_tensors(proto.graph):
+    for t in all_tensors(proto.graph):
         for e in t.external_data:
             if e.key == "location":
                 locations.add(e.value)
     for loc in sorted(locations):
         h.update(loc.encode())
-        h.update(_sha256_file(os.path.join(folder, loc)).encode())
+        h.update(file_sha256(os.path.join(folder, loc)).encode())
     return h.hexdigest()
 
 
@@ -139,7 +130,7 @@ def verify_engine_file(engine_path: str, expected_key: str | None = None, *, tru
     if expected_key is not None and manifest.get("key") != expected_key:
         raise EngineTrustError(f"{engine_path} was built for another model, TensorRT version, GPU, precision or "
                                f"profile (manifest key {manifest.get('key')}, expected {expected_key}); rebuild it")
-    if manifest.get("engine_sha256") != _sha256_file(engine_path):
+    if manifest.get("engine_sha256") != file_sha256(engine_path):
         raise EngineTrustError(f"{engine_path} does not match its manifest (modified after it was built); rebuild it")
     return manifest
 
@@ -225,8 +216,6 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision in ("int8", "best") and calibration is None:
         raise ValueError("int8 needs calibration inputs: a folder of .npy windows or an iterable of arrays")
-    from segrt.engine.model import inspect_model_file
-
     onnx_path = os.fspath(onnx_path)
     proto, inputs, _, meta, _ = inspect_model_file(onnx_path)
     if len(inputs) != 1:
@@ -282,7 +271,7 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
     with open(tmp, "wb") as f:
         f.write(bytes(serialized))
     manifest = {"key": key, "onnx_sha256": content, "tensorrt": trt.__version__, **gpu, "precision": precision,
-                "profiles": [[list(s) for s in p] for p in profiles], "engine_sha256": _sha256_file(tmp),
+                "profiles": [[list(s) for s in p] for p in profiles], "engine_sha256": file_sha256(tmp),
                 "build_seconds": time.perf_counter() - t0, "source": os.path.abspath(onnx_path)}
     with open(os.path.splitext(engine_path)[0] + ".json", "w") as f:
         json.dump(manifest, f, indent=2)

@@ -4,23 +4,46 @@ capture for a fixed shape, device-array inputs (``__cuda_array_interface__``) wi
 Written against TensorRT 10's documented Python API (``Runtime.deserialize_cuda_engine``,
 ``IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3``). TensorRT
 cannot be installed where this project is developed: these calls are unverified here; the
-engine cache and trust checks they rely on are tested (segrt.export.trt_build).
+engine cache and trust checks they rely on are tested (``tensorrt_build``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from segrt._optional import optional_import
+from segrt._optional import is_available, optional_import
+from segrt.engine.backends.base import Runner, cuda_device_count
+from segrt.engine.backends.tensorrt_build import build_engine, verify_engine_file
 
 __all__ = ["TrtRunner"]
 
 
-class TrtRunner:
-    def __init__(self, path, inputs, outputs, *, precision="fp16", cache_dir=None, calibration=None, window=None,
-                 batch_sizes=(1, 1, 4), trust_foreign_engine=False, cuda_graph=False, device=0):
+class TrtRunner(Runner):
+    name = "trt"
+    OPTIONS = {
+        "precision": "'fp32', 'fp16' (default), 'int8' or 'best' (int8 needs calibration)",
+        "cache_dir": "engine cache folder (default $SEGRT_CACHE or ~/.cache/segrt/engines)",
+        "calibration": "int8 calibration windows: a folder of .npy files or an iterable of arrays",
+        "batch_sizes": "(min, opt, max) batch of the optimisation profile (default (1, 1, 4))",
+        "trust_foreign_engine": "load an .engine segrt's cache did not write (deserialising runs code)",
+        "cuda_graph": "capture each input shape's run in a CUDA graph",
+        "device": "CUDA device index (default 0)",
+    }
+    CHOSEN_BECAUSE = "TensorRT and a CUDA device are present"
+    DEVICE_ARRAYS = True
+
+    @classmethod
+    def unavailable(cls):
+        if not is_available("tensorrt"):
+            return "tensorrt is not installed; pip install 'segrt[trt]'"
+        if not cuda_device_count():
+            return "no CUDA device (or CuPy) found; pip install 'segrt[gpu]' on a machine with an NVIDIA GPU"
+        return None
+
+    def __init__(self, path, inputs, outputs, *, metadata=None, proto=None, precision="fp16", cache_dir=None,
+                 calibration=None, batch_sizes=(1, 1, 4), trust_foreign_engine=False, cuda_graph=False, device=0):
         trt = optional_import("tensorrt", extra="trt", purpose="the TensorRT backend")
         self.cupy = cupy = optional_import("cupy", extra="gpu", purpose="the TensorRT backend")
-        from segrt.export.trt_build import build_engine, verify_engine_file
+        window = (metadata or {}).get("window")
 
         if str(path).endswith(".engine"):
             verify_engine_file(str(path), trust_foreign_engine=trust_foreign_engine)

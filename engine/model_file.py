@@ -1,0 +1,144 @@
+"""Reading and vetting ONNX model files before any runtime sees them.
+
+``inspect_model_file`` parses a file, refuses what is not a complete ONNX model or keeps
+external data outside the model's folder, and returns its inputs, outputs and segrt
+metadata. Shared by ``load`` and the TensorRT engine cache.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+
+from segrt._optional import optional_import
+from segrt.engine import metadata as md
+
+__all__ = ["ModelFileError", "InvalidModelError", "IOInfo", "all_tensors", "inspect_model_file", "file_sha256",
+           "shape_text"]
+
+
+class ModelFileError(OSError):
+    """The model file is missing or cannot be read."""
+
+
+class InvalidModelError(ValueError):
+    """The file is not a usable ONNX model (not ONNX, truncated, hostile external data...)."""
+
+
+class InferInputError(ValueError):
+    """A batch that does not fit the model's input (rank, channels, dtype, NaN / Inf)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class IOInfo:
+    name: str
+    shape: tuple  # ints, or None for dynamic axes
+    dtype: str
+
+
+_ELEM = {1: "float32", 2: "uint8", 3: "int8", 5: "int16", 6: "int32", 7: "int64", 9: "bool", 10: "float16",
+         11: "float64"}
+
+
+def _value_info(v) -> IOInfo:
+    t = v.type.tensor_type
+    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    return IOInfo(v.name, dims, _ELEM.get(t.elem_type, f"onnx-type-{t.elem_type}"))
+
+
+def all_tensors(graph):
+    """Every TensorProto of a graph: initializers and attribute tensors, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+            if attr.HasField("g"):
+                yield from all_tensors(attr.g)
+            for g in attr.graphs:
+                yield from all_tensors(g)
+
+
+def inspect_model_file(path):
+    """Parses and checks an ONNX file without running it: returns (proto, inputs, outputs, metadata).
+
+    Refuses (InvalidModelError) a file that is not ONNX or is truncated, and external data
+    that points outside the model's folder (as ONNX's fix for CVE-2022-25882 does).
+    """
+    onnx = optional_import("onnx", purpose="reading ONNX models")
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelFileError(f"model file not found: {path}")
+    if not os.path.isfile(path):
+        raise ModelFileError(f"model path is not a file: {path}")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as err:
+        raise ModelFileError(f"cannot read model file {path}: {err.strerror or err}") from None
+    if not data:
+        raise InvalidModelError(f"{path} is empty; expected an ONNX model")
+    try:
+        proto = onnx.load_model_from_string(data)
+    except Exception as err:  # protobuf's DecodeError and friends: never leak them raw
+        raise InvalidModelError(f"{path} is not an ONNX model, or it is truncated ({type(err).__name__})") from None
+    if not proto.graph.node or not proto.graph.input or not proto.graph.output or not proto.opset_import:
+        raise InvalidModelError(f"{path} is not a complete ONNX model (no graph nodes, inputs, outputs or opset); "
+                                "is the file truncated?")
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    external = False
+    for tensor in all_tensors(proto.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        external = True
+        loc = {e.key: e.value for e in tensor.external_data}.get("location", "")
+        target = os.path.realpath(os.path.join(folder, loc))
+        if not loc or os.path.isabs(loc) or os.path.commonpath([folder, target]) != folder:
+            raise InvalidModelError(f"{path}: tensor {tensor.name!r} keeps its data at {loc!r}, outside the model's "
+                                    "folder; refusing to read it")
+        if not os.path.isfile(target):
+            raise InvalidModelError(f"{path}: external data file {loc!r} of tensor {tensor.name!r} is missing")
+    try:
+        # with external data the checker must resolve it from the model's own folder
+        onnx.checker.check_model(path if external else proto)
+    except Exception as err:
+        raise InvalidModelError(f"{path} fails the ONNX checker: {str(err).splitlines()[0]}") from None
+    initializers = {t.name for t in proto.graph.initializer}
+    inputs = [_value_info(v) for v in proto.graph.input if v.name not in initializers]
+    outputs = [_value_info(v) for v in proto.graph.output]
+    stored = {p.key: p.value for p in proto.metadata_props}
+    if md.KEY in stored:
+        meta = md.from_json(stored[md.KEY], source=path)
+        source = "stored"
+    else:
+        meta = metadata_from_graph(inputs)
+        source = "graph"
+    return proto, inputs, outputs, meta, source
+
+
+def metadata_from_graph(inputs) -> dict:
+    """What the graph tells about a model without segrt metadata."""
+    meta: dict = {}
+    if len(inputs) == 1 and len(inputs[0].shape) in (4, 5):
+        shape = inputs[0].shape
+        meta["spatial_dims"] = len(shape) - 2
+        if shape[1] is not None:
+            meta["in_channels"] = shape[1]
+        if all(s is not None for s in shape[2:]):
+            meta["window"] = list(shape[2:])
+    return meta
+
+
+def file_sha256(path: str) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def shape_text(shape) -> str:
+    """(1, ?, 96, 96): a shape with dynamic axes shown as ``?``."""
+    return "(" + ", ".join("?" if s is None else str(s) for s in shape) + ")"
