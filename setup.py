@@ -36,8 +36,10 @@ for name in SUBPACKAGES:
         packages.append(pkg)
         package_dir[pkg] = rel
 
+# cpp/module.cpp (the one PYBIND11_MODULE) and every op's sources in cpp/<op>/
 CPP_SOURCES = sorted(
-    os.path.join("cpp", f) for f in os.listdir(os.path.join(HERE, "cpp")) if f.endswith(".cpp")
+    os.path.relpath(os.path.join(root, f), HERE)
+    for root, _, files in os.walk(os.path.join(HERE, "cpp")) for f in files if f.endswith(".cpp")
 )
 
 

@@ -81,14 +81,14 @@ def _record(report: Report, case: str, noise: str, stats: dict, ours, ours_t, sd
 
 
 def run_2d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
-    from segrt.kernels.starnms import last_stats, nms_2d
+    from segrt.kernels.starnms import nms_2d
 
     prob, dist = targets_2d(tiles, noise)
     huge = prob.size > 2048 * 2048
     # steady state for both: the first calls after the inputs are made run slower on this VM
-    ours_t, ours = measure(lambda: nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4),
+    ours_t, ours = measure(lambda: nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, return_stats=True),
                            warmup=1 if quick else 3, repeats=3 if quick else 9)
-    stats = last_stats()
+    ours, stats = ours[:3], ours[3]
     sd_t, sd = measure(lambda: peers.stardist_nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4),
                        warmup=0 if huge or quick else 1, repeats=1 if huge or quick else 3)
     same_order = peers.stardist_nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, order="segrt")
@@ -102,13 +102,13 @@ def run_2d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
 
 
 def run_3d(report: Report, tiles: int, noise: str, quick: bool) -> dict:
-    from segrt.kernels.starnms import last_stats, nms_3d, rays_3d
+    from segrt.kernels.starnms import nms_3d, rays_3d
 
     prob, dist, sd_rays = targets_3d(tiles, noise)
     rays = rays_3d(len(sd_rays))
-    ours_t, ours = measure(lambda: nms_3d(prob, dist, rays, prob_thresh=0.5, nms_thresh=0.4),
+    ours_t, ours = measure(lambda: nms_3d(prob, dist, rays, prob_thresh=0.5, nms_thresh=0.4, return_stats=True),
                            warmup=1, repeats=3 if quick else 5)
-    stats = last_stats()
+    ours, stats = ours[:3], ours[3]
     sd_t, sd = measure(lambda: peers.stardist_nms_3d(prob, dist, sd_rays, prob_thresh=0.5, nms_thresh=0.4),
                        warmup=0, repeats=1)
     same_order = peers.stardist_nms_3d(prob, dist, sd_rays, prob_thresh=0.5, nms_thresh=0.4, order="segrt")

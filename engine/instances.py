@@ -323,8 +323,9 @@ class InstancePipeline:
         shape = x.shape[1:]
         with stages("nms"):
             if isinstance(dist, tuple):  # tiled 2D: ray lengths stored for candidate cells only
-                points, scores, dists = starnms._nms_2d_stored(prob, *dist, prob_thresh=self.prob_thresh,
-                                                               nms_thresh=self.nms_thresh, grid=self.grid)
+                cells, rows = dist
+                points, scores, dists = starnms.nms_2d(prob, rows, cells=cells, prob_thresh=self.prob_thresh,
+                                                       nms_thresh=self.nms_thresh, grid=self.grid)
             elif self.ndim == 2:
                 points, scores, dists = starnms.nms_2d(prob, dist, prob_thresh=self.prob_thresh,
                                                        nms_thresh=self.nms_thresh, grid=self.grid)

@@ -177,7 +177,7 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner):
 
 
 def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
-                   padding_mode="constant", cval=0.0, reduce=None, progress=False, device="cpu"):
+                   padding_mode="constant", cval=0.0, reduce=None, progress=False, device="auto"):
     """Run ``predictor`` over windows of ``inputs`` and blend the results, as
     ``monai.inferers.sliding_window_inference`` does (same windows, importance map and result).
 
@@ -199,13 +199,13 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
             streaming: a region is reduced and its buffer freed as soon as its last window is
             in, so memory follows the windows in flight, not C_out x the volume.
         progress: print windows done / total and the rate on stderr.
-        device: "cpu" (C++ kernels) or "reference" (NumPy kernels).
+        device: the stitching kernels: "auto" (following the inputs), "cpu" (C++) or
+            "reference" (NumPy); see ``segrt.kernels._device``.
 
     Returns:
         the blended scores, or the labels with reduce="argmax".
     """
-    if device not in ("cpu", "reference"):
-        raise ValueError(f"device must be 'cpu' or 'reference', got {device!r}")
+    device = stitch.resolve_device(device, inputs)
     x = _check_inputs(inputs)
     nd = x.ndim - 2
     roi = _check_roi(roi_size, nd)

@@ -60,3 +60,10 @@ def add_noise(prob, dist, seed, kind="mult"):
     else:
         d = np.maximum(dist + rng.normal(0, 1.0, dist.shape).astype(np.float32), 0)
     return p, d.astype(np.float32)
+
+
+def fast_devices(implementations: dict) -> list:
+    """pytest params for an op's fast implementations (every entry of its dispatch table but the
+    reference): ``test_matches_reference[cpu]``, and ``[cuda]`` (marked gpu) once an op has one."""
+    return [pytest.param(d, marks=pytest.mark.gpu) if d == "cuda" else d
+            for d in implementations if d != "reference"]

@@ -11,6 +11,7 @@ from hypothesis.extra import numpy as hnp
 
 from segrt.kernels import label
 from segrt.kernels.label import component_stats, connected_components, keep_largest, remove_small
+from conftest import fast_devices
 
 cc3d = pytest.importorskip("cc3d")
 
@@ -104,20 +105,28 @@ def test_out_dtype():
     assert n == 70_000 and lab.dtype == np.uint32
 
 
+@pytest.mark.parametrize("device", fast_devices(label.IMPLEMENTATIONS))
 @settings(max_examples=60, deadline=None)
 @given(hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9),
                   elements=st.integers(0, 3)), st.data())
-def test_fast_equals_reference(img, data):
+def test_matches_reference(device, img, data):
     conn = data.draw(st.sampled_from(CONNS[img.ndim]))
-    fast = connected_components(img, conn)
+    fast = connected_components(img, conn, device=device)
     ref = connected_components(img, conn, device="reference")
     np.testing.assert_array_equal(fast, ref)
+    assert fast.dtype == ref.dtype
     size = data.draw(st.integers(0, 6))
-    np.testing.assert_array_equal(remove_small(img, size, conn), remove_small(img, size, conn, device="reference"))
+    np.testing.assert_array_equal(remove_small(img, size, conn, device=device),
+                                  remove_small(img, size, conn, device="reference"))
     k = data.draw(st.integers(0, 2))
     per_class = data.draw(st.booleans())
-    np.testing.assert_array_equal(keep_largest(img, k, conn, per_class=per_class),
+    np.testing.assert_array_equal(keep_largest(img, k, conn, per_class=per_class, device=device),
                                   keep_largest(img, k, conn, per_class=per_class, device="reference"))
+    labels = connected_components(img, conn)
+    fast_stats, ref_stats = component_stats(labels, device=device), component_stats(labels, device="reference")
+    np.testing.assert_array_equal(fast_stats["voxel_counts"], ref_stats["voxel_counts"])
+    np.testing.assert_array_equal(fast_stats["centroids"], ref_stats["centroids"])
+    assert fast_stats["bounding_boxes"] == ref_stats["bounding_boxes"]
 
 
 @pytest.mark.parametrize("shape", [(40, 50), (16, 20, 24)])
@@ -234,6 +243,19 @@ def test_bad_input_raises_clear_errors(call, match):
 def test_cuda_device_is_not_available_yet():
     with pytest.raises(NotImplementedError, match="GPU"):
         connected_components(np.zeros((4, 4), np.uint8), device="cuda")
+
+
+class _DeviceArray:
+    """Looks like a GPU array to the device resolver (CUDA array interface)."""
+
+    __cuda_array_interface__ = {"shape": (4, 4), "typestr": "|u1", "data": (0, False), "version": 3}
+
+
+def test_device_arrays_follow_auto_and_are_refused_by_host_devices():
+    with pytest.raises(NotImplementedError, match="arrays are on a GPU"):
+        connected_components(_DeviceArray())
+    with pytest.raises(ValueError, match="GPU array; copy it to the host"):
+        connected_components(_DeviceArray(), device="cpu")
 
 
 # -- fill_holes ------------------------------------------------------------------------------

@@ -88,3 +88,53 @@ def test_the_checker_sees_an_upward_and_a_private_import(tmp_path):
     found = list(_imports(bad, "segrt.kernels.bad"))
     assert _layer(found[0][0]) > _layer("segrt.kernels.bad")
     assert _package(found[1][0]) != _package("segrt.kernels.bad") and "_secret" in found[1][1]
+
+
+def test_every_op_has_one_layout():
+    # kernels/<op>/: __init__.py (contract, checks, one dispatch table), _reference.py, _cpu.py
+    import importlib
+
+    from segrt.kernels import OPS
+
+    found = sorted(p.name for p in (ROOT / "kernels").iterdir() if (p / "__init__.py").is_file())
+    assert found == sorted(OPS)
+    for op in OPS:
+        module = importlib.import_module(f"segrt.kernels.{op}")
+        assert module.__doc__ and len(module.__doc__) > 200, op  # the contract is written down
+        table = module.IMPLEMENTATIONS
+        assert {"reference", "cpu"} <= set(table) <= {"reference", "cpu", "cuda"}, op
+        for device, name in table.items():
+            assert name == f"segrt.kernels.{op}._{device}"
+            assert (ROOT / "kernels" / op / f"_{device}.py").is_file()
+        # the implementations offer the same functions
+        ref, cpu = (importlib.import_module(table[d]) for d in ("reference", "cpu"))
+        public = {n for n in vars(ref) if not n.startswith("_") and callable(getattr(ref, n))}
+        called = {n for n in public if n in vars(cpu)}
+        assert called, op
+
+
+def test_device_resolver_follows_the_data():
+    from segrt.kernels import _device
+
+    class OnGpu:
+        __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    class DLPackOnGpu:
+        def __dlpack_device__(self):
+            return (2, 0)
+
+    table = {"reference": "x", "cpu": "y", "cuda": "z"}
+    import numpy as np
+
+    assert _device.resolve("op", table, "auto", np.zeros(2)) == "cpu"
+    assert _device.resolve("op", table, "auto", OnGpu()) == "cuda"
+    assert _device.resolve("op", table, "auto", DLPackOnGpu()) == "cuda"
+    assert _device.resolve("op", table, "reference", np.zeros(2)) == "reference"
+    import pytest
+
+    with pytest.raises(ValueError, match="runs on the host, but an input is a GPU array"):
+        _device.resolve("op", table, "cpu", OnGpu())
+    with pytest.raises(NotImplementedError, match="op: the GPU"):
+        _device.resolve("op", {"reference": "x", "cpu": "y"}, "cuda")
+    with pytest.raises(ValueError, match="device must be one of"):
+        _device.resolve("op", table, "tpu")

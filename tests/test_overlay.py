@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from conftest import fast_devices
+
+from segrt.kernels import overlay
 from segrt.kernels.overlay import blend_labels
 
 cv2 = pytest.importorskip("cv2")
@@ -24,11 +27,12 @@ def _case(rng, frame_hw, labels_hw, n_labels=6, dtype=np.uint8):
                                                  ((1080, 1920), (240, 320)), ((100, 90), (240, 320)),
                                                  ((7, 5), (7, 5)), ((10, 10), (3, 4)), ((1, 1), (1, 1))])
 @pytest.mark.parametrize("alpha", [0.0, 0.45, 1.0])
-def test_cpu_equals_reference(frame_hw, labels_hw, alpha):
+@pytest.mark.parametrize("device", fast_devices(overlay.IMPLEMENTATIONS))
+def test_matches_reference(device, frame_hw, labels_hw, alpha):
     rng = np.random.default_rng(sum(frame_hw) + sum(labels_hw))
     frame, labels = _case(rng, frame_hw, labels_hw)
     ref = blend_labels(frame, labels, PALETTE, alpha, device="reference")
-    got = blend_labels(frame, labels, PALETTE, alpha)
+    got = blend_labels(frame, labels, PALETTE, alpha, device=device)
     np.testing.assert_array_equal(got, ref)
     if alpha == 0.0:
         np.testing.assert_array_equal(got, frame)

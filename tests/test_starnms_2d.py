@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import add_noise, dsb_targets_2d
+from conftest import add_noise, dsb_targets_2d, fast_devices
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from segrt.kernels import _ext
+from segrt.kernels import starnms
 from segrt.kernels.starnms import _reference, nms_2d, render_2d
 
 C = _ext.extension()
@@ -251,13 +252,35 @@ def configurations(draw):
     return prob, dist, thresh
 
 
+@pytest.mark.parametrize("device", fast_devices(starnms.IMPLEMENTATIONS))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configurations())
-def test_fast_equals_reference(cfg):
+def test_matches_reference(device, cfg):
     prob, dist, thresh = cfg
-    fast = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1)
-    ref = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1, device="reference")
+    fast = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1, device=device, return_stats=True)
+    ref = nms_2d(prob, dist, prob_thresh=0.6, nms_thresh=thresh, border=1, device="reference", return_stats=True)
     assert_same_kept(fast[0], ref[0], prob, dist, (1, 1), thresh)
+    assert fast[3]["candidates"] == ref[3]["candidates"] and fast[3]["kept"] == len(fast[0])
+
+
+@pytest.mark.parametrize("device", fast_devices(starnms.IMPLEMENTATIONS))
+def test_render_matches_reference(device):
+    rng = np.random.default_rng(4)
+    pts = rng.integers(-5, 60, (25, 2))
+    dists = rng.uniform(0, 14, (25, 12)).astype(np.float32)
+    scores = rng.random(25).astype(np.float32)
+    np.testing.assert_array_equal(render_2d(dists, pts, (55, 48), scores=scores, device=device),
+                                  render_2d(dists, pts, (55, 48), scores=scores, device="reference"))
+
+
+def test_stored_rays_on_the_reference_give_the_dense_result():
+    _, prob, dist = dsb_targets_2d(8)
+    prob, dist = prob[:96, :96], dist[:96, :96]
+    cells = np.flatnonzero(prob > 0.5)
+    dense = nms_2d(prob, dist, device="reference")
+    stored = nms_2d(prob, dist.reshape(-1, 8)[cells], cells=cells, device="reference")
+    for a, b in zip(stored, dense):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---- edge cases ---------------------------------------------------------------------
@@ -413,16 +436,15 @@ def test_render_bad_input():
 
 def test_stored_rays_give_the_dense_result():
     """The tiled pipeline's path: ray lengths stored for a superset of the candidates only."""
-    from segrt.kernels.starnms import _nms_2d_stored
 
     rng = np.random.default_rng(3)
     _, prob, dist = dsb_targets_2d()
     ref = nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4)
     extra = rng.random(prob.shape) < 0.05  # stored cells: the candidates and some others
     cells = np.flatnonzero((prob > 0.5) | extra)
-    got = _nms_2d_stored(prob, cells, dist.reshape(-1, 32)[cells], prob_thresh=0.5, nms_thresh=0.4)
+    got = nms_2d(prob, dist.reshape(-1, 32)[cells], cells=cells, prob_thresh=0.5, nms_thresh=0.4)
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
     missing = np.flatnonzero(prob > 0.6)
     with pytest.raises(ValueError, match="no stored distances"):
-        _nms_2d_stored(prob, missing, dist.reshape(-1, 32)[missing], prob_thresh=0.5)
+        nms_2d(prob, dist.reshape(-1, 32)[missing], cells=missing, prob_thresh=0.5)

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import add_noise, nuclei_targets_3d
+from conftest import add_noise, fast_devices, nuclei_targets_3d
 
-from segrt.kernels.starnms import last_stats, nms_3d, rays_3d, render_3d
+from segrt.kernels import starnms
+from segrt.kernels.starnms import nms_3d, rays_3d, render_3d
 
 
 def _crop(prob, dist, shape=(31, 40, 40)):
@@ -27,15 +28,14 @@ def test_matches_stardist_on_the_test_volume():
     from segrt.bench.peers import stardist_nms_3d
 
     mask, prob, dist, sd_rays = nuclei_targets_3d()
-    pts, scores, dists = nms_3d(prob, dist, rays_3d(96), prob_thresh=0.5, nms_thresh=0.4)
+    pts, scores, dists, stats = nms_3d(prob, dist, rays_3d(96), prob_thresh=0.5, nms_thresh=0.4, return_stats=True)
     ref = stardist_nms_3d(prob, dist, sd_rays, prob_thresh=0.5, nms_thresh=0.4, order="segrt")
     np.testing.assert_array_equal(pts, ref[0])
     np.testing.assert_array_equal(scores, ref[1])
     np.testing.assert_array_equal(dists, ref[2])
-    stats = last_stats()
     assert stats["candidates"] > 5000 and stats["kept"] == len(pts) > 30
     # the bounds, the hull and the voxel count were exercised on this data (the kernel stage
-    # is covered by test_fast_equals_reference_on_a_small_volume)
+    # is covered by test_matches_reference)
     assert stats["decided_upper_bound"] and stats["decided_hull"] and stats["decided_render"]
     # most voxel counts ran before the kernels, the fan bound having ruled out the hull test
     assert stats["hull_skipped"] > stats["decided_render"] // 2
@@ -79,7 +79,8 @@ def test_grid_and_anisotropic_rays():
     assert len(ours[0]) > 20 and (ours[0] % 2 == 0).all()
 
 
-def test_fast_equals_reference_on_a_small_volume():
+@pytest.mark.parametrize("device", fast_devices(starnms.IMPLEMENTATIONS))
+def test_matches_reference(device):
     pytest.importorskip("scipy")
     rng = np.random.default_rng(1)
     rays = rays_3d(16)
@@ -89,11 +90,14 @@ def test_fast_equals_reference_on_a_small_volume():
     dist = (base * rng.uniform(0.8, 1.2, prob.shape + (16,))).astype(np.float32)
     stages = {}
     for thresh in (0.2, 0.6):
-        fast = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1)
-        for k, v in last_stats().items():
+        fast = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1, return_stats=True, device=device)
+        for k, v in fast[3].items():
             stages[k] = stages.get(k, 0) + v
         ref = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1, device="reference")
-        np.testing.assert_array_equal(fast[0], ref[0])
+        for a, b in zip(fast[:3], ref):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(render_3d(fast[2], fast[0], rays, prob.shape, scores=fast[1], device=device),
+                                      render_3d(ref[2], ref[0], rays, prob.shape, scores=ref[1], device="reference"))
     # every stage of the cascade decided some pair, both with and without the early count
     for stage in ("decided_upper_bound", "decided_kernel", "decided_hull", "decided_render", "hull_skipped"):
         assert stages[stage] > 0, stage

@@ -14,10 +14,9 @@ Pinned semantics (identical to ``cc3d`` 4.x, connected-components-3d):
   whose first voxel comes first); ``per_class=False`` ranks all components together, which
   equals masking with ``cc3d.largest_k`` (whose ties are arbitrary for k > 1).
 
-Each op has a plain reference (``device="reference"``, NumPy label propagation) and a fast
-C++ one (``device="cpu"``): rows are cut into runs of one value, runs are joined across
-neighbouring rows by a union-find, slabs of rows are processed on all cores, and the
-clean-ups read the image once and write the result once (no label image in between).
+Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"`` (``_reference.py``,
+NumPy label propagation) and ``"cpu"`` (``_cpu.py``: run-length union-find in C++ on all cores,
+clean-ups in one read and one write); ``"auto"`` follows the data.
 """
 from __future__ import annotations
 
@@ -25,28 +24,22 @@ import numbers
 
 import numpy as np
 
-from segrt.kernels import _ext
+from segrt.kernels import _device
 from segrt.kernels.label import _validate
 
 __all__ = ["connected_components", "component_stats", "remove_small", "keep_largest", "fill_holes"]
 
 _OUT_DTYPES = ("uint8", "uint16", "uint32", "uint64")
 
-
-def _prepare(image, connectivity, device):
-    dev = _validate.check_device(device)
-    arr = _validate.label_image(image)
-    conn = _validate.connectivity(connectivity, arr.ndim)
-    if dev == "cpu" and not _ext.available():
-        _ext.extension()  # raises ImportError with the load failure and how to fix it
-    return dev, arr, conn
+# the dispatch table: device -> implementation module (same function names in each)
+IMPLEMENTATIONS = {"reference": "segrt.kernels.label._reference", "cpu": "segrt.kernels.label._cpu"}
 
 
-def _threads(arr: np.ndarray) -> int:
-    """All cores (0) for large images; the calling thread alone below ~1 M voxels, where waking a
-    thread team costs more than it saves and, next to a runtime's spinning workers (a video
-    frame between two inferences), turns into latency spikes."""
-    return 0 if arr.size >= 1 << 20 else 1
+def _prepare(image, connectivity, device, name="image"):
+    dev, impl = _device.implementation("label", IMPLEMENTATIONS, device, image)
+    arr = _validate.label_image(image, name)
+    conn = _validate.connectivity(connectivity, arr.ndim) if connectivity is not False else None
+    return impl, arr, conn
 
 
 def _restore(out: np.ndarray, transposed: bool) -> np.ndarray:
@@ -62,28 +55,19 @@ def connected_components(image, connectivity=None, *, out_dtype=None, return_n=F
         out_dtype: unsigned integer dtype of the labels; by default the narrowest of
             uint16, uint32, uint64 that holds the component count.
         return_n: also return the number of components.
-        device: "auto" / "cpu" (C++), "reference" (NumPy) or "cuda" (not yet available).
+        device: "auto", "reference", "cpu" or "cuda" (see ``segrt.kernels._device``).
 
     Returns:
         labels of the input's shape and memory layout (and N when return_n).
     """
-    dev, arr, conn = _prepare(image, connectivity, device)
+    impl, arr, conn = _prepare(image, connectivity, device)
     want = None
     if out_dtype is not None:
         want = np.dtype(out_dtype).name
         if want not in _OUT_DTYPES:
             raise ValueError(f"out_dtype must be one of {_OUT_DTYPES}, got {out_dtype!r}")
     work, transposed = _validate.as_unsigned_c(arr)
-    if dev == "reference":
-        from segrt.kernels.label import _reference
-
-        labels, n = _reference.connected_components(work, conn)
-        dtype = want or ("uint16" if n <= 0xFFFF else "uint32" if n <= 0xFFFFFFFF else "uint64")
-        if n > np.iinfo(dtype).max:
-            raise ValueError(f"the image has {n} components, more than {dtype} can number; pass a wider out_dtype")
-        labels = labels.astype(dtype)
-    else:
-        labels, n = _ext.extension().label_connected_components(work, conn, want or "", _threads(work))
+    labels, n = impl.connected_components(work, conn, want or "")
     labels = _restore(labels, transposed)
     return (labels, int(n)) if return_n else labels
 
@@ -101,22 +85,14 @@ def component_stats(labels, *, no_slice_conversion=False, device="auto"):
         is absent) and "centroids" (N + 1, ndim) float64 (NaN where absent); index 0 is the
         background.
     """
-    dev = _validate.check_device(device)
-    arr = _validate.label_image(labels, "labels")
+    impl, arr, _ = _prepare(labels, False, device, "labels")
     if arr.dtype.kind == "i" and arr.size and arr.min() < 0:
         raise ValueError("labels must be non-negative; relabel with connected_components first")
     work, transposed = _validate.as_unsigned_c(arr)
     max_label = int(work.max()) if work.size else 0
     if max_label > 2**31:
         raise ValueError(f"labels go up to {max_label}; renumber them (connected_components) before statistics")
-    if dev == "reference":
-        from segrt.kernels.label import _reference
-
-        counts, boxes, sums = _reference.statistics(work, max_label)
-    else:
-        if dev == "cpu" and not _ext.available():
-            _ext.extension()
-        counts, boxes, sums = _ext.extension().label_statistics(work, max_label, _threads(work))
+    counts, boxes, sums = impl.statistics(work, max_label)
     nd = arr.ndim
     if transposed:  # back to the caller's axis order
         boxes = boxes.reshape(-1, nd, 2)[:, ::-1, :].reshape(-1, 2 * nd)
@@ -166,7 +142,7 @@ def _class_keys(items, arr: np.ndarray):
         bad = vals[(vals < info.min) | (vals > info.max)]
         if bad.size:
             raise ValueError(f"class {int(bad[0])} cannot occur in an image of dtype {arr.dtype}")
-        vals = vals.astype(arr.dtype).view(_validate._UNSIGNED[arr.dtype.itemsize]).astype(np.uint64)
+        vals = vals.astype(arr.dtype).view(_validate.UNSIGNED[arr.dtype.itemsize]).astype(np.uint64)
     return vals
 
 
@@ -182,19 +158,13 @@ def remove_small(seg, min_size, connectivity=None, *, device="auto"):
     Returns:
         a new array like ``seg`` (same dtype and layout) with small components set to 0.
     """
-    dev, arr, conn = _prepare(seg, connectivity, device)
+    impl, arr, conn = _prepare(seg, connectivity, device, "seg")
     items, fallback = _class_sizes(min_size)
     keys = _class_keys(items, arr)
     sizes = np.array([s for _, s in items], np.int64)
     order = np.argsort(keys, kind="stable")
     work, transposed = _validate.as_unsigned_c(arr)
-    if dev == "reference":
-        from segrt.kernels.label import _reference
-
-        out = _reference.remove_small(work, conn, keys[order], sizes[order], fallback)
-    else:
-        out, _ = _ext.extension().label_remove_small(work, conn, keys[order], sizes[order], fallback,
-                                                         _threads(work))
+    out = impl.remove_small(work, conn, keys[order], sizes[order], fallback)
     return _restore(out, transposed).view(arr.dtype)
 
 
@@ -213,7 +183,7 @@ def keep_largest(seg, k=1, connectivity=None, classes=None, *, per_class=True, d
         a new array like ``seg`` where the other components are 0. Ties in size go to the
         component whose first voxel comes first in raster order.
     """
-    dev, arr, conn = _prepare(seg, connectivity, device)
+    impl, arr, conn = _prepare(seg, connectivity, device, "seg")
     k = _validate.non_negative_int(k, "k")
     if classes is not None and not per_class:
         raise ValueError("classes applies only with per_class=True; pass classes=None to rank all components together")
@@ -228,13 +198,7 @@ def keep_largest(seg, k=1, connectivity=None, classes=None, *, per_class=True, d
     else:
         keys = np.zeros(0, np.uint64)
     work, transposed = _validate.as_unsigned_c(arr)
-    if dev == "reference":
-        from segrt.kernels.label import _reference
-
-        out = _reference.keep_largest(work, conn, k, None if classes is None else keys, per_class)
-    else:
-        out, _ = _ext.extension().label_keep_largest(work, conn, k, keys.tolist(), classes is None, per_class,
-                                                         _threads(work))
+    out = impl.keep_largest(work, conn, k, None if classes is None else keys, per_class)
     return _restore(out, transposed).view(arr.dtype)
 
 
@@ -252,11 +216,11 @@ def fill_holes(mask, connectivity=None, *, device="auto"):
     """
     if connectivity is None:
         connectivity = 6 if np.ndim(mask) == 3 else 4
-    dev, arr, conn = _prepare(mask, connectivity, device)
+    _, arr, conn = _prepare(mask, connectivity, device, "mask")
     fg = arr != 0
     if fg.size == 0:
         return fg
-    background = connected_components(~fg, conn, device=dev)
+    background = connected_components(~fg, conn, device=device)
     border = [background[(slice(None),) * a + (i,)] for a in range(fg.ndim) for i in (0, -1)]
     outside = np.zeros(int(background.max()) + 1, bool)
     for face in border:

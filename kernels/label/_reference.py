@@ -54,13 +54,23 @@ def root_index(img: np.ndarray, connectivity: int) -> np.ndarray:
     return np.where(fg, lab, -1)
 
 
-def connected_components(img: np.ndarray, connectivity: int):
+def _labels(img: np.ndarray, connectivity: int):
+    """(int64 labels numbered by first voxel in raster order, component count)."""
     root = root_index(img, connectivity)
     firsts = np.unique(root[root >= 0])  # ascending = raster order of first voxels
     labels = np.zeros(img.shape, np.int64)
     fg = root >= 0
     labels[fg] = np.searchsorted(firsts, root[fg]) + 1
     return labels, len(firsts)
+
+
+def connected_components(img: np.ndarray, connectivity: int, out_dtype: str = ""):
+    """(labels, N); labels in ``out_dtype`` or the narrowest of uint16 / uint32 / uint64 for N."""
+    labels, n = _labels(img, connectivity)
+    dtype = out_dtype or ("uint16" if n <= 0xFFFF else "uint32" if n <= 0xFFFFFFFF else "uint64")
+    if n > np.iinfo(dtype).max:
+        raise ValueError(f"the image has {n} components, more than {dtype} can number; pass a wider out_dtype")
+    return labels.astype(dtype), n
 
 
 def statistics(labels: np.ndarray, max_label: int):
@@ -81,7 +91,7 @@ def statistics(labels: np.ndarray, max_label: int):
 
 
 def _component_table(img, connectivity):
-    labels, n = connected_components(img, connectivity)
+    labels, n = _labels(img, connectivity)
     sizes = np.bincount(labels.reshape(-1), minlength=n + 1)
     values = np.zeros(n + 1, np.uint64)
     values[labels.reshape(-1)] = img.reshape(-1)

@@ -6,24 +6,12 @@ import numbers
 
 import numpy as np
 
-DEVICES = ("auto", "cpu", "reference", "cuda")
 CONNECTIVITY = {2: (4, 8), 3: (6, 18, 26)}
-_UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
-
-
-def check_device(device) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "cuda":
-        raise NotImplementedError(
-            "the GPU connected components are not implemented yet; pass a NumPy array with device='cpu'")
-    return "cpu" if device == "auto" else device
+UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
 def label_image(image, name: str = "image") -> np.ndarray:
     """The image as an ndarray of rank 2 or 3 holding bool or integer labels."""
-    if hasattr(image, "__cuda_array_interface__"):
-        raise ValueError(f"{name} is a GPU array; copy it to the host first (e.g. cupy.asnumpy({name}))")
     arr = np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D or 3D label image, got shape {arr.shape}")
@@ -55,7 +43,7 @@ def as_unsigned_c(arr: np.ndarray) -> tuple[np.ndarray, bool]:
             arr, transposed = arr.T, True
         else:
             arr = np.ascontiguousarray(arr)
-    return arr.view(_UNSIGNED[arr.dtype.itemsize]), transposed
+    return arr.view(UNSIGNED[arr.dtype.itemsize]), transposed
 
 
 def non_negative_int(value, name: str) -> int:

@@ -11,19 +11,22 @@ Pinned semantics of ``blend_labels(frame, labels, palette, alpha)``:
   That is ``cv2.addWeighted(frame, 1 - alpha, colour, alpha, 0)`` to within one level, in
   integers, so the reference and the kernel agree exactly.
 
-``device="reference"`` is plain NumPy (a full-size label image, a colour image, a blend,
-a select); ``device="cpu"`` (C++) copies the frame and blends only the runs of labelled
-pixels, in one pass without temporaries: 0.15 to 0.23 ms for a 640 x 480 frame of the demo
-clip against 0.44 to 0.49 ms for the OpenCV calls it replaces, over two runs of
-``python -m segrt.bench pipeline`` (its "overlay colours" row; one thread, as in a video run).
+Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"``
+(``_reference.py``: a full-size label image, a colour image, a blend, a select, in NumPy) and
+``"cpu"`` (``_cpu.py``: C++ that copies the frame and blends only the runs of labelled pixels,
+in one pass without temporaries; its speed against the OpenCV calls it replaces is the
+"overlay colours" row of ``python -m segrt.bench pipeline``).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from segrt.kernels import _ext
+from segrt.kernels import _device
 
-__all__ = ["blend_labels"]
+__all__ = ["blend_labels", "IMPLEMENTATIONS"]
+
+# the dispatch table: device -> implementation module (same function names in each)
+IMPLEMENTATIONS = {"reference": "segrt.kernels.overlay._reference", "cpu": "segrt.kernels.overlay._cpu"}
 
 
 def _alpha_level(alpha) -> int:
@@ -58,19 +61,6 @@ def _check(frame, labels, palette, out):
     return palette
 
 
-def _source_index(n_dst: int, n_src: int) -> np.ndarray:
-    return ((2 * np.arange(n_dst, dtype=np.int64) + 1) * n_src) // (2 * n_dst)
-
-
-def _reference(frame, labels, palette, a, out):
-    H, W = frame.shape[:2]
-    full = labels[_source_index(H, labels.shape[0])][:, _source_index(W, labels.shape[1])]
-    colour = palette[np.minimum(full, len(palette) - 1)].astype(np.uint16)
-    blended = ((frame.astype(np.uint16) * (256 - a) + colour * a + 128) >> 8).astype(np.uint8)
-    np.copyto(out, np.where((full != 0)[..., None], blended, frame))
-    return out
-
-
 def blend_labels(frame, labels, palette, alpha, *, out=None, device="auto"):
     """``frame`` with class colours blended in where ``labels`` are set (semantics above).
 
@@ -80,17 +70,14 @@ def blend_labels(frame, labels, palette, alpha, *, out=None, device="auto"):
         palette: (K, 3) uint8 colours by label value (row 0 unused).
         alpha: colour opacity in [0, 1].
         out: where to write (the frame itself for in place; default a new array).
-        device: "auto" / "cpu" (C++), or "reference" (NumPy).
+        device: "auto", "reference", "cpu" or "cuda" (see ``segrt.kernels._device``).
     """
-    if device not in ("auto", "cpu", "reference"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'reference', got {device!r}")
+    _, impl = _device.implementation("overlay", IMPLEMENTATIONS, device, frame, labels)
     palette = _check(frame, labels, palette, out)
     a = _alpha_level(alpha)
     frame = np.ascontiguousarray(frame)
     lab = labels if labels.dtype == np.uint8 else np.minimum(labels, 255).astype(np.uint8)
     if out is None:
         out = np.empty_like(frame)
-    if device == "reference":
-        return _reference(frame, lab, palette, a, out)
-    _ext.extension().blend_labels(frame, np.ascontiguousarray(lab), np.ascontiguousarray(palette), a, out)
+    impl.blend_labels(frame, np.ascontiguousarray(lab), np.ascontiguousarray(palette), a, out)
     return out

@@ -16,120 +16,91 @@ Pinned semantics (identical to StarDist 0.9.x, ``stardist.nms`` / ``stardist.geo
   is dropped by StarDist's cascade of tests (bounding spheres and boxes, kernels, convex
   hulls, then a voxel count), reproduced with the same float formulas; see ``nms_3d``.
 
-Each op has a plain reference (``device="reference"``, pure NumPy / pyclipper) and a fast
-C++ implementation (``device="cpu"``); ``device="auto"`` follows the data. The GPU version
-(``device="cuda"``) is planned and raises a clear error until it lands.
+Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"``
+(``_reference.py``, NumPy / pyclipper / qhull, pair by pair) and ``"cpu"`` (``_cpu.py``, the C++
+kernels in ``cpp/starnms/``); ``"auto"`` follows the data.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from segrt.kernels import _ext
+from segrt.kernels import _device
 from segrt.kernels.starnms import _validate
-
 from segrt.kernels.starnms._rays import Rays3D, as_rays
 
-__all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "last_stats", "Rays3D"]
+__all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "Rays3D", "IMPLEMENTATIONS"]
 
-_last_stats: dict = {}
-
-
-def last_stats() -> dict:
-    """Work counters of the last fast NMS call in this process (candidates, kept, pairs...)."""
-    return dict(_last_stats)
+# the dispatch table: device -> implementation module (same function names in each)
+IMPLEMENTATIONS = {"reference": "segrt.kernels.starnms._reference", "cpu": "segrt.kernels.starnms._cpu"}
 
 
-def _resolve_device(device: str, *arrays) -> str:
-    device = _validate.check_device(device)
-    on_gpu = any(hasattr(a, "__cuda_array_interface__") for a in arrays)
-    if device == "auto":
-        device = "cuda" if on_gpu else "cpu"
-    if device == "cuda":
-        raise NotImplementedError(
-            "the GPU star-convex NMS is not implemented yet; pass NumPy arrays with device='cpu' "
-            "(copy device arrays with cupy.asnumpy)"
-        )
-    if device == "cpu" and not _ext.available():
-        _ext.extension()  # raises ImportError with the load failure and how to fix it
-    return device
+def _implementation(device, *arrays):
+    return _device.implementation("star-convex NMS", IMPLEMENTATIONS, device, *arrays)
 
 
-def _nms_inputs(prob, dist, ndim, prob_thresh, nms_thresh, grid, border, device):
-    """Checked inputs shared by nms_2d and nms_3d: device, arrays, thresholds, grid, border."""
-    dev = _resolve_device(device, prob, dist)
-    # the C++ kernels check the values they read (prob everywhere, dist of candidates)
-    prob_a, dist_a = _validate.check_prob_dist(prob, dist, ndim, scan=dev == "reference")
+def _nms_inputs(prob, dist, ndim, prob_thresh, nms_thresh, grid, border, device, cells=None):
+    """Checked inputs shared by nms_2d and nms_3d: implementation, arrays, thresholds, grid, border."""
+    dev, impl = _implementation(device, prob, dist)
+    scan = dev == "reference"  # the compiled kernels check the values they read themselves
+    if cells is None:
+        prob_a, dist_a = _validate.check_prob_dist(prob, dist, ndim, scan=scan)
+    else:
+        prob_a = _validate.as_float_array(prob, "prob", ndim, scan=scan)
+        dist_a = _validate.as_float_array(dist, "dist", 2, scan=scan)
+        cells = np.asarray(cells)
+        if cells.dtype.kind not in "iu" or cells.shape != (dist_a.shape[0],) or dist_a.shape[1] < 3:
+            raise ValueError(f"with cells, dist must be (k, n_rays >= 3) rows for the k cells listed in cells (k,) "
+                             f"integers; got cells {cells.shape} {cells.dtype} and dist {dist_a.shape}")
+        cells = cells.astype(np.int64)
+        if cells.size and (cells[0] < 0 or cells[-1] >= prob_a.size or np.any(np.diff(cells) <= 0)):
+            raise ValueError(f"cells must be ascending flat indices into prob {prob_a.shape}, without repeats")
+        if scan and dist_a.size and float(dist_a.min()) < 0:
+            raise ValueError(f"dist must be non-negative, its minimum is {float(dist_a.min())}")
     prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
     nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
     grid = _validate.check_grid(grid, ndim)
     lo, hi = _validate.border_bounds(border, prob_a.shape)
-    return dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi
+    return impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, cells
 
 
-def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, device="auto"):
+def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, cells=None, return_stats=False,
+           device="auto"):
     """Star-convex polygon NMS, same result as ``stardist.nms.non_maximum_suppression``.
 
     Args:
         prob: (H, W) float object probabilities (one per grid cell).
-        dist: (H, W, n_rays) float ray lengths in image pixels, n_rays >= 3, non-negative.
+        dist: (H, W, n_rays) float ray lengths in image pixels, n_rays >= 3, non-negative; or,
+            with ``cells``, (k, n_rays) rows for those cells only.
         prob_thresh: candidates need ``prob > prob_thresh``.
         nms_thresh: in [0, 1]; a candidate whose overlap
             ``area(a n b) / min(area(a), area(b))`` with a kept polygon exceeds it is dropped.
         grid: (gy, gx) cell size in pixels of the prediction grid.
         border: cells closer than this to the edge are no candidates (int, None, or per-axis
             (before, after) pairs).
-        device: "auto", "cpu" (C++), "reference" (pure Python) or "cuda" (not yet available).
+        cells: None (dist holds every cell), or (k,) ascending flat cell indices whose rays
+            ``dist`` holds, every cell with ``prob > prob_thresh`` among them: the same result
+            with memory for the candidates only (tiled inference on large images).
+        return_stats: also return the work counters (candidates, kept, pairs tested, ...).
+        device: "auto", "reference", "cpu" or "cuda" (see ``segrt.kernels._device``).
 
     Returns:
         points: (K, 2) int64 (y, x) pixel coordinates, by descending score.
         scores: (K,) prob values of the kept candidates (prob's dtype).
         dists: (K, n_rays) their ray lengths (dist's dtype).
+        stats: dict of work counters (only with ``return_stats``).
     """
-    dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi = _nms_inputs(
-        prob, dist, 2, prob_thresh, nms_thresh, grid, border, device)
+    impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, cells = _nms_inputs(
+        prob, dist, 2, prob_thresh, nms_thresh, grid, border, device, cells)
     n_rays = dist_a.shape[-1]
-    if dev == "reference":
-        from segrt.kernels.starnms import _reference
-
-        kept = _reference.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
-    else:
-        from segrt.kernels.starnms import _cpu
-
-        try:
-            kept, stats, _ = _cpu.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi)
-        except ValueError as err:
-            raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
-        _last_stats.clear()
-        _last_stats.update(stats)
-    rows, cols = np.unravel_index(kept, prob_a.shape)
-    points = np.stack([rows * grid[0], cols * grid[1]], axis=1).astype(np.int64).reshape(-1, 2)
-    scores = np.asarray(prob).reshape(-1)[kept]
-    dists = np.asarray(dist).reshape(-1, n_rays)[kept]
-    return points, scores, dists
-
-
-def _nms_2d_stored(prob, cells, dists, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2):
-    """nms_2d for a prob map whose ray lengths are stored for some cells only: ``cells``
-    ascending flat indices (every cell with prob > prob_thresh among them), ``dists`` their
-    (k, n_rays) rows. Same result as nms_2d on the dense array, with memory for the
-    candidates only (the tiled instance pipeline on large images)."""
-    prob_a = _validate.as_float_array(prob, "prob", 2, scan=False)
-    dists_a = _validate.as_float_array(dists, "dists", 2, scan=False)
-    cells = np.asarray(cells, np.int64)
-    if cells.shape != (dists_a.shape[0],) or dists_a.shape[1] < 3:
-        raise ValueError(f"cells {cells.shape} and dists {dists_a.shape} must be (k,) and (k, n_rays >= 3)")
-    prob_thresh = _validate.check_threshold(prob_thresh, "prob_thresh")
-    nms_thresh = _validate.check_threshold(nms_thresh, "nms_thresh", 0.0, 1.0)
-    grid = _validate.check_grid(grid, 2)
-    lo, hi = _validate.border_bounds(border, prob_a.shape)
-    from segrt.kernels.starnms import _cpu
-
-    kept, stats, rows = _cpu.nms_2d(prob_a, dists_a, prob_thresh, nms_thresh, grid, lo, hi, stored=cells)
-    _last_stats.clear()
-    _last_stats.update(stats)
+    try:
+        kept, stats, rows = impl.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, stored=cells)
+    except ValueError as err:
+        raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
     r, c = np.unravel_index(kept, prob_a.shape)
     points = np.stack([r * grid[0], c * grid[1]], axis=1).astype(np.int64).reshape(-1, 2)
-    return points, prob_a.reshape(-1)[kept], dists_a[rows]
+    scores = np.asarray(prob).reshape(-1)[kept]
+    dists = np.asarray(dist).reshape(-1, n_rays)[rows]
+    return (points, scores, dists, stats) if return_stats else (points, scores, dists)
 
 
 def render_2d(dists, points, shape, scores=None, *, device="auto"):
@@ -149,21 +120,12 @@ def render_2d(dists, points, shape, scores=None, *, device="auto"):
     Returns:
         (H, W) int32 labels, 0 is background.
     """
-    dev = _resolve_device(device, dists, points)
+    _, impl = _implementation(device, dists, points)
     dists_a, pts, scores_a = _validate.check_polygons(dists, points, 2, scores)
     shape = _validate.check_shape(shape, 2)
-    from segrt.kernels.starnms import _reference
-
-    order = (
-        np.arange(len(pts)) if scores_a is None else np.argsort(scores_a, kind="stable")
-    )
-    coords = _reference.render_coords_2d(dists_a[order], pts[order])
+    order = np.arange(len(pts)) if scores_a is None else np.argsort(scores_a, kind="stable")
     labels = (order + 1).astype(np.int32)
-    if dev == "reference":
-        return _reference.render_2d(coords, labels, shape)
-    from segrt.kernels.starnms import _cpu
-
-    return _cpu.render_2d(np.ascontiguousarray(coords), labels, shape)
+    return impl.render_2d(dists_a[order], pts[order], labels, shape)
 
 
 def rays_3d(n_rays: int = 96, anisotropy=None) -> Rays3D:
@@ -176,7 +138,8 @@ def rays_3d(n_rays: int = 96, anisotropy=None) -> Rays3D:
     return Rays3D(n_rays, anisotropy)
 
 
-def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1), border=2, device="auto"):
+def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1), border=2, return_stats=False,
+           device="auto"):
     """Star-convex polyhedron NMS, same result as ``stardist.nms.non_maximum_suppression_3d``.
 
     Candidates and visiting order as in ``nms_2d``. Candidate j is tested against each
@@ -193,44 +156,29 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
         prob: (Z, Y, X) float probabilities.
         dist: (Z, Y, X, n_rays) float ray lengths (voxels), non-negative.
         rays: ``rays_3d(n_rays)`` or a StarDist Rays object.
+        return_stats: also return the work counters (pairs decided by each test, ...).
 
     Returns:
-        points: (K, 3) int64 (z, y, x), by descending score; scores: (K,); dists: (K, n_rays).
+        points: (K, 3) int64 (z, y, x), by descending score; scores: (K,); dists: (K, n_rays);
+        stats (only with ``return_stats``).
     """
-    dev, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi = _nms_inputs(
+    impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, _ = _nms_inputs(
         prob, dist, 3, prob_thresh, nms_thresh, grid, border, device)
     verts, faces = as_rays(rays)
     if dist_a.shape[-1] != len(verts):
         raise ValueError(f"dist has {dist_a.shape[-1]} rays but rays has {len(verts)} directions")
     n_rays = dist_a.shape[-1]
-    if dev == "reference":
-        from segrt.kernels.starnms import _reference
-
-        order = _reference.candidates(prob_a, prob_thresh, lo, hi)
-    else:
-        from segrt.kernels.starnms import _cpu
-
-        try:
-            order = _cpu.candidates(prob_a, prob_thresh, lo, hi)
-        except ValueError as err:
-            raise ValueError(f"{err} (prob {prob_a.shape}); clean the network output first") from None
-    points = np.stack(np.unravel_index(order, prob_a.shape), axis=1).astype(np.int64).reshape(-1, 3) * np.asarray(grid)
-    cand_dist = np.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=np.float32)
-    if dev == "reference":
-        from segrt.kernels.starnms import _reference
-
-        keep = _reference.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
-    else:
-        from segrt.kernels.starnms import _cpu
-
-        try:
-            keep, stats = _cpu.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
-        except ValueError as err:
-            raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
-        _last_stats.clear()
-        _last_stats.update(stats)
+    try:
+        order = impl.candidates(prob_a, prob_thresh, lo, hi)
+        points = np.stack(np.unravel_index(order, prob_a.shape), axis=1).astype(np.int64).reshape(-1, 3)
+        points *= np.asarray(grid)
+        cand_dist = np.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=np.float32)
+        keep, stats = impl.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
+    except ValueError as err:
+        raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
     kept = order[keep]
-    return points[keep], np.asarray(prob).reshape(-1)[kept], np.asarray(dist).reshape(-1, n_rays)[kept]
+    out = points[keep], np.asarray(prob).reshape(-1)[kept], np.asarray(dist).reshape(-1, n_rays)[kept]
+    return (*out, stats) if return_stats else out
 
 
 def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
@@ -251,7 +199,7 @@ def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
     Returns:
         (Z, Y, X) int32 labels.
     """
-    dev = _resolve_device(device, dists, points)
+    _, impl = _implementation(device, dists, points)
     dists_a, pts, scores_a = _validate.check_polygons(dists, points, 3, scores)
     shape = _validate.check_shape(shape, 3)
     verts, faces = as_rays(rays)
@@ -264,10 +212,4 @@ def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
     labels = (np.arange(1, len(pts) + 1, dtype=np.int32))[order]
     d = np.ascontiguousarray(dists_a[order], dtype=np.float32)
     p = np.ascontiguousarray(pts[order], dtype=np.float32)
-    if dev == "reference":
-        from segrt.kernels.starnms import _reference
-
-        return _reference.render_3d(d, p, verts, faces, labels, shape)
-    from segrt.kernels.starnms import _cpu
-
-    return _cpu.render_3d(d, p, verts, faces, labels, shape)
+    return impl.render_3d(d, p, verts, faces, labels, shape)

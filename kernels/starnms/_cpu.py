@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from segrt.kernels._ext import extension
+from segrt.kernels.starnms._reference import render_coords_2d
 
 
 def candidates(prob: np.ndarray, prob_thresh: float, lo, hi, dist=None):
@@ -37,7 +38,9 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     return order[keep], stats, (order if rows is None else rows)[keep]
 
 
-def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
+def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
+    """Polygons filled in order (vertices as the reference computes them, so both agree)."""
+    coords = np.ascontiguousarray(render_coords_2d(dists, points))
     return extension().render_2d(coords, labels.astype(np.int32), int(shape[0]), int(shape[1]))
 
 

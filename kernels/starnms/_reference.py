@@ -88,13 +88,20 @@ def overlap_exceeds(inter: float, area_a: float, area_b: float, thresh: float) -
     return bool(np.float32(float(inter32) / denom) > np.float32(thresh))
 
 
-def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi):
-    """Greedy NMS over candidates in visiting order; returns kept flat cell indices in order."""
+def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, stored=None):
+    """Greedy NMS over candidates in visiting order: (kept flat cell indices in order, work
+    counters, the kept candidates' rows of dist). ``stored``: as in segrt.kernels.starnms._cpu."""
     order = candidates(prob, prob_thresh, lo, hi)
     n_rays = dist.shape[-1]
     tables = ray_tables_float(n_rays)
     width = prob.shape[1]
-    dist_flat = dist.reshape(-1, n_rays)
+    if stored is None:
+        dist_flat = dist.reshape(-1, n_rays)
+    else:
+        rows_of = dict(zip(stored.tolist(), range(len(stored))))
+        if any(int(f) not in rows_of for f in order):
+            raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
+        dist_flat = {int(f): dist[rows_of[int(f)]] for f in order}
     polys, areas, boxes = [], [], []
     for f in order:
         r, c = divmod(int(f), width)
@@ -104,6 +111,7 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi):
         boxes.append((p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()))
     suppressed = np.zeros(len(order), bool)
     kept = []
+    pairs = 0
     for i in range(len(order)):
         if suppressed[i]:
             continue
@@ -115,10 +123,13 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi):
             bj = boxes[j]
             if bj[0] > bi[1] or bi[0] > bj[1] or bj[2] > bi[3] or bi[2] > bj[3]:
                 continue
+            pairs += 1
             inter = clipper_intersection_area(polys[i], polys[j])
             if overlap_exceeds(inter, areas[i], areas[j], nms_thresh):
                 suppressed[j] = True
-    return np.asarray(kept, np.int64)
+    kept = np.asarray(kept, np.int64)
+    rows = kept if stored is None else np.searchsorted(stored, kept)
+    return kept, {"candidates": len(order), "kept": len(kept), "pairs_overlap_tested": pairs}, rows
 
 
 def render_coords_2d(dists: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -130,10 +141,10 @@ def render_coords_2d(dists: np.ndarray, points: np.ndarray) -> np.ndarray:
     return coord
 
 
-def render_2d(coords: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
+def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
     """Fill polygons in order with skimage.draw.polygon's crossing test at pixel centres."""
     out = np.zeros(shape, np.int32)
-    for poly, lab in zip(coords, labels):
+    for poly, lab in zip(render_coords_2d(dists, points), labels):
         rr, cc = poly[0].astype(np.float64), poly[1].astype(np.float64)
         r0 = int(max(0, rr.min()))
         r1 = min(shape[0] - 1, int(np.ceil(rr.max())))
@@ -256,10 +267,11 @@ def _qhull_volume(halfspaces, interior, failed):
 
 
 def nms_3d(cand_dist, cand_points, verts, faces, thresh):
-    """StarDist's 3D cascade, pair by pair; returns keep flags in visiting order."""
+    """StarDist's 3D cascade, pair by pair: (keep flags in visiting order, work counters)."""
     # degenerate polyhedra (zero rays) make NaN bounds, exactly as in StarDist's C
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _nms_3d(cand_dist, cand_points, verts, faces, thresh)
+        keep = _nms_3d(cand_dist, cand_points, verts, faces, thresh)
+    return keep, {"candidates": len(keep), "kept": int(np.count_nonzero(keep))}
 
 
 def _nms_3d(cand_dist, cand_points, verts, faces, thresh):

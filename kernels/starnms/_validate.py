@@ -8,20 +8,12 @@ import numbers
 
 import numpy as np
 
-DEVICES = ("auto", "cpu", "cuda", "reference")
-
-
 def as_float_array(x, name: str, ndim: int, *, scan: bool = True) -> np.ndarray:
     """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened).
 
     scan: look at every value for NaN / infinity (the fast kernels check the values they
     use themselves, without a separate pass over large arrays).
     """
-    if hasattr(x, "__cuda_array_interface__"):
-        raise ValueError(
-            f"{name} is a GPU array, but the GPU star-convex NMS is not implemented yet; "
-            f"copy it to the host first (e.g. cupy.asnumpy({name}))"
-        )
     arr = np.asarray(x)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
@@ -78,12 +70,6 @@ def border_bounds(border, shape: tuple[int, ...]) -> tuple[list[int], list[int]]
     lo = [a for a, _ in pairs]
     hi = [s - b for s, (_, b) in zip(shape, pairs)]
     return lo, hi
-
-
-def check_device(device: str) -> str:
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return device
 
 
 def check_prob_dist(prob, dist, ndim: int, scan: bool = True):

@@ -8,30 +8,36 @@ back to end at the border; the gaussian map is the outer product of 1D gaussians
 ``exp(-x^2 / (2 (sigma_scale * roi)^2))`` about the window centre, in float32, floored at
 1e-3.
 
-Each kernel has a NumPy reference (``device="reference"``) and a C++ version
-(``device="cpu"``, in place, no temporaries, both cores). The array module is chosen in one
-place (``array_module``) so the GPU path can slot in later.
+Planning (``windows``, ``window_grid``, ``pad_widths``, ``importance_map``) is plain Python for
+every device. The array kernels (``zeros``, ``accumulate``, ``normalize``, ``argmax_block``)
+have a NumPy reference (``device="reference"``, ``_reference.py``) and a C++ version
+(``device="cpu"``, ``_cpu.py``: in place, no temporaries, all cores for large blocks);
+``"auto"`` follows the data (see ``segrt.kernels._device``).
 """
 from __future__ import annotations
 
 import functools
 import itertools
 import math
-import time
 
 import numpy as np
 
-from segrt.kernels import _ext
+from segrt.kernels import _device
 
-__all__ = ["array_module", "scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner",
-           "zeros", "accumulate", "normalize", "argmax_block"]
+__all__ = ["scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner", "zeros",
+           "accumulate", "normalize", "argmax_block", "resolve_device", "IMPLEMENTATIONS"]
+
+# the dispatch table: device -> implementation module (same function names in each)
+IMPLEMENTATIONS = {"reference": "segrt.kernels.stitch._reference", "cpu": "segrt.kernels.stitch._cpu"}
 
 
-def array_module(arr):
-    """The array module an array lives in (NumPy today; CuPy arrays are refused for now)."""
-    if hasattr(arr, "__cuda_array_interface__"):
-        raise NotImplementedError("GPU stitching is not implemented yet; pass NumPy arrays")
-    return np
+def _implementation(device, *arrays):
+    return _device.implementation("stitch", IMPLEMENTATIONS, device, *arrays)[1]
+
+
+def resolve_device(device, *arrays) -> str:
+    """The device the stitching kernels run on for these arrays ("auto" resolved once per run)."""
+    return _device.resolve("stitch", IMPLEMENTATIONS, device, *arrays)
 
 
 def scan_intervals(image_size, roi_size, overlap) -> tuple[int, ...]:
@@ -101,88 +107,40 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
     return _importance_map(roi, str(mode), sigma, np.dtype(dtype).name)
 
 
-# Below this many values a kernel runs on the calling thread: waking a thread team costs more
-# than it saves there, and right after an ONNX Runtime call its spinning workers still hold
-# the cores (measured: 3 ms instead of 36 ms of stitching for 8 windows of 3 x 32x48x48).
-_PARALLEL_MIN = 1_000_000
-
-
-def _threads(n_values: int, at: int = 8 * _PARALLEL_MIN) -> int:
-    """All threads (0) from ``at`` values on, else the calling thread (1)."""
-    return 0 if n_values >= at else 1
-
-
 class ThreadTuner:
     """Picks one thread or all for the accumulation of one sliding-window run by timing both
-    on its first large windows: whether a thread team pays depends on what the predictor
-    leaves running on the cores (ONNX Runtime's spinning workers, torch's pool), which only
-    a measurement tells."""
+    on its first large windows (compiled kernels only; see ``_cpu.ThreadTuner``)."""
 
-    def __init__(self):
-        self.samples = {1: [], 0: []}
-        self.choice = None
+    def __new__(cls):
+        from segrt.kernels.stitch._cpu import ThreadTuner as tuner
 
-    def threads(self, n_values: int) -> int:
-        if n_values < _PARALLEL_MIN:
-            return 1
-        if self.choice is not None:
-            return self.choice
-        return 1 if len(self.samples[1]) <= len(self.samples[0]) else 0
-
-    def record(self, threads: int, n_values: int, seconds: float) -> None:
-        if self.choice is None and n_values >= _PARALLEL_MIN:
-            self.samples[threads].append(seconds / n_values)
-            if min(len(v) for v in self.samples.values()) >= 2:
-                self.choice = min(self.samples, key=lambda t: min(self.samples[t]))
+        return tuner()
 
 
-def _slices(off, box):
-    return tuple(slice(o, o + b) for o, b in zip(off, box))
-
-
-def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="cpu", tuner=None) -> None:
+def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="auto", tuner=None) -> None:
     """``dst[:, dst_off + p] += pred[:, src_off + p] * weight[src_off + p]`` over a box, in place.
 
     dst: (C, *S) float32 / float64, C-contiguous; pred: (C, *roi); weight: (*roi) of dst's
     dtype. The box defaults to the whole window. tuner: a ThreadTuner shared by the calls of
-    one run (otherwise large boxes use all threads).
+    one run (the compiled kernel; otherwise large boxes use all threads).
     """
     nd = pred.ndim - 1
     src_off = tuple(src_off) if src_off is not None else (0,) * nd
     box = tuple(box) if box is not None else tuple(pred.shape[1:])
-    if device == "reference":
-        dst[(slice(None),) + _slices(dst_off, box)] += (
-            pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
-        return
-    n_values = pred.shape[0] * int(np.prod(box))
-    threads = tuner.threads(n_values) if tuner is not None else _threads(n_values)
-    t0 = time.perf_counter()
-    _ext.extension().stitch_fma(dst, pred, weight, list(dst_off), list(src_off), list(box), threads)
-    if tuner is not None:
-        tuner.record(threads, n_values, time.perf_counter() - t0)
+    _implementation(device, dst, pred).accumulate(dst, tuple(dst_off), pred, weight, src_off, box, tuner)
 
 
-def zeros(shape, dtype, *, device="cpu") -> np.ndarray:
-    """A zeroed output buffer; large ones are cleared on all cores (their first touch is where
-    the OS clears the pages, so doing it in parallel halves that cost)."""
-    if device == "reference" or _threads(int(np.prod(shape)), at=4 * _PARALLEL_MIN):
-        return np.zeros(shape, dtype)
-    out = np.empty(shape, dtype)
-    _ext.extension().stitch_zero(out, 0)
-    return out
+def zeros(shape, dtype, *, device="auto"):
+    """A zeroed output buffer (large ones cleared on all cores by the compiled kernel: the first
+    touch is where the OS clears the pages, so doing it in parallel halves that cost)."""
+    return _implementation(device).zeros(tuple(shape), dtype)
 
 
-def normalize(out, count, *, device="cpu") -> None:
+def normalize(out, count, *, device="auto") -> None:
     """``out[..., p] /= count[p]`` in place (out: (N, C, *S), count: (*S))."""
-    if device == "reference":
-        np.divide(out, count, out=out)
-        return
-    _ext.extension().stitch_divide(out, count, _threads(out.size, at=4 * _PARALLEL_MIN))
+    _implementation(device, out, count).normalize(out, count)
 
 
-def argmax_block(acc, labels, label_off, *, device="cpu") -> None:
+def argmax_block(acc, labels, label_off, *, device="auto") -> None:
     """``labels[label_off + p] = argmax_c acc[c, p]`` for a whole (C, *B) block (first maximum wins)."""
-    if device == "reference":
-        labels[_slices(label_off, acc.shape[1:])] = np.argmax(acc, axis=0)
-        return
-    _ext.extension().stitch_argmax(acc, labels, list(label_off), _threads(acc.size))
+    _implementation(device, acc, labels).argmax_block(acc, labels, tuple(label_off))

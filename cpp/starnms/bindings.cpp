@@ -1,5 +1,5 @@
-// The one pybind11 module, segrt.kernels._C: thin wrappers that check buffers, release
-// the GIL and call the plain C++ kernels.
+// Python bindings of the star-convex NMS kernels (starnms.hpp): thin wrappers that check
+// buffers, release the GIL and call the plain C++ kernels.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -8,15 +8,11 @@
 #include <string>
 
 #include "clipper_bridge.hpp"
-#include "parallel.hpp"
+#include "../parallel.hpp"
 #include "starnms.hpp"
 
 namespace py = pybind11;
 using namespace segrt::starnms;
-
-void bind_label(py::module_& m);   // label_bindings.cpp
-void bind_stitch(py::module_& m);  // stitch.cpp
-void bind_overlay(py::module_& m);  // overlay.cpp
 
 template <typename T>
 using carray = py::array_t<T, py::array::c_style | py::array::forcecast>;
@@ -92,14 +88,7 @@ py::dict stats_3d(const Nms3DStats& s) {
 
 }  // namespace
 
-PYBIND11_MODULE(_C, m) {
-    m.doc() = "segrt compiled kernels";
-#if SEGRT_HAVE_OPENMP
-    m.attr("has_openmp") = true;
-#else
-    m.attr("has_openmp") = false;
-#endif
-    m.attr("has_clipper") = clipper_available();
+void bind_starnms(py::module_& m) {
     m.def(
         "clipper_intersection_area",
         [](carray<int64_t> a, carray<int64_t> b) {
@@ -107,10 +96,6 @@ PYBIND11_MODULE(_C, m) {
             return clipper_intersection_area(a.data(), (int)a.shape(0), b.data(), (int)b.shape(0));
         },
         py::arg("a"), py::arg("b"));
-    m.def("max_threads", []() { return segrt::effective_threads(0); });
-    bind_label(m);
-    bind_stitch(m);
-    bind_overlay(m);
 
     m.def("select_candidates", &select_candidates_py<float>, py::arg("prob"), py::arg("thresh"), py::arg("lo"),
           py::arg("hi"), py::arg("dist") = py::none());

@@ -19,7 +19,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "parallel.hpp"
+#include "../parallel.hpp"
 
 namespace segrt {
 namespace label {

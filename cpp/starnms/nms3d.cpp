@@ -27,7 +27,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "parallel.hpp"
+#include "../parallel.hpp"
 #include "starnms.hpp"
 
 namespace segrt {

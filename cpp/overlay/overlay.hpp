@@ -1,9 +1,8 @@
 // Label overlay for video: class colours blended into a frame at the frame's own size, the
 // (smaller) label image looked up at each pixel's centre, in one pass. It replaces an
 // upscaled label image, a colour image, a blend and a masked copy (four full-frame passes)
-// with a copy of the frame and a blend of the labelled spans only. Bindings at the end.
-#include <pybind11/numpy.h>
-#include <pybind11/pybind11.h>
+// with a copy of the frame and a blend of the labelled spans only.
+#pragma once
 
 #include <algorithm>
 #include <array>
@@ -12,9 +11,7 @@
 #include <stdexcept>
 #include <vector>
 
-#include "parallel.hpp"
-
-namespace py = pybind11;
+#include "../parallel.hpp"
 
 namespace segrt {
 namespace overlay {
@@ -51,7 +48,7 @@ inline void blend_row(const uint8_t* f, uint8_t* o, const uint8_t* row, int64_t 
 // (frame * (256 - a) + colour * a + 128) >> 8, colour = palette[min(label, K - 1)];
 // labels (h, w), smaller or larger than the frame; a in [0, 256]. out may be frame itself.
 // The sum stays below 2^16 (frame * (256 - a) + colour * a <= 255 * 256), so 16-bit lanes hold it.
-void blend_labels(const uint8_t* frame, int64_t H, int64_t W, const uint8_t* labels, int64_t h, int64_t w,
+inline void blend_labels(const uint8_t* frame, int64_t H, int64_t W, const uint8_t* labels, int64_t h, int64_t w,
                   const uint8_t* palette, int64_t K, int a, uint8_t* out, int threads) {
     // first destination column of each source column: runs of equal labels become spans
     std::vector<int64_t> col_start(w + 1, W);
@@ -80,30 +77,3 @@ void blend_labels(const uint8_t* frame, int64_t H, int64_t W, const uint8_t* lab
 }  // namespace overlay
 }  // namespace segrt
 
-void bind_overlay(py::module_& m) {
-    m.def(
-        "blend_labels",
-        [](py::array_t<uint8_t> frame, py::array_t<uint8_t> labels, py::array_t<uint8_t> palette, int a,
-           py::array_t<uint8_t> out, int threads) {
-            const auto cflags = py::array::c_style;
-            if (!(frame.flags() & cflags) || !(labels.flags() & cflags) || !(palette.flags() & cflags) ||
-                !(out.flags() & cflags))
-                throw std::invalid_argument("blend_labels needs C-contiguous arrays");
-            if (frame.ndim() != 3 || frame.shape(2) != 3 || labels.ndim() != 2 || palette.ndim() != 2 ||
-                palette.shape(1) != 3 || palette.shape(0) < 1 || out.ndim() != 3 || out.shape(0) != frame.shape(0) ||
-                out.shape(1) != frame.shape(1) || out.shape(2) != 3)
-                throw std::invalid_argument("blend_labels takes frame (H, W, 3), labels (h, w), palette (K, 3), "
-                                            "out (H, W, 3)");
-            if (a < 0 || a > 256) throw std::invalid_argument("blend_labels: a must be in [0, 256]");
-            const int64_t H = frame.shape(0), W = frame.shape(1), h = labels.shape(0), w = labels.shape(1);
-            if (h < 1 || w < 1) throw std::invalid_argument("blend_labels: labels must not be empty");
-            const uint8_t* f = frame.data();
-            const uint8_t* l = labels.data();
-            const uint8_t* p = palette.data();
-            uint8_t* o = out.mutable_data();
-            const int64_t K = palette.shape(0);
-            py::gil_scoped_release release;
-            segrt::overlay::blend_labels(f, H, W, l, h, w, p, K, a, o, threads);
-        },
-        py::arg("frame"), py::arg("labels"), py::arg("palette"), py::arg("a"), py::arg("out"), py::arg("threads") = 1);
-}

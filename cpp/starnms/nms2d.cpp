@@ -1,0 +1,389 @@
+// The 2D suppression loop: candidates in rank order, each tested against the kept polygons
+// near it (bounds first, exact areas only where they cannot decide). See starnms.hpp.
+#include "polygon2d.hpp"
+#include "rays.hpp"
+
+namespace segrt {
+namespace starnms {
+
+// ---- NMS ---------------------------------------------------------------------------------
+std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order, int64_t n, int64_t width,
+                            int grid_y, int grid_x, float thresh, int n_threads, Nms2DStats* stats,
+                            const int64_t* rows, float longest_ray) {
+    const int64_t* row = rows ? rows : order;  // candidate i's distances: row row[i] of dist
+    std::vector<uint8_t> keep(n, 0);
+    Nms2DStats st;
+    st.candidates = n;
+    if (n == 0) {
+        if (stats) *stats = st;
+        return keep;
+    }
+    if (n_rays > kMaxRays) throw std::invalid_argument("at most 255 rays are supported");
+    const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
+    const int threads = effective_threads(n_threads);
+    constexpr size_t kFetchAhead = 16;  // rows fetched this many candidates ahead (8 left stalls here)
+    const auto t_start = std::chrono::steady_clock::now();
+
+    // 1. centres, and the longest ray of any candidate (how far a polygon reaches from its
+    //    centre), checking every candidate's rays on the way, unless select_candidates did
+    std::vector<Pt> centre(n);
+    const bool measured = longest_ray >= 0.0f;
+    std::vector<float> longest(threads, 0.0f);
+    std::vector<uint8_t> bad(threads, 0);
+    parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
+        if (measured) {
+            for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
+            return;
+        }
+        float r = longest[tid];
+        int32_t is_bad = 0;
+        const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+        for (int64_t i = a; i < b; ++i) {
+            // rank order visits the rows at random: fetch ahead
+            if (i + (int64_t)kFetchAhead < b) fetch_row(dist + row[i + kFetchAhead] * n_rays, row_bytes);
+            centre[i] = maker.centre(order[i]);
+            scan_rays(dist + row[i] * n_rays, n_rays, &r, &is_bad);
+        }
+        longest[tid] = r;
+        bad[tid] |= (uint8_t)is_bad;
+    });
+    float rmax_all = measured ? longest_ray : 0.0f;
+    for (int t = 0; t < threads; ++t) {
+        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+        rmax_all = std::max(rmax_all, longest[t]);
+    }
+    // vertices are stored relative to their centre in int16
+    if (rmax_all > 32766.0f) throw std::invalid_argument("rays longer than 32767 pixels are not supported");
+    // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
+    const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
+    int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
+    for (int64_t i = 0; i < n; ++i) {
+        const Pt c = centre[i];
+        cx0 = std::min(cx0, c.x);
+        cx1 = std::max(cx1, c.x);
+        cy0 = std::min(cy0, c.y);
+        cy1 = std::max(cy1, c.y);
+    }
+    // a uniform grid over the centres for the index of kept polygons
+    const int64_t bucket = 32;  // pixels
+    const int64_t nbx = (cx1 - cx0) / bucket + 1, nby = (cy1 - cy0) / bucket + 1;
+    std::vector<int64_t> row_start(nby + 1, 0);  // candidates per bucket row, for strips of equal work
+    for (int64_t i = 0; i < n; ++i) ++row_start[(centre[i].y - cy0) / bucket + 1];
+    for (int64_t by = 0; by < nby; ++by) row_start[by + 1] += row_start[by];
+    const auto t_prepared = std::chrono::steady_clock::now();
+    st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
+
+    // 2. greedy suppression, pulled: each candidate, in rank order, builds its polygon and
+    //    is tested against the kept polygons near it (a per-bucket index of kept polygons);
+    //    it is kept when none suppresses it: the same decisions as pushing each kept polygon
+    //    onto the later candidates. Threads own horizontal strips of buckets with equal
+    //    candidate counts and run their candidates in rank order; a candidate whose
+    //    neighbourhood reaches into another strip is kept only once that strip has decided
+    //    every candidate ranked before it (a suppression by what is already kept is final).
+    //    The thread holding the lowest undecided rank never waits, so all finish.
+    struct Kept {
+        Pt z;
+        int64_t rank;
+        int nverts;
+        float area;
+        bool star;  // star-shaped about its centre: profile valid
+        StarProfile profile;
+        const int16_t* rel;  // vertices relative to z
+    };
+    // bucket b lists the kept polygons whose boxes meet it (a pushed-onto list: a polygon near
+    // a strip's edge may be listed in the next strip's buckets by that strip's thread)
+    struct Node {  // what the box bound needs is copied in, so that rejected pairs read nothing else
+        Box box;
+        float area;
+        int32_t pad;
+        int64_t rank;
+        const Kept* kept;
+        Node* next;
+    };
+    constexpr int64_t kChunk = 64;
+    std::vector<std::vector<std::unique_ptr<Kept[]>>> kept_store(threads);
+    std::vector<std::vector<std::unique_ptr<Node[]>>> node_store(threads);
+    std::vector<std::vector<std::unique_ptr<int16_t[]>>> rel_store(threads);
+    std::unique_ptr<std::atomic<Node*>[]> kept_head(new std::atomic<Node*>[nbx * nby]);
+    for (int64_t b = 0; b < nbx * nby; ++b) kept_head[b].store(nullptr, std::memory_order_relaxed);
+    auto bucket_x = [&](int64_t x) { return std::min<int64_t>(nbx - 1, std::max<int64_t>(0, (x - cx0) / bucket)); };
+    auto bucket_y = [&](int64_t y) { return std::min<int64_t>(nby - 1, std::max<int64_t>(0, (y - cy0) / bucket)); };
+    struct alignas(64) Progress {
+        std::atomic<int64_t> rank;  // every candidate of the strip ranked below this is decided
+    };
+    std::unique_ptr<Progress[]> progress(new Progress[threads]);
+    for (int t = 0; t < threads; ++t) progress[t].rank.store(-1, std::memory_order_relaxed);
+    std::vector<int64_t> counts(7 * threads, 0), counts_clipper(threads, 0);
+    const bool use_clipper = clipper_available();
+    const double thresh_lo = (double)thresh * (1.0 - 1e-6);
+
+    // a failure in one strip (out of memory) stops them all and is raised after the team
+    std::exception_ptr failure;
+    std::atomic<bool> failed(false);
+    parallel_team(threads, [&](int tid, int team) {
+        try {
+            // this thread's strip of bucket rows: [row_lo, row_hi)
+            std::vector<int64_t> strip_lo(team + 1, nby);
+            for (int t = 0; t < team; ++t)
+                strip_lo[t] = std::min<int64_t>(
+                    nby, std::lower_bound(row_start.begin(), row_start.end(), n * t / team) - row_start.begin());
+            strip_lo[0] = 0;
+            const int64_t row_lo = strip_lo[tid], row_hi = strip_lo[tid + 1];
+            auto strip_of = [&](int64_t by) {
+                return (int)(std::upper_bound(strip_lo.begin(), strip_lo.end(), by) - strip_lo.begin()) - 1;
+            };
+            std::vector<int64_t> mine;  // this strip's candidates in rank order
+            mine.reserve(row_start[row_hi] - row_start[row_lo]);
+            for (int64_t i = 0; i < n; ++i) {
+                const int64_t by = (centre[i].y - cy0) / bucket;
+                if (by >= row_lo && by < row_hi) mine.push_back(i);
+            }
+            progress[tid].rank.store(mine.empty() ? n : mine[0], std::memory_order_release);
+
+            auto& store = kept_store[tid];
+            auto& nodes = node_store[tid];
+            int64_t stored = 0, noded = 0;
+            PairScratch s;
+            s.reserve(n_rays);
+            std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1), rot_j(n_rays + 1);
+            std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays), rot_key_j(n_rays + 1);
+            std::vector<ClipEdge> clip_a(n_rays);
+            std::vector<int16_t> rel_j(2 * n_rays), rel_raw(2 * n_rays);
+            StarProfile j_profile;
+            std::vector<int64_t> clip_buf(4 * n_rays);
+            std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
+            int64_t cnt[7] = {0, 0, 0, 0, 0, 0, 0};  // this thread's counters (no shared cache line)
+            auto absolute = [](const int16_t* r, int nv, const Pt& c, Pt* out) {
+                for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
+                return nv;
+            };
+            const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+
+            for (size_t q = 0; q < mine.size(); ++q) {
+                if (failed.load(std::memory_order_relaxed)) {
+                    progress[tid].rank.store(n, std::memory_order_release);
+                    break;
+                }
+                // rank order visits the distance rows at random: fetch ahead
+                if (q + kFetchAhead < mine.size()) fetch_row(dist + row[mine[q + kFetchAhead]] * n_rays, row_bytes);
+                const int64_t j = mine[q];
+                const Pt zj = centre[j];
+                // j's polygon: vertices relative to its centre (raw: before Clipper's clean-up,
+                // which the first bound does not need), box, area
+                Box box_j;
+                int nv_j = 0;
+                int64_t s2;
+                bool cleaned = false;
+                bool raw_star = false;  // j's raw path star-shaped about its centre: j is simple
+                if (!make_simple(maker, row[j], zj, rel_raw.data(), &box_j, &s2, &raw_star)) {
+                    nv_j = maker.make(row[j], zj, pj.data());
+                    int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
+                    if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
+                    for (int k = 0; k < nv_j; ++k) {
+                        x0 = std::min(x0, pj[k].x);
+                        x1 = std::max(x1, pj[k].x);
+                        y0 = std::min(y0, pj[k].y);
+                        y1 = std::max(y1, pj[k].y);
+                        rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
+                        rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
+                    }
+                    box_j = Box{(int32_t)x0, (int32_t)x1, (int32_t)y0, (int32_t)y1};
+                    s2 = shoelace2(pj.data(), nv_j);
+                    cleaned = true;
+                }
+                const int16_t* first_rel = cleaned ? rel_j.data() : rel_raw.data();
+                const int first_n = cleaned ? nv_j : n_rays;
+                auto clean = [&]() {
+                    if (!cleaned) nv_j = clean_simple(rel_raw.data(), n_rays, rel_j.data());
+                    cleaned = true;
+                };
+                const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
+                const int64_t qy0 = std::max<int64_t>(0, (box_j.y0 - reach - cy0) / bucket);
+                const int64_t qy1 = std::min<int64_t>(nby - 1, std::max<int64_t>(-1, (box_j.y1 + reach - cy0)) / bucket);
+                const bool seam = box_j.y0 - reach < cy0 + row_lo * bucket || box_j.y1 + reach >= cy0 + row_hi * bucket;
+                auto others_ready = [&](bool wait) {
+                    for (int u = strip_of(qy0); u <= strip_of(qy1); ++u) {
+                        if (u == tid) continue;
+                        while (progress[u].rank.load(std::memory_order_acquire) < j) {
+                            if (!wait) return false;
+                            spin_pause();
+                        }
+                    }
+                    return true;
+                };
+                bool ready = !seam || others_ready(false);
+                bool have_pj = false;
+                int b_star = -1;          // j star-shaped about its own centre: unknown / no / yes
+                int j_profile_state = 0;  // j_profile: not made / made / j not star-shaped
+                bool suppressed = false;
+                for (int attempt = 0; attempt < 2 && !suppressed; ++attempt) {
+                    if (attempt == 1) {
+                        if (ready) break;
+                        ready = others_ready(true);
+                    }
+                    // kept polygons whose boxes meet j's and leave room for the threshold, nearest
+                    // first; a pair is looked at in the one bucket that holds its boxes' common corner
+                    near.clear();
+                    const int64_t bx0 = bucket_x(box_j.x0), bx1 = bucket_x(box_j.x1);
+                    const int64_t by0 = bucket_y(box_j.y0), by1 = bucket_y(box_j.y1);
+                    for (int64_t by = by0; by <= by1; ++by) {
+                        for (int64_t bx = bx0; bx <= bx1; ++bx) {
+                            for (const Node* e = kept_head[by * nbx + bx].load(std::memory_order_acquire); e; e = e->next) {
+                                if (e->rank > j) continue;  // another strip ran ahead
+                                const Box& bi = e->box;
+                                if (bucket_x(std::max(bi.x0, box_j.x0)) != bx || bucket_y(std::max(bi.y0, box_j.y0)) != by)
+                                    continue;
+                                ++cnt[5];
+                                const int64_t w = (int64_t)std::min(bi.x1, box_j.x1) - std::max(bi.x0, box_j.x0);
+                                const int64_t h = (int64_t)std::min(bi.y1, box_j.y1) - std::max(bi.y0, box_j.y0);
+                                // the intersection lies inside both boxes: an upper bound on its area
+                                if (w <= 0 || h <= 0 ||
+                                    (double)w * (double)h / (std::min((double)e->area, (double)area_j) + 1.e-10) <= thresh_lo) {
+                                    ++cnt[6];
+                                    continue;
+                                }
+                                const Pt zi = e->kept->z;
+                                near.emplace_back((zi.x - zj.x) * (zi.x - zj.x) + (zi.y - zj.y) * (zi.y - zj.y), e->kept);
+                            }
+                        }
+                    }
+                    std::sort(near.begin(), near.end(), [](const auto& u, const auto& v) { return u.first < v.first; });
+                    for (const auto& entry : near) {
+                        const Kept& K = *entry.second;
+                        const Pt zi = K.z;
+                        const float area_i = K.area;
+                        const double amin = std::min((double)area_i, (double)area_j);
+                        // past this the pair is suppressed whatever the exact area: a margin above the
+                        // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
+                        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                        double lb = K.star ? star_lower_bound2(K.profile, first_rel, first_n, zj.x - zi.x, zj.y - zi.y, raw_star) : 0;
+                        if (lb >= (double)enough) {
+                            ++cnt[3];
+                            suppressed = true;
+                            break;
+                        }
+                        clean();
+                        if (!have_pj) {
+                            absolute(rel_j.data(), nv_j, zj, pj.data());
+                            have_pj = true;
+                        }
+                        // noisy outlines are often star-shaped about their own centre only: j's star
+                        // test (once per candidate) for the bound with clockwise triangles about i's
+                        // centre, then j's profile (once per candidate, when needed) for the bound
+                        // about j's centre
+                        int start_j = -1;
+                        if (b_star < 0) {
+                            start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                            b_star = start_j >= 0;
+                            if (!b_star) j_profile_state = 2;
+                        }
+                        if (K.star && lb < 0 && b_star == 1)
+                            lb = star_lower_bound2(K.profile, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, true);
+                        if (lb < (double)enough && j_profile_state == 0) {
+                            if (start_j < 0) start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+                            rotate_star(pj.data(), keys_j.data(), nv_j, start_j, rot_j.data(), rot_key_j.data());
+                            star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, j_profile);
+                            j_profile_state = 1;
+                        }
+                        if (lb < (double)enough && j_profile_state == 1)
+                            lb = std::max(lb, star_lower_bound2(j_profile, K.rel, K.nverts, zi.x - zj.x, zi.y - zj.y, K.star));
+                        if (lb >= (double)enough) {
+                            ++cnt[3];
+                            suppressed = true;
+                            break;
+                        }
+                        const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+                        const int na = absolute(K.rel, K.nverts, zi, pa.data());
+                        const int start_a = K.star ? star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data()) : -1;
+                        if (start_a >= 0) {
+                            rotate_star(pa.data(), key_a.data(), na, start_a, rot_a.data(), rot_key_a.data());
+                            for (int k = 0; k < na; ++k) clip_a[k] = make_clip_edge(rot_a[k], rot_a[k + 1]);
+                        }
+                        const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
+                        int method = 0;
+                        auto j_star = [&]() { return b_star == 1; };
+                        // polygons that are star-shaped about no common point are jagged (spikes, noise);
+                        // there Clipper's rounding can move the area far from the geometry, so Clipper
+                        // decides them outright when it is linked
+                        const int64_t i2 = intersection_area2(A, pj.data(), nv_j, zj, j_star, s, &method, 0, use_clipper, enough, below);
+                        ++cnt[method - 1];
+                        double inter2 = (double)i2;
+                        if (use_clipper && (i2 < 0 || near_threshold((double)i2, area_i, area_j, thresh))) {
+                            ++counts_clipper[tid];
+                            for (int k = 0; k < na; ++k) clip_buf[2 * k] = pa[k].x, clip_buf[2 * k + 1] = pa[k].y;
+                            for (int k = 0; k < nv_j; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
+                            inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nv_j);
+                        }
+                        if (overlap_exceeds(inter2, area_i, area_j, thresh)) {
+                            suppressed = true;
+                            break;
+                        }
+                    }
+                }
+                if (!suppressed) {
+                    keep[j] = 1;
+                    clean();
+                    if (stored % kChunk == 0) {
+                        store.emplace_back(new Kept[kChunk]);
+                        rel_store[tid].emplace_back(new int16_t[kChunk * 2 * n_rays]);
+                    }
+                    Kept& K = store.back()[stored % kChunk];
+                    int16_t* kept_rel = rel_store[tid].back().get() + (stored % kChunk) * 2 * n_rays;
+                    ++stored;
+                    K.z = zj;
+                    K.rank = j;
+                    K.nverts = nv_j;
+                    K.area = area_j;
+                    std::copy(rel_j.begin(), rel_j.begin() + 2 * nv_j, kept_rel);
+                    K.rel = kept_rel;
+                    if (!have_pj) absolute(rel_j.data(), nv_j, zj, pj.data());
+                    const int start = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, key_a.data());
+                    K.star = start >= 0;
+                    if (K.star) {
+                        rotate_star(pj.data(), key_a.data(), nv_j, start, rot_a.data(), rot_key_a.data());
+                        star_profile(rot_a.data(), rot_key_a.data(), nv_j, zj, K.profile);
+                    }
+                    for (int64_t by = bucket_y(box_j.y0); by <= bucket_y(box_j.y1); ++by) {
+                        for (int64_t bx = bucket_x(box_j.x0); bx <= bucket_x(box_j.x1); ++bx) {
+                            if (noded % kChunk == 0) nodes.emplace_back(new Node[kChunk]);
+                            Node* e = &nodes.back()[noded % kChunk];
+                            ++noded;
+                            e->box = box_j;
+                            e->area = area_j;
+                            e->rank = j;
+                            e->kept = &K;
+                            std::atomic<Node*>& head = kept_head[by * nbx + bx];
+                            e->next = head.load(std::memory_order_relaxed);
+                            while (!head.compare_exchange_weak(e->next, e, std::memory_order_release,
+                                                               std::memory_order_relaxed)) {
+                            }
+                        }
+                    }
+                }
+                progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
+            }
+            std::copy(cnt, cnt + 7, &counts[7 * tid]);
+        } catch (...) {
+            if (!failed.exchange(true)) failure = std::current_exception();
+            progress[tid].rank.store(n, std::memory_order_release);  // nobody waits on this strip
+        }
+    });
+    if (failure) std::rethrow_exception(failure);
+    for (int t = 0; t < threads; ++t) {
+        st.pairs_exact_star += counts[7 * t];
+        st.pairs_exact_general += counts[7 * t + 1];
+        st.pairs_exact_two_star += counts[7 * t + 2];
+        st.pairs_lower_bound += counts[7 * t + 3];
+        st.pairs_upper_bound += counts[7 * t + 4];
+        st.pairs_considered += counts[7 * t + 5];
+        st.pairs_bound_rejected += counts[7 * t + 6];
+        st.pairs_clipper += counts_clipper[t];
+    }
+    for (int64_t i = 0; i < n; ++i) st.kept += keep[i];
+    st.seconds_suppress = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepared).count();
+    if (stats) *stats = st;
+    return keep;
+}
+
+}  // namespace starnms
+}  // namespace segrt

@@ -1,0 +1,119 @@
+"""Stitching kernels: window planning and importance maps equal MONAI's; the compiled
+accumulate / normalize / argmax equal the NumPy reference exactly."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import fast_devices
+
+from segrt.kernels import stitch
+
+DEVICES = fast_devices(stitch.IMPLEMENTATIONS)
+EXP_ULPS = 4 * np.finfo(np.float32).eps  # float32 exp of two libraries: a few units in the last place
+
+
+def _boxes(rng, size, roi):
+    """A window start in the output, a source offset in the window and a box that fits both."""
+    dst_off, src_off, box = [], [], []
+    for s, r in zip(size, roi):
+        b = int(rng.integers(1, min(s, r) + 1))
+        src_off.append(int(rng.integers(0, r - b + 1)))
+        dst_off.append(int(rng.integers(0, s - b + 1)))
+        box.append(b)
+    return tuple(dst_off), tuple(src_off), tuple(box)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("size, roi", [((17, 23), (8, 5)), ((9, 12, 10), (4, 6, 5)), ((5, 4, 3), (5, 4, 3))])
+def test_matches_reference(device, dtype, size, roi):
+    rng = np.random.default_rng(len(size) * 100 + roi[0])
+    channels = 3
+    fast = stitch.zeros((channels,) + size, dtype, device=device)
+    ref = stitch.zeros((channels,) + size, dtype, device="reference")
+    assert fast.dtype == ref.dtype == dtype and not fast.any()
+    weight = stitch.importance_map(roi, "gaussian", 0.125, dtype)
+    for _ in range(12):
+        pred = rng.standard_normal((channels,) + roi).astype(dtype)
+        dst_off, src_off, box = _boxes(rng, size, roi)
+        stitch.accumulate(fast, dst_off, pred, weight, src_off=src_off, box=box, device=device)
+        stitch.accumulate(ref, dst_off, pred, weight, src_off=src_off, box=box, device="reference")
+        np.testing.assert_array_equal(fast, ref)
+    # whole windows, the default box
+    pred = rng.standard_normal((channels,) + roi).astype(dtype)
+    stitch.accumulate(fast, (0,) * len(size), pred, weight, device=device)
+    stitch.accumulate(ref, (0,) * len(size), pred, weight, device="reference")
+    np.testing.assert_array_equal(fast, ref)
+    count = (rng.random(size) + 0.5).astype(dtype)
+    fast, ref = fast[None].copy(), ref[None].copy()
+    stitch.normalize(fast, count, device=device)
+    stitch.normalize(ref, count, device="reference")
+    np.testing.assert_array_equal(fast, ref)
+    # argmax with ties: the first maximum wins in both
+    acc = np.round(fast[0] * 2) / 2
+    labels_fast = np.full((size[0] + 2,) + size[1:], 255, np.uint8)
+    labels_ref = labels_fast.copy()
+    stitch.argmax_block(acc, labels_fast, (1,) + (0,) * (len(size) - 1), device=device)
+    stitch.argmax_block(acc, labels_ref, (1,) + (0,) * (len(size) - 1), device="reference")
+    np.testing.assert_array_equal(labels_fast, labels_ref)
+    assert (labels_fast[0] == 255).all() and (labels_fast[1:-1] < channels).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_large_blocks_on_all_cores_match_reference(device):
+    # above the size where the compiled kernels switch to every core
+    rng = np.random.default_rng(7)
+    size, roi = (40, 160, 160), (40, 160, 160)
+    pred = rng.standard_normal((3,) + roi).astype(np.float32)
+    weight = stitch.importance_map(roi, "gaussian", 0.125)
+    fast = stitch.zeros((3,) + size, np.float32, device=device)
+    ref = np.zeros_like(fast)
+    stitch.accumulate(fast, (0, 0, 0), pred, weight, device=device)
+    stitch.accumulate(ref, (0, 0, 0), pred, weight, device="reference")
+    np.testing.assert_array_equal(fast, ref)
+
+
+def test_windows_and_importance_map_equal_monai():
+    monai_utils = pytest.importorskip("monai.inferers.utils")
+    from monai.data.utils import compute_importance_map, dense_patch_slices
+
+    torch = pytest.importorskip("torch")
+    for size, roi, overlap in [((64, 64), (32, 32), 0.5), ((70, 45, 33), (32, 32, 16), 0.25),
+                               ((50, 61), (50, 20), 0.6), ((97,), (16,), 0.9)]:
+        ov = (overlap,) * len(size)
+        steps = monai_utils._get_scan_interval(size, roi, len(size), ov)
+        assert stitch.scan_intervals(size, roi, ov) == tuple(steps)
+        theirs = [tuple(s.start for s in sl) for sl in dense_patch_slices(size, roi, steps)]
+        assert stitch.windows(size, roi, ov) == theirs
+        for mode in ("constant", "gaussian"):
+            ref = compute_importance_map(roi, mode=mode, sigma_scale=0.125, device="cpu", dtype=torch.float32)
+            # torch's float32 exp and NumPy's differ in the last bit for some arguments
+            np.testing.assert_allclose(stitch.importance_map(roi, mode, 0.125), ref.numpy(), rtol=EXP_ULPS, atol=0)
+
+
+def test_importance_map_is_cached_and_read_only():
+    a = stitch.importance_map((8, 8), "gaussian")
+    assert a is stitch.importance_map((8, 8), "gaussian") and not a.flags.writeable
+    with pytest.raises(ValueError, match="mode must be"):
+        stitch.importance_map((8, 8), "triangle")
+    with pytest.raises(ValueError, match="sigma_scale needs 2"):
+        stitch.importance_map((8, 8), "gaussian", (0.1, 0.2, 0.3))
+
+
+def test_thread_tuner_times_both_then_keeps_the_faster():
+    tuner = stitch.ThreadTuner()
+    big = 2_000_000
+    assert tuner.threads(10) == 1  # small blocks never wake the team
+    seen = []
+    for seconds_per_value in (2e-9, 1e-9, 2e-9, 1e-9):
+        t = tuner.threads(big)
+        seen.append(t)
+        tuner.record(t, big, (1e-9 if t == 0 else 3e-9) * big)
+    assert sorted(seen) == [0, 0, 1, 1] and tuner.choice == 0 and tuner.threads(big) == 0
+
+
+def test_device_errors_say_what_to_do():
+    with pytest.raises(ValueError, match="device must be one of"):
+        stitch.zeros((2, 2), np.float32, device="gpu")
+    with pytest.raises(NotImplementedError, match="stitch: the GPU"):
+        stitch.zeros((2, 2), np.float32, device="cuda")
