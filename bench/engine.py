@@ -123,7 +123,7 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
 
 def main(argv=None) -> Report:
     args = bench_args("engine", __doc__.split("\n\n")[0], "the 2D UNet only, few repeats", argv)
-    report = Report("engine")
+    report = Report("engine", path=args.out)
     for p in ("torch", "onnxruntime", "openvino", "onnx", "deepbet", "monai"):
         report.machine["versions"][p] = package_version(p)
     report.notes.append("p50 / p99 over repeated calls after warm-up; torch eager = the model as users run it "
@@ -137,7 +137,7 @@ def main(argv=None) -> Report:
         if not args.quick:
             model, x = deepbet_case()
             run_case(report, "deepbet", model, x, [1], args.repeats or 7, tmp)
-    report.to_json(args.out)
+    report.finish()
     print(f"\nwritten: {args.out}")
     return report
 

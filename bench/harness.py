@@ -121,22 +121,37 @@ def machine_info(packages: tuple[str, ...] = ("segrt", "numpy", "scipy", "stardi
 
 @dataclass
 class Report:
-    """Rows of one benchmark run, written as JSON (with the machine) and markdown."""
+    """Rows of one benchmark run, written as JSON (with the machine) and markdown.
+
+    With ``path`` set, the JSON is rewritten after every row (``complete: false`` until
+    ``finish()``), so a benchmark that fails late keeps every row it measured."""
 
     name: str
     rows: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     machine: dict = field(default_factory=machine_info)
+    complete: bool = False
+    path: str | None = field(default=None, repr=False, compare=False)
 
     def add(self, **row) -> dict:
         self.rows.append(row)
+        if self.path:
+            self.to_json(self.path)
         return row
+
+    def finish(self) -> None:
+        """Marks the run complete and writes it (to ``path``)."""
+        self.complete = True
+        if self.path:
+            self.to_json(self.path)
 
     def to_json(self, path: str) -> None:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        data = asdict(self)
+        data.pop("path", None)
         tmp = path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump(asdict(self), f, indent=2, default=_jsonable)
+            json.dump(data, f, indent=2, default=_jsonable)
         os.replace(tmp, path)  # never leave a half-written results file
 
     def markdown(self, columns: list[tuple[str, str]]) -> str:

@@ -114,7 +114,7 @@ COLUMNS = [
 def main(argv=None) -> Report:
     args = bench_args("label", __doc__.split("\n\n")[0], "a 60x256x256 volume, few repeats, no memory runs", argv)
     repeats = args.repeats or (3 if args.quick else 5)
-    report = Report("label")
+    report = Report("label", path=args.out)
     report.machine["versions"].update({p: peers_version(p) for p in ("connected-components-3d", "opencv-python-headless",
                                                                       "scikit-image")})
     report.notes.append(
@@ -124,7 +124,7 @@ def main(argv=None) -> Report:
     print("connected components, segrt vs cc3d / scipy / scikit-image / OpenCV", flush=True)
     run_3d(report, args.quick, repeats)
     run_2d(report, args.quick, repeats)
-    report.to_json(args.out)
+    report.finish()
     print()
     print(report.markdown(COLUMNS))
     print(f"\nwritten: {args.out}")

@@ -142,7 +142,7 @@ def main(argv=None) -> Report:
     if args.out is None:
         args.out = os.path.join(RESULTS, "nms_quick.json" if args.quick else "nms.json")
     tiles = args.sizes or ([1] if args.quick else [1, 2, 4, 8])
-    report = Report("nms")
+    report = Report("nms", path=args.out)
     report.notes.append(
         "Peak MB: resident memory one call adds on top of its inputs, measured in a fresh interpreter. "
         "StarDist: stardist.nms.non_maximum_suppression(_3d) as users call it; 'same kept set' "
@@ -159,7 +159,7 @@ def main(argv=None) -> Report:
         for t in ([1] if args.quick else [1, 2]):
             for noise in ("none", "mild"):
                 run_3d(report, t, noise, args.quick)
-    report.to_json(args.out)
+    report.finish()
     print()
     print(report.markdown(COLUMNS))
     print(f"\nwritten: {args.out}")

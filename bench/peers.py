@@ -71,7 +71,7 @@ def stardist_render_3d(dists, points, rays, shape, scores=None):
 
 # ---- connected components --------------------------------------------------------------
 def _cc3d():
-    return optional_import("cc3d", extra="peers", purpose="comparing against cc3d")
+    return optional_import("cc3d", purpose="comparing against cc3d")
 
 
 def cc3d_label(seg, connectivity=26):
@@ -107,18 +107,18 @@ def cc3d_largest_k_mask(seg, k=1, connectivity=26):
 
 def scipy_label(mask, connectivity):
     """scipy.ndimage.label of a binary mask (it has no multi-label mode)."""
-    ndimage = optional_import("scipy.ndimage", extra="peers", purpose="comparing against scipy")
+    ndimage = optional_import("scipy.ndimage", purpose="comparing against scipy")
     rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
     return ndimage.label(mask, structure=ndimage.generate_binary_structure(mask.ndim, rank))[0]
 
 
 def skimage_label(seg, connectivity):
-    measure = optional_import("skimage.measure", extra="peers", purpose="comparing against scikit-image")
+    measure = optional_import("skimage.measure", purpose="comparing against scikit-image")
     rank = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
     return measure.label(seg, background=0, connectivity=rank)
 
 
 def opencv_label(mask, connectivity=8):
     """OpenCV's connectedComponents on a binary 2D mask (int32 labels)."""
-    cv2 = optional_import("cv2", extra="peers", purpose="comparing against OpenCV")
+    cv2 = optional_import("cv2", purpose="comparing against OpenCV")
     return cv2.connectedComponents(mask.view(np.uint8), connectivity=connectivity, ltype=cv2.CV_32S)[1]

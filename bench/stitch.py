@@ -194,7 +194,7 @@ def main(argv=None) -> Report:
     args = ap.parse_args(argv)
     if args.out is None:
         args.out = os.path.join(RESULTS, "stitch_quick.json" if args.quick else "stitch.json")
-    report = Report("stitch")
+    report = Report("stitch", path=args.out)
     for p in ("monai", "torch", "onnxruntime", "onnx"):
         report.machine["versions"][p] = package_version(p)
     report.notes.append("Model time: seconds inside InferenceSession.run, summed over the windows of one run; "
@@ -209,7 +209,7 @@ def main(argv=None) -> Report:
         run_overhead(report, (80, 200, 200), (64, 96, 96), args.repeats)
         if not args.no_streaming:
             run_streaming(report, (400, 512, 512), (128, 128, 128), 105, 0.25)
-    report.to_json(args.out)
+    report.finish()
     print(f"\nwritten: {args.out}")
     return report
 

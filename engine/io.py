@@ -118,7 +118,7 @@ def _read_npy(path: str) -> np.ndarray:
 
 
 def _read_nifti(path: str) -> Volume:
-    nib = optional_import("nibabel", extra="io", purpose="reading NIfTI")
+    nib = optional_import("nibabel", purpose="reading NIfTI")
     try:
         img = nib.load(path)
         arr = np.asanyarray(img.dataobj)  # reads everything now: a truncated file fails here
@@ -137,7 +137,7 @@ def _read_nifti(path: str) -> Volume:
 
 
 def _read_tiff(path: str):
-    tifffile = optional_import("tifffile", extra="io", purpose="reading TIFF")
+    tifffile = optional_import("tifffile", purpose="reading TIFF")
     try:
         with tifffile.TiffFile(path) as tif:
             arr = tif.asarray()
@@ -165,7 +165,7 @@ def _looks_like_dicom(path: str) -> bool:
 
 
 def _pydicom():
-    return optional_import("pydicom", extra="io", purpose="reading DICOM")
+    return optional_import("pydicom", purpose="reading DICOM")
 
 
 def _rescale(ds, pixels: np.ndarray) -> np.ndarray:
@@ -339,7 +339,7 @@ def read_image(path) -> np.ndarray:
     elif suffix == ".npy":
         arr = _read_npy(path)
     elif suffix in (".png", ".jpg", ".jpeg"):
-        cv2 = optional_import("cv2", extra="io", purpose="reading PNG / JPEG")
+        cv2 = optional_import("cv2", purpose="reading PNG / JPEG")
         arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if arr is None:
             raise InputFileError(f"{path}: not a readable {suffix[1:].upper()} image (empty, truncated or another "
@@ -383,7 +383,7 @@ def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
     path = os.fspath(path)
     suffix = _suffix(path)
     if suffix in (".nii", ".nii.gz"):
-        nib = optional_import("nibabel", extra="io", purpose="writing NIfTI")
+        nib = optional_import("nibabel", purpose="writing NIfTI")
         affine = np.eye(4) if like is None else like.affine
         header = like.header.copy() if like is not None and like.header is not None else None
         img = nib.Nifti1Image(labels, affine, header)
@@ -395,7 +395,7 @@ def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
         with atomic_path(path) as tmp:
             nib.save(img, tmp)
     elif suffix in (".tif", ".tiff"):
-        tifffile = optional_import("tifffile", extra="io", purpose="writing TIFF")
+        tifffile = optional_import("tifffile", purpose="writing TIFF")
         with atomic_path(path) as tmp:
             tifffile.imwrite(tmp, labels, compression="zlib")
     elif suffix == ".npy":
@@ -408,7 +408,7 @@ def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
 
 def write_png(path, image: np.ndarray) -> str:
     """Writes a BGR (or grey) uint8 image as PNG, atomically. Returns the path."""
-    cv2 = optional_import("cv2", extra="io", purpose="writing PNG")
+    cv2 = optional_import("cv2", purpose="writing PNG")
     with atomic_path(path) as tmp:
         if not cv2.imwrite(tmp, image):
             raise OSError(f"{path}: OpenCV could not write the PNG")

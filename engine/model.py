@@ -48,7 +48,7 @@ def _check_batch(x, info: IOInfo, path: str) -> np.ndarray:
 
 def _check_device_batch(x, info: IOInfo, path: str):
     """The checks of _check_batch for a CUDA array (counted on the device, no host copy)."""
-    cupy = optional_import("cupy", extra="gpu", purpose="device inputs")
+    cupy = optional_import("cupy", purpose="device inputs")
     x = cupy.asarray(x)  # wraps the caller's memory
     if x.ndim != len(info.shape) or any(w is not None and w != g for w, g in zip(info.shape, x.shape)):
         raise InferInputError(f"{os.path.basename(path)} expects input {info.name!r} of shape "

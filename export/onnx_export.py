@@ -39,7 +39,7 @@ class ExportReport:
 
 
 def _torch():
-    return optional_import("torch", extra="export", purpose="exporting PyTorch models")
+    return optional_import("torch", purpose="exporting PyTorch models")
 
 
 def _outputs_of(out, names=None):
@@ -122,8 +122,8 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
         an ExportReport (path, names, dynamic axes, per-input/output errors, notes).
     """
     torch = _torch()
-    onnx = optional_import("onnx", extra="export", purpose="exporting models")
-    ort = optional_import("onnxruntime", extra="export", purpose="verifying exported models")
+    onnx = optional_import("onnx", purpose="exporting models")
+    ort = optional_import("onnxruntime", purpose="verifying exported models")
     meta = md.validate(metadata) if metadata is not None else None
     if isinstance(example_input, np.ndarray):
         example = torch.from_numpy(np.ascontiguousarray(example_input, dtype=np.float32))
@@ -196,7 +196,7 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
     checks: list = []
     if simplify:
         try:
-            slim = optional_import("onnxslim", extra="export", purpose="simplifying exported graphs")
+            slim = optional_import("onnxslim", purpose="simplifying exported graphs")
             candidate = slim.slim(proto)
             onnx.checker.check_model(candidate)
             ok, candidate_checks = verify_proto(candidate) if verify else (True, [])

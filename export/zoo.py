@@ -108,7 +108,7 @@ def deepbet(cache_dir=None, verbose=False) -> str:
     from segrt._optional import optional_import
     from segrt.export.onnx_export import to_onnx
 
-    torch = optional_import("torch", extra="export", purpose="converting deepbet (once; cached afterwards)")
+    torch = optional_import("torch", purpose="converting deepbet (once; cached afterwards)")
     if verbose:
         print(f"segrt: converting deepbet {DEEPBET_VERSION} to ONNX (once) into {folder}", file=sys.stderr)
     os.makedirs(os.path.dirname(folder), exist_ok=True)

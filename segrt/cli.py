@@ -196,24 +196,7 @@ def _latency_tail_hint(summary: dict, threads) -> str | None:
             "latency at about twice the inference time.")
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["demo"]:  # its own options (--out, --quiet) must not meet this parser
-        from segrt.demo import main as demo_main
-
-        return demo_main(argv[1:])
-    ap = argparse.ArgumentParser(
-        prog="segrt",
-        description="segrt: compiled inference engine for medical image segmentation.",
-    )
-    sub = ap.add_subparsers(dest="command")
-    b = sub.add_parser("bench", help="run a benchmark (e.g. `segrt bench nms --quick`)", add_help=False)
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    sub.add_parser("info", help="show the build (compiled kernels, OpenMP, Clipper) and versions")
-    d = sub.add_parser("demo", help="run the three stories (brain MRI, nuclei, surgical video) into ./segrt-demo",
-                       add_help=False)
-    d.add_argument("rest", nargs=argparse.REMAINDER)
-
+def _add_export(sub) -> None:
     e = sub.add_parser("export", help="export a PyTorch model to a verified, self-describing ONNX file",
                        description="Export a TorchScript file (or package.module:factory) to ONNX. The graph is "
                                    "checked, simplified when the simplified graph verifies, and run in ONNX Runtime "
@@ -231,7 +214,10 @@ def main(argv=None) -> int:
     e.add_argument("--no-simplify", action="store_true", help="keep the graph as torch exports it")
     e.add_argument("--atol", type=float, default=1e-4)
     e.add_argument("--rtol", type=float, default=1e-3)
+    e.set_defaults(handler=_cmd_export)
 
+
+def _add_check(sub) -> None:
     c = sub.add_parser("check", help="compare backends on the same inputs, on raw outputs and on the task",
                        description="Run the same inputs through several backends and compare them with the first "
                                    "(or with --torch): raw max abs / rel error AND task agreement (per-class Dice "
@@ -246,6 +232,10 @@ def main(argv=None) -> int:
     c.add_argument("--min-dice", type=float, default=0.99)
     c.add_argument("--min-f1", type=float, default=0.99)
     c.add_argument("--json", help="also write the report here")
+    c.set_defaults(handler=_cmd_check)
+
+
+def _add_build(sub) -> None:
     t = sub.add_parser("build", help="build (or fetch from the cache) a TensorRT engine for an ONNX model",
                        description="Build a TensorRT engine with optimisation profiles from the model's metadata "
                                    "(window, batch 1-4), fp16 by default, int8 with --calibration (a folder of .npy "
@@ -259,6 +249,17 @@ def main(argv=None) -> int:
     t.add_argument("--window", help="window for dynamic spatial axes, e.g. 96,96,96 (default: metadata)")
     t.add_argument("--cache-dir", help="engine cache (default $SEGRT_CACHE or ~/.cache/segrt/engines)")
     t.add_argument("--workspace", type=int, help="builder workspace in bytes")
+    t.set_defaults(handler=_cmd_build)
+
+
+def _add_backend(parser) -> None:
+    from segrt.engine.backends import AUTO_ORDER, NAMES
+
+    parser.add_argument("--backend", default="auto", choices=NAMES,
+                        help=f"runtime (default auto: the first available of {', '.join(AUTO_ORDER)})")
+
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="segment a study, an image or a stack with a model",
                        description="Run a segrt model on an input, every step taken from the model's metadata. "
                                    "Semantic 3D models: NIfTI, a DICOM series folder, a multi-frame DICOM, a TIFF "
@@ -272,13 +273,17 @@ def main(argv=None) -> int:
     r.add_argument("model", help=".onnx file exported by segrt, or a model name")
     r.add_argument("input", help="NIfTI file, DICOM folder or file, TIFF, PNG / JPEG, or .npy")
     r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy); default <input>_segrt.<ext> here")
-    r.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
+    _add_backend(r)
     r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5")
     r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
     r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
     r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
+    r.set_defaults(handler=_cmd_run)
+
+
+def _add_video(sub) -> None:
     v = sub.add_parser("video", help="segment a video stream live: overlay, latency statistics",
                        description="Run a 2D semantic model on a video file, a camera (its index), an RTSP / HTTP "
                                    "URL or a DICOM cine. Capture runs in its own thread and the newest frame wins: "
@@ -293,43 +298,82 @@ def main(argv=None) -> int:
     v.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, as a camera would")
     v.add_argument("--max-frames", type=int, help="stop after this many processed frames")
     v.add_argument("--precision", choices=("f32", "bf16"), default="f32",
-                   help="OpenVINO inference precision: bf16 about halves inference time on CPUs with bfloat16 "
-                        "units (AVX512-BF16, AMX) and changes a few pixels in 100 000 on the demo model")
+                   help="OpenVINO inference precision: bf16 is faster on CPUs with bfloat16 units (AVX512-BF16, "
+                        "AMX) and changes a few pixels")
     v.add_argument("--workers", type=int, default=1,
                    help="frames in flight at once (default 1: lowest latency; 2 on a CPU: more frames per second, "
                         "each frame slower)")
     v.add_argument("--threads", type=int,
                    help="inference threads (default: one per core, the lowest latency). 1 gives the steadiest "
-                        "latency where a core can stall, as on shared virtual machines (p99 / p50 at most 1.24 "
-                        "in the pipeline benchmark), at about twice the inference time and a free core for "
-                        "capture and decode")
+                        "latency where a core can stall, as on shared virtual machines, at a longer inference "
+                        "time and with a core free for capture and decode")
     v.add_argument("--decode-threads", type=int, default=1,
                    help="FFmpeg decoding threads for files and streams (default 1: each frame decoded as it is "
                         "read, the steadiest latency; 0: FFmpeg chooses, for large H.264 / HEVC frames)")
     v.add_argument("--stats", help="latency JSON (default <source>_latency.json here; the PNG CDF beside it)")
     v.add_argument("--alpha", type=float, default=0.45, help="overlay opacity (default 0.45)")
-    v.add_argument("--backend", default="auto", help="auto, openvino, ort, ort-gpu or trt (default auto)")
+    _add_backend(v)
     v.add_argument("-q", "--quiet", action="store_true", help="no live read-out")
-    args = ap.parse_args(argv)
-    commands = {"build": _cmd_build, "export": _cmd_export, "check": _cmd_check, "run": _cmd_run,
-                "video": _cmd_video}
-    if args.command in commands:
-        try:
-            return commands[args.command](args)
-        except (ValueError, OSError, RuntimeError, ImportError) as err:  # segrt's errors name file and cause
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-    if args.command == "bench":
-        from segrt.bench.__main__ import main as bench_main
+    v.set_defaults(handler=_cmd_video)
 
-        return bench_main(args.rest)
-    if args.command == "info":
-        from segrt.bench.harness import machine_info
 
-        print(json.dumps(machine_info(), indent=2))
-        return 0
-    ap.print_help()
+def _add_tools(sub) -> None:
+    b = sub.add_parser("bench", help="run a benchmark (e.g. `segrt bench nms --quick`)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(handler=_cmd_bench)
+    i = sub.add_parser("info", help="show the build (compiled kernels, OpenMP, Clipper) and versions")
+    i.set_defaults(handler=_cmd_info)
+    d = sub.add_parser("demo", help="run the three stories (brain MRI, nuclei, surgical video) into ./segrt-demo",
+                       add_help=False)
+    d.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def _cmd_bench(args) -> int:
+    from segrt.bench.__main__ import main as bench_main
+
+    return bench_main(args.rest)
+
+
+def _cmd_info(args) -> int:
+    from segrt.bench.harness import machine_info
+
+    print(json.dumps(machine_info(), indent=2))
     return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``segrt`` argument parser: one function adds each subcommand."""
+    ap = argparse.ArgumentParser(prog="segrt", description="segrt: compiled inference engine for medical image "
+                                                           "segmentation.")
+    sub = ap.add_subparsers(dest="command")
+    for add in (_add_run, _add_video, _add_export, _add_check, _add_build, _add_tools):
+        add(sub)
+    return ap
+
+
+# commands whose errors are segrt's own (they name the file and the cause): printed, exit code 2
+_USER_FACING = {"build", "export", "check", "run", "video"}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["demo"]:  # its own options (--out, --quiet) must not meet this parser
+        from segrt.demo import main as demo_main
+
+        return demo_main(argv[1:])
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        ap.print_help()
+        return 0
+    if args.command not in _USER_FACING:
+        return handler(args)
+    try:
+        return handler(args)
+    except (ValueError, OSError, RuntimeError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

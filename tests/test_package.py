@@ -74,6 +74,40 @@ def test_one_version():
     assert metadata.version("segrt") == __version__
 
 
+def test_install_hints_name_the_extra_that_really_brings_the_package():
+    # every module segrt imports lazily is listed with the extra that installs it, and
+    # pyproject.toml's extras (or its core dependencies) really contain that package
+    import os
+    import re
+    import tomllib
+
+    from segrt._optional import PACKAGES, install_hint
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].lower() for r in reqs}
+
+    core = names(project["dependencies"])
+    for module, (dist, extra) in PACKAGES.items():
+        listed = core if extra is None else names(project["optional-dependencies"][extra])
+        assert dist.lower() in listed, (module, dist, extra)
+        hint = install_hint(module)
+        assert (f"segrt[{extra}]" in hint) if extra else (dist in hint and "segrt[" not in hint), hint
+    # the modules segrt's code imports lazily are all listed
+    used = set()
+    for folder in ("engine", "export", "bench", "kernels", "segrt"):
+        for dirpath, _, files in os.walk(os.path.join(root, folder)):
+            for name in files:
+                if name.endswith(".py"):
+                    text = open(os.path.join(dirpath, name)).read()
+                    used |= {m.split(".")[0] for m in re.findall(r'optional_import\(\s*"([\w.]+)"', text)}
+    assert used <= set(PACKAGES), used - set(PACKAGES)
+    assert "opencv-python-headless" in install_hint("cv2") and "segrt[io]" not in install_hint("cv2")
+
+
 def test_optional_import_names_the_extra():
     from segrt._optional import is_available, optional_import
 
@@ -151,3 +185,19 @@ def test_label_benchmark_quick_runs(tmp_path):
     rep = label.main(["--quick", "--repeats", "1", "--out", str(tmp_path / "label.json")])
     assert len(rep.rows) == 6 and all(r["identical"] for r in rep.rows)
     assert json.loads((tmp_path / "label.json").read_text())["machine"]["versions"]["connected-components-3d"]
+
+
+def test_benchmark_reports_are_written_row_by_row(tmp_path):
+    # a benchmark that fails late keeps the rows it measured (marked incomplete)
+    from segrt.bench.harness import Report
+
+    path = tmp_path / "r.json"
+    report = Report("demo", path=str(path))
+    report.add(case="a", seconds=1.0)
+    first = json.loads(path.read_text())
+    assert first["rows"] == [{"case": "a", "seconds": 1.0}] and first["complete"] is False
+    assert "path" not in first and first["machine"]["cores"] >= 1
+    report.add(case="b", seconds=2.0)
+    report.finish()
+    done = json.loads(path.read_text())
+    assert [r["case"] for r in done["rows"]] == ["a", "b"] and done["complete"] is True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 
 import numpy as np
@@ -89,8 +90,31 @@ def test_realtime_drops_frames_and_keeps_latency_bounded(clip):
     stats = VideoPipeline(_SlowModel(0.08)).run(clip, realtime=True)
     assert stats.frames_read == 30
     assert stats.frames_dropped > 0 and stats.frames_processed + stats.frames_dropped == 30
-    # a frame waits at most for the one in flight: latency stays under two model periods
-    assert max(stats.end_to_end) < 2 * 0.08 + 0.05, max(stats.end_to_end)
+
+
+def test_the_frame_slot_keeps_only_the_newest_frame():
+    # what bounds latency, asserted on the mechanism (wall-clock bounds fail on a busy machine):
+    # a live source replaces an unconsumed frame, so a worker never takes a frame older than
+    # the newest one captured before it asked
+    from segrt.engine.video.pipeline import _LatestFrame
+
+    slot = _LatestFrame(block=False)
+    for frame in range(5):
+        slot.put(frame)
+    assert slot.get() == 4 and slot.dropped == 4
+    slot.put(5)
+    assert slot.get() == 5 and slot.dropped == 4
+    slot.close()
+    assert slot.get() is None
+    # an offline file blocks the reader instead: nothing is dropped
+    offline = _LatestFrame(block=True)
+    got = []
+    reader = threading.Thread(target=lambda: [offline.put(i) for i in range(20)] + [offline.close()])
+    reader.start()
+    while (item := offline.get()) is not None:
+        got.append(item)
+    reader.join()
+    assert got == list(range(20)) and offline.dropped == 0
 
 
 class _FailingSource:
@@ -244,7 +268,6 @@ def test_two_workers_in_real_time_never_go_back_in_time(clip):
     assert seen == sorted(seen) and len(set(seen)) == len(seen)
     assert stats.frames_processed + stats.frames_dropped == stats.frames_read == 30
     assert stats.frames_dropped > 0  # 0.09 s calls at 30 fps: late or replaced frames
-    assert max(stats.end_to_end) < 2 * 0.09 + 0.05, max(stats.end_to_end)
 
 
 def test_workers_are_checked():

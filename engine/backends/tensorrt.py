@@ -41,8 +41,8 @@ class TrtRunner(Runner):
 
     def __init__(self, path, inputs, outputs, *, metadata=None, proto=None, precision="fp16", cache_dir=None,
                  calibration=None, batch_sizes=(1, 1, 4), trust_foreign_engine=False, cuda_graph=False, device=0):
-        trt = optional_import("tensorrt", extra="trt", purpose="the TensorRT backend")
-        self.cupy = cupy = optional_import("cupy", extra="gpu", purpose="the TensorRT backend")
+        trt = optional_import("tensorrt", purpose="the TensorRT backend")
+        self.cupy = cupy = optional_import("cupy", purpose="the TensorRT backend")
         window = (metadata or {}).get("window")
 
         if str(path).endswith(".engine"):

@@ -66,7 +66,7 @@ def onnx_content_hash(onnx_path: str, proto=None) -> str:
 
 def gpu_identity(device: int = 0) -> dict:
     """Name and compute capability of a CUDA device (through CuPy)."""
-    cupy = optional_import("cupy", extra="gpu", purpose="querying the GPU for TensorRT")
+    cupy = optional_import("cupy", purpose="querying the GPU for TensorRT")
     props = cupy.cuda.runtime.getDeviceProperties(device)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return {"gpu": name, "compute_capability": f"{props['major']}.{props['minor']}"}
@@ -165,7 +165,7 @@ def calibration_batches(calibration, input_shape, batch_size: int = 1):
 
 def _make_calibrator(trt, batches, cache_path: str):
     """An entropy calibrator feeding CuPy-owned device copies of the batches (TensorRT API)."""
-    cupy = optional_import("cupy", extra="gpu", purpose="int8 calibration")
+    cupy = optional_import("cupy", purpose="int8 calibration")
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -222,7 +222,7 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
         raise ValueError(f"{onnx_path} has {len(inputs)} inputs; segrt builds engines for one image input")
     profiles = [tuple(tuple(s) for s in p) for p in (profiles or [profiles_for(inputs[0].shape, meta, window=window,
                                                                              batch_sizes=batch_sizes)])]
-    trt = optional_import("tensorrt", extra="trt", purpose="building TensorRT engines")
+    trt = optional_import("tensorrt", purpose="building TensorRT engines")
     gpu = gpu_identity(device)
     content = onnx_content_hash(onnx_path, proto)
     key = cache_key(content, trt.__version__, gpu, precision, profiles)

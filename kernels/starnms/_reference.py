@@ -70,7 +70,7 @@ def lattice_area(poly: np.ndarray) -> float:
 
 def clipper_intersection_area(a: np.ndarray, b: np.ndarray) -> float:
     """Area of a n b as Clipper computes it (crossing points rounded to the lattice)."""
-    pyclipper = optional_import("pyclipper", extra="test", purpose="the reference star-convex NMS")
+    pyclipper = optional_import("pyclipper", purpose="the reference star-convex NMS")
     pc = pyclipper.Pyclipper()
     try:
         pc.AddPath(a.tolist(), pyclipper.PT_CLIP, True)

@@ -1,4 +1,4 @@
-"""The video pipeline: frames in, coloured overlays out, with bounded latency.
+"""The video pipeline (sources in ``sources.py``, latency statistics in ``statistics.py``): frames in, coloured overlays out, with bounded latency.
 
     capture thread -> newest-frame slot -> resize + normalise -> infer -> argmax + remove
     small blobs -> overlay (class colours, contours, latency read-out) -> write / display
@@ -11,7 +11,7 @@ stays bounded. A file read without ``realtime`` is processed frame by frame, non
 Frames are processed by ``workers`` threads (one by default), each with its share of the
 cores; overlays come out in frame order. One worker with every core gives the lowest
 latency. More workers give more frames per second when the model does not use all cores
-well (the demo model on 2 CPU cores: 1 to 15 % more, measured), at the cost of each frame
+well, at the cost of each frame
 taking longer; an overlay finished after a newer one is dropped (counted) rather than shown late.
 
 Latency is measured per frame from the moment capture returned it to the moment its overlay
@@ -20,8 +20,6 @@ effective frame rate are reported live, as JSON and as a PNG latency CDF.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import queue
 import sys
@@ -30,137 +28,19 @@ import time
 
 import numpy as np
 
-from segrt._optional import optional_import
 from segrt.engine import backends, io
 from segrt.engine.model import ModelTaskError, as_model
+from segrt.engine.video.sources import open_source
+from segrt.engine.video.sources import opencv as _cv2
+from segrt.engine.video.statistics import FRAME_STAGES as _FRAME_STAGES
+from segrt.engine.video.statistics import STAGES, VideoStats
 from segrt.kernels.overlay import blend_labels
 
-__all__ = ["VideoPipeline", "VideoStats", "open_source", "SourceError", "PALETTE"]
+__all__ = ["VideoPipeline", "PALETTE"]
 
 # class colours (BGR, OpenCV's order), background first and unused
 PALETTE = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200], [0, 255, 80], [80, 80, 255],
                     [255, 120, 60], [180, 255, 255]], np.uint8)
-# "wait": from capture to a worker taking the frame (the capture's own delay included)
-STAGES = ("wait", "preprocess", "infer", "postprocess", "overlay", "output")
-_FRAME_STAGES = STAGES[1:5]  # what process() times
-
-
-class SourceError(OSError):
-    """A video source that cannot be opened (the message names it and says what to check)."""
-
-
-def _cv2():
-    return optional_import("cv2", extra="io", purpose="video capture and overlays")
-
-
-# -- sources -------------------------------------------------------------------------------
-
-class _OpenCVSource:
-    def __init__(self, spec, decode_threads=1):
-        cv2 = _cv2()
-        self.name = str(spec)
-        self.live = isinstance(spec, int) or "://" in str(spec)
-        if not self.live and not os.path.isfile(str(spec)):
-            raise SourceError(f"{spec}: no such video file (a camera is an integer index, a stream a URL)")
-        try:  # OpenCV's own warnings on a failed open repeat what SourceError says
-            cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
-        except AttributeError:
-            pass
-        self.cap = None
-        if not isinstance(spec, int) and decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS"):
-            # FFmpeg decodes with frame threads by default: they hold frames back and, on a
-            # machine whose cores are busy inferring, a starved one stalls a read (p99 of a
-            # 640 x 480 MJPG read with two workers inferring: 4-14 ms, against 1.2-1.6 ms here)
-            self.cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(decode_threads)])
-        if self.cap is None or not self.cap.isOpened():
-            self.cap = cv2.VideoCapture(spec)
-        if not self.cap.isOpened():
-            what = "camera" if isinstance(spec, int) else "stream" if self.live else "video file"
-            raise SourceError(f"{spec}: cannot open this {what}" + (
-                "; check the index and that no other program holds it" if isinstance(spec, int) else
-                "; check the URL and the network" if self.live else
-                "; the file is not a video OpenCV can decode (or it is damaged)"))
-        fps = self.cap.get(cv2.CAP_PROP_FPS)
-        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else 30.0
-        frames = self.cap.get(cv2.CAP_PROP_FRAME_COUNT)
-        self.frames = int(frames) if frames and frames > 0 and not self.live else None
-
-    def read(self):
-        ok, frame = self.cap.read()
-        return frame if ok and frame is not None else None
-
-    def close(self):
-        self.cap.release()
-
-
-class _DicomCineSource:
-    """Frames of a multi-frame DICOM (an ultrasound or angiography cine), as BGR uint8."""
-
-    def __init__(self, path):
-        pydicom = optional_import("pydicom", extra="io", purpose="reading DICOM cines")
-        self.name, self.live = path, False
-        try:
-            self.ds = pydicom.dcmread(path)
-        except Exception as err:
-            raise SourceError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
-        if "PixelData" not in self.ds:
-            raise SourceError(f"{path}: DICOM file without pixel data")
-        self.frames = int(getattr(self.ds, "NumberOfFrames", 1) or 1)
-        frame_time = float(getattr(self.ds, "FrameTime", 0) or 0)
-        rate = float(getattr(self.ds, "CineRate", 0) or getattr(self.ds, "RecommendedDisplayFrameRate", 0) or 0)
-        self.fps = rate if rate > 0 else (1000.0 / frame_time if frame_time > 0 else 30.0)
-        self.index = 0
-        self._encapsulated = None
-        if self.ds.file_meta.TransferSyntaxUID in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"):
-            from pydicom.encaps import generate_frames  # baseline / extended JPEG: OpenCV decodes it fast
-
-            self._encapsulated = generate_frames(self.ds.PixelData, number_of_frames=self.frames)
-        self._all = None
-
-    def read(self):
-        if self.index >= self.frames:
-            return None
-        cv2 = _cv2()
-        i = self.index
-        self.index += 1
-        try:
-            if self._encapsulated is not None:
-                data = next(self._encapsulated)
-                frame = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-                if frame is None:
-                    raise ValueError("OpenCV could not decode the JPEG frame")
-                return frame
-            if self._all is None:
-                self._all = self.ds.pixel_array if self.frames > 1 else self.ds.pixel_array[None]
-            frame = self._all[i]
-        except Exception as err:  # a truncated or damaged frame ends the stream
-            raise SourceError(f"{self.name}: frame {i} cannot be decoded ({type(err).__name__}: {err})") from None
-        if frame.ndim == 2:
-            frame = np.repeat(frame[..., None], 3, axis=2)
-        if frame.dtype != np.uint8:
-            lo, hi = float(frame.min()), float(frame.max())
-            frame = ((frame - lo) * (255.0 / max(hi - lo, 1e-6))).astype(np.uint8)
-        return np.ascontiguousarray(frame[..., ::-1])
-
-    def close(self):
-        pass
-
-
-def open_source(spec, *, decode_threads: int = 1):
-    """A camera index (int or digits), a URL, a video file or a multi-frame DICOM.
-
-    ``decode_threads``: FFmpeg's decoding threads for files and streams. 1 (the default)
-    decodes each frame in the capture thread as it is read, the lowest and steadiest latency;
-    0 lets FFmpeg choose (frame threads: more throughput for large H.264 / HEVC frames, each
-    frame held back while the next ones decode)."""
-    if isinstance(decode_threads, bool) or not isinstance(decode_threads, int) or decode_threads < 0:
-        raise ValueError(f"decode_threads must be an integer >= 0 (0: FFmpeg chooses), got {decode_threads!r}")
-    if isinstance(spec, str) and spec.isdigit():
-        spec = int(spec)
-    if isinstance(spec, str) and os.path.isfile(spec) and (spec.lower().endswith(".dcm") or io._looks_like_dicom(spec)):
-        return _DicomCineSource(spec)
-    return _OpenCVSource(spec, decode_threads)
-
 
 def _lower_priority() -> None:
     """Capture and decoding yield the cores to inference: on a machine whose cores are all busy
@@ -206,91 +86,6 @@ class _LatestFrame:
             self.closed = True
             self.error = self.error or error
             self.cond.notify_all()
-
-
-# -- statistics ----------------------------------------------------------------------------
-
-def _pcts(values) -> dict:
-    v = np.asarray(values, np.float64) * 1000.0
-    if v.size == 0:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-    p50, p90, p99 = np.percentile(v, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
-            "max_ms": round(float(v.max()), 3), "n": int(v.size)}
-
-
-@dataclasses.dataclass
-class VideoStats:
-    source: str
-    frames_read: int
-    frames_processed: int
-    frames_dropped: int
-    wall_s: float
-    source_fps: float
-    stages: dict  # stage -> list of seconds per frame
-    end_to_end: list  # seconds per frame
-    stopped: str  # why the run ended
-    backend: str = "?"
-
-    @property
-    def effective_fps(self) -> float:
-        return self.frames_processed / self.wall_s if self.wall_s > 0 else 0.0
-
-    def summary(self) -> dict:
-        non_model = [sum(self.stages[s][i] for s in _FRAME_STAGES if s != "infer")
-                     for i in range(len(self.end_to_end))]
-        return {"source": self.source, "backend": self.backend, "stopped": self.stopped,
-                "frames_read": self.frames_read, "frames_processed": self.frames_processed,
-                "frames_dropped": self.frames_dropped, "source_fps": round(self.source_fps, 3),
-                "effective_fps": round(self.effective_fps, 3), "wall_s": round(self.wall_s, 3),
-                "end_to_end": _pcts(self.end_to_end), "non_model": _pcts(non_model),
-                "stages": {s: _pcts(v) for s, v in self.stages.items()}}
-
-    def line(self) -> str:
-        e = _pcts(self.end_to_end)
-        return (f"frames {self.frames_processed} (dropped {self.frames_dropped}), {self.effective_fps:.1f} fps, "
-                f"latency p50 {e['p50_ms'] or 0:.1f} ms p99 {e['p99_ms'] or 0:.1f} ms max {e['max_ms'] or 0:.1f} ms")
-
-    def save(self, json_path, png_path=None) -> list:
-        with io.atomic_path(json_path) as tmp, open(tmp, "w") as f:
-            json.dump(self.summary(), f, indent=2)
-        written = [os.fspath(json_path)]
-        if png_path is not None and self.end_to_end:
-            written.append(latency_cdf_png(png_path, {"end to end": self.end_to_end,
-                                                      "infer": self.stages["infer"]}))
-        return written
-
-
-def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
-    """A latency CDF drawn with OpenCV (no plotting library needed)."""
-    cv2 = _cv2()
-    w, h = size
-    img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 60, 20, 30, 50
-    all_ms = np.concatenate([np.asarray(v, float) * 1000 for v in series.values() if len(v)])
-    x_max = float(np.percentile(all_ms, 100)) * 1.05 or 1.0
-    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
-    for frac in (0.0, 0.5, 0.9, 0.99, 1.0):
-        y = int(h - bottom - frac * (h - top - bottom))
-        cv2.line(img, (left, y), (w - right, y), (220, 220, 220), 1)
-        cv2.putText(img, f"{frac:g}", (8, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for i in range(6):
-        v = x_max * i / 5
-        x = int(left + i / 5 * (w - left - right))
-        cv2.putText(img, f"{v:.0f}", (x - 10, h - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    cv2.putText(img, "latency (ms)", (w // 2 - 40, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
-    colours = [(200, 80, 0), (0, 140, 255), (0, 160, 0)]
-    for k, (name, vals) in enumerate(series.items()):
-        v = np.sort(np.asarray(vals, float) * 1000)
-        if v.size == 0:
-            continue
-        frac = np.arange(1, v.size + 1) / v.size
-        pts = np.stack([left + v / x_max * (w - left - right), h - bottom - frac * (h - top - bottom)], 1)
-        cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colours[k % 3], 2, cv2.LINE_AA)
-        cv2.putText(img, name, (left + 10, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1,
-                    cv2.LINE_AA)
-    return io.write_png(path, img)
 
 
 # -- the pipeline --------------------------------------------------------------------------
