@@ -9,6 +9,7 @@ BENCHMARKS = {
     "stitch": "segrt.bench.stitch",
     "engine": "segrt.bench.engine",
     "pipeline": "segrt.bench.pipeline",
+    "report": "segrt.bench.report",
 }
 
 

@@ -163,3 +163,13 @@ def test_pooled_instance_norm_rewrites_only_long_channels(tmp_path):
     kinds = [n.op_type for n in rewritten.graph.node]
     assert kinds.count("InstanceNormalization") == 1 and kinds.count("AveragePool") == 6
     assert pooled_instance_norm(proto, (1, 1, 16, 16, 16))[1] == 0
+
+
+def test_usable_cpus_counts_the_cpus_this_process_may_run_on(monkeypatch):
+    import os
+
+    from segrt.engine.backends import usable_cpus
+
+    assert usable_cpus() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})  # a container limited to one CPU
+    assert usable_cpus() == 1

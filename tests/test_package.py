@@ -201,3 +201,47 @@ def test_benchmark_reports_are_written_row_by_row(tmp_path):
     report.finish()
     done = json.loads(path.read_text())
     assert [r["case"] for r in done["rows"]] == ["a", "b"] and done["complete"] is True
+
+
+def test_benchmark_page_is_generated_from_the_results():
+    # docs/benchmarks.md is the generator's output for the committed results, never hand-edited
+    import os
+
+    from segrt.bench.report import DOCS, render
+
+    assert os.path.isfile(DOCS)
+    with open(DOCS) as f:
+        assert f.read() == render(), "docs/benchmarks.md is stale: run python -m segrt.bench report"
+
+
+def test_readme_is_for_users_and_its_headline_table_is_generated():
+    import os
+
+    from segrt.bench.report import HEADLINE_END, HEADLINE_START, README, headline
+
+    text = open(README).read()
+    assert len(text.encode()) <= 12 * 1024
+    block = text[text.index(HEADLINE_START) + len(HEADLINE_START):text.index(HEADLINE_END)]
+    assert block == "\n" + headline(), "the README's headline table is stale: run python -m segrt.bench report"
+    assert len(block.strip().splitlines()) >= 5  # the rows were found in the results
+    for link in ("docs/architecture.md", "docs/pipelines.md", "docs/kernels.md", "docs/backends.md",
+                 "docs/benchmarks.md", "cpp/README.md"):
+        assert link in text and os.path.isfile(os.path.join(os.path.dirname(README), link)), link
+    # no progress diary: issue numbers and dated prose belong on the issues
+    import re
+
+    assert not re.search(r"issue \d|today's|this session|\d+ of \d+ .{0,40}today", text, re.IGNORECASE)
+
+
+def test_benchmark_page_renders_partial_runs_and_groups_rows(tmp_path):
+    from segrt.bench.report import render
+
+    (tmp_path / "nms.json").write_text(json.dumps({
+        "name": "nms", "complete": False, "notes": ["a note"], "machine": {"cpu": "X", "cores": 2, "date": "d"},
+        "rows": [{"case": "a", "segrt_s": 0.5, "runs": [1, 2]}, {"case": "b", "segrt_s": None},
+                 {"story": "video", "fps": 30.0}]}))
+    (tmp_path / "nms_quick.json").write_text("{}")  # quick runs are not documented
+    page = render(str(tmp_path))
+    assert "partial results" in page and "- a note" in page and "X, 2 cores" in page
+    assert "| case | segrt s |" in page and "| a | 0.5 |" in page and "| b | — |" in page
+    assert "| story | fps |" in page and "runs" not in page.split("## nms")[1].split("|")[0]
