@@ -163,7 +163,7 @@ class Report:
             cells = []
             for key, _ in columns:
                 v = row.get(key, "")
-                cells.append(_fmt(v))
+                cells.append(format_value(v))
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 
@@ -186,18 +186,17 @@ def bench_args(name: str, description: str, quick_help: str, argv=None, extra=No
     return args
 
 
-def _fmt(v) -> str:
-    if v is None:
+def format_value(v) -> str:
+    """A table cell: 3 significant digits (one decimal from 100 on), yes / no, — for missing."""
+    if v is None or (isinstance(v, float) and v != v):
         return "—"
     if isinstance(v, bool):
         return "yes" if v else "no"
     if isinstance(v, float):
-        if v == 0:
-            return "0"
-        if abs(v) >= 100:
-            return f"{v:.0f}"
-        return f"{v:.3g}"
-    return str(v)
+        if v == 0 or 1e-3 <= abs(v) < 1e5:
+            return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
+        return f"{v:.2e}"
+    return str(v).replace("|", "/").replace("\n", " ")
 
 
 def _jsonable(o):

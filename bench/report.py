@@ -15,6 +15,8 @@ import importlib
 import json
 import os
 
+from segrt.bench.harness import format_value
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
@@ -31,19 +33,6 @@ page with `python -m segrt.bench report`. Times are seconds unless a column says
 """
 
 
-def _fmt(v) -> str:
-    if v is None:
-        return "—"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, float):
-        if v != v:
-            return "—"
-        if v == 0 or 1e-3 <= abs(v) < 1e5:
-            return f"{v:.3g}" if abs(v) < 100 else f"{v:.1f}"
-        return f"{v:.2e}"
-    return str(v).replace("|", "/").replace("\n", " ")
-
 
 def _scalar(v) -> bool:
     return v is None or isinstance(v, (bool, int, float, str))
@@ -58,7 +47,7 @@ def _tables(rows: list[dict]) -> list[str]:
     for keys, members in groups.items():
         lines = ["| " + " | ".join(k.replace("_", " ") for k in keys) + " |",
                  "|" + "|".join("---" for _ in keys) + "|"]
-        lines += ["| " + " | ".join(_fmt(r.get(k)) for k in keys) + " |" for r in members]
+        lines += ["| " + " | ".join(format_value(r.get(k)) for k in keys) + " |" for r in members]
         out.append("\n".join(lines))
     return out
 
@@ -151,7 +140,7 @@ def headline(results_dir: str = RESULTS) -> str:
         agree = agree_fmt if agree_key is None else (
             (agree_fmt if row.get(agree_key) else "differs") if isinstance(row.get(agree_key), bool)
             else agree_fmt.format(row.get(agree_key)))
-        lines.append(f"| {what} | {_fmt(row[ours_key])} | {peer} | {_fmt(row[peer_key])} | "
+        lines.append(f"| {what} | {format_value(row[ours_key])} | {peer} | {format_value(row[peer_key])} | "
                      f"{row[ratio_key]:.1f}x | {agree} |")
     return "\n".join(lines) + "\n"
 
