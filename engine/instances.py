@@ -97,6 +97,9 @@ class InstanceResult:
         ``<stem>.json`` and, for 2D, ``<stem>.geojson``; each file appears complete or not at all."""
         path = os.fspath(path)
         stem = os.path.splitext(path)[0]
+        planned = planned_outputs(path, self.labels.ndim)
+        io.check_outputs(planned[:1], [self.source], suffixes=LABEL_SUFFIXES)
+        io.check_outputs(planned[1:], [self.source])
         written = [io.write_labels(path, self.labels)]
         rows = self.objects()
         with io.atomic_path(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
@@ -113,6 +116,16 @@ class InstanceResult:
             json.dump(self.summary(), f, indent=2)
         written.append(stem + ".json")
         return written
+
+
+LABEL_SUFFIXES = (".tif", ".tiff", ".npy")
+
+
+def planned_outputs(path, ndim: int = 2) -> list:
+    """The files ``InstanceResult.save(path)`` writes: labels, CSV, GeoJSON (2D) and JSON."""
+    path = os.fspath(path)
+    stem = os.path.splitext(path)[0]
+    return [path, stem + ".csv"] + ([stem + ".geojson"] if ndim == 2 else []) + [stem + ".json"]
 
 
 class InstancePipeline:

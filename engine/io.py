@@ -21,7 +21,7 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "write_png", "atomic_path",
-           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES"]
+           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "LABEL_SUFFIXES", "OutputPathError", "check_outputs"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tif", ".tiff", ".npy")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -30,6 +30,10 @@ _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 class InputFileError(ValueError):
     """An input that cannot be read as what it claims to be (the message names the file)."""
+
+
+class OutputPathError(ValueError):
+    """An output that would replace an input, or that cannot be written where it was asked for."""
 
 
 @dataclasses.dataclass
@@ -349,6 +353,75 @@ def read_image(path) -> np.ndarray:
     else:
         raise InputFileError(f"{path}: unsupported image format; expected one of {IMAGE_SUFFIXES}")
     return arr
+
+
+LABEL_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".npy")
+# partial files of segrt's own older than this are left by a run that was killed
+STALE_PARTIAL_S = 600.0
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.exists(a) and os.path.exists(b):
+        try:
+            return os.path.samefile(a, b)
+        except OSError:
+            pass
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_outputs(outputs, inputs=(), *, suffixes=None) -> list:
+    """Refuses, before any work, outputs that would overwrite an input, that are folders, whose
+    format is not one of ``suffixes``, or whose folder cannot be written; sweeps stale partial
+    files segrt left beside them (a killed run). Returns the outputs as strings."""
+    outs = [os.fspath(o) for o in outputs]
+    ins = [os.fspath(i) for i in inputs if i is not None and not isinstance(i, int)]
+    for out in outs:
+        if suffixes is not None and _suffix(out) not in suffixes:
+            raise OutputPathError(f"{out}: unsupported output format {_suffix(out) or '(none)'!r}; expected one of "
+                                  f"{', '.join(suffixes)}")
+        if os.path.isdir(out):
+            raise OutputPathError(f"{out}: is a folder; give a file name for the output")
+        for src in ins:
+            if _same_file(out, src):
+                raise OutputPathError(f"{out}: is the input {src}; segrt never overwrites its input, choose another "
+                                      "output name")
+        folder = os.path.dirname(os.path.abspath(out))
+        existing = folder
+        while not os.path.isdir(existing):
+            parent = os.path.dirname(existing)
+            if parent == existing:
+                break
+            existing = parent
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise OutputPathError(f"{out}: the folder {existing} cannot be written (read-only or no permission); "
+                                  "choose an output in a writable folder")
+        if os.path.exists(out) and not os.access(out, os.W_OK):
+            raise OutputPathError(f"{out}: exists and cannot be replaced (read-only); choose another output name")
+        _sweep_partials(out)
+    return outs
+
+
+def _sweep_partials(path: str) -> list:
+    """Removes ``.<name>.partial-*`` files beside ``path`` that no writer touched for
+    STALE_PARTIAL_S (an active writer's file is younger: it keeps writing to it)."""
+    import time
+
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.partial-"
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if name.startswith(prefix):
+            full = os.path.join(folder, name)
+            with contextlib.suppress(OSError):
+                if now - os.path.getmtime(full) > STALE_PARTIAL_S:
+                    os.remove(full)
+                    removed.append(full)
+    return removed
 
 
 @contextlib.contextmanager

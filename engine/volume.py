@@ -41,13 +41,20 @@ class VolumeResult:
     def save(self, path) -> tuple[str, str]:
         """Writes the labels (format from the suffix) and ``<stem>.json`` with the summary; both
         appear complete or not at all."""
-        path = os.fspath(path)
-        stem = path[:-7] if path.lower().endswith(".nii.gz") else os.path.splitext(path)[0]
+        path, sidecar = planned_outputs(path)
+        io.check_outputs([path], [self.volume.source], suffixes=io.LABEL_SUFFIXES)
+        io.check_outputs([sidecar], [self.volume.source])
         io.write_labels(path, self.labels, self.volume)
-        sidecar = stem + ".json"
         with io.atomic_path(sidecar) as tmp, open(tmp, "w") as f:
             json.dump(self.summary(), f, indent=2)
         return path, sidecar
+
+
+def planned_outputs(path) -> tuple[str, str]:
+    """The files ``VolumeResult.save(path)`` writes: the labels and ``<stem>.json``."""
+    path = os.fspath(path)
+    stem = path[:-7] if path.lower().endswith(".nii.gz") else os.path.splitext(path)[0]
+    return path, stem + ".json"
 
 
 class VolumePipeline:

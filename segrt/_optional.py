@@ -37,6 +37,32 @@ PACKAGES = {
 _cache: dict[str, ModuleType] = {}
 
 
+def _without_openvino_telemetry() -> None:
+    """OpenVINO's Python package sends a usage event to Google Analytics when it is imported
+    (``openvino.tools.ovc``, from a forked child) and writes a client id under ``~/intel``.
+    segrt makes no network connection at run time: with ``openvino_telemetry`` unimportable,
+    OpenVINO falls back to its own no-op stub (``openvino.tools.ovc.telemetry_stub``). Nothing
+    in the user's home is read or written. A process that imported openvino_telemetry itself
+    keeps it."""
+    import sys
+
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # an ImportError for whoever imports it
+
+
+def _without_onnxruntime_telemetry() -> None:
+    """ONNX Runtime writes a device id under ``~/.cache/Microsoft/DeveloperTools`` when it is
+    imported, for its telemetry; ``ORT_DISABLE_TELEMETRY=1`` (its own switch, read at import)
+    stops that. A value the user set is kept."""
+    import os
+
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
+
+# called before the module is first imported
+_BEFORE_IMPORT = {"openvino": _without_openvino_telemetry, "onnxruntime": _without_onnxruntime_telemetry}
+
+
 def install_hint(name: str) -> str:
     """How to install the package that provides module ``name``."""
     dist, extra = PACKAGES.get(name.split(".")[0], (name.split(".")[0], None))
@@ -54,6 +80,9 @@ def optional_import(name: str, extra: str | None = None, purpose: str | None = N
     mod = _cache.get(name)
     if mod is not None:
         return mod
+    prepare = _BEFORE_IMPORT.get(name.split(".")[0])
+    if prepare is not None:
+        prepare()
     try:
         mod = importlib.import_module(name)
     except ImportError as err:

@@ -116,8 +116,16 @@ def _cmd_run(args) -> int:
     from segrt.engine.model import load
     from segrt.export import zoo
 
+    from segrt.engine import io
+
     if not os.path.exists(args.input):
         raise SystemExit(f"error: {args.input}: no such file or folder")
+    if args.output:  # refused before any work: an output that is the input, or that cannot be written
+        from segrt.engine.instances import planned_outputs as instance_outputs
+        from segrt.engine.volume import planned_outputs as volume_outputs
+
+        io.check_outputs(sorted(set(volume_outputs(args.output)) | set(instance_outputs(args.output))),
+                         [args.input])
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
     model = load(model_path, backend=args.backend)
     task = (model.metadata or {}).get("task")
@@ -139,8 +147,6 @@ def _cmd_run(args) -> int:
     pipe = InstancePipeline(model, tile=args.tile, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                             verbose=not args.quiet)
     if pipe.ndim == 3:
-        from segrt.engine import io
-
         image = io.read_volume(args.input, spacing=spacing).array
         result = pipe.run(image, source=args.input)
     else:
@@ -156,22 +162,33 @@ def _cmd_video(args) -> int:
     from segrt.engine.video import VideoPipeline, open_source
     from segrt.export import zoo
 
-    model_path = zoo.resolve(args.model, verbose=not args.quiet)
-    options = {"precision": "bf16"} if args.precision == "bf16" else {}
-    if args.threads is not None:
-        options["threads"] = args.threads
-    pipe = VideoPipeline(model_path, backend=args.backend, alpha=args.alpha, workers=args.workers, **options)
+    from segrt.engine import io
+    from segrt.engine.video import VIDEO_SUFFIXES
+
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be a positive number of frames, got {args.max_frames}")
     if args.stats:
         stats_path = args.stats
     elif str(args.source).isdigit() or "://" in str(args.source):
         stats_path = "stream_segrt_latency.json"
     else:
         stats_path = _default_output(args.source, "_latency.json")
+    png_path = os.path.splitext(stats_path)[0] + ".png"
+    # refused before any work: outputs that are the source, in a read-only folder, or in a
+    # format the video writer cannot produce
+    if args.out:
+        io.check_outputs([args.out], [args.source], suffixes=VIDEO_SUFFIXES)
+    io.check_outputs([stats_path], [args.source], suffixes=(".json",))
+    io.check_outputs([png_path], [args.source])
+    model_path = zoo.resolve(args.model, verbose=not args.quiet)
+    options = {"precision": "bf16"} if args.precision == "bf16" else {}
+    if args.threads is not None:
+        options["threads"] = args.threads
+    pipe = VideoPipeline(model_path, backend=args.backend, alpha=args.alpha, workers=args.workers, **options)
     source = open_source(args.source, decode_threads=args.decode_threads)
     stats = pipe.run(source, out=args.out, display=args.display, realtime=args.realtime,
                      max_frames=args.max_frames, live=not args.quiet)
-    png = os.path.splitext(stats_path)[0] + ".png"
-    written = stats.save(stats_path, png)
+    written = stats.save(stats_path, png_path)
     s = stats.summary()
     print(f"{stats.line()}; stopped: {stats.stopped}")
     print("  per stage p50 / p99 ms: " + ", ".join(f"{k} {v['p50_ms']} / {v['p99_ms']}" for k, v in s["stages"].items()
@@ -180,7 +197,7 @@ def _cmd_video(args) -> int:
     hint = _latency_tail_hint(s, args.threads)
     if hint:
         print(hint)
-    return 0
+    return 130 if stats.interrupted else 0  # 128 + SIGINT: what shells expect of an interrupted command
 
 
 def _latency_tail_hint(summary: dict, threads) -> str | None:
@@ -293,7 +310,8 @@ def _add_video(sub) -> None:
                                    "Example: segrt video instruments clip.avi --out overlay.mp4 --realtime")
     v.add_argument("model", help=".onnx file exported by segrt (2D semantic), or a model name")
     v.add_argument("source", help="video file, camera index (0), rtsp:// or http:// URL, or a multi-frame DICOM")
-    v.add_argument("--out", help="write the overlay video here (.mp4 or .avi)")
+    v.add_argument("--out", help="write the overlay video here (.mp4, .avi, .mkv or .mov); Ctrl-C stops the run "
+                                 "and keeps the video and statistics up to the last frame")
     v.add_argument("--display", action="store_true", help="show the overlay in a window (Esc or q stops)")
     v.add_argument("--realtime", action="store_true", help="pace a file at its frame rate, as a camera would")
     v.add_argument("--max-frames", type=int, help="stop after this many processed frames")

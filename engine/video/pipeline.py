@@ -36,7 +36,10 @@ from segrt.engine.video.statistics import FRAME_STAGES as _FRAME_STAGES
 from segrt.engine.video.statistics import STAGES, VideoStats
 from segrt.kernels.overlay import blend_labels
 
-__all__ = ["VideoPipeline", "PALETTE"]
+__all__ = ["VideoPipeline", "PALETTE", "VIDEO_SUFFIXES", "INTERRUPTED"]
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov")
+INTERRUPTED = "interrupted by the user (Ctrl-C)"
 
 # class colours (BGR, OpenCV's order), background first and unused
 PALETTE = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200], [0, 255, 80], [80, 80, 255],
@@ -269,7 +272,8 @@ class VideoPipeline:
 
         Args:
             source: what ``open_source`` takes, or an opened source.
-            out: write the overlays to this video file (.mp4 / .avi), atomically.
+            out: write the overlays to this video file (.mp4 / .avi / .mkv / .mov), atomically;
+                an interruption (Ctrl-C) ends the run and keeps the frames written so far.
             display: show the overlays in a window (needs a GUI build of OpenCV).
             realtime: pace a file at its frame rate, as a camera would deliver it (frames
                 that arrive while the model is busy are dropped, newest wins).
@@ -277,6 +281,12 @@ class VideoPipeline:
             on_frame: callback(index, overlay, labels) for each processed frame.
         """
         cv2 = _cv2()
+        if max_frames is not None and (isinstance(max_frames, bool) or not isinstance(max_frames, (int, np.integer))
+                                       or max_frames < 1):
+            raise ValueError(f"max_frames must be a positive integer (or None: until the source ends), got "
+                             f"{max_frames!r}")
+        if out is not None:
+            io.check_outputs([out], [] if hasattr(source, "read") else [source], suffixes=VIDEO_SUFFIXES)
         if display:
             try:
                 cv2.namedWindow("segrt", cv2.WINDOW_AUTOSIZE)
@@ -383,11 +393,11 @@ class VideoPipeline:
                         if writer is None:
                             tmp_ctx = io.atomic_path(out)
                             tmp_path = tmp_ctx.__enter__()
-                            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if str(out).lower().endswith(".mp4") else
-                                                              "MJPG"))
+                            fourcc = cv2.VideoWriter_fourcc(*("mp4v" if io._suffix(str(out)) in (".mp4", ".mov")
+                                                              else "MJPG"))
                             writer = cv2.VideoWriter(tmp_path, fourcc, src.fps, (overlay.shape[1], overlay.shape[0]))
                             if not writer.isOpened():
-                                raise OSError(f"{out}: OpenCV cannot write this video format; use .mp4 or .avi")
+                                raise OSError(f"{out}: OpenCV cannot write this video format here; use .avi (MJPG)")
                         writer.write(overlay)
                     if display:
                         cv2.imshow("segrt", overlay)
@@ -416,6 +426,9 @@ class VideoPipeline:
                     break
             else:
                 stopped = slot.error or "end of stream"
+        except KeyboardInterrupt:
+            # Ctrl-C is how a live run is stopped: what was written so far is kept and committed
+            stopped = INTERRUPTED
         except BaseException:
             if tmp_ctx is not None:
                 writer.release()

@@ -42,6 +42,11 @@ class VideoStats:
     backend: str = "?"
 
     @property
+    def interrupted(self) -> bool:
+        """True when the run was stopped by Ctrl-C (its figures cover the frames up to then)."""
+        return self.stopped.startswith("interrupted")
+
+    @property
     def effective_fps(self) -> float:
         return self.frames_processed / self.wall_s if self.wall_s > 0 else 0.0
 
@@ -49,6 +54,7 @@ class VideoStats:
         non_model = [sum(self.stages[s][i] for s in FRAME_STAGES if s != "infer")
                      for i in range(len(self.end_to_end))]
         return {"source": self.source, "backend": self.backend, "stopped": self.stopped,
+                "interrupted": self.interrupted,
                 "frames_read": self.frames_read, "frames_processed": self.frames_processed,
                 "frames_dropped": self.frames_dropped, "source_fps": round(self.source_fps, 3),
                 "effective_fps": round(self.effective_fps, 3), "wall_s": round(self.wall_s, 3),
