@@ -15,13 +15,15 @@ import contextlib
 import dataclasses
 import os
 import tempfile
+import warnings
 
 import numpy as np
 
 from segrt._optional import optional_import
 
 __all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "write_png", "atomic_path",
-           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "LABEL_SUFFIXES", "OutputPathError", "check_outputs"]
+           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "LABEL_SUFFIXES", "OutputPathError", "check_outputs",
+           "memory_budget", "check_input_size"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tif", ".tiff", ".npy")
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".npy")
@@ -60,6 +62,50 @@ class Volume:
         if arr.ndim != 3:
             raise InputFileError(f"{source}: expected a 3D volume, got an array of shape {arr.shape}")
         return cls(arr, _diagonal_affine(spacing, 3, source), source, "array")
+
+
+# Bytes a pipeline holds per input voxel at its peak: the input as read, a float32 working
+# copy, its resampled / normalised copy and the labels (an estimate on the safe side).
+WORKING_BYTES_PER_VOXEL = 16
+
+
+def memory_budget() -> int:
+    """Bytes an input may make segrt use: ``SEGRT_MEMORY_BUDGET`` (bytes, or with a K / M / G / T
+    suffix), else 80 % of this machine's physical memory."""
+    text = os.environ.get("SEGRT_MEMORY_BUDGET", "").strip()
+    if text:
+        units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+        scale = units.get(text[-1].upper(), 1)
+        try:
+            value = float(text[:-1] if scale != 1 else text) * scale
+        except ValueError:
+            value = -1.0
+        if not value > 0 or value != value or value == float("inf"):
+            raise ValueError(f"SEGRT_MEMORY_BUDGET must be a positive size such as 8G or 500M, got {text!r}")
+        return int(value)
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        total = 16 * 2**30
+    return int(0.8 * total)
+
+
+def check_input_size(shape, source: str, bytes_per_voxel: int = WORKING_BYTES_PER_VOXEL) -> None:
+    """Refuses an input whose declared size would take more memory than ``memory_budget()``,
+    before its data is read (a small compressed file can declare billions of voxels)."""
+    shape = tuple(int(s) for s in shape)
+    if any(s < 0 for s in shape):
+        raise InputFileError(f"{source}: declares a negative size {shape}; the header is damaged")
+    voxels = 1
+    for s in shape:
+        voxels *= s
+    need, budget = voxels * bytes_per_voxel, memory_budget()
+    if need > budget:
+        raise InputFileError(
+            f"{source}: declares {' x '.join(map(str, shape))} ({voxels / 1e9:.2f} G voxels); segmenting it needs "
+            f"about {need / 2**30:.1f} GiB, over segrt's memory budget of {budget / 2**30:.1f} GiB (80 % of this "
+            "machine's memory, or SEGRT_MEMORY_BUDGET). Crop or downsample the input, or raise the budget "
+            "(e.g. SEGRT_MEMORY_BUDGET=64G) on a machine that has the memory")
 
 
 def _suffix(path: str) -> str:
@@ -113,7 +159,13 @@ def read_volume(path, *, spacing=None, series=None) -> Volume:
 
 def _read_npy(path: str) -> np.ndarray:
     try:
+        header = np.load(path, mmap_mode="r", allow_pickle=False)  # the header, no data read
+        if isinstance(header, np.ndarray):
+            check_input_size(header.shape, path)
+        del header
         arr = np.load(path, allow_pickle=False)
+    except InputFileError:
+        raise
     except Exception as err:  # truncated, pickled or not an .npy at all
         raise InputFileError(f"{path}: not a readable .npy array ({type(err).__name__}: {err})") from None
     if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
@@ -124,7 +176,11 @@ def _read_npy(path: str) -> np.ndarray:
 def _read_nifti(path: str) -> Volume:
     nib = optional_import("nibabel", purpose="reading NIfTI")
     try:
-        img = nib.load(path)
+        img = nib.load(path)  # the header only
+    except Exception as err:
+        raise InputFileError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
+    check_input_size(img.shape, path)
+    try:
         arr = np.asanyarray(img.dataobj)  # reads everything now: a truncated file fails here
     except Exception as err:
         raise InputFileError(f"{path}: not a readable NIfTI file ({type(err).__name__}: {err})") from None
@@ -144,6 +200,8 @@ def _read_tiff(path: str):
     tifffile = optional_import("tifffile", purpose="reading TIFF")
     try:
         with tifffile.TiffFile(path) as tif:
+            if tif.series:
+                check_input_size(tif.series[0].shape, path)
             arr = tif.asarray()
             spacing = None
             ij = tif.imagej_metadata or {}
@@ -154,6 +212,8 @@ def _read_tiff(path: str):
                 sx = xres.value[1] / xres.value[0] if xres.value[0] else 1.0
                 sy = yres.value[1] / yres.value[0] if yres.value[0] else 1.0
                 spacing = (float(ij.get("spacing", 1.0)), sy, sx)
+    except InputFileError:
+        raise
     except Exception as err:
         raise InputFileError(f"{path}: not a readable TIFF file ({type(err).__name__}: {err})") from None
     return arr, spacing
@@ -207,11 +267,28 @@ def _read_dicom_folder(path: str, series) -> Volume:
         f = os.path.join(path, name)
         if not os.path.isfile(f) or name.upper() == "DICOMDIR":
             continue
+        damaged = None
         try:
-            ds = pydicom.dcmread(f, stop_before_pixels=True)
-        except Exception:  # not DICOM (thumbnails, notes): skipped, counted
-            skipped += 1
-            continue
+            # pydicom reads a truncated header with a warning and a partial dataset: listen for it
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            eof = [w for w in caught if "end of file" in str(w.message).lower()]
+            if eof:
+                damaged = str(eof[0].message).split(" found in")[0]
+        except Exception as err:
+            if not (_looks_like_dicom(f) or name.lower().endswith(".dcm")):
+                skipped += 1  # not DICOM (thumbnails, notes): skipped, counted
+                continue
+            damaged = type(err).__name__
+        if damaged is None and _looks_like_dicom(f) and not hasattr(ds, "Rows"):
+            # cut inside its header: nothing after the file meta, or an image without its size
+            sop = getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None)
+            if len(ds) == 0 or "Image Storage" in str(getattr(sop, "name", "")):
+                damaged = "the header ends early"
+        if damaged is not None:  # a damaged slice, not a stray file: never skipped silently
+            raise InputFileError(f"{f}: a DICOM file in the series that cannot be read, truncated or damaged "
+                                 f"({damaged}); replace it or remove it from the folder")
         if "PixelData" in ds or hasattr(ds, "Rows"):
             headers.append((f, ds))
     if not headers:
@@ -232,6 +309,7 @@ def _read_dicom_folder(path: str, series) -> Volume:
     (items,) = groups.values()
     if len(items) == 1:
         return _read_dicom_file(items[0][0])
+    check_input_size((len(items), int(items[0][1].Rows), int(items[0][1].Columns)), path)
     first = items[0][1]
     for f, ds in items:
         for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
@@ -243,6 +321,11 @@ def _read_dicom_folder(path: str, series) -> Volume:
         if not np.allclose([float(v) for v in ds.ImageOrientationPatient],
                            [float(v) for v in first.ImageOrientationPatient], atol=1e-4):
             raise InputFileError(f"{f}: slice orientation differs from the rest of the series (a localiser?)")
+        if not np.allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in first.PixelSpacing],
+                           rtol=1e-4, atol=1e-6):
+            raise InputFileError(f"{f}: pixel spacing {[float(v) for v in ds.PixelSpacing]} differs from the "
+                                 f"series' {[float(v) for v in first.PixelSpacing]} ({items[0][0]}); the slices do "
+                                 "not belong to one volume")
     iop = [float(v) for v in first.ImageOrientationPatient]
     normal = np.cross(iop[:3], iop[3:])
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])
@@ -275,11 +358,13 @@ def _read_dicom_folder(path: str, series) -> Volume:
 def _read_dicom_file(path: str) -> Volume:
     pydicom = _pydicom()
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(path, defer_size=1024)  # large elements (the pixels) read when used
     except Exception as err:
         raise InputFileError(f"{path}: not a readable DICOM file ({type(err).__name__}: {err})") from None
     if "PixelData" not in ds:
         raise InputFileError(f"{path}: DICOM file without pixel data (a report or a DICOMDIR?)")
+    check_input_size((int(getattr(ds, "NumberOfFrames", 1) or 1), int(getattr(ds, "Rows", 0) or 0),
+                      int(getattr(ds, "Columns", 0) or 0)), path)
     px = _pixels(ds, path)
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -344,6 +429,10 @@ def read_image(path) -> np.ndarray:
         arr = _read_npy(path)
     elif suffix in (".png", ".jpg", ".jpeg"):
         cv2 = optional_import("cv2", purpose="reading PNG / JPEG")
+        with open(path, "rb") as f:
+            head = f.read(24)
+        if head[:8] == b"\x89PNG\r\n\x1a\n" and len(head) == 24:  # IHDR: width, height
+            check_input_size((int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")), path)
         arr = cv2.imread(path, cv2.IMREAD_UNCHANGED)
         if arr is None:
             raise InputFileError(f"{path}: not a readable {suffix[1:].upper()} image (empty, truncated or another "
