@@ -51,6 +51,9 @@ def _check_inputs(inputs) -> np.ndarray:
     x = np.asarray(inputs)
     if x.ndim not in (4, 5):
         raise ValueError(f"inputs must be (N, C, H, W) or (N, C, D, H, W), got shape {x.shape}")
+    if 0 in x.shape:
+        raise ValueError(f"inputs must hold at least one image of at least one channel and one voxel, got shape "
+                         f"{x.shape}")
     if x.dtype.kind not in "fiub":
         raise ValueError(f"inputs must hold numbers, got dtype {x.dtype}")
     if x.dtype != np.float64:
@@ -95,6 +98,15 @@ def _as_prediction(out, batch: np.ndarray, roi: tuple) -> np.ndarray:
                          "segrt stitches outputs of the window's size only (resample in the predictor)")
     if pred.dtype.kind != "f":
         raise ValueError(f"the predictor must return floating-point scores, got dtype {pred.dtype}")
+    if pred.shape[1] == 0:
+        raise ValueError(f"the predictor returned no channels (shape {pred.shape}); a segmentation needs at least "
+                         "one score per voxel")
+    # one vectorised sum; only a non-finite one pays for the exact count
+    if not np.isfinite(pred.sum(dtype=np.float64)):
+        bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
+        if bad:
+            raise ValueError(f"the predictor returned {bad} NaN or infinite score(s) for a batch of windows; the "
+                             "stitched result would be wrong there (check the model and its input normalisation)")
     if pred.dtype == np.float16:
         pred = pred.astype(np.float32)
     return np.ascontiguousarray(pred)

@@ -138,11 +138,17 @@ def test_no_candidates_and_single_candidate():
     assert nms_3d(prob, dist, rays)[0].tolist() == [[4, 4, 4]]
 
 
-def test_zero_length_rays_are_handled():
+def test_candidates_without_volume_are_refused_by_place():
+    # every ray zero: no polyhedron (render_3d refuses it too); some zero rays are fine
     rays = rays_3d(16)
     prob = np.zeros((10, 10, 10), np.float32)
     prob[4, 4, 4], prob[5, 5, 5] = 0.9, 0.8
-    dist = np.zeros((10, 10, 10, 16), np.float32)
+    dist = np.full((10, 10, 10, 16), 2.0, np.float32)
+    dist[5, 5, 5] = 0
+    for device in ("cpu", "reference"):
+        with pytest.raises(ValueError, match=r"1 candidate\(s\) have every ray zero .* at \(5, 5, 5\)"):
+            nms_3d(prob, dist, rays, border=0, device=device)
+    dist[5, 5, 5, ::2] = 1.5
     fast = nms_3d(prob, dist, rays, border=0)
     ref = nms_3d(prob, dist, rays, border=0, device="reference")
     np.testing.assert_array_equal(fast[0], ref[0])

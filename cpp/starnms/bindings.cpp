@@ -44,7 +44,7 @@ py::object select_candidates_py(carray<T> prob, double thresh, std::vector<int64
                                    check.dist ? &check : nullptr);
     }
     if (nan_count) throw std::invalid_argument("prob contains " + std::to_string(nan_count) + " NaN value(s)");
-    if (check.bad) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+    if (check.bad) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values, or rays longer than 3e38 (the kernels compute areas of such polygons in float)");
     py::array_t<int64_t> out(idx.size());
     std::copy(idx.begin(), idx.end(), out.mutable_data());
     if (!check.dist) return std::move(out);

@@ -49,7 +49,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     });
     float rmax_all = measured ? longest_ray : 0.0f;
     for (int t = 0; t < threads; ++t) {
-        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values, or rays longer than 3e38 (the kernels compute areas of such polygons in float)");
         rmax_all = std::max(rmax_all, longest[t]);
     }
     // vertices are stored relative to their centre in int16

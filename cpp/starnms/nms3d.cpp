@@ -695,7 +695,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         }
     });
     for (int t = 0; t < threads; ++t)
-        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values");
+        if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values, or rays longer than 3e38 (the kernels compute areas of such polygons in float)");
     // mean box extent per axis, inverted into "pixel sizes" as StarDist does
     float aniso[3] = {0, 0, 0};
     for (int64_t i = 0; i < n; ++i)

@@ -49,4 +49,6 @@ def as_unsigned_c(arr: np.ndarray) -> tuple[np.ndarray, bool]:
 def non_negative_int(value, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    if value >= 2**63:
+        raise ValueError(f"{name} must be below 2**63 (no image has that many voxels), got {value!r}")
     return int(value)

@@ -154,7 +154,8 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
 
     Args:
         prob: (Z, Y, X) float probabilities.
-        dist: (Z, Y, X, n_rays) float ray lengths (voxels), non-negative.
+        dist: (Z, Y, X, n_rays) float ray lengths (voxels), non-negative; a candidate's rays may
+            not all be zero (a polyhedron without volume is refused, as ``render_3d`` refuses it).
         rays: ``rays_3d(n_rays)`` or a StarDist Rays object.
         return_stats: also return the work counters (pairs decided by each test, ...).
 
@@ -173,6 +174,10 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
         points = np.stack(np.unravel_index(order, prob_a.shape), axis=1).astype(np.int64).reshape(-1, 3)
         points *= np.asarray(grid)
         cand_dist = np.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=np.float32)
+        empty = ~cand_dist.any(axis=1)
+        if empty.any():  # a polyhedron without volume is no object; rendering would refuse it later
+            raise ValueError(f"{int(empty.sum())} candidate(s) have every ray zero (no volume), the first at "
+                             f"{tuple(int(v) for v in points[np.argmax(empty)])}")
         keep, stats = impl.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
     except ValueError as err:
         raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
