@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import importlib
 
-from segrt.engine.model import (BACKENDS, InferInputError, InvalidModelError, IOInfo, Model, ModelFileError,
-                                ModelTaskError, load)
+from segrt.engine.model import (BACKENDS, InferenceError, InferInputError, InvalidModelError, IOInfo, Model,
+                                ModelFileError, ModelTaskError, load)
 from segrt.engine.sliding_window import sliding_window
 
 _LAZY = {"VolumePipeline": "segrt.engine.volume", "InstancePipeline": "segrt.engine.instances",
          "VideoPipeline": "segrt.engine.video"}
 
 __all__ = ["sliding_window", "load", "Model", "IOInfo", "BACKENDS", "ModelFileError", "InvalidModelError",
-           "InferInputError", "ModelTaskError", *_LAZY]
+           "InferInputError", "InferenceError", "ModelTaskError", *_LAZY]
 
 
 def __getattr__(name):

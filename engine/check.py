@@ -87,6 +87,12 @@ def check(model_path, *, backends=("ort", "openvino"), inputs=None, torch_model=
         name = b if b not in models else f"{b}#{sum(1 for k in models if k.split('#')[0] == b) + 1}"
         models[name] = load(model_path, backend=b)
     first = next(iter(models.values()))
+    rank = len(first.inputs[0].shape)
+    if rank not in (4, 5):
+        from segrt.engine.model import ModelTaskError
+
+        raise ModelTaskError(f"{model_path}: segrt check compares image models, whose input is (N, C, H, W) or "
+                             f"(N, C, D, H, W); this model's input {first.inputs[0].name!r} has rank {rank}")
     meta = first.metadata
     task = meta.get("task", "semantic")
     if inputs is None:

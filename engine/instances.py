@@ -119,6 +119,7 @@ class InstanceResult:
 
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".npy")
+MIN_TILE = 16
 
 
 def planned_outputs(path, ndim: int = 2) -> list:
@@ -172,6 +173,12 @@ class InstancePipeline:
         if len(tiles) != self.ndim or min(tiles) < 1:
             raise ValueError(f"tile must be a positive size or {self.ndim} sizes, got {tile!r}")
         self.tile = tuple(-(-int(v) // step) * step for v in tiles)
+        # each tile is predicted with its context margin on every side: below this the margins
+        # are most of the work (tile 1 with 48 px of context predicts 97^2 pixels per kept pixel)
+        min_tile = max(MIN_TILE, step)
+        if min(self.tile) < min_tile:
+            raise ValueError(f"tile must be at least {min_tile} pixels per axis (each tile is predicted with "
+                             f"{self.context} pixels of context on every side), got {tile!r}")
         self.verbose = verbose
         self.rays = None
         if self.ndim == 3:
@@ -185,6 +192,14 @@ class InstancePipeline:
         x = np.asarray(image)
         if x.dtype.kind not in "biuf":
             raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
+        if x.size == 0:
+            raise io.InputFileError(f"{source}: the image is empty (shape {x.shape})")
+        if x.dtype.kind == "f" and not np.isfinite(x.sum(dtype=np.float64)):
+            bad = ~np.isfinite(x)
+            if bad.any():  # counted in the image as read, before any padding or tiling
+                first = tuple(int(v) for v in np.unravel_index(np.argmax(bad), x.shape))
+                raise io.InputFileError(f"{source}: {int(bad.sum())} of its {x.size} values are NaN or infinite "
+                                        f"(the first at {first}); fill or mask them before segmenting")
         c = self.in_channels
         if x.ndim == self.ndim and c == 1:
             return x[None]

@@ -40,12 +40,14 @@ Schema (version 1); every field is optional unless noted:
 from __future__ import annotations
 
 import json
-import os
+import math
 import numbers
+import os
 
 __all__ = ["MetadataError", "KEY", "TASKS", "validate", "to_json", "from_json"]
 
 KEY = "segrt"
+MAX_WINDOW = 4096  # per axis; a window beyond it is a typo or a hostile file, not a network
 SCHEMA_VERSION = 1
 TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
@@ -68,8 +70,9 @@ def _int(v, field, lo=None):
 
 
 def _num(v, field, positive=False):
-    if isinstance(v, bool) or not isinstance(v, numbers.Real) or v != v or (positive and v <= 0):
-        _fail(field, "a positive number" if positive else "a number", v)
+    if (isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(float(v))
+            or (positive and v <= 0)):
+        _fail(field, "a finite positive number" if positive else "a finite number", v)
     return float(v)
 
 
@@ -118,6 +121,8 @@ def validate(meta: dict) -> dict:
         out["spatial_dims"] = int(dims)
     if "window" in meta:
         out["window"] = [_int(w, "window", 1) for w in _list(meta["window"], "window", dims)]
+        if max(out["window"], default=0) > MAX_WINDOW:
+            _fail("window", f"sizes of at most {MAX_WINDOW} (a network's input window, in voxels)", meta["window"])
         if dims is None:
             if len(out["window"]) not in (2, 3):
                 _fail("window", "2 or 3 sizes", meta["window"])
@@ -261,6 +266,9 @@ def from_json(text: str, source: str = "model") -> dict:
         raw = json.loads(text)
     except (TypeError, ValueError) as err:
         raise MetadataError(f"{source}: segrt metadata is not valid JSON ({err})") from None
+    except RecursionError:
+        raise MetadataError(f"{source}: segrt metadata nests too deeply to be read (a damaged or hostile file)") \
+            from None
     try:
         return validate(raw)
     except MetadataError as err:

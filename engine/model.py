@@ -11,13 +11,17 @@ from segrt.engine.model_file import (InferInputError, InvalidModelError, IOInfo,
                                      shape_text)
 
 __all__ = ["load", "as_model", "Model", "IOInfo", "ModelFileError", "InvalidModelError", "InferInputError",
-           "ModelTaskError", "BACKENDS"]
+           "ModelTaskError", "InferenceError", "BACKENDS"]
 
 BACKENDS = backends.NAMES
 
 
 class ModelTaskError(ValueError):
     """The model's task or metadata does not fit what the pipeline was asked to do."""
+
+
+class InferenceError(RuntimeError):
+    """The runtime failed while running a batch (the message names the model, backend and cause)."""
 
 
 def _check_batch(x, info: IOInfo, path: str) -> np.ndarray:
@@ -86,7 +90,14 @@ class Model:
             x = _check_device_batch(batch, self.inputs[0], self.path)
         else:
             x = _check_batch(batch, self.inputs[0], self.path)
-        outs = self.runner(x)
+        try:
+            outs = self.runner(x)
+        except (InferInputError, KeyboardInterrupt):
+            raise
+        except Exception as err:  # the runtimes' own exception types (ONNX Runtime's are not RuntimeError)
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise InferenceError(f"{os.path.basename(self.path)}: the {self.backend} backend failed on a batch of "
+                                 f"shape {tuple(x.shape)}: {type(err).__name__}: {first}") from err
         if len(outs) == 1:
             return outs[0]
         return dict(zip(self.output_names, outs))

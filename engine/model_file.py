@@ -111,6 +111,11 @@ def inspect_model_file(path):
     if md.KEY in stored:
         meta = md.from_json(stored[md.KEY], source=path)
         source = "stored"
+        graph_outputs = [o.name for o in outputs]
+        missing = [n for n in meta.get("outputs", []) if n not in graph_outputs]
+        if missing:
+            raise InvalidModelError(f"{path}: its metadata names outputs {missing} that the graph does not have; the "
+                                    f"graph's outputs are {graph_outputs} (fix the metadata's 'outputs')")
     else:
         meta = metadata_from_graph(inputs)
         source = "graph"

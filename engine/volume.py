@@ -50,6 +50,9 @@ class VolumeResult:
         return path, sidecar
 
 
+MIN_SIZE = 2  # voxels along every axis: a single voxel or slab cannot be resampled and segmented
+
+
 def planned_outputs(path) -> tuple[str, str]:
     """The files ``VolumeResult.save(path)`` writes: the labels and ``<stem>.json``."""
     path = os.fspath(path)
@@ -84,6 +87,8 @@ class VolumePipeline:
         if "window" not in meta:
             raise ModelTaskError(f"{path}: the model's metadata has no window; re-export it with metadata "
                                  "{'window': [D, H, W], ...}")
+        # one window's input and scores must fit the memory budget before anything runs
+        io.check_input_size([meta.get("in_channels", 1) + 1] + list(meta["window"]), f"{path}: its metadata window")
         self.overlap, self.mode, self.sw_batch_size, self.verbose = overlap, mode, sw_batch_size, verbose
         self.localizer = None
         crop = meta.get("crop")
@@ -158,13 +163,24 @@ class VolumePipeline:
             raise io.InputFileError(f"{volume.source}: expected a 3D volume, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
             raise io.InputFileError(f"{volume.source}: expected a numeric image, got dtype {data.dtype}")
+        if min(data.shape) < MIN_SIZE:
+            raise io.InputFileError(f"{volume.source}: a volume of {' x '.join(map(str, data.shape))} voxels is too "
+                                    f"small to segment; expected at least {MIN_SIZE} voxels along every axis")
         with stages("reorient"):
             ras, ras_affine, orient = preprocess.to_canonical(data, volume.affine)
             ras = np.asarray(ras, np.float32)
             bad = ~np.isfinite(ras)
-            if bad.any():
-                notes.append(f"{int(bad.sum())} NaN / infinite voxel(s) set to 0")
+            n_bad = int(bad.sum())
+            if n_bad == ras.size:
+                raise io.InputFileError(f"{volume.source}: every voxel is NaN or infinite; there is no image to "
+                                        "segment")
+            if n_bad:
+                notes.append(f"{n_bad} NaN / infinite voxel(s) set to 0")
                 ras = np.where(bad, np.float32(0), ras)
+            lo, hi = float(ras.min()), float(ras.max())
+            if lo == hi and not n_bad:
+                raise io.InputFileError(f"{volume.source}: every voxel holds the same value ({lo:g}); a blank study "
+                                        "has nothing to segment")
         ras_spacing = tuple(np.linalg.norm(ras_affine[:3, :3], axis=0))
         stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
         box = None
