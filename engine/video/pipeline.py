@@ -33,7 +33,7 @@ from segrt.engine.model import ModelTaskError, as_model
 from segrt.engine.video.sources import open_source
 from segrt.engine.video.sources import opencv as _cv2
 from segrt.engine.video.statistics import FRAME_STAGES as _FRAME_STAGES
-from segrt.engine.video.statistics import STAGES, VideoStats
+from segrt.engine.video.statistics import FrameTimes, VideoStats
 from segrt.kernels.overlay import blend_labels
 
 __all__ = ["VideoPipeline", "PALETTE", "VIDEO_SUFFIXES", "INTERRUPTED"]
@@ -340,8 +340,7 @@ class VideoPipeline:
 
         writer = None
         tmp_ctx = tmp_path = None
-        times: dict = {}
-        e2e: list = []
+        times = FrameTimes()
         processed = late = 0
         stopped = "end of stream"
         # a file read as is: every frame, in order (finished early ones wait for their turn);
@@ -407,16 +406,15 @@ class VideoPipeline:
                     if on_frame is not None:
                         on_frame(index, overlay, labels)
                     t_done = time.perf_counter()
-                    for name, dt in own.items():  # one value per stage
-                        times.setdefault(name, []).extend(dt)
-                    times.setdefault("output", []).append(t_done - t_out)
-                    e2e.append(t_done - t_cap)
+                    frame_times = {name: dt[0] for name, dt in own.items()}  # one value per stage
+                    frame_times["output"] = t_done - t_out
+                    times.frame(frame_times, t_done - t_cap)  # fixed memory however long the stream
                     self._last_latency = 1000 * (t_done - t_cap)
                     processed += 1
                     if live and t_done - last_print >= 1.0:
                         last_print = t_done
                         partial = VideoStats(src.name, counters["read"], processed, slot.dropped + late,
-                                             t_done - t_begin, src.fps, times, e2e, "running")
+                                             t_done - t_begin, src.fps, times, "running")
                         sys.stderr.write("\r" + partial.line())
                         sys.stderr.flush()
                     if max_frames is not None and processed >= max_frames:
@@ -449,8 +447,8 @@ class VideoPipeline:
             writer.release()
             tmp_ctx.__exit__(None, None, None)
         wall = time.perf_counter() - t_begin
-        stats = VideoStats(src.name, counters["read"], processed, slot.dropped + late, wall, src.fps,
-                           {s: times.get(s, []) for s in STAGES}, e2e, stopped, getattr(self.model, "backend", "?"))
+        stats = VideoStats(src.name, counters["read"], processed, slot.dropped + late, wall, src.fps, times, stopped,
+                           getattr(self.model, "backend", "?"))
         if live:
             sys.stderr.write("\r" + stats.line() + "\n")
         return stats

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -11,7 +12,7 @@ import numpy as np
 from segrt.engine import io
 from segrt.engine.video.sources import opencv
 
-__all__ = ["VideoStats", "latency_cdf_png", "STAGES", "FRAME_STAGES"]
+__all__ = ["VideoStats", "LatencySketch", "FrameTimes", "latency_cdf_png", "STAGES", "FRAME_STAGES"]
 
 # "wait": from capture to a worker taking the frame (the capture's own delay included)
 STAGES = ("wait", "preprocess", "infer", "postprocess", "overlay", "output")
@@ -19,13 +20,79 @@ FRAME_STAGES = STAGES[1:5]  # what VideoPipeline.process() times
 
 # -- statistics ----------------------------------------------------------------------------
 
-def _pcts(values) -> dict:
-    v = np.asarray(values, np.float64) * 1000.0
-    if v.size == 0:
-        return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
-    p50, p90, p99 = np.percentile(v, [50, 90, 99])
-    return {"p50_ms": round(float(p50), 3), "p90_ms": round(float(p90), 3), "p99_ms": round(float(p99), 3),
-            "max_ms": round(float(v.max()), 3), "n": int(v.size)}
+class LatencySketch:
+    """Latencies of a stream of any length in fixed memory: a histogram of log-spaced bins,
+    each ``RATIO`` times wider than the one before, from 1 microsecond to about 17 minutes
+    (values outside fall in the end bins; the exact maximum is kept). A percentile is the
+    geometric middle of the bin that holds it, so it is within ``RELATIVE_ERROR`` of the exact
+    percentile of the samples (numpy's "lower" method); memory is ``BINS`` counters whatever
+    the number of frames."""
+
+    RATIO = 1.01
+    LOW = 1e-6  # seconds
+    BINS = 2084  # LOW * RATIO ** BINS is about 1000 s
+    RELATIVE_ERROR = RATIO ** 0.5 - 1  # half a bin: 0.5 %
+
+    def __init__(self):
+        self.counts = np.zeros(self.BINS, np.int64)
+        self.n = 0
+        self.max = 0.0
+        self.total = 0.0
+
+    def add(self, seconds: float) -> None:
+        seconds = float(seconds)
+        k = 0 if seconds <= self.LOW else min(self.BINS - 1, int(math.log(seconds / self.LOW, self.RATIO)) + 1)
+        self.counts[k] += 1
+        self.n += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _value(self, k: int) -> float:
+        if k == 0:
+            return self.LOW
+        return min(self.LOW * self.RATIO ** (k - 0.5), self.max)  # a bin's geometric middle, at most the max
+
+    def percentile(self, q: float) -> float:
+        """The q-th percentile in seconds (the sample of rank floor(q / 100 * (n - 1)))."""
+        if self.n == 0:
+            raise ValueError("no samples")
+        rank = int(q / 100.0 * (self.n - 1))
+        k = int(np.searchsorted(np.cumsum(self.counts), rank + 1))
+        return self._value(k)
+
+    def cdf(self):
+        """(seconds, fraction of samples at or below) at the middle of every bin in use."""
+        used = np.flatnonzero(self.counts)
+        return (np.array([self._value(k) for k in used]), np.cumsum(self.counts)[used] / max(self.n, 1))
+
+    def summary(self) -> dict:
+        if self.n == 0:
+            return {"p50_ms": None, "p90_ms": None, "p99_ms": None, "max_ms": None, "n": 0}
+        p50, p90, p99 = (1000.0 * self.percentile(q) for q in (50, 90, 99))
+        return {"p50_ms": round(p50, 3), "p90_ms": round(p90, 3), "p99_ms": round(p99, 3),
+                "max_ms": round(1000.0 * self.max, 3), "n": int(self.n)}
+
+
+class FrameTimes:
+    """Per-frame stage times of a run, recorded frame by frame into sketches: each stage, the
+    end-to-end latency, the non-model work (the frame stages but inference) and what the
+    pipeline adds around the model (end to end less inference)."""
+
+    def __init__(self):
+        self.stages = {s: LatencySketch() for s in STAGES}
+        self.end_to_end = LatencySketch()
+        self.non_model = LatencySketch()
+        self.added = LatencySketch()
+
+    def frame(self, stage_seconds: dict, end_to_end: float) -> None:
+        for name, seconds in stage_seconds.items():
+            self.stages.setdefault(name, LatencySketch()).add(seconds)
+        self.end_to_end.add(end_to_end)
+        self.non_model.add(sum(stage_seconds.get(s, 0.0) for s in FRAME_STAGES if s != "infer"))
+        self.added.add(end_to_end - stage_seconds.get("infer", 0.0))
 
 
 @dataclasses.dataclass
@@ -36,10 +103,18 @@ class VideoStats:
     frames_dropped: int
     wall_s: float
     source_fps: float
-    stages: dict  # stage -> list of seconds per frame
-    end_to_end: list  # seconds per frame
+    times: FrameTimes
     stopped: str  # why the run ended
     backend: str = "?"
+
+    @property
+    def stages(self) -> dict:
+        """stage -> LatencySketch of its seconds per frame."""
+        return self.times.stages
+
+    @property
+    def end_to_end(self) -> LatencySketch:
+        return self.times.end_to_end
 
     @property
     def interrupted(self) -> bool:
@@ -51,18 +126,18 @@ class VideoStats:
         return self.frames_processed / self.wall_s if self.wall_s > 0 else 0.0
 
     def summary(self) -> dict:
-        non_model = [sum(self.stages[s][i] for s in FRAME_STAGES if s != "infer")
-                     for i in range(len(self.end_to_end))]
         return {"source": self.source, "backend": self.backend, "stopped": self.stopped,
                 "interrupted": self.interrupted,
                 "frames_read": self.frames_read, "frames_processed": self.frames_processed,
                 "frames_dropped": self.frames_dropped, "source_fps": round(self.source_fps, 3),
                 "effective_fps": round(self.effective_fps, 3), "wall_s": round(self.wall_s, 3),
-                "end_to_end": _pcts(self.end_to_end), "non_model": _pcts(non_model),
-                "stages": {s: _pcts(v) for s, v in self.stages.items()}}
+                "end_to_end": self.times.end_to_end.summary(), "non_model": self.times.non_model.summary(),
+                "added_around_model": self.times.added.summary(),
+                "percentile_relative_error": round(LatencySketch.RELATIVE_ERROR, 4),
+                "stages": {s: v.summary() for s, v in self.stages.items()}}
 
     def line(self) -> str:
-        e = _pcts(self.end_to_end)
+        e = self.end_to_end.summary()
         return (f"frames {self.frames_processed} (dropped {self.frames_dropped}), {self.effective_fps:.1f} fps, "
                 f"latency p50 {e['p50_ms'] or 0:.1f} ms p99 {e['p99_ms'] or 0:.1f} ms max {e['max_ms'] or 0:.1f} ms")
 
@@ -70,7 +145,7 @@ class VideoStats:
         with io.atomic_path(json_path) as tmp, open(tmp, "w") as f:
             json.dump(self.summary(), f, indent=2)
         written = [os.fspath(json_path)]
-        if png_path is not None and self.end_to_end:
+        if png_path is not None and len(self.end_to_end):
             written.append(latency_cdf_png(png_path, {"end to end": self.end_to_end,
                                                       "infer": self.stages["infer"]}))
         return written
@@ -82,8 +157,10 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
     left, right, top, bottom = 60, 20, 30, 50
-    all_ms = np.concatenate([np.asarray(v, float) * 1000 for v in series.values() if len(v)])
-    x_max = float(np.percentile(all_ms, 100)) * 1.05 or 1.0
+    series = {k: v.cdf() if isinstance(v, LatencySketch) else (np.sort(np.asarray(v, float)),
+                                                                 np.arange(1, len(v) + 1) / max(len(v), 1))
+              for k, v in series.items() if len(v)}
+    x_max = max(float(sec.max()) * 1000 for sec, _ in series.values()) * 1.05 or 1.0
     cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
     for frac in (0.0, 0.5, 0.9, 0.99, 1.0):
         y = int(h - bottom - frac * (h - top - bottom))
@@ -96,11 +173,8 @@ def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
                     cv2.LINE_AA)
     cv2.putText(img, "latency (ms)", (w // 2 - 40, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
     colours = [(200, 80, 0), (0, 140, 255), (0, 160, 0)]
-    for k, (name, vals) in enumerate(series.items()):
-        v = np.sort(np.asarray(vals, float) * 1000)
-        if v.size == 0:
-            continue
-        frac = np.arange(1, v.size + 1) / v.size
+    for k, (name, (seconds, frac)) in enumerate(series.items()):
+        v = seconds * 1000
         pts = np.stack([left + v / x_max * (w - left - right), h - bottom - frac * (h - top - bottom)], 1)
         cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colours[k % 3], 2, cv2.LINE_AA)
         cv2.putText(img, name, (left + 10, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1,
