@@ -185,7 +185,7 @@ def _cmd_video(args) -> int:
     if args.threads is not None:
         options["threads"] = args.threads
     pipe = VideoPipeline(model_path, backend=args.backend, alpha=args.alpha, workers=args.workers, **options)
-    source = open_source(args.source, decode_threads=args.decode_threads)
+    source = open_source(args.source, decode_threads=args.decode_threads, timeout=args.timeout)
     stats = pipe.run(source, out=args.out, display=args.display, realtime=args.realtime,
                      max_frames=args.max_frames, live=not args.quiet)
     written = stats.save(stats_path, png_path)
@@ -328,6 +328,8 @@ def _add_video(sub) -> None:
     v.add_argument("--decode-threads", type=int, default=1,
                    help="FFmpeg decoding threads for files and streams (default 1: each frame decoded as it is "
                         "read, the steadiest latency; 0: FFmpeg chooses, for large H.264 / HEVC frames)")
+    v.add_argument("--timeout", type=float, default=10.0,
+                   help="seconds a stream (rtsp:// or http://) may take to open or to deliver a frame (default 10)")
     v.add_argument("--stats", help="latency JSON (default <source>_latency.json here; the PNG CDF beside it)")
     v.add_argument("--alpha", type=float, default=0.45, help="overlay opacity (default 0.45)")
     _add_backend(v)

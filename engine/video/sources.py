@@ -23,7 +23,7 @@ def opencv():
 # -- sources -------------------------------------------------------------------------------
 
 class _OpenCVSource:
-    def __init__(self, spec, decode_threads=1):
+    def __init__(self, spec, decode_threads=1, timeout=10.0):
         cv2 = opencv()
         self.name = str(spec)
         self.live = isinstance(spec, int) or "://" in str(spec)
@@ -34,18 +34,31 @@ class _OpenCVSource:
         except AttributeError:
             pass
         self.cap = None
+        params = []
         if not isinstance(spec, int) and decode_threads and hasattr(cv2, "CAP_PROP_N_THREADS"):
             # FFmpeg decodes with frame threads by default: they hold frames back and, on a
             # machine whose cores are busy inferring, a starved one stalls a read (p99 of a
             # 640 x 480 MJPG read with two workers inferring: 4-14 ms, against 1.2-1.6 ms here)
-            self.cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, int(decode_threads)])
-        if self.cap is None or not self.cap.isOpened():
+            params += [cv2.CAP_PROP_N_THREADS, int(decode_threads)]
+        url = isinstance(spec, str) and "://" in spec
+        if url and hasattr(cv2, "CAP_PROP_OPEN_TIMEOUT_MSEC"):
+            # a server that accepts and never answers must not hold the run (FFmpeg's own wait is 30 s)
+            params += [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(timeout * 1000),
+                       cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(timeout * 1000)]
+        if params:
+            self.cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
+        if (self.cap is None or not self.cap.isOpened()) and not url:
+            # files and cameras: another backend may open what FFmpeg did not; a URL is tried
+            # once, so its timeout is the whole wait
             self.cap = cv2.VideoCapture(spec)
+        if self.cap is None:
+            self.cap = cv2.VideoCapture()
         if not self.cap.isOpened():
             what = "camera" if isinstance(spec, int) else "stream" if self.live else "video file"
             raise SourceError(f"{spec}: cannot open this {what}" + (
                 "; check the index and that no other program holds it" if isinstance(spec, int) else
-                "; check the URL and the network" if self.live else
+                f"; check the URL and the network (no answer within {timeout:g} s, or not a video stream)" if self.live
+                else
                 "; the file is not a video OpenCV can decode (or it is damaged)"))
         fps = self.cap.get(cv2.CAP_PROP_FPS)
         self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else 30.0
@@ -113,17 +126,21 @@ class _DicomCineSource:
         pass
 
 
-def open_source(spec, *, decode_threads: int = 1):
+def open_source(spec, *, decode_threads: int = 1, timeout: float = 10.0):
     """A camera index (int or digits), a URL, a video file or a multi-frame DICOM.
 
     ``decode_threads``: FFmpeg's decoding threads for files and streams. 1 (the default)
     decodes each frame in the capture thread as it is read, the lowest and steadiest latency;
     0 lets FFmpeg choose (frame threads: more throughput for large H.264 / HEVC frames, each
-    frame held back while the next ones decode)."""
+    frame held back while the next ones decode).
+    ``timeout``: seconds a stream (rtsp:// or http:// URL) may take to open and to deliver a
+    frame; it is tried once, so this is the longest a silent server holds the caller."""
     if isinstance(decode_threads, bool) or not isinstance(decode_threads, int) or decode_threads < 0:
         raise ValueError(f"decode_threads must be an integer >= 0 (0: FFmpeg chooses), got {decode_threads!r}")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < 3600:
+        raise ValueError(f"timeout must be a number of seconds in (0, 3600), got {timeout!r}")
     if isinstance(spec, str) and spec.isdigit():
         spec = int(spec)
     if isinstance(spec, str) and os.path.isfile(spec) and (spec.lower().endswith(".dcm") or io._looks_like_dicom(spec)):
         return _DicomCineSource(spec)
-    return _OpenCVSource(spec, decode_threads)
+    return _OpenCVSource(spec, decode_threads, float(timeout))
