@@ -93,17 +93,30 @@ def deepbet(cache_dir=None, verbose=False) -> str:
     folder = os.path.join(cache_root(cache_dir), "models", f"deepbet-{DEEPBET_VERSION}")
     target = os.path.join(folder, "deepbet.onnx")
     manifest_path = os.path.join(folder, "manifest.json")
+    from segrt.engine import trust
     from segrt.engine.model_file import file_sha256
 
     sources = {"model.pt": file_sha256(model_pt), "bbox_model.pt": file_sha256(bbox_pt)}
-    if os.path.isfile(target) and os.path.isfile(manifest_path):
+    if os.path.isfile(manifest_path):
         try:
-            with open(manifest_path) as f:
-                if json.load(f).get("sources") == sources:
-                    return target
-        except (OSError, ValueError):
-            pass  # unreadable manifest: convert again
+            record = trust.check_record(manifest_path, {name: os.path.join(folder, name) for name in CONVERTED},
+                                        "converted deepbet")
+            if record.get("sources") == sources:
+                return target
+        except trust.CacheTrustError as err:  # never used: converted again from deepbet's own files
+            if verbose:
+                print(f"segrt: not using the cached conversion ({err})", file=sys.stderr)
+    _convert_deepbet(model_pt, bbox_pt, licence, sources, folder, verbose)
+    return target
+
+
+CONVERTED = ("deepbet.onnx", "deepbet-localizer.onnx")
+
+
+def _convert_deepbet(model_pt, bbox_pt, licence, sources, folder, verbose) -> None:
     import numpy as np
+
+    from segrt.engine import trust
 
     from segrt._optional import optional_import
     from segrt.export.onnx_export import to_onnx
@@ -127,12 +140,13 @@ def deepbet(cache_dir=None, verbose=False) -> str:
                         check_shapes=[(1, 1, 64, 96, 128)])
         if licence:
             shutil.copyfile(licence, os.path.join(work, "LICENSE-deepbet"))
+        record = trust.signed_record({name: os.path.join(work, name) for name in CONVERTED},
+                                     deepbet=DEEPBET_VERSION, sources=sources)
         with open(os.path.join(work, "manifest.json"), "w") as f:
-            json.dump({"deepbet": DEEPBET_VERSION, "sources": sources}, f, indent=2)
+            json.dump(record, f, indent=2)
         if os.path.isdir(folder):
-            shutil.rmtree(folder)
+            shutil.rmtree(folder)  # segrt's own cache folder, found stale or untrusted above
         os.replace(work, folder)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    return target

@@ -17,6 +17,20 @@ def _gpu_available() -> bool:
         return False
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _cache_key_outside_the_home(tmp_path_factory):
+    """segrt's cache-signing key lives in the user's config folder; the tests use their own."""
+    import os
+
+    previous = os.environ.get("SEGRT_KEY_FILE")
+    os.environ["SEGRT_KEY_FILE"] = str(tmp_path_factory.mktemp("key") / "cache.key")
+    yield
+    if previous is None:
+        os.environ.pop("SEGRT_KEY_FILE", None)
+    else:
+        os.environ["SEGRT_KEY_FILE"] = previous
+
+
 def pytest_collection_modifyitems(config, items):
     if _gpu_available():
         return

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from segrt.engine import trust
 from segrt.engine.backends import tensorrt_build as tb
 
 GPU = {"gpu": "NVIDIA H200", "compute_capability": "9.0"}
@@ -46,7 +47,7 @@ def _write_engine(folder, key, payload=b"engine-bytes"):
     path = os.path.join(folder, f"{key}.engine")
     with open(path, "wb") as f:
         f.write(payload)
-    manifest = {"key": key, "engine_sha256": hashlib.sha256(payload).hexdigest()}
+    manifest = trust.sign({"key": key, "engine_sha256": hashlib.sha256(payload).hexdigest()})
     with open(os.path.join(folder, f"{key}.json"), "w") as f:
         json.dump(manifest, f)
     return path
@@ -140,3 +141,51 @@ def test_build_and_cache_an_engine_on_the_gpu(tmp_path):
     x = np.random.default_rng(0).standard_normal((1, 1, 64, 64)).astype(np.float32)
     out = load(path, backend="trt", precision="fp32", cache_dir=str(tmp_path / "c")).infer(x)
     np.testing.assert_allclose(out, net(torch.from_numpy(x)).detach().numpy(), atol=1e-3)
+
+
+def test_a_hand_written_or_foreign_manifest_is_refused(tmp_path, monkeypatch):
+    # the manifest lists the right SHA-256, but segrt did not sign it: deserialising runs code
+    payload = b"engine-bytes"
+    path = tmp_path / "k1.engine"
+    path.write_bytes(payload)
+    (tmp_path / "k1.json").write_text(json.dumps({"key": "k1", "engine_sha256": hashlib.sha256(payload).hexdigest()}))
+    with pytest.raises(tb.EngineTrustError, match="not written by this installation's segrt"):
+        tb.verify_engine_file(str(path), "k1")
+    assert tb.verify_engine_file(str(path), "k1", trust_foreign_engine=True)["trusted"]
+    # signed by another installation (another key): refused the same way
+    other = _write_engine(str(tmp_path), "k2")
+    monkeypatch.setenv("SEGRT_KEY_FILE", str(tmp_path / "other.key"))
+    with pytest.raises(tb.EngineTrustError, match="not written by this installation's segrt"):
+        tb.verify_engine_file(other, "k2")
+
+
+def test_timing_and_calibration_caches_are_read_only_when_segrt_wrote_them(tmp_path):
+    cache = tmp_path / "timing-10.0-9.0.cache"
+    tb.write_cache_file(str(cache), b"timings", "TensorRT timing cache")
+    tb.check_cache_file(str(cache), "TensorRT timing cache")  # its own: accepted
+    cache.write_bytes(b"swapped")
+    with pytest.raises(tb.EngineTrustError, match="differs from what segrt wrote"):
+        tb.check_cache_file(str(cache), "TensorRT timing cache")
+    foreign = tmp_path / "abc.calib"
+    foreign.write_bytes(b"calibration")
+    with pytest.raises(tb.EngineTrustError, match=r"abc.calib.json: the record of this int8 calibration cache is "
+                                                   r"missing.*Delete"):
+        tb.check_cache_file(str(foreign), "int8 calibration cache")
+    # a record copied from elsewhere with a made-up signature
+    (tmp_path / "abc.calib.json").write_text(json.dumps({"files": {"cache": "0" * 64}, "hmac": "f" * 64}))
+    with pytest.raises(tb.EngineTrustError, match="signature does not verify"):
+        tb.check_cache_file(str(foreign), "int8 calibration cache")
+
+
+def test_the_cache_key_is_private_and_never_replaced(tmp_path, monkeypatch):
+    key_file = tmp_path / "conf" / "segrt" / "cache.key"
+    monkeypatch.setenv("SEGRT_KEY_FILE", str(key_file))
+    record = trust.sign({"a": 1})
+    assert key_file.stat().st_mode & 0o777 == 0o600 and len(key_file.read_bytes()) == 32
+    assert trust.verify(record) and not trust.verify({**record, "a": 2})
+    first = key_file.read_bytes()
+    trust.sign({"b": 2})
+    assert key_file.read_bytes() == first
+    key_file.write_bytes(b"short")
+    with pytest.raises(trust.CacheTrustError, match="cache key is damaged"):
+        trust.sign({"c": 3})

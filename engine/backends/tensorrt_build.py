@@ -8,7 +8,8 @@ unverified; everything around them (cache keys, manifests, refusals, profiles, c
 batches) is tested without it.
 
 Cache layout (``cache_dir``): ``<key>.engine`` and ``<key>.json``, the manifest holding the
-key's fields and the engine file's SHA-256. The key hashes (ONNX content incl. external data,
+key's fields and the engine file's SHA-256, signed with this installation's key
+(``segrt.engine.trust``); timing and calibration caches each with a signed record beside them. The key hashes (ONNX content incl. external data,
 TensorRT version, GPU name and compute capability, precision, profiles). An engine is used
 only when its manifest matches the current key and its bytes match the manifest;
 deserialising an engine runs code, so a file this cache did not write is refused unless the
@@ -26,10 +27,11 @@ import time
 import numpy as np
 
 from segrt._optional import optional_import
+from segrt.engine import trust
 from segrt.engine.model_file import all_tensors, file_sha256, inspect_model_file
 
 __all__ = ["EngineTrustError", "EngineRecord", "build_engine", "cache_key", "profiles_for", "verify_engine_file",
-           "calibration_batches", "gpu_identity"]
+           "calibration_batches", "gpu_identity", "check_cache_file", "write_cache_file"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -127,12 +129,40 @@ def verify_engine_file(engine_path: str, expected_key: str | None = None, *, tru
             manifest = json.load(f)
     except (OSError, ValueError) as err:
         raise EngineTrustError(f"unreadable engine manifest {manifest_path}: {err}") from None
+    if not trust.verify(manifest):
+        if trust_foreign_engine:
+            return {**manifest, "trusted": True}
+        raise EngineTrustError(f"{engine_path}: its manifest was not written by this installation's segrt (the "
+                               "signature does not verify); deserialising an engine runs code, so it is refused. "
+                               "Rebuild it with build_engine, or pass trust_foreign_engine=True if you built it "
+                               "yourself")
     if expected_key is not None and manifest.get("key") != expected_key:
         raise EngineTrustError(f"{engine_path} was built for another model, TensorRT version, GPU, precision or "
                                f"profile (manifest key {manifest.get('key')}, expected {expected_key}); rebuild it")
     if manifest.get("engine_sha256") != file_sha256(engine_path):
         raise EngineTrustError(f"{engine_path} does not match its manifest (modified after it was built); rebuild it")
     return manifest
+
+
+def check_cache_file(path: str, what: str) -> None:
+    """Refuses (EngineTrustError, naming the file) a cache file without a valid signed record of
+    this installation (``<path>.json``): TensorRT reads timing and calibration caches unchecked."""
+    try:
+        trust.check_record(path + ".json", {"cache": path}, what)
+    except trust.CacheTrustError as err:
+        raise EngineTrustError(f"{err}. Delete {path} and its record to rebuild it") from None
+
+
+def write_cache_file(path: str, data: bytes, what: str) -> None:
+    """Writes a cache file atomically with its signed record."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+    record = trust.signed_record({"cache": path}, kind=what)
+    with open(path + ".json.tmp", "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(path + ".json.tmp", path + ".json")
 
 
 def calibration_batches(calibration, input_shape, batch_size: int = 1):
@@ -187,14 +217,13 @@ def _make_calibrator(trt, batches, cache_path: str):
             return [int(self.current.data.ptr)]
 
         def read_calibration_cache(self):
-            if os.path.isfile(cache_path):
+            if os.path.isfile(cache_path):  # checked before the build (check_cache_file)
                 with open(cache_path, "rb") as f:
                     return f.read()
             return None
 
         def write_calibration_cache(self, cache):
-            with open(cache_path, "wb") as f:
-                f.write(bytes(cache))
+            write_cache_file(cache_path, bytes(cache), "int8 calibration cache")
 
     return Calibrator()
 
@@ -250,29 +279,35 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
     if precision in ("int8", "best"):
         config.set_flag(trt.BuilderFlag.INT8)
         calib_shape = profiles[0][1][1:]
-        config.int8_calibrator = _make_calibrator(trt, calibration_batches(calibration, calib_shape),
-                                                  os.path.join(cache_dir, f"{content[:32]}.calib"))
+        calib_path = os.path.join(cache_dir, f"{content[:32]}.calib")
+        if os.path.isfile(calib_path):
+            check_cache_file(calib_path, "int8 calibration cache")
+        config.int8_calibrator = _make_calibrator(trt, calibration_batches(calibration, calib_shape), calib_path)
     name = network.get_input(0).name
     for lo, opt, hi in profiles:
         profile = builder.create_optimization_profile()
         profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
     timing_path = os.path.join(cache_dir, f"timing-{trt.__version__}-{gpu['compute_capability']}.cache")
-    timing_bytes = open(timing_path, "rb").read() if os.path.isfile(timing_path) else b""
+    timing_bytes = b""
+    if os.path.isfile(timing_path):
+        check_cache_file(timing_path, "TensorRT timing cache")
+        with open(timing_path, "rb") as f:
+            timing_bytes = f.read()
     timing = config.create_timing_cache(timing_bytes)
     config.set_timing_cache(timing, False)
     t0 = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine for {onnx_path} ({precision})")
-    with open(timing_path, "wb") as f:
-        f.write(bytes(config.get_timing_cache().serialize()))
+    write_cache_file(timing_path, bytes(config.get_timing_cache().serialize()), "TensorRT timing cache")
     tmp = engine_path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(bytes(serialized))
     manifest = {"key": key, "onnx_sha256": content, "tensorrt": trt.__version__, **gpu, "precision": precision,
                 "profiles": [[list(s) for s in p] for p in profiles], "engine_sha256": file_sha256(tmp),
                 "build_seconds": time.perf_counter() - t0, "source": os.path.abspath(onnx_path)}
+    manifest = trust.sign(manifest)
     with open(os.path.splitext(engine_path)[0] + ".json", "w") as f:
         json.dump(manifest, f, indent=2)
     os.replace(tmp, engine_path)
