@@ -136,6 +136,22 @@ def read_volume(path, *, spacing=None, series=None) -> Volume:
         series: SeriesInstanceUID to read from a folder holding several series.
     """
     path = os.fspath(path)
+    try:
+        volume = _read_volume(path, spacing, series)
+    except (InputFileError, OSError, ImportError, MemoryError):
+        raise
+    except Exception as err:  # a library tripping over malformed content: segrt's error, naming the input
+        raise InputFileError(f"{path}: cannot be read as a volume, the file is damaged or malformed "
+                             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
+    arr = volume.array
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise InputFileError(f"{path}: holds no voxels (shape {arr.shape}); the file is empty or damaged")
+    if arr.dtype.kind not in "biuf":
+        raise InputFileError(f"{path}: holds {arr.dtype} values; expected a numeric image")
+    return volume
+
+
+def _read_volume(path: str, spacing, series) -> Volume:
     _check_exists(path)
     if os.path.isdir(path):
         return _read_dicom_folder(path, series)
@@ -312,20 +328,38 @@ def _read_dicom_folder(path: str, series) -> Volume:
     check_input_size((len(items), int(items[0][1].Rows), int(items[0][1].Columns)), path)
     first = items[0][1]
     for f, ds in items:
-        for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
-            if not hasattr(ds, tag):
-                raise InputFileError(f"{f}: DICOM slice without {tag}; cannot place it in a volume")
-        if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
-            raise InputFileError(f"{f}: slice of {ds.Rows} x {ds.Columns} in a series of {first.Rows} x "
-                                 f"{first.Columns}")
-        if not np.allclose([float(v) for v in ds.ImageOrientationPatient],
-                           [float(v) for v in first.ImageOrientationPatient], atol=1e-4):
-            raise InputFileError(f"{f}: slice orientation differs from the rest of the series (a localiser?)")
-        if not np.allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in first.PixelSpacing],
-                           rtol=1e-4, atol=1e-6):
-            raise InputFileError(f"{f}: pixel spacing {[float(v) for v in ds.PixelSpacing]} differs from the "
-                                 f"series' {[float(v) for v in first.PixelSpacing]} ({items[0][0]}); the slices do "
-                                 "not belong to one volume")
+        try:
+            _check_slice(f, ds, first, items[0][0])
+        except InputFileError:
+            raise
+        except Exception as err:  # a malformed value (spacing, position) in this slice: named
+            raise InputFileError(f"{f}: a DICOM slice with malformed geometry ({type(err).__name__}: "
+                                 f"{str(err).splitlines()[0] if str(err) else ''})") from None
+    return _stack_slices(path, items)
+
+
+def _check_slice(f, ds, first, first_path) -> None:
+    """Refuses a slice that cannot be placed in the series whose first slice is ``first``."""
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        if not hasattr(ds, tag):
+            raise InputFileError(f"{f}: DICOM slice without {tag}; cannot place it in a volume")
+    if (ds.Rows, ds.Columns) != (first.Rows, first.Columns):
+        raise InputFileError(f"{f}: slice of {ds.Rows} x {ds.Columns} in a series of {first.Rows} x "
+                             f"{first.Columns}")
+    if not np.allclose([float(v) for v in ds.ImageOrientationPatient],
+                       [float(v) for v in first.ImageOrientationPatient], atol=1e-4):
+        raise InputFileError(f"{f}: slice orientation differs from the rest of the series (a localiser?)")
+    if not np.allclose([float(v) for v in ds.PixelSpacing], [float(v) for v in first.PixelSpacing],
+                       rtol=1e-4, atol=1e-6):
+        raise InputFileError(f"{f}: pixel spacing {[float(v) for v in ds.PixelSpacing]} differs from the "
+                             f"series' {[float(v) for v in first.PixelSpacing]} ({first_path}); the slices do "
+                             "not belong to one volume")
+
+
+def _stack_slices(path: str, items) -> Volume:
+    """The slices of one series sorted along the slice normal, read, rescaled and stacked."""
+    pydicom = _pydicom()
+    first = items[0][1]
     iop = [float(v) for v in first.ImageOrientationPatient]
     normal = np.cross(iop[:3], iop[3:])
     positions = np.array([[float(v) for v in ds.ImagePositionPatient] for _, ds in items])

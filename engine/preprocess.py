@@ -162,7 +162,16 @@ def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=N
 
 def labels_from_scores(scores: np.ndarray) -> np.ndarray:
     """Class labels of one (C, *spatial) score array: the compiled argmax (first maximum
-    wins, as np.argmax), or foreground where a single logit channel is positive."""
+    wins, as np.argmax), or foreground where a single logit channel is positive. Scores without
+    channels, or holding NaN / infinity, are refused: every argmax would silently be 0 there."""
+    if scores.ndim < 2 or scores.shape[0] == 0:
+        raise ValueError(f"the model returned scores of shape {tuple(scores.shape)}: no class channels to take the "
+                         "argmax over")
+    if scores.dtype.kind == "f" and not np.isfinite(scores.sum(dtype=np.float64)):
+        bad = int(scores.size - np.count_nonzero(np.isfinite(scores)))
+        if bad:
+            raise ValueError(f"the model returned {bad} NaN or infinite score(s); its labels would be wrong there "
+                             "(check the model and its input normalisation)")
     if scores.shape[0] == 1:
         return (scores[0] > 0).astype(np.uint8)
     from segrt.kernels import stitch

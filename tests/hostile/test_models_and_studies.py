@@ -137,3 +137,30 @@ def test_tiny_tiles_are_refused(tmp_path, capsys, tile):
     tifffile.imwrite(tmp_path / "img.tif", np.zeros((64, 64), np.uint8))
     assert cli(["run", "nuclei", str(tmp_path / "img.tif"), "-o", str(tmp_path / "o.tif"), "-q", "--tile", tile]) == 2
     assert "tile must be at least 16 pixels" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scores, match", [
+    (np.full((3, 4, 4, 4), np.nan, np.float32), "NaN or infinite score"),
+    (np.zeros((0, 4, 4, 4), np.float32), "no class channels"),
+])
+def test_a_model_returning_nan_or_no_channels_is_an_error_not_background(scores, match):
+    from segrt.engine.preprocess import labels_from_scores
+
+    with pytest.raises(ValueError, match=match):
+        labels_from_scores(scores)
+
+
+def test_a_fitted_model_returning_nan_stops_the_volume_pipeline(tmp_path):
+    from segrt.engine.volume import VolumePipeline
+
+    class NanModel:
+        metadata = {**SEMANTIC, "resize": "fit"}
+        backend = "test"
+        path = "nan-model"
+
+        def infer(self, batch):
+            return np.full((1, 2) + batch.shape[2:], np.nan, np.float32)
+
+    vol = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="NaN or infinite score"):
+        VolumePipeline(NanModel()).run(vol)
