@@ -89,9 +89,10 @@ def run_case(report: Report, name: str, model, x1, batches, repeats, tmp) -> Non
                "torch_p99_s": t_torch.percentile_s(99), "export_max_abs_error": rep.max_abs_error}
         for label, m in backends.items():
             if m.backend == "ort":
-                raw_fn = lambda: m._runner.session.run(None, {m._runner.input_name: x})  # noqa: E731
+                session = m.runner.session_for(x.shape)  # the session segrt runs for this shape
+                raw_fn = lambda: session.run(None, {m.runner.input_name: x})  # noqa: E731
             else:
-                compiled = m._runner.compiled_for(x.shape)
+                compiled = m.runner.compiled_for(x.shape)
                 raw_fn = lambda: compiled(x)  # noqa: E731
             out = m.infer(x)
             raw_fn()

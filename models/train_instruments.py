@@ -1,5 +1,5 @@
 """Train segrt's demo surgical-instrument model (2D, RGB, 3 classes: background, shaft, tip)
-on generated endoscopy-like frames (segrt.synthetic) and export it to models/instruments.onnx.
+on generated endoscopy-like frames (segrt.bench.synthetic) and export it to models/instruments.onnx.
 
 Frames are generated at 480 x 640 and reduced to the model's 240 x 320 window exactly as
 ``segrt video`` reduces camera frames (OpenCV INTER_AREA). Held-out scenes (other seeds) give
