@@ -47,6 +47,7 @@ class Volume:
     source: str
     kind: str  # "nifti", "dicom", "tiff", "npy", "array"
     header: object = None  # the NIfTI header, kept so outputs carry the same geometry codes
+    modality: str | None = None  # DICOM's Modality (CT, MR, ...) where the file says it
 
     @property
     def spacing(self) -> tuple:
@@ -386,7 +387,7 @@ def _stack_slices(path: str, items) -> Volume:
     arr = np.stack(slices, axis=-1)
     step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     affine = _geometry_affine(iop, first.PixelSpacing, positions[order[0]], step)
-    return Volume(arr, affine, path, "dicom")
+    return Volume(arr, affine, path, "dicom", modality=str(getattr(first, "Modality", "") or "") or None)
 
 
 def _read_dicom_file(path: str) -> Volume:
@@ -442,7 +443,8 @@ def _read_dicom_file(path: str) -> Volume:
     else:
         step, origin = normal * thickness, np.zeros(3)
     arr = np.ascontiguousarray(np.transpose(vol, (2, 1, 0)))  # (cols, rows, frames) = (i, j, k)
-    return Volume(arr, _geometry_affine(iop, pixel_spacing, origin, step), path, "dicom")
+    return Volume(arr, _geometry_affine(iop, pixel_spacing, origin, step), path, "dicom",
+                  modality=str(getattr(ds, "Modality", "") or "") or None)
 
 
 def _first_item_ds(ds, sequence: str):

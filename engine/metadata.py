@@ -36,6 +36,9 @@ Schema (version 1); every field is optional unless noted:
 - ``context``: pixels (voxels) of context a tile needs on each side for its centre to equal
   whole-image inference; tiled instance inference keeps only tile centres.
 - ``outputs``: output names in the order the network returns them (e.g. ["prob", "dist"]).
+- ``modality``: the imaging modality the network was trained on, as DICOM names it ("CT",
+  "MR", "PT", "US", ...): a DICOM study of another modality is refused, and a CT model given
+  values that cannot be Hounsfield units gets a note.
 """
 from __future__ import annotations
 
@@ -52,7 +55,7 @@ SCHEMA_VERSION = 1
 TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 _FIELDS = ("schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
-           "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs")
+           "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs", "modality")
 
 
 class MetadataError(ValueError):
@@ -164,6 +167,11 @@ def validate(meta: dict) -> dict:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])
         out["star"] = _star(meta["star"], dims)
+    if "modality" in meta:
+        m = meta["modality"]
+        if not isinstance(m, str) or not m.isalnum() or not 1 < len(m) <= 4 or m != m.upper():
+            _fail("modality", 'a DICOM modality code such as "CT" or "MR"', m)
+        out["modality"] = m
     if "outputs" in meta:
         names = _list(meta["outputs"], "outputs")
         if not names or not all(isinstance(n, str) and n for n in names):

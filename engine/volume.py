@@ -166,6 +166,11 @@ class VolumePipeline:
         if min(data.shape) < MIN_SIZE:
             raise io.InputFileError(f"{volume.source}: a volume of {' x '.join(map(str, data.shape))} voxels is too "
                                     f"small to segment; expected at least {MIN_SIZE} voxels along every axis")
+        want = self.meta.get("modality")
+        if want and volume.modality and volume.modality != want:
+            model_name = getattr(self.model, "path", "the model")
+            raise ModelTaskError(f"{volume.source}: a {volume.modality} study, but {model_name} "
+                                 f"was trained on {want}; segment it with a {volume.modality} model")
         with stages("reorient"):
             ras, ras_affine, orient = preprocess.to_canonical(data, volume.affine)
             ras = np.asarray(ras, np.float32)
@@ -181,6 +186,9 @@ class VolumePipeline:
             if lo == hi and not n_bad:
                 raise io.InputFileError(f"{volume.source}: every voxel holds the same value ({lo:g}); a blank study "
                                         "has nothing to segment")
+            if want == "CT" and lo > -500:  # air is about -1000 HU; a CT without any is rare, an MR common
+                notes.append(f"the model expects CT in Hounsfield units, but no voxel is below -500 (minimum {lo:g}); "
+                             "is this study CT, rescaled to HU?")
         ras_spacing = tuple(np.linalg.norm(ras_affine[:3, :3], axis=0))
         stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
         box = None

@@ -28,7 +28,7 @@ DEEPBET_LOCALIZER_METADATA = {
     "class_names": ["background", "brain"], "resize": "fit", "interpolation": "nearest",
     "normalization": _NORMALIZATION, "postprocess": {"keep_largest": {1: 1}}, "outputs": ["probabilities"]}
 DEEPBET_METADATA = {
-    "task": "semantic", "spatial_dims": 3, "window": [256, 256, 256], "in_channels": 1,
+    "task": "semantic", "spatial_dims": 3, "window": [256, 256, 256], "in_channels": 1, "modality": "MR",
     "class_names": ["background", "brain"], "resize": "fit", "interpolation": "nearest",
     "normalization": _NORMALIZATION,
     "crop": {"kind": "foreground", "margin": 0.1, "min_fraction": 0.02, "localizer": "deepbet-localizer.onnx"},
@@ -101,7 +101,7 @@ def deepbet(cache_dir=None, verbose=False) -> str:
         try:
             record = trust.check_record(manifest_path, {name: os.path.join(folder, name) for name in CONVERTED},
                                         "converted deepbet")
-            if record.get("sources") == sources:
+            if record.get("sources") == sources and record.get("metadata") == _metadata_digest():
                 return target
         except trust.CacheTrustError as err:  # never used: converted again from deepbet's own files
             if verbose:
@@ -111,6 +111,15 @@ def deepbet(cache_dir=None, verbose=False) -> str:
 
 
 CONVERTED = ("deepbet.onnx", "deepbet-localizer.onnx")
+
+
+def _metadata_digest() -> str:
+    """SHA-256 of the metadata segrt writes into the converted files: a cache converted with
+    other metadata (an older segrt) is converted again."""
+    import hashlib
+
+    text = json.dumps([DEEPBET_METADATA, DEEPBET_LOCALIZER_METADATA], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _convert_deepbet(model_pt, bbox_pt, licence, sources, folder, verbose) -> None:
@@ -141,7 +150,7 @@ def _convert_deepbet(model_pt, bbox_pt, licence, sources, folder, verbose) -> No
         if licence:
             shutil.copyfile(licence, os.path.join(work, "LICENSE-deepbet"))
         record = trust.signed_record({name: os.path.join(work, name) for name in CONVERTED},
-                                     deepbet=DEEPBET_VERSION, sources=sources)
+                                     deepbet=DEEPBET_VERSION, sources=sources, metadata=_metadata_digest())
         with open(os.path.join(work, "manifest.json"), "w") as f:
             json.dump(record, f, indent=2)
         if os.path.isdir(folder):

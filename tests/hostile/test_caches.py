@@ -22,7 +22,7 @@ def fake_conversion(monkeypatch):
             with open(os.path.join(folder, name), "wb") as f:
                 f.write(b"converted " + name.encode())
         record = trust.signed_record({n: os.path.join(folder, n) for n in zoo.CONVERTED}, deepbet="x",
-                                     sources=sources)
+                                     sources=sources, metadata=zoo._metadata_digest())
         with open(os.path.join(folder, "manifest.json"), "w") as f:
             json.dump(record, f)
 

@@ -164,3 +164,34 @@ def test_a_fitted_model_returning_nan_stops_the_volume_pipeline(tmp_path):
     vol = np.random.default_rng(0).random((8, 8, 8)).astype(np.float32)
     with pytest.raises(ValueError, match="NaN or infinite score"):
         VolumePipeline(NanModel()).run(vol)
+
+
+def test_a_study_of_another_modality_is_refused_and_a_ct_model_notes_non_hu_values(tmp_path):
+    import os
+    import sys
+
+    from segrt.engine import io
+    from segrt.engine.volume import VolumePipeline
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from test_volume import _write_series
+
+    path = _model(tmp_path / "ct.onnx", meta={**SEMANTIC, "modality": "CT"})
+    _write_series(tmp_path / "mr", np.random.default_rng(0).uniform(0, 500, (8, 8, 8)).astype(np.float32),
+                  np.eye(4), shuffle=False)
+    for f in os.listdir(tmp_path / "mr"):  # relabel the series as MR
+        import pydicom
+
+        ds = pydicom.dcmread(tmp_path / "mr" / f)
+        ds.Modality = "MR"
+        ds.save_as(tmp_path / "mr" / f)
+    assert io.read_volume(tmp_path / "mr").modality == "MR"
+    pipe = VolumePipeline(path, backend="ort")
+    with pytest.raises(ModelTaskError, match="a MR study, but .*ct.onnx was trained on CT"):
+        pipe.run(str(tmp_path / "mr"))
+    # a NIfTI says nothing of its modality: values that cannot be HU get a note
+    vol = np.random.default_rng(1).uniform(0, 800, (8, 8, 8)).astype(np.float32)
+    result = pipe.run(vol)
+    assert any("no voxel is below -500" in n for n in result.notes)
+    with pytest.raises(md.MetadataError, match="modality"):
+        md.validate({**SEMANTIC, "modality": "computed tomography"})
