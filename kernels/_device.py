@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
+
 from segrt.kernels import _ext
 
-__all__ = ["DEVICES", "on_gpu", "resolve", "implementation"]
+__all__ = ["DEVICES", "on_gpu", "resolve", "implementation", "array_module_of"]
 
 DEVICES = ("auto", "reference", "cpu", "cuda")
 _DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
@@ -48,6 +50,10 @@ def resolve(op: str, table: dict, device, *arrays) -> str:
                      if gpu_arrays else "")
             raise NotImplementedError(f"{op}: the GPU (CUDA) implementation is not available in this version of "
                                       f"segrt; {where}use device='cpu'")
+        from segrt.kernels import _gpu
+
+        _gpu.array_module()  # CuPy and a device (or the simulator), else an error that says what is missing
+        _gpu.cuda()
         return device
     if gpu_arrays:
         raise ValueError(f"{op}: device={device!r} runs on the host, but an input is a GPU array; copy it to the "
@@ -61,3 +67,12 @@ def implementation(op: str, table: dict, device, *arrays):
     """(device, the module that implements ``op`` there)."""
     device = resolve(op, table, device, *arrays)
     return device, importlib.import_module(table[device])
+
+
+def array_module_of(array):
+    """CuPy for arrays on a GPU, NumPy otherwise (the module an op's glue works with)."""
+    if on_gpu(array):
+        from segrt._optional import optional_import
+
+        return optional_import("cupy", purpose="arrays on a GPU")
+    return np

@@ -1,10 +1,41 @@
-"""Shared fixtures; tests marked ``gpu`` skip where CuPy finds no CUDA device."""
+"""Shared fixtures. Tests marked ``gpu`` skip where CuPy finds no CUDA device; the ``cuda``
+parameters of the parity tests run on a GPU where there is one, else in Numba's CUDA
+simulator (NumPy arrays), which this file turns on before anything imports Numba."""
 from __future__ import annotations
 
 import functools
+import importlib.util
+import os
 
 import numpy as np
 import pytest
+
+
+def _real_gpu() -> bool:
+    if importlib.util.find_spec("cupy") is None:
+        return False
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        return False
+
+
+if not _real_gpu():
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+
+@functools.lru_cache(maxsize=1)
+def _cuda_runnable() -> bool:
+    """A GPU, or the simulator with numba-cuda installed."""
+    if _real_gpu():
+        return True
+    try:
+        import numba.cuda  # noqa: F401
+    except Exception:
+        return False
+    return os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 
 
 @functools.lru_cache(maxsize=1)
@@ -32,12 +63,13 @@ def _cache_key_outside_the_home(tmp_path_factory):
 
 
 def pytest_collection_modifyitems(config, items):
-    if _gpu_available():
-        return
-    skip = pytest.mark.skip(reason="no CUDA device visible to CuPy")
+    skip_gpu = pytest.mark.skip(reason="no CUDA device visible to CuPy")
+    skip_cuda = pytest.mark.skip(reason="neither a CUDA device nor numba-cuda's simulator")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "gpu" in item.keywords and not _gpu_available():
+            item.add_marker(skip_gpu)
+        elif "cuda" in item.keywords and not _cuda_runnable():
+            item.add_marker(skip_cuda)
 
 
 @functools.lru_cache(maxsize=None)
@@ -78,6 +110,6 @@ def add_noise(prob, dist, seed, kind="mult"):
 
 def fast_devices(implementations: dict) -> list:
     """pytest params for an op's fast implementations (every entry of its dispatch table but the
-    reference): ``test_matches_reference[cpu]``, and ``[cuda]`` (marked gpu) once an op has one."""
-    return [pytest.param(d, marks=pytest.mark.gpu) if d == "cuda" else d
+    reference): ``test_matches_reference[cpu]``, and ``[cuda]`` (a GPU, or the simulator)."""
+    return [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d
             for d in implementations if d != "reference"]

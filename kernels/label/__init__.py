@@ -15,8 +15,10 @@ Pinned semantics (identical to ``cc3d`` 4.x, connected-components-3d):
   equals masking with ``cc3d.largest_k`` (whose ties are arbitrary for k > 1).
 
 Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"`` (``_reference.py``,
-NumPy label propagation) and ``"cpu"`` (``_cpu.py``: run-length union-find in C++ on all cores,
-clean-ups in one read and one write); ``"auto"`` follows the data.
+NumPy label propagation), ``"cpu"`` (``_cpu.py``: run-length union-find in C++ on all cores,
+clean-ups in one read and one write) and ``"cuda"`` (``_cuda.py``: a lock-free union-find with
+one thread per voxel, Numba CUDA on CuPy arrays; a GPU array in gives a GPU array out, a NumPy
+array with device="cuda" is copied to the GPU once); ``"auto"`` follows the data.
 """
 from __future__ import annotations
 
@@ -32,7 +34,8 @@ __all__ = ["connected_components", "component_stats", "remove_small", "keep_larg
 _OUT_DTYPES = ("uint8", "uint16", "uint32", "uint64")
 
 # the dispatch table: device -> implementation module (same function names in each)
-IMPLEMENTATIONS = {"reference": "segrt.kernels.label._reference", "cpu": "segrt.kernels.label._cpu"}
+IMPLEMENTATIONS = {"reference": "segrt.kernels.label._reference", "cpu": "segrt.kernels.label._cpu",
+                   "cuda": "segrt.kernels.label._cuda"}
 
 
 def _prepare(image, connectivity, device, name="image"):
@@ -221,8 +224,9 @@ def fill_holes(mask, connectivity=None, *, device="auto"):
     if fg.size == 0:
         return fg
     background = connected_components(~fg, conn, device=device)
+    xp = _device.array_module_of(background)
     border = [background[(slice(None),) * a + (i,)] for a in range(fg.ndim) for i in (0, -1)]
-    outside = np.zeros(int(background.max()) + 1, bool)
+    outside = xp.zeros(int(background.max()) + 1, bool)
     for face in border:
         outside[face.reshape(-1)] = True
     outside[0] = True  # label 0 is the foreground itself

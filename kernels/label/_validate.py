@@ -12,7 +12,10 @@ UNSIGNED = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 def label_image(image, name: str = "image") -> np.ndarray:
     """The image as an ndarray of rank 2 or 3 holding bool or integer labels."""
-    arr = np.asarray(image)
+    from segrt.kernels._device import array_module_of
+
+    xp = array_module_of(image)
+    arr = xp.asarray(image) if xp is not np else np.asarray(image)
     if arr.ndim not in (2, 3):
         raise ValueError(f"{name} must be a 2D or 3D label image, got shape {arr.shape}")
     if arr.dtype.kind not in "biu":
@@ -42,7 +45,7 @@ def as_unsigned_c(arr: np.ndarray) -> tuple[np.ndarray, bool]:
         if arr.flags.f_contiguous:
             arr, transposed = arr.T, True
         else:
-            arr = np.ascontiguousarray(arr)
+            arr = arr.copy(order="C")
     return arr.view(UNSIGNED[arr.dtype.itemsize]), transposed
 
 

@@ -1,0 +1,59 @@
+"""What every op's CUDA implementation shares: where the GPU libraries come from, the array
+module, copies to the device and launch sizes.
+
+The kernels are Numba CUDA kernels launched on CuPy arrays. With ``NUMBA_ENABLE_CUDASIM=1``
+Numba runs the same kernels in its CUDA simulator on NumPy arrays, so their logic is tested on
+machines without a GPU (slowly: keep such cases small). Nothing here is imported by
+``import segrt``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from segrt._optional import optional_import
+
+__all__ = ["simulated", "cuda", "array_module", "to_device", "blocks", "THREADS"]
+
+THREADS = 256  # threads per block of the 1D launches
+
+
+def simulated() -> bool:
+    """True when Numba's CUDA simulator stands in for a GPU (NumPy arrays, no device)."""
+    return os.environ.get("NUMBA_ENABLE_CUDASIM", "") == "1"
+
+
+def cuda():
+    """``numba.cuda``, or an ImportError naming the extra that brings it."""
+    return optional_import("numba.cuda", purpose="the GPU kernels")
+
+
+def array_module():
+    """CuPy on a GPU; NumPy under the simulator. Raises an error that says what is missing."""
+    if simulated():
+        return np
+    cupy = optional_import("cupy", purpose="the GPU kernels")
+    try:
+        count = int(cupy.cuda.runtime.getDeviceCount())
+    except Exception as err:  # no driver
+        raise RuntimeError(f"device='cuda' needs an NVIDIA GPU and its driver; CuPy found none ({err})") from None
+    if count == 0:
+        raise RuntimeError("device='cuda' needs an NVIDIA GPU; CuPy sees no CUDA device")
+    return cupy
+
+
+def to_device(x, xp):
+    """``x`` as an array of ``xp``: no copy for device arrays (CUDA array interface, DLPack), one
+    copy from the host for NumPy input (the documented cost of device='cuda' on host data)."""
+    if xp is np:
+        return np.asarray(x)
+    if hasattr(x, "__cuda_array_interface__"):
+        return xp.asarray(x)
+    if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
+        return xp.from_dlpack(x)
+    return xp.asarray(np.asarray(x))
+
+
+def blocks(n: int, threads: int = THREADS) -> int:
+    return max(1, (int(n) + threads - 1) // threads)
