@@ -12,6 +12,11 @@ from segrt.kernels.overlay import blend_labels
 
 cv2 = pytest.importorskip("cv2")
 
+def _host(x):
+    """A result as a NumPy array (CuPy arrays come back from the GPU)."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
 PALETTE = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200]], np.uint8)
 
 
@@ -23,16 +28,24 @@ def _case(rng, frame_hw, labels_hw, n_labels=6, dtype=np.uint8):
     return frame, labels
 
 
-@pytest.mark.parametrize("frame_hw, labels_hw", [((480, 640), (240, 320)), ((481, 639), (240, 320)),
-                                                 ((1080, 1920), (240, 320)), ((100, 90), (240, 320)),
-                                                 ((7, 5), (7, 5)), ((10, 10), (3, 4)), ((1, 1), (1, 1))])
+# small frames for every device (the CUDA simulator runs a Python thread per pixel): up, down,
+# non-integer scales and 1 x 1; the video sizes for the compiled CPU kernel
+SMALL = [((24, 32), (12, 16)), ((25, 31), (12, 16)), ((30, 27), (72, 96)), ((7, 5), (7, 5)), ((10, 10), (3, 4)),
+         ((1, 1), (1, 1))]
+VIDEO = [((480, 640), (240, 320)), ((481, 639), (240, 320)), ((1080, 1920), (240, 320)), ((100, 90), (240, 320))]
+
+
+@pytest.mark.parametrize("frame_hw, labels_hw", SMALL + [pytest.param(*v, marks=pytest.mark.video_size) for v in VIDEO])
 @pytest.mark.parametrize("alpha", [0.0, 0.45, 1.0])
 @pytest.mark.parametrize("device", fast_devices(overlay.IMPLEMENTATIONS))
-def test_matches_reference(device, frame_hw, labels_hw, alpha):
+def test_matches_reference(device, frame_hw, labels_hw, alpha, request):
+    if device == "cuda" and "video_size" in request.keywords and __import__("os").environ.get(
+            "NUMBA_ENABLE_CUDASIM") == "1":
+        pytest.skip("video-sized frames take minutes in the CUDA simulator; small frames cover the kernel")
     rng = np.random.default_rng(sum(frame_hw) + sum(labels_hw))
     frame, labels = _case(rng, frame_hw, labels_hw)
     ref = blend_labels(frame, labels, PALETTE, alpha, device="reference")
-    got = blend_labels(frame, labels, PALETTE, alpha, device=device)
+    got = _host(blend_labels(frame, labels, PALETTE, alpha, device=device))
     np.testing.assert_array_equal(got, ref)
     if alpha == 0.0:
         np.testing.assert_array_equal(got, frame)
@@ -116,3 +129,13 @@ def test_out_overlapping_the_frame_is_refused():
     block = np.zeros((8, 4, 3), np.uint8)
     with pytest.raises(ValueError, match="not a part of it"):
         blend_labels(block[:4], np.ones((2, 2), np.uint8), PALETTE, 0.5, out=block[2:6])
+
+
+@pytest.mark.parametrize("device", fast_devices(overlay.IMPLEMENTATIONS))
+def test_in_place_and_out_match_reference_on_every_device(device):
+    rng = np.random.default_rng(5)
+    frame, labels = _case(rng, (18, 22), (9, 11))
+    ref = blend_labels(frame, labels, PALETTE, 0.6, device="reference")
+    inplace = frame.copy()
+    got = blend_labels(inplace, labels, PALETTE, 0.6, out=inplace, device=device)
+    np.testing.assert_array_equal(_host(got), ref)
