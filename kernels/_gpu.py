@@ -46,8 +46,9 @@ def array_module():
 def to_device(x, xp):
     """``x`` as an array of ``xp``: no copy for device arrays (CUDA array interface, DLPack), one
     copy from the host for NumPy input (the documented cost of device='cuda' on host data)."""
-    if xp is np:
-        return np.asarray(x)
+    if xp is np:  # the simulator copies every kernel argument back: read-only inputs need a copy
+        x = np.asarray(x)
+        return x if x.flags.writeable else x.copy()
     if hasattr(x, "__cuda_array_interface__"):
         return xp.asarray(x)
     if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):

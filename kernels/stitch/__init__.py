@@ -10,9 +10,11 @@ back to end at the border; the gaussian map is the outer product of 1D gaussians
 
 Planning (``windows``, ``window_grid``, ``pad_widths``, ``importance_map``) is plain Python for
 every device. The array kernels (``zeros``, ``accumulate``, ``normalize``, ``argmax_block``)
-have a NumPy reference (``device="reference"``, ``_reference.py``) and a C++ version
-(``device="cpu"``, ``_cpu.py``: in place, no temporaries, all cores for large blocks);
-``"auto"`` follows the data (see ``segrt.kernels._device``).
+have a NumPy reference (``device="reference"``, ``_reference.py``), a C++ version
+(``device="cpu"``, ``_cpu.py``: in place, no temporaries, all cores for large blocks) and a GPU
+version (``device="cuda"``, ``_cuda.py``: the weighted accumulate as a Numba CUDA kernel on
+CuPy arrays, within float rounding of the others); ``"auto"`` follows the data (see
+``segrt.kernels._device``).
 """
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ __all__ = ["scan_intervals", "window_grid", "windows", "pad_widths", "importance
            "accumulate", "normalize", "argmax_block", "resolve_device", "IMPLEMENTATIONS"]
 
 # the dispatch table: device -> implementation module (same function names in each)
-IMPLEMENTATIONS = {"reference": "segrt.kernels.stitch._reference", "cpu": "segrt.kernels.stitch._cpu"}
+IMPLEMENTATIONS = {"reference": "segrt.kernels.stitch._reference", "cpu": "segrt.kernels.stitch._cpu",
+                   "cuda": "segrt.kernels.stitch._cuda"}
 
 
 def _implementation(device, *arrays):
