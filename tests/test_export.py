@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from segrt.engine import InferInputError, InvalidModelError, ModelFileError, load  # noqa: E402
+from segrt.engine import InvalidModelError, ModelFileError, load  # noqa: E402
 from segrt.export import ExportVerificationError, MetadataError, to_onnx  # noqa: E402
 from segrt.engine import metadata as md  # noqa: E402
 
