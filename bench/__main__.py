@@ -10,6 +10,7 @@ BENCHMARKS = {
     "engine": "segrt.bench.engine",
     "pipeline": "segrt.bench.pipeline",
     "report": "segrt.bench.report",
+    "gpu-kernels": "segrt.bench.gpu_kernels",
 }
 
 

@@ -1,4 +1,5 @@
-"""One script for a GPU machine: the GPU tests, TensorRT engine builds (fp32 / fp16 / int8)
+"""One script for a GPU machine: the GPU tests and the CUDA kernels' parity cases, the GPU
+kernels benchmark (``gpu_kernels.py``), TensorRT engine builds (fp32 / fp16 / int8)
 with their task-level parity (``segrt check``) and latency, and ONNX Runtime GPU, written as
 one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so and runs the rest.
 
@@ -61,11 +62,20 @@ def main(argv=None) -> dict:
     _try(report, "gpu", gpu)
 
     def gpu_tests():
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider"],
+        # the gpu-marked tests and the CUDA kernels' parity cases, on the real device
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "gpu or cuda", "-p", "no:cacheprovider"],
                              capture_output=True, text=True, timeout=1200)
         return {"returncode": out.returncode, "tail": out.stdout[-3000:]}
 
-    _try(report, "pytest -m gpu", gpu_tests)
+    _try(report, "pytest -m 'gpu or cuda'", gpu_tests)
+
+    def gpu_kernels():
+        from segrt.bench import gpu_kernels as bench
+
+        rows = bench.main(["--out", os.path.join(args.out, "gpu_kernels.json")]).rows
+        return {"rows": rows}
+
+    _try(report, "gpu kernels benchmark", gpu_kernels)
 
     with tempfile.TemporaryDirectory() as tmp:
         def export():

@@ -245,3 +245,15 @@ def test_benchmark_page_renders_partial_runs_and_groups_rows(tmp_path):
     assert "partial results" in page and "- a note" in page and "X, 2 cores" in page
     assert "| case | segrt s |" in page and "| a | 0.5 |" in page and "| b | — |" in page
     assert "| story | fps |" in page and "runs" not in page.split("## nms")[1].split("|")[0]
+
+
+def test_gpu_kernels_benchmark_runs_in_the_simulator():
+    # the script a GPU machine runs, checked here on tiny cases in Numba's CUDA simulator
+    import os
+
+    pytest.importorskip("numba.cuda")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    out = subprocess.run([sys.executable, "-m", "segrt.bench", "gpu-kernels", "--simulate"], capture_output=True,
+                         text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("identical True") == 4 and "written" not in out.stdout

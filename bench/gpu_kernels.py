@@ -1,0 +1,143 @@
+"""GPU kernels against the CPU kernels and the GPU peers, same data, one run, one GPU.
+
+- labels: segrt's CUDA connected components (26-connected, multi-label) on a CT-like volume
+  against ``cupyx.scipy.ndimage.label`` (binary foreground only: it has no multi-label mode)
+  and segrt's CPU kernel; the numbering is checked equal to the CPU kernel's;
+- clean-ups: ``remove_small`` and ``keep_largest`` per class on the same volume;
+- stitching: the weighted accumulate of one window's prediction, device against CPU;
+- overlay: class colours blended into a 1080p frame, device against CPU.
+
+GPU times use CUDA events around each call (after a synchronising warm-up); CPU times use the
+wall clock. ``python -m segrt.bench gpu-kernels`` on a machine with a GPU (CuPy, numba-cuda);
+``--simulate`` runs tiny cases through Numba's CUDA simulator to check the script itself (its
+times mean nothing and are not written as results).
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import time
+
+import numpy as np
+
+from segrt.bench.harness import Report, bench_args, package_version
+
+
+def _timer(xp):
+    """A function timing ``fn()`` in seconds: CUDA events on a GPU, the wall clock otherwise."""
+    if xp is np:
+        def run(fn):
+            t = time.perf_counter()
+            out = fn()
+            return time.perf_counter() - t, out
+        return run
+    start, stop = xp.cuda.Event(), xp.cuda.Event()
+
+    def run(fn):
+        start.record()
+        out = fn()
+        stop.record()
+        stop.synchronize()
+        return xp.cuda.get_elapsed_time(start, stop) / 1000.0, out
+    return run
+
+
+def _median(timer, fn, repeats):
+    fn()  # warm-up: compilation, allocation
+    times, out = [], None
+    for _ in range(repeats):
+        t, out = timer(fn)
+        times.append(t)
+    return statistics.median(times), out
+
+
+def _host(x):
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
+
+
+def main(argv=None) -> Report:
+    def extra(ap):
+        ap.add_argument("--simulate", action="store_true",
+                        help="tiny cases in Numba's CUDA simulator (checks the script; times are meaningless)")
+
+    args = bench_args("gpu-kernels", __doc__.split("\n\n")[0], "smaller volumes, fewer repeats", argv, extra)
+    if args.simulate:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from segrt.bench.label_data import ct_like
+    from segrt.kernels import _gpu, label, overlay, stitch
+
+    xp = _gpu.array_module()  # CuPy and a device, or the simulator; else a clear error
+    timer, cpu_timer = _timer(xp), _timer(np)
+    repeats = args.repeats or (2 if args.simulate or args.quick else 7)
+    report = Report("gpu_kernels", path=None if args.simulate else args.out)
+    for p in ("cupy-cuda12x", "cupy-cuda13x", "numba-cuda", "numba"):
+        report.machine["versions"][p] = package_version(p)
+    if xp is not np:
+        props = xp.cuda.runtime.getDeviceProperties(0)
+        report.machine["gpu"] = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    report.notes.append("GPU times: CUDA events around each call, median over repeats after a warm-up; CPU: wall "
+                        "clock. cupyx.scipy.ndimage.label labels the binary foreground (no multi-label mode).")
+
+    shape = (4, 6, 7) if args.simulate else (60, 256, 256) if args.quick else (300, 512, 512)
+    seg = ct_like(shape, seed=0) if not args.simulate else np.random.default_rng(0).integers(0, 3, shape, np.uint8)
+    seg_dev = _gpu.to_device(seg, xp)
+    t_gpu, lab_gpu = _median(timer, lambda: label.connected_components(seg_dev, 26, device="cuda"), repeats)
+    t_cpu, lab_cpu = _median(cpu_timer, lambda: label.connected_components(seg, 26, device="cpu"), repeats)
+    row = {"kernel": "connected components, 26-connected, multi-label", "data": "x".join(map(str, shape)),
+           "segrt_gpu_s": t_gpu, "segrt_cpu_s": t_cpu, "gpu_speedup_vs_cpu": t_cpu / t_gpu,
+           "identical_to_cpu": bool(np.array_equal(_host(lab_gpu), lab_cpu))}
+    if xp is not np:
+        ndimage = __import__("cupyx.scipy.ndimage", fromlist=["label"])
+        binary = seg_dev != 0
+        structure = xp.ones((3, 3, 3), bool)
+        t_peer, _ = _median(timer, lambda: ndimage.label(binary, structure), repeats)
+        row.update(peer="cupyx.scipy.ndimage.label (binary)", peer_s=t_peer, speedup_vs_peer=t_peer / t_gpu)
+    report.add(**row)
+    for name, fn_gpu, fn_cpu in (
+            ("remove_small (100)", lambda: label.remove_small(seg_dev, 100, device="cuda"),
+             lambda: label.remove_small(seg, 100, device="cpu")),
+            ("keep_largest per class", lambda: label.keep_largest(seg_dev, 1, device="cuda"),
+             lambda: label.keep_largest(seg, 1, device="cpu"))):
+        t_gpu, out_gpu = _median(timer, fn_gpu, repeats)
+        t_cpu, out_cpu = _median(cpu_timer, fn_cpu, repeats)
+        report.add(kernel=name, data="x".join(map(str, shape)), segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu,
+                   gpu_speedup_vs_cpu=t_cpu / t_gpu, identical_to_cpu=bool(np.array_equal(_host(out_gpu), out_cpu)))
+
+    roi = (4, 5, 6) if args.simulate else (96, 96, 96)
+    vol = (6, 7, 8) if args.simulate else (160, 200, 200)
+    rng = np.random.default_rng(1)
+    pred = rng.standard_normal((3,) + roi).astype(np.float32)
+    weight = stitch.importance_map(roi, "gaussian")
+    dst_cpu = np.zeros((3,) + vol, np.float32)
+    dst_gpu = stitch.zeros((3,) + vol, np.float32, device="cuda")
+    pred_dev, weight_dev = _gpu.to_device(pred, xp), _gpu.to_device(weight, xp)
+    t_gpu, _ = _median(timer, lambda: stitch.accumulate(dst_gpu, (1, 1, 1), pred_dev, weight_dev, device="cuda"),
+                       repeats)
+    t_cpu, _ = _median(cpu_timer, lambda: stitch.accumulate(dst_cpu, (1, 1, 1), pred, weight, device="cpu"), repeats)
+    report.add(kernel="weighted accumulate of one window", data="x".join(map(str, (3,) + roi)), segrt_gpu_s=t_gpu,
+               segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
+               max_rel_difference=float(np.max(np.abs(_host(dst_gpu) - dst_cpu) / np.maximum(np.abs(dst_cpu), 1e-6))))
+
+    frame_hw, labels_hw = ((12, 16), (6, 8)) if args.simulate else ((1080, 1920), (240, 320))
+    frame = rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8)
+    labels = rng.integers(0, 4, labels_hw).astype(np.uint8)
+    palette = np.array([[0, 0, 0], [255, 200, 0], [0, 220, 255], [255, 0, 200]], np.uint8)
+    frame_dev, labels_dev = _gpu.to_device(frame, xp), _gpu.to_device(labels, xp)
+    t_gpu, out_gpu = _median(timer, lambda: overlay.blend_labels(frame_dev, labels_dev, palette, 0.45, device="cuda"),
+                             repeats)
+    t_cpu, out_cpu = _median(cpu_timer, lambda: overlay.blend_labels(frame, labels, palette, 0.45, device="cpu"),
+                             repeats)
+    report.add(kernel="overlay colours", data=f"{frame_hw[1]}x{frame_hw[0]} frame, {labels_hw[1]}x{labels_hw[0]} "
+               "labels", segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
+               identical_to_cpu=bool(np.array_equal(_host(out_gpu), out_cpu)))
+    for row in report.rows:
+        print(f"  {row['kernel']}: GPU {row['segrt_gpu_s'] * 1e3:.3f} ms, CPU {row['segrt_cpu_s'] * 1e3:.3f} ms"
+              + (f", identical {row['identical_to_cpu']}" if "identical_to_cpu" in row else ""), flush=True)
+    if not args.simulate:
+        report.finish()
+        print(f"\nwritten: {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
