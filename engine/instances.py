@@ -194,7 +194,7 @@ class InstancePipeline:
             raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
         if x.size == 0:
             raise io.InputFileError(f"{source}: the image is empty (shape {x.shape})")
-        if x.dtype.kind == "f" and not np.isfinite(x.sum(dtype=np.float64)):
+        if x.dtype.kind == "f" and not np.isfinite(x.sum()):
             bad = ~np.isfinite(x)
             if bad.any():  # counted in the image as read, before any padding or tiling
                 first = tuple(int(v) for v in np.unravel_index(np.argmax(bad), x.shape))

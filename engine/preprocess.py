@@ -167,7 +167,7 @@ def labels_from_scores(scores: np.ndarray) -> np.ndarray:
     if scores.ndim < 2 or scores.shape[0] == 0:
         raise ValueError(f"the model returned scores of shape {tuple(scores.shape)}: no class channels to take the "
                          "argmax over")
-    if scores.dtype.kind == "f" and not np.isfinite(scores.sum(dtype=np.float64)):
+    if scores.dtype.kind == "f" and not np.isfinite(scores.sum()):
         bad = int(scores.size - np.count_nonzero(np.isfinite(scores)))
         if bad:
             raise ValueError(f"the model returned {bad} NaN or infinite score(s); its labels would be wrong there "

@@ -102,7 +102,7 @@ def _as_prediction(out, batch: np.ndarray, roi: tuple) -> np.ndarray:
         raise ValueError(f"the predictor returned no channels (shape {pred.shape}); a segmentation needs at least "
                          "one score per voxel")
     # one vectorised sum; only a non-finite one pays for the exact count
-    if not np.isfinite(pred.sum(dtype=np.float64)):
+    if not np.isfinite(pred.sum()):  # float32 pairwise sum: an overflow only costs the exact count
         bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
         if bad:
             raise ValueError(f"the predictor returned {bad} NaN or infinite score(s) for a batch of windows; the "
