@@ -253,6 +253,7 @@ def _edge_cases():
         "random int16": _random_labels((4, 5, 6), np.int16, rng),
         "random bool": _random_labels((4, 5, 6), bool, rng),
         "random uint64": _random_labels((5, 4, 3), np.uint64, rng),
+        "uint64 past 2**63": (_random_labels((5, 4, 3), np.uint8, rng).astype(np.uint64) * np.uint64(2**62)),
         "2D random": _random_labels((9, 11), np.uint8, rng),
         "2D row": _random_labels((1, 17), np.uint8, rng),
         "Fortran order": np.asfortranarray(_random_labels((4, 5, 6), np.uint8, rng)),

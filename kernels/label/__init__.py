@@ -134,19 +134,18 @@ def _class_sizes(min_size):
 
 
 def _class_keys(items, arr: np.ndarray):
-    """Class values as the unsigned bit patterns the kernels compare."""
+    """Class values as the unsigned bit patterns the kernels compare (any value the image's dtype
+    holds, uint64 values past 2**63 included)."""
     if not items:
         return np.zeros(0, np.uint64)
-    vals = np.array([v for v, _ in items] if isinstance(items[0], tuple) else items, dtype=np.int64)
+    vals = [int(v) for v, _ in items] if isinstance(items[0], tuple) else [int(v) for v in items]
     if arr.dtype.kind == "b":
-        vals = vals.astype(bool).astype(np.uint64)
-    else:
-        info = np.iinfo(arr.dtype)
-        bad = vals[(vals < info.min) | (vals > info.max)]
-        if bad.size:
-            raise ValueError(f"class {int(bad[0])} cannot occur in an image of dtype {arr.dtype}")
-        vals = vals.astype(arr.dtype).view(_validate.UNSIGNED[arr.dtype.itemsize]).astype(np.uint64)
-    return vals
+        return np.array([bool(v) for v in vals], np.uint64)
+    info = np.iinfo(arr.dtype)
+    bad = [v for v in vals if v < info.min or v > info.max]
+    if bad:
+        raise ValueError(f"class {bad[0]} cannot occur in an image of dtype {arr.dtype}")
+    return np.array(vals, dtype=arr.dtype).view(_validate.UNSIGNED[arr.dtype.itemsize]).astype(np.uint64)
 
 
 def remove_small(seg, min_size, connectivity=None, *, device="auto"):

@@ -177,10 +177,11 @@ def keep_largest(img, connectivity, k, classes, per_class):
     xp, flat, labels, n, size, value = _components(img, connectivity)
     ids = xp.arange(1, n + 1, dtype=np.int64)
     group = value[1:] if per_class else xp.zeros(n, np.uint64)
+    key = group.view(np.int64)  # a one-to-one key: equal classes stay together whatever their bits
     # by class, then size descending, then first voxel: the rank within a class decides
-    order = xp.lexsort(xp.stack([ids, -size[1:].astype(np.int64), group.astype(np.int64)]))
-    sorted_group = group[order]
-    first = xp.searchsorted(sorted_group, sorted_group, side="left")
+    order = xp.lexsort(xp.stack([ids, -size[1:].astype(np.int64), key]))
+    sorted_group, sorted_key = group[order], key[order]
+    first = xp.searchsorted(sorted_key, sorted_key, side="left")
     rank = xp.arange(n, dtype=np.int64) - first
     keep = xp.ones(n + 1, bool)
     drop = rank >= k
