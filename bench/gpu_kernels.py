@@ -64,7 +64,8 @@ def main(argv=None) -> Report:
     if args.simulate:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
     from segrt.bench.label_data import ct_like
-    from segrt.kernels import _gpu, label, overlay, stitch
+    from segrt.kernels import gpu as _gpu
+    from segrt.kernels import label, overlay, stitch
 
     xp = _gpu.array_module()  # CuPy and a device, or the simulator; else a clear error
     timer, cpu_timer = _timer(xp), _timer(np)

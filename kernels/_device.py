@@ -50,7 +50,7 @@ def resolve(op: str, table: dict, device, *arrays) -> str:
                      if gpu_arrays else "")
             raise NotImplementedError(f"{op}: the GPU (CUDA) implementation is not available in this version of "
                                       f"segrt; {where}use device='cpu'")
-        from segrt.kernels import _gpu
+        from segrt.kernels import gpu as _gpu
 
         _gpu.array_module()  # CuPy and a device (or the simulator), else an error that says what is missing
         _gpu.cuda()

@@ -18,7 +18,7 @@ import itertools
 
 import numpy as np
 
-from segrt.kernels import _gpu
+from segrt.kernels import gpu as _gpu
 
 
 def _backward_offsets(ndim: int, connectivity: int) -> np.ndarray:

@@ -83,7 +83,7 @@ def blend_labels(frame, labels, palette, alpha, *, out=None, device="auto"):
     palette = _check(frame, labels, palette, out)
     a = _alpha_level(alpha)
     if dev == "cuda":  # a device frame stays there; a host frame is copied once (the result is on the GPU)
-        from segrt.kernels import _gpu
+        from segrt.kernels import gpu as _gpu
 
         xp = _gpu.array_module()
         frame, labels, palette = (_gpu.to_device(v, xp) for v in (frame, labels, palette))

@@ -4,7 +4,7 @@ arrays (NumPy under the simulator); in place when ``out`` is the frame (each thr
 writes its own pixel)."""
 from __future__ import annotations
 
-from segrt.kernels import _gpu
+from segrt.kernels import gpu as _gpu
 
 # the kernels refer to the module-level ``cuda`` so that Numba's simulator can stand in for it
 cuda = _gpu.cuda()

@@ -7,7 +7,7 @@ where the CPU kernel rounds twice: results agree to float rounding (1e-6 relativ
 for bit."""
 from __future__ import annotations
 
-from segrt.kernels import _gpu
+from segrt.kernels import gpu as _gpu
 
 # the kernels refer to the module-level ``cuda`` so that Numba's simulator can stand in for it
 cuda = _gpu.cuda()

@@ -1,5 +1,5 @@
-"""What every op's CUDA implementation shares: where the GPU libraries come from, the array
-module, copies to the device and launch sizes.
+"""GPU support the ops' CUDA implementations share, public for benchmarks and callers that move
+data: where the GPU libraries come from, the array module, copies to the device, launch sizes.
 
 The kernels are Numba CUDA kernels launched on CuPy arrays. With ``NUMBA_ENABLE_CUDASIM=1``
 Numba runs the same kernels in its CUDA simulator on NumPy arrays, so their logic is tested on
