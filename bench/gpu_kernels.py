@@ -51,10 +51,6 @@ def _median(timer, fn, repeats):
     return statistics.median(times), out
 
 
-def _host(x):
-    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
-
-
 def main(argv=None) -> Report:
     def extra(ap):
         ap.add_argument("--simulate", action="store_true",
@@ -86,7 +82,7 @@ def main(argv=None) -> Report:
     t_cpu, lab_cpu = _median(cpu_timer, lambda: label.connected_components(seg, 26, device="cpu"), repeats)
     row = {"kernel": "connected components, 26-connected, multi-label", "data": "x".join(map(str, shape)),
            "segrt_gpu_s": t_gpu, "segrt_cpu_s": t_cpu, "gpu_speedup_vs_cpu": t_cpu / t_gpu,
-           "identical_to_cpu": bool(np.array_equal(_host(lab_gpu), lab_cpu))}
+           "identical_to_cpu": bool(np.array_equal(_gpu.to_host(lab_gpu), lab_cpu))}
     if xp is not np:
         ndimage = __import__("cupyx.scipy.ndimage", fromlist=["label"])
         binary = seg_dev != 0
@@ -102,7 +98,7 @@ def main(argv=None) -> Report:
         t_gpu, out_gpu = _median(timer, fn_gpu, repeats)
         t_cpu, out_cpu = _median(cpu_timer, fn_cpu, repeats)
         report.add(kernel=name, data="x".join(map(str, shape)), segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu,
-                   gpu_speedup_vs_cpu=t_cpu / t_gpu, identical_to_cpu=bool(np.array_equal(_host(out_gpu), out_cpu)))
+                   gpu_speedup_vs_cpu=t_cpu / t_gpu, identical_to_cpu=bool(np.array_equal(_gpu.to_host(out_gpu), out_cpu)))
 
     roi = (4, 5, 6) if args.simulate else (96, 96, 96)
     vol = (6, 7, 8) if args.simulate else (160, 200, 200)
@@ -117,7 +113,7 @@ def main(argv=None) -> Report:
     t_cpu, _ = _median(cpu_timer, lambda: stitch.accumulate(dst_cpu, (1, 1, 1), pred, weight, device="cpu"), repeats)
     report.add(kernel="weighted accumulate of one window", data="x".join(map(str, (3,) + roi)), segrt_gpu_s=t_gpu,
                segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
-               max_rel_difference=float(np.max(np.abs(_host(dst_gpu) - dst_cpu) / np.maximum(np.abs(dst_cpu), 1e-6))))
+               max_rel_difference=float(np.max(np.abs(_gpu.to_host(dst_gpu) - dst_cpu) / np.maximum(np.abs(dst_cpu), 1e-6))))
 
     frame_hw, labels_hw = ((12, 16), (6, 8)) if args.simulate else ((1080, 1920), (240, 320))
     frame = rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8)
@@ -130,7 +126,7 @@ def main(argv=None) -> Report:
                              repeats)
     report.add(kernel="overlay colours", data=f"{frame_hw[1]}x{frame_hw[0]} frame, {labels_hw[1]}x{labels_hw[0]} "
                "labels", segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
-               identical_to_cpu=bool(np.array_equal(_host(out_gpu), out_cpu)))
+               identical_to_cpu=bool(np.array_equal(_gpu.to_host(out_gpu), out_cpu)))
     for row in report.rows:
         print(f"  {row['kernel']}: GPU {row['segrt_gpu_s'] * 1e3:.3f} ms, CPU {row['segrt_cpu_s'] * 1e3:.3f} ms"
               + (f", identical {row['identical_to_cpu']}" if "identical_to_cpu" in row else ""), flush=True)

@@ -92,7 +92,7 @@ class Model:
             x = _check_batch(batch, self.inputs[0], self.path)
         try:
             outs = self.runner(x)
-        except (InferInputError, KeyboardInterrupt):
+        except InferInputError:
             raise
         except Exception as err:  # the runtimes' own exception types (ONNX Runtime's are not RuntimeError)
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]

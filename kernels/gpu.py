@@ -14,7 +14,7 @@ import numpy as np
 
 from segrt._optional import optional_import
 
-__all__ = ["simulated", "cuda", "array_module", "to_device", "blocks", "THREADS"]
+__all__ = ["simulated", "cuda", "array_module", "to_device", "to_host", "blocks", "THREADS"]
 
 THREADS = 256  # threads per block of the 1D launches
 
@@ -54,6 +54,11 @@ def to_device(x, xp):
     if hasattr(x, "__dlpack__") and not isinstance(x, np.ndarray):
         return xp.from_dlpack(x)
     return xp.asarray(np.asarray(x))
+
+
+def to_host(x) -> np.ndarray:
+    """``x`` as a NumPy array (a CuPy array is copied back from its GPU)."""
+    return x.get() if hasattr(x, "get") and not isinstance(x, np.ndarray) else np.asarray(x)
 
 
 def blocks(n: int, threads: int = THREADS) -> int:

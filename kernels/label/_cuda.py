@@ -23,16 +23,10 @@ from segrt.kernels import gpu as _gpu
 
 def _backward_offsets(ndim: int, connectivity: int) -> np.ndarray:
     """(k, 3) neighbour offsets (dz, dy, dx) that come before a voxel in memory order."""
-    out = []
-    for d in itertools.product((-1, 0, 1), repeat=3):
-        if d == (0, 0, 0) or (ndim == 2 and d[0] != 0):
-            continue
-        order = sum(abs(v) for v in d)
-        limit = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]
-        if order > limit:
-            continue
-        if d < (0, 0, 0):  # lexicographically before: an earlier voxel in C order
-            out.append(d)
+    reach = {4: 1, 8: 2, 6: 1, 18: 2, 26: 3}[connectivity]  # nonzero axes a neighbour may differ in
+    out = [d for d in itertools.product((-1, 0, 1), repeat=3)
+           if d < (0, 0, 0)  # lexicographically before: an earlier voxel in C order
+           and not (ndim == 2 and d[0] != 0) and sum(abs(v) for v in d) <= reach]
     return np.array(out, np.int64)
 
 
@@ -206,7 +200,7 @@ def statistics(labels, max_label):
         nz, ny, nx = _shape3(labels.shape)
         _stats[_gpu.blocks(labels.size), _gpu.THREADS](labels.reshape(-1).astype(np.int64), nz, ny, nx,
                                                               counts, lo, hi, sums)
-    host = (lambda a: a) if xp is np else xp.asnumpy
+    host = _gpu.to_host
     lo, hi, sums = host(lo)[:, 3 - ndim:], host(hi)[:, 3 - ndim:], host(sums)[:, 3 - ndim:]
     boxes = np.empty((n, 2 * ndim), np.int64)
     boxes[:, 0::2], boxes[:, 1::2] = lo, hi

@@ -25,6 +25,7 @@ import math
 import numpy as np
 
 from segrt.kernels import _device
+from segrt.kernels.stitch._cpu import ThreadTuner  # timing-based thread choice of the compiled kernel
 
 __all__ = ["scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner", "zeros",
            "accumulate", "normalize", "argmax_block", "resolve_device", "IMPLEMENTATIONS"]
@@ -108,16 +109,6 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
         if len(sigma) != len(roi):
             raise ValueError(f"sigma_scale needs {len(roi)} values, got {len(sigma)}")
     return _importance_map(roi, str(mode), sigma, np.dtype(dtype).name)
-
-
-class ThreadTuner:
-    """Picks one thread or all for the accumulation of one sliding-window run by timing both
-    on its first large windows (compiled kernels only; see ``_cpu.ThreadTuner``)."""
-
-    def __new__(cls):
-        from segrt.kernels.stitch._cpu import ThreadTuner as tuner
-
-        return tuner()
 
 
 def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="auto", tuner=None) -> None:
