@@ -140,6 +140,30 @@ void bind_starnms(py::module_& m) {
         py::arg("longest_ray") = -1.0f);
 
     m.def(
+        "decide_pairs_2d",
+        [](carray<float> dist, carray<int64_t> cells, int64_t width, int gy, int gx, carray<int64_t> pairs,
+           float thresh, int n_threads) {
+            if (dist.ndim() != 2 || cells.size() != dist.shape(0))
+                throw std::invalid_argument("dist must be (n, n_rays) rows for the n cells");
+            if (pairs.ndim() != 2 || pairs.shape(1) != 2) throw std::invalid_argument("pairs must be (n_pairs, 2)");
+            const int64_t* p = pairs.data();
+            for (int64_t k = 0; k < pairs.size(); ++k)
+                if (p[k] < 0 || p[k] >= dist.shape(0)) throw std::invalid_argument("pair index out of range");
+            std::vector<uint8_t> out;
+            {
+                py::gil_scoped_release release;
+                out = decide_pairs_2d(dist.data(), (int)dist.shape(1), cells.data(), width, gy, gx, p, pairs.shape(0),
+                                      thresh, n_threads);
+            }
+            py::array_t<bool> res(pairs.shape(0));
+            bool* r = res.mutable_data();
+            for (size_t k = 0; k < out.size(); ++k) r[k] = out[k] != 0;
+            return res;
+        },
+        py::arg("dist"), py::arg("cells"), py::arg("width"), py::arg("grid_y"), py::arg("grid_x"), py::arg("pairs"),
+        py::arg("thresh"), py::arg("n_threads") = 0);
+
+    m.def(
         "polygon_overlap_bounds_2d",
         [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by) {
             if (a.ndim() != 2 || a.shape(1) != 2 || b.ndim() != 2 || b.shape(1) != 2)

@@ -77,6 +77,12 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                             int64_t width, int grid_y, int grid_x, float thresh, int n_threads,
                             Nms2DStats* stats, const int64_t* rows = nullptr, float longest_ray = -1.0f);
 
+// The suppression decision of nms_2d for each pair (i kept, j a later candidate), as 0 / 1:
+// the pairs the GPU kernel cannot settle itself. dist: (n, n_rays) float32 rays of the
+// candidates (checked), cells: their flat cell indices, pairs: (n_pairs, 2) indices into them.
+std::vector<uint8_t> decide_pairs_2d(const float* dist, int n_rays, const int64_t* cells, int64_t width, int grid_y,
+                                     int grid_x, const int64_t* pairs, int64_t n_pairs, float thresh, int n_threads);
+
 // Intersection area (as float, StarDist's convention) and own areas of two candidate
 // polygons given by integer vertices; exposed for tests.
 struct PairOverlap {

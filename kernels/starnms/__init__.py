@@ -31,7 +31,8 @@ from segrt.kernels.starnms._rays import Rays3D, as_rays
 __all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "Rays3D", "IMPLEMENTATIONS"]
 
 # the dispatch table: device -> implementation module (same function names in each)
-IMPLEMENTATIONS = {"reference": "segrt.kernels.starnms._reference", "cpu": "segrt.kernels.starnms._cpu"}
+IMPLEMENTATIONS = {"reference": "segrt.kernels.starnms._reference", "cpu": "segrt.kernels.starnms._cpu",
+                   "cuda": "segrt.kernels.starnms._cuda"}
 
 
 def _implementation(device, *arrays):
@@ -47,12 +48,12 @@ def _nms_inputs(prob, dist, ndim, prob_thresh, nms_thresh, grid, border, device,
     else:
         prob_a = _validate.as_float_array(prob, "prob", ndim, scan=scan)
         dist_a = _validate.as_float_array(dist, "dist", 2, scan=scan)
-        cells = np.asarray(cells)
+        cells = _validate._module_array(cells)
         if cells.dtype.kind not in "iu" or cells.shape != (dist_a.shape[0],) or dist_a.shape[1] < 3:
             raise ValueError(f"with cells, dist must be (k, n_rays >= 3) rows for the k cells listed in cells (k,) "
                              f"integers; got cells {cells.shape} {cells.dtype} and dist {dist_a.shape}")
         cells = cells.astype(np.int64)
-        if cells.size and (cells[0] < 0 or cells[-1] >= prob_a.size or np.any(np.diff(cells) <= 0)):
+        if cells.size and (int(cells[0]) < 0 or int(cells[-1]) >= prob_a.size or bool((cells[1:] <= cells[:-1]).any())):
             raise ValueError(f"cells must be ascending flat indices into prob {prob_a.shape}, without repeats")
         if scan and dist_a.size and float(dist_a.min()) < 0:
             raise ValueError(f"dist must be non-negative, its minimum is {float(dist_a.min())}")
@@ -96,10 +97,11 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         kept, stats, rows = impl.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, stored=cells)
     except ValueError as err:
         raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
-    r, c = np.unravel_index(kept, prob_a.shape)
-    points = np.stack([r * grid[0], c * grid[1]], axis=1).astype(np.int64).reshape(-1, 2)
-    scores = np.asarray(prob).reshape(-1)[kept]
-    dists = np.asarray(dist).reshape(-1, n_rays)[rows]
+    xp = _device.array_module_of(kept)
+    r, c = kept // prob_a.shape[1], kept % prob_a.shape[1]
+    points = xp.stack([r * grid[0], c * grid[1]], axis=1).astype(xp.int64).reshape(-1, 2)
+    scores = _validate._module_array(prob).reshape(-1)[kept]
+    dists = _validate._module_array(dist).reshape(-1, n_rays)[rows]
     return (points, scores, dists, stats) if return_stats else (points, scores, dists)
 
 
@@ -123,8 +125,14 @@ def render_2d(dists, points, shape, scores=None, *, device="auto"):
     _, impl = _implementation(device, dists, points)
     dists_a, pts, scores_a = _validate.check_polygons(dists, points, 2, scores)
     shape = _validate.check_shape(shape, 2)
-    order = np.arange(len(pts)) if scores_a is None else np.argsort(scores_a, kind="stable")
-    labels = (order + 1).astype(np.int32)
+    xp = _device.array_module_of(dists_a)
+    if scores_a is None:
+        order = xp.arange(len(pts))
+    elif xp is np:
+        order = np.argsort(scores_a, kind="stable")
+    else:  # a stable order on any device: ties by position
+        order = xp.lexsort(xp.stack([xp.arange(len(pts), dtype=xp.float64), scores_a.astype(xp.float64)]))
+    labels = (order + 1).astype(xp.int32)
     return impl.render_2d(dists_a[order], pts[order], labels, shape)
 
 
@@ -171,18 +179,22 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
     n_rays = dist_a.shape[-1]
     try:
         order = impl.candidates(prob_a, prob_thresh, lo, hi)
-        points = np.stack(np.unravel_index(order, prob_a.shape), axis=1).astype(np.int64).reshape(-1, 3)
-        points *= np.asarray(grid)
-        cand_dist = np.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=np.float32)
+        xp = _device.array_module_of(order)
+        ny_nx = prob_a.shape[1] * prob_a.shape[2]
+        points = xp.stack([order // ny_nx, (order // prob_a.shape[2]) % prob_a.shape[1], order % prob_a.shape[2]],
+                          axis=1).astype(xp.int64).reshape(-1, 3)
+        points *= xp.asarray(grid)
+        cand_dist = xp.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=xp.float32)
         empty = ~cand_dist.any(axis=1)
-        if empty.any():  # a polyhedron without volume is no object; rendering would refuse it later
+        if bool(empty.any()):  # a polyhedron without volume is no object; rendering would refuse it later
             raise ValueError(f"{int(empty.sum())} candidate(s) have every ray zero (no volume), the first at "
-                             f"{tuple(int(v) for v in points[np.argmax(empty)])}")
+                             f"{tuple(int(v) for v in points[int(xp.argmax(empty))])}")
         keep, stats = impl.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
     except ValueError as err:
         raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
     kept = order[keep]
-    out = points[keep], np.asarray(prob).reshape(-1)[kept], np.asarray(dist).reshape(-1, n_rays)[kept]
+    out = (points[keep], _validate._module_array(prob).reshape(-1)[kept],
+           _validate._module_array(dist).reshape(-1, n_rays)[kept])
     return (*out, stats) if return_stats else out
 
 
@@ -212,9 +224,12 @@ def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
         raise ValueError(f"dists has {dists_a.shape[1]} rays but rays has {len(verts)} directions")
     if len(dists_a) and float(dists_a.min()) <= 0:
         raise ValueError(f"dists must be positive to render polyhedra, minimum is {float(dists_a.min())}")
-    prob = np.ones(len(pts)) if scores_a is None else scores_a
+    xp = _device.array_module_of(dists_a)
+    # NumPy's own (unstable) order, as StarDist draws: computed on the host for every device
+    prob = np.ones(len(pts)) if scores_a is None else (scores_a.get() if xp is not np else scores_a)
     order = np.argsort(prob)[::-1]
     labels = (np.arange(1, len(pts) + 1, dtype=np.int32))[order]
-    d = np.ascontiguousarray(dists_a[order], dtype=np.float32)
-    p = np.ascontiguousarray(pts[order], dtype=np.float32)
+    order = xp.asarray(order)
+    d = xp.ascontiguousarray(dists_a[order], dtype=xp.float32)
+    p = xp.ascontiguousarray(pts[order], dtype=xp.float32)
     return impl.render_3d(d, p, verts, faces, labels, shape)

@@ -8,22 +8,34 @@ import numbers
 
 import numpy as np
 
-def as_float_array(x, name: str, ndim: int, *, scan: bool = True) -> np.ndarray:
-    """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened).
+def _module_array(x):
+    """``x`` as an array of its own module: CuPy for GPU arrays (no copy), NumPy otherwise."""
+    from segrt.kernels._device import array_module_of
+
+    xp = array_module_of(x)
+    return xp.asarray(x) if xp is not np else np.asarray(x)
+
+
+def as_float_array(x, name: str, ndim: int, *, scan: bool = True):
+    """A C-contiguous floating array of rank ``ndim`` (float16 and integers are widened), on
+    the device it came from.
 
     scan: look at every value for NaN / infinity (the fast kernels check the values they
     use themselves, without a separate pass over large arrays).
     """
-    arr = np.asarray(x)
+    arr = _module_array(x)
     if arr.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
     if arr.dtype.kind == "b" or arr.dtype.kind not in "fiu":
         raise ValueError(f"{name} must hold real numbers, got dtype {arr.dtype}")
     if arr.dtype not in (np.float32, np.float64):
         arr = arr.astype(np.float32)
-    arr = np.ascontiguousarray(arr)
-    if scan and arr.size and not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    from segrt.kernels._device import array_module_of
+
+    xp = array_module_of(arr)
+    arr = xp.ascontiguousarray(arr)
+    if scan and arr.size and not bool(xp.isfinite(arr).all()):
+        bad = int(arr.size - int(xp.count_nonzero(xp.isfinite(arr))))
         raise ValueError(f"{name} contains {bad} NaN or infinite value(s); clean the network output first")
     return arr
 
@@ -91,22 +103,23 @@ def check_prob_dist(prob, dist, ndim: int, scan: bool = True):
 
 def check_polygons(dists, points, ndim: int, scores=None):
     dists = as_float_array(dists, "dists", 2)
-    pts = np.asarray(points)
+    pts = _module_array(points)
     if pts.ndim != 2 or pts.shape[1] != ndim or pts.shape[0] != dists.shape[0]:
         raise ValueError(
             f"points must be ({dists.shape[0]}, {ndim}) to match dists {dists.shape}, got shape {pts.shape}"
         )
-    if pts.dtype.kind not in "iuf" or (pts.size and not np.isfinite(pts).all()):
+    if pts.dtype.kind not in "iuf" or (pts.size and not bool((pts == pts).all() & (abs(pts) < float("inf")).all())):
         raise ValueError(f"points must be finite numbers, got dtype {pts.dtype}")
     if dists.shape[1] < 3:
         raise ValueError(f"need at least 3 rays, dists has shape {dists.shape}")
     if dists.size and float(dists.min()) < 0:
         raise ValueError(f"dists must be non-negative, its minimum is {float(dists.min())}")
     if scores is not None:
-        scores = np.asarray(scores)
+        scores = _module_array(scores)
         if scores.shape != (dists.shape[0],):
             raise ValueError(f"scores must be ({dists.shape[0]},), got shape {scores.shape}")
-        if scores.size and not np.isfinite(scores.astype(np.float64)).all():
+        s64 = scores.astype(np.float64)
+        if scores.size and not bool(((s64 == s64) & (abs(s64) < float("inf"))).all()):
             raise ValueError("scores contain NaN or infinite values")
     return dists, pts, scores
 
