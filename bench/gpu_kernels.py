@@ -5,7 +5,10 @@
   and segrt's CPU kernel; the numbering is checked equal to the CPU kernel's;
 - clean-ups: ``remove_small`` and ``keep_largest`` per class on the same volume;
 - stitching: the weighted accumulate of one window's prediction, device against CPU;
-- overlay: class colours blended into a 1080p frame, device against CPU.
+- overlay: class colours blended into a 1080p frame, device against CPU;
+- star-convex NMS: 2D polygons on 2048^2 generated nuclei targets (``label_data.nuclei_2d``),
+  device against CPU and StarDist where it is installed (no GPU star-convex NMS exists); kept
+  sets checked identical; cuCIM's ``label`` joins the label peers where it is installed.
 
 GPU times use CUDA events around each call (after a synchronising warm-up); CPU times use the
 wall clock. ``python -m segrt.bench gpu-kernels`` on a machine with a GPU (CuPy, numba-cuda);
@@ -89,6 +92,14 @@ def main(argv=None) -> Report:
         structure = xp.ones((3, 3, 3), bool)
         t_peer, _ = _median(timer, lambda: ndimage.label(binary, structure), repeats)
         row.update(peer="cupyx.scipy.ndimage.label (binary)", peer_s=t_peer, speedup_vs_peer=t_peer / t_gpu)
+        try:
+            from cucim.skimage.measure import label as cucim_label
+        except ImportError:
+            report.notes.append("cuCIM is not installed here: its label was not measured")
+        else:
+            t_cucim, _ = _median(timer, lambda: cucim_label(seg_dev, connectivity=3, background=0), repeats)
+            row.update(peer2="cucim.skimage.measure.label (multi-label)", peer2_s=t_cucim,
+                       speedup_vs_peer2=t_cucim / t_gpu)
     report.add(**row)
     for name, fn_gpu, fn_cpu in (
             ("remove_small (100)", lambda: label.remove_small(seg_dev, 100, device="cuda"),
@@ -127,6 +138,7 @@ def main(argv=None) -> Report:
     report.add(kernel="overlay colours", data=f"{frame_hw[1]}x{frame_hw[0]} frame, {labels_hw[1]}x{labels_hw[0]} "
                "labels", segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
                identical_to_cpu=bool(np.array_equal(_gpu.to_host(out_gpu), out_cpu)))
+    _nms_rows(report, args, xp, timer, cpu_timer, repeats)
     for row in report.rows:
         print(f"  {row['kernel']}: GPU {row['segrt_gpu_s'] * 1e3:.3f} ms, CPU {row['segrt_cpu_s'] * 1e3:.3f} ms"
               + (f", identical {row['identical_to_cpu']}" if "identical_to_cpu" in row else ""), flush=True)
@@ -134,6 +146,36 @@ def main(argv=None) -> Report:
         report.finish()
         print(f"\nwritten: {args.out}")
     return report
+
+
+def _nms_rows(report, args, xp, timer, cpu_timer, repeats):
+    from segrt.bench.label_data import nuclei_2d
+    from segrt.kernels import gpu as _gpu
+    from segrt.kernels.starnms import nms_2d
+
+    shape, n_rays = ((20, 20), 8) if args.simulate else ((512, 512), 32) if args.quick else ((2048, 2048), 32)
+    prob, dist = nuclei_2d(shape, n_rays, spacing=10 if args.simulate else 24, seed=2)
+    prob_dev, dist_dev = _gpu.to_device(prob, xp), _gpu.to_device(dist, xp)
+    t_gpu, out_gpu = _median(timer, lambda: nms_2d(prob_dev, dist_dev, prob_thresh=0.5, nms_thresh=0.4,
+                                                    device="cuda", return_stats=True), repeats)
+    t_cpu, out_cpu = _median(cpu_timer, lambda: nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, device="cpu"),
+                             repeats)
+    stats = out_gpu[3]
+    row = {"kernel": "star-convex NMS 2D", "data": f"{shape[1]}x{shape[0]}, {n_rays} rays, "
+           f"{stats['candidates']} candidates", "segrt_gpu_s": t_gpu, "segrt_cpu_s": t_cpu,
+           "gpu_speedup_vs_cpu": t_cpu / t_gpu, "pairs_on_host": stats["pairs_host"],
+           "pairs": stats["pairs_considered"], "waves": stats["waves"],
+           "identical_to_cpu": bool(np.array_equal(_gpu.to_host(out_gpu[0]), out_cpu[0]))}
+    try:
+        from segrt.bench.peers import stardist_nms_2d
+        t0 = time.perf_counter()
+        sd = stardist_nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, order="segrt")
+        t_sd = time.perf_counter() - t0  # once: it takes seconds at 2048^2
+        row.update(peer="stardist non_maximum_suppression (CPU, one run)", peer_s=t_sd, speedup_vs_peer=t_sd / t_gpu,
+                   identical_to_peer=bool(np.array_equal(np.asarray(sd[0]), out_cpu[0])))
+    except ImportError:
+        report.notes.append("StarDist is not installed here: its NMS was not measured")
+    report.add(**row)
 
 
 if __name__ == "__main__":

@@ -51,3 +51,41 @@ def video_frame(shape=(1080, 1920), seed=0) -> np.ndarray:
     noise = rng.random(shape) < 0.01
     frame[noise] ^= 1
     return frame
+
+
+def nuclei_2d(shape=(2048, 2048), n_rays=32, spacing=24, seed=0):
+    """StarDist-like "perfect prediction" targets of ellipse nuclei on a jittered grid, made
+    without StarDist: prob falls from 1 at a nucleus' centre to 0 at its rim, dist holds the
+    exact ray lengths (directions 2 pi k / n_rays as (sin, cos)) to the rim. Nuclei do not touch.
+
+    Returns (prob (H, W) float32, dist (H, W, n_rays) float32).
+    """
+    rng = np.random.default_rng(seed)
+    prob = np.zeros(shape, np.float32)
+    dist = np.zeros(shape + (n_rays,), np.float32)
+    phis = 2 * np.pi * np.arange(n_rays) / n_rays
+    uy, ux = np.sin(phis), np.cos(phis)
+    half = spacing / 2 - 1
+    for cy in np.arange(spacing / 2, shape[0] - spacing / 2, spacing):
+        for cx in np.arange(spacing / 2, shape[1] - spacing / 2, spacing):
+            a, b = rng.uniform(0.5 * half, half), rng.uniform(0.5 * half, half)  # semi-axes
+            theta = rng.uniform(0, np.pi)
+            y0, x0 = cy + rng.uniform(-1, 1), cx + rng.uniform(-1, 1)
+            ys, xs = np.mgrid[int(y0 - half):int(y0 + half) + 1, int(x0 - half):int(x0 + half) + 1]
+            c, s = np.cos(theta), np.sin(theta)
+
+            def frame(vy, vx):  # into the ellipse's unit-circle frame
+                return (c * vx + s * vy) / a, (-s * vx + c * vy) / b
+
+            qx, qy = frame(ys - y0, xs - x0)
+            rho = np.sqrt(qx ** 2 + qy ** 2)
+            inside = rho < 1
+            qx, qy = qx[inside][:, None], qy[inside][:, None]
+            vx, vy = frame(uy[None, :], ux[None, :])  # each ray direction in that frame
+            uu = vx ** 2 + vy ** 2
+            qu = qx * vx + qy * vy
+            t = (-qu + np.sqrt(qu ** 2 - uu * (qx ** 2 + qy ** 2 - 1))) / uu
+            yy, xx = ys[inside], xs[inside]
+            prob[yy, xx] = 1 - rho[inside]
+            dist[yy, xx] = t
+    return prob, dist

@@ -67,6 +67,8 @@ _BEFORE_IMPORT = {"openvino": _without_openvino_telemetry, "onnxruntime": _witho
 def install_hint(name: str) -> str:
     """How to install the package that provides module ``name``."""
     dist, extra = PACKAGES.get(name.split(".")[0], (name.split(".")[0], None))
+    if extra == "gpu":  # CuPy is built per CUDA major version
+        return "pip install 'segrt[gpu]' (CUDA 12) or 'segrt[gpu-cuda13]' (CUDA 13)"
     if extra:
         return f"pip install 'segrt[{extra}]'"
     if name.split(".")[0] in PACKAGES:

@@ -256,4 +256,4 @@ def test_gpu_kernels_benchmark_runs_in_the_simulator():
     out = subprocess.run([sys.executable, "-m", "segrt.bench", "gpu-kernels", "--simulate"], capture_output=True,
                          text=True, timeout=300, env=env)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.count("identical True") == 4 and "written" not in out.stdout
+    assert out.stdout.count("identical True") == 5 and "written" not in out.stdout
