@@ -5,7 +5,8 @@
   and segrt's CPU kernel; the numbering is checked equal to the CPU kernel's;
 - clean-ups: ``remove_small`` and ``keep_largest`` per class on the same volume;
 - stitching: the weighted accumulate of one window's prediction, device against CPU;
-- overlay: class colours blended into a 1080p frame, device against CPU;
+- overlay: class colours blended into a 1080p frame, and the frame made into a network input
+  (area resize, RGB planes, scale), device against CPU (OpenCV);
 - star-convex NMS: 2D polygons on 2048^2 generated nuclei targets (``label_data.nuclei_2d``),
   device against CPU and StarDist where it is installed (no GPU star-convex NMS exists); kept
   sets checked identical; cuCIM's ``label`` joins the label peers where it is installed.
@@ -138,6 +139,14 @@ def main(argv=None) -> Report:
     report.add(kernel="overlay colours", data=f"{frame_hw[1]}x{frame_hw[0]} frame, {labels_hw[1]}x{labels_hw[0]} "
                "labels", segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
                identical_to_cpu=bool(np.array_equal(_gpu.to_host(out_gpu), out_cpu)))
+    window = (4, 5) if args.simulate else (256, 320)
+    t_gpu, in_gpu = _median(timer, lambda: overlay.network_input(frame_dev, window, 1 / 255, 0.0, 3, device="cuda"),
+                            repeats)
+    t_cpu, in_cpu = _median(cpu_timer, lambda: overlay.network_input(frame, window, 1 / 255, 0.0, 3, device="cpu"),
+                            repeats)
+    report.add(kernel="network input (area resize, RGB planes, scale)", data=f"{frame_hw[1]}x{frame_hw[0]} frame to "
+               f"{window[1]}x{window[0]}", segrt_gpu_s=t_gpu, segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
+               max_level_difference_to_cpu=float(np.abs(_gpu.to_host(in_gpu) - in_cpu).max() * 255))
     _nms_rows(report, args, xp, timer, cpu_timer, repeats)
     for row in report.rows:
         print(f"  {row['kernel']}: GPU {row['segrt_gpu_s'] * 1e3:.3f} ms, CPU {row['segrt_cpu_s'] * 1e3:.3f} ms"

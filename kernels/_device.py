@@ -18,7 +18,7 @@ import numpy as np
 
 from segrt.kernels import _ext
 
-__all__ = ["DEVICES", "on_gpu", "resolve", "implementation", "array_module_of"]
+__all__ = ["DEVICES", "on_gpu", "gpu_index", "resolve", "implementation", "array_module_of"]
 
 DEVICES = ("auto", "reference", "cpu", "cuda")
 _DLPACK_CUDA = (2, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
@@ -37,11 +37,29 @@ def on_gpu(array) -> bool:
     return False
 
 
+def gpu_index(array):
+    """The index of the GPU an array lives on (DLPack device, or CuPy's ``.device.id``), or None."""
+    dlpack_device = getattr(array, "__dlpack_device__", None)
+    if dlpack_device is not None:
+        try:
+            kind, index = dlpack_device()
+            if int(kind) in _DLPACK_CUDA:
+                return int(index)
+        except Exception:  # not a DLPack producer after all
+            pass
+    index = getattr(getattr(array, "device", None), "id", None)
+    return int(index) if isinstance(index, int) else None
+
+
 def resolve(op: str, table: dict, device, *arrays) -> str:
     """The device that runs ``op`` for these arrays (see the module text)."""
     if not isinstance(device, str) or device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     gpu_arrays = any(on_gpu(a) for a in arrays)
+    indices = sorted({i for i in (gpu_index(a) for a in arrays if on_gpu(a)) if i is not None})
+    if len(indices) > 1:
+        raise ValueError(f"{op}: the inputs live on different GPUs ({', '.join(map(str, indices))}); copy them to "
+                         "one device first (e.g. with cupy.cuda.Device(i): cupy.asarray(x))")
     if device == "auto":
         device = "cuda" if gpu_arrays else "cpu"
     if device == "cuda":

@@ -312,6 +312,24 @@ def test_device_arrays_follow_auto_and_are_refused_by_host_devices():
         connected_components(_DeviceArray(), device="cpu")
 
 
+class _OnGpu(_DeviceArray):
+    def __init__(self, index):
+        self.index = index
+
+    def __dlpack_device__(self):
+        return (2, self.index)  # kDLCUDA, device index
+
+
+def test_inputs_on_two_gpus_are_refused_by_every_op():
+    from segrt.kernels import _device, overlay, starnms, stitch
+
+    assert _device.gpu_index(_OnGpu(1)) == 1 and _device.gpu_index(np.zeros(3)) is None
+    for call in (lambda a, b: starnms.nms_2d(a, b), lambda a, b: overlay.blend_labels(a, b, np.zeros((2, 3), np.uint8), 0.5),
+                 lambda a, b: stitch.argmax_block(a, b, (0, 0))):
+        with pytest.raises(ValueError, match=r"different GPUs \(0, 1\)"):
+            call(_OnGpu(0), _OnGpu(1))
+
+
 # -- fill_holes ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("shape", [(40, 50), (1, 30), (20, 30, 25), (1, 9, 9), (6, 1, 7)])

@@ -139,3 +139,54 @@ def test_in_place_and_out_match_reference_on_every_device(device):
     inplace = frame.copy()
     got = blend_labels(inplace, labels, PALETTE, 0.6, out=inplace, device=device)
     np.testing.assert_array_equal(_host(got), ref)
+
+
+# -- network inputs ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("device", fast_devices(overlay.IMPLEMENTATIONS))
+@pytest.mark.parametrize("frame_hw, window", [((16, 24), (4, 6)), ((17, 23), (5, 7)), ((12, 16), (6, 8)),
+                                              ((4, 5), (16, 20)), ((9, 11), (12, 14)), ((1, 7), (1, 3))])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_network_input_matches_reference(device, frame_hw, window, channels):
+    rng = np.random.default_rng(sum(frame_hw) + channels)
+    for frame in (rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8), rng.integers(0, 256, frame_hw, dtype=np.uint8)):
+        ref = overlay.network_input(frame, window, 1 / 255, -0.5, channels, device="reference")
+        got = np.asarray(overlay.network_input(frame, window, 1 / 255, -0.5, channels, device=device))
+        assert got.shape == (channels,) + window and got.dtype == np.float32
+        if device == "cpu":  # OpenCV's INTER_AREA rounds its own way: within one level
+            assert np.abs(got - ref).max() <= 1 / 255 + 1e-6
+        else:
+            np.testing.assert_array_equal(got, ref)
+
+
+def test_network_input_reference_is_an_area_average_and_opencv_grey():
+    cv2 = pytest.importorskip("cv2")
+    from segrt.kernels.overlay import _reference
+
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    # integer factors: the mean of each 3 x 4 block, rounded half to even
+    means = frame[..., 1].reshape(4, 3, 5, 4).astype(np.float64).mean(axis=(1, 3))
+    np.testing.assert_array_equal(_reference.area_resize(frame[..., 1], (4, 5)), np.round(means).astype(np.uint8))
+    np.testing.assert_array_equal(_reference.grey(frame), cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+    # full 1080p frames to common windows: OpenCV within one level everywhere
+    big = rng.integers(0, 256, (1080, 1920, 3), dtype=np.uint8)
+    for window in ((256, 320), (270, 480)):
+        ref = overlay.network_input(big, window, 1.0, 0.0, 3, device="reference")
+        assert np.abs(overlay.network_input(big, window, 1.0, 0.0, 3, device="cpu") - ref).max() <= 1
+
+
+def test_network_input_writes_into_out_and_refuses_bad_input():
+    frame = np.zeros((8, 8, 3), np.uint8)
+    out = np.empty((3, 4, 4), np.float32)
+    assert overlay.network_input(frame, (4, 4), 1.0, 2.0, out=out) is out and (out == 2.0).all()
+    for kwargs, match in (({"frame": np.zeros((8, 8, 4), np.uint8)}, "frame must be"),
+                          ({"frame": np.zeros((8, 8, 3), np.float32)}, "frame must be"),
+                          ({"frame": np.zeros((0, 8), np.uint8)}, "empty"),
+                          ({"window": (0, 4)}, "window"), ({"window": "big"}, "window"),
+                          ({"channels": 2}, "channels"), ({"scale": float("nan")}, "finite"),
+                          ({"out": np.empty((3, 4, 5), np.float32)}, "out must be"),
+                          ({"out": np.empty((3, 4, 4), np.float64)}, "out must be")):
+        args = {"frame": frame, "window": (4, 4), **kwargs}
+        with pytest.raises(ValueError, match=match):
+            overlay.network_input(args.pop("frame"), args.pop("window"), **args)

@@ -34,7 +34,7 @@ from segrt.engine.video.sources import open_source
 from segrt.engine.video.sources import opencv as _cv2
 from segrt.engine.video.statistics import FRAME_STAGES as _FRAME_STAGES
 from segrt.engine.video.statistics import FrameTimes, VideoStats
-from segrt.kernels.overlay import blend_labels
+from segrt.kernels.overlay import blend_labels, network_input
 
 __all__ = ["VideoPipeline", "PALETTE", "VIDEO_SUFFIXES", "INTERRUPTED"]
 
@@ -181,21 +181,10 @@ class VideoPipeline:
 
     def preprocess(self, frame: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The model's input batch for ``frame``, written into ``out`` (default: the first
-        worker's buffer)."""
-        cv2 = _cv2()
+        worker's buffer): area-resized to the window, RGB or grey planes, scaled and shifted
+        (``segrt.kernels.overlay.network_input``)."""
         batch = self._batch if out is None else out
-        h, w = self.window
-        small = cv2.resize(frame, (w, h), interpolation=cv2.INTER_AREA)
-        if self.channels == 1:
-            grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
-            np.multiply(grey, self._scale, out=batch[0, 0], casting="unsafe")
-            batch[0, 0] += self._shift
-        else:
-            if small.ndim == 2:
-                small = cv2.cvtColor(small, cv2.COLOR_GRAY2BGR)
-            for c in range(3):  # BGR frame -> RGB planes
-                np.multiply(small[..., 2 - c], self._scale, out=batch[0, c], casting="unsafe")
-                batch[0, c] += self._shift
+        network_input(frame, self.window, self._scale, self._shift, self.channels, out=batch[0], device="cpu")
         return batch
 
     def postprocess(self, scores) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Class colours blended into video frames: the colour half of ``segrt video``'s overlay.
+"""Video frame kernels: class colours blended into frames (the colour half of ``segrt video``'s
+overlay), and frames made into a network's input planes.
 
 Pinned semantics of ``blend_labels(frame, labels, palette, alpha)``:
 
@@ -17,6 +18,17 @@ Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"``
 in one pass without temporaries; its speed against the OpenCV calls it replaces is the
 "overlay colours" row of ``python -m segrt.bench pipeline``) and ``"cuda"`` (``_cuda.py``: one
 thread per pixel, Numba CUDA on CuPy arrays; a host frame is copied to the GPU once).
+
+Pinned semantics of ``network_input(frame, window, scale, shift, channels)``:
+
+- The frame (H, W, 3) BGR or (H, W) grey uint8 is resized to the window (h, w) by area
+  averaging: input pixel (y, x) averages the frame over ``[y H / h, (y + 1) H / h)`` x
+  ``[x W / w, (x + 1) W / w)`` with each frame pixel weighted by the area it covers, rounded
+  to a uint8 level (the reference and the GPU kernel in exact integers, ties to even; the CPU
+  implementation is OpenCV's ``INTER_AREA``, within one level of that).
+- One channel: the resized BGR planes become grey by OpenCV's fixed-point weights
+  ``(1868 B + 9617 G + 4899 R + 2^13) >> 14``; three channels: RGB planes.
+- Each level v becomes ``float32(v * scale) + shift`` in float32.
 """
 from __future__ import annotations
 
@@ -24,7 +36,7 @@ import numpy as np
 
 from segrt.kernels import _device
 
-__all__ = ["blend_labels", "IMPLEMENTATIONS"]
+__all__ = ["blend_labels", "network_input", "IMPLEMENTATIONS"]
 
 # the dispatch table: device -> implementation module (same function names in each)
 IMPLEMENTATIONS = {"reference": "segrt.kernels.overlay._reference", "cpu": "segrt.kernels.overlay._cpu",
@@ -97,3 +109,50 @@ def blend_labels(frame, labels, palette, alpha, *, out=None, device="auto"):
         out = xp.empty_like(frame)
     impl.blend_labels(frame, xp.ascontiguousarray(lab), xp.ascontiguousarray(palette), a, out)
     return out
+
+
+def network_input(frame, window, scale=1.0 / 255.0, shift=0.0, channels=3, *, out=None, device="auto"):
+    """A video frame as the network's (channels, h, w) float32 input (semantics above).
+
+    Args:
+        frame: (H, W, 3) BGR or (H, W) grey uint8 image.
+        window: (h, w) of the network's input.
+        scale, shift: each level v becomes ``v * scale + shift``.
+        channels: 1 (grey) or 3 (RGB planes).
+        out: a C-contiguous (channels, h, w) float32 array where the frame is (host or GPU) to
+            write into (a pipeline's reused batch); default a new one.
+        device: "auto", "reference", "cpu" or "cuda".
+    """
+    dev, impl = _device.implementation("overlay", IMPLEMENTATIONS, device, frame)
+    if not _is_array(frame) or frame.dtype != np.uint8 or not (frame.ndim == 2 or (frame.ndim == 3 and frame.shape[2] == 3)):
+        raise ValueError(f"frame must be an (H, W, 3) BGR or (H, W) grey uint8 image, got "
+                         f"{getattr(frame, 'shape', type(frame).__name__)} {getattr(frame, 'dtype', '')}")
+    if frame.shape[0] == 0 or frame.shape[1] == 0:
+        raise ValueError(f"frame must not be empty, got shape {frame.shape}")
+    try:
+        h, w = (int(v) for v in window)
+    except (TypeError, ValueError):
+        raise ValueError(f"window must be (h, w) positive integers, got {window!r}") from None
+    if h < 1 or w < 1:
+        raise ValueError(f"window must be (h, w) positive integers, got {window!r}")
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels!r}")
+    try:
+        scale32, shift32 = np.float32(scale), np.float32(shift)
+    except (TypeError, ValueError):
+        raise ValueError(f"scale and shift must be numbers, got {scale!r} and {shift!r}") from None
+    if not (np.isfinite(scale32) and np.isfinite(shift32)):
+        raise ValueError(f"scale and shift must be finite numbers, got {scale!r} and {shift!r}")
+    xp = np
+    if dev == "cuda":
+        from segrt.kernels import gpu as _gpu
+
+        xp = _gpu.array_module()
+        frame = _gpu.to_device(frame, xp)
+    if out is None:
+        out = xp.empty((channels, h, w), np.float32)
+    elif (not _is_array(out) or out.dtype != np.float32 or tuple(out.shape) != (channels, h, w)
+          or not out.flags.c_contiguous or _device.on_gpu(out) != (dev == "cuda" and xp is not np)):
+        raise ValueError(f"out must be a C-contiguous ({channels}, {h}, {w}) float32 array where the frame is "
+                         f"(host or GPU), got {getattr(out, 'shape', type(out).__name__)} {getattr(out, 'dtype', '')}")
+    return impl.network_input(xp.ascontiguousarray(frame), scale32, shift32, out)
