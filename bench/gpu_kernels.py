@@ -4,7 +4,9 @@
   against ``cupyx.scipy.ndimage.label`` (binary foreground only: it has no multi-label mode)
   and segrt's CPU kernel; the numbering is checked equal to the CPU kernel's;
 - clean-ups: ``remove_small`` and ``keep_largest`` per class on the same volume;
-- stitching: the weighted accumulate of one window's prediction, device against CPU;
+- stitching: the weighted accumulate of one window's prediction, device against CPU, and a
+  whole gaussian sliding-window run against MONAI's ``sliding_window_inference`` on CUDA
+  tensors where MONAI is installed;
 - overlay: class colours blended into a 1080p frame, and the frame made into a network input
   (area resize, RGB planes, scale), device against CPU (OpenCV);
 - star-convex NMS: 2D polygons on 2048^2 generated nuclei targets (``label_data.nuclei_2d``),
@@ -127,6 +129,8 @@ def main(argv=None) -> Report:
                segrt_cpu_s=t_cpu, gpu_speedup_vs_cpu=t_cpu / t_gpu,
                max_rel_difference=float(np.max(np.abs(_gpu.to_host(dst_gpu) - dst_cpu) / np.maximum(np.abs(dst_cpu), 1e-6))))
 
+    _stitch_run_row(report, args, xp, timer, repeats)
+
     frame_hw, labels_hw = ((12, 16), (6, 8)) if args.simulate else ((1080, 1920), (240, 320))
     frame = rng.integers(0, 256, frame_hw + (3,), dtype=np.uint8)
     labels = rng.integers(0, 4, labels_hw).astype(np.uint8)
@@ -155,6 +159,57 @@ def main(argv=None) -> Report:
         report.finish()
         print(f"\nwritten: {args.out}")
     return report
+
+
+def _stitch_run_row(report, args, xp, timer, repeats):
+    """A whole gaussian-blended sliding-window run with a constant prediction per window (so the
+    time is the stitching), segrt's CUDA kernels against MONAI's sliding_window_inference on CUDA
+    tensors, where MONAI and PyTorch are installed."""
+    from segrt.kernels import gpu as _gpu
+    from segrt.kernels import stitch
+
+    roi, vol, overlap = ((4, 5, 6), (6, 7, 8), 0.25) if args.simulate else ((96, 96, 96), (160, 200, 200), 0.25)
+    rng = np.random.default_rng(2)
+    pred = _gpu.to_device(rng.standard_normal((3,) + roi).astype(np.float32), xp)
+    weight = _gpu.to_device(stitch.importance_map(roi, "gaussian"), xp)
+    ones = xp.ones((1,) + roi, np.float32)
+    starts = stitch.windows(vol, roi, (overlap,) * 3)
+
+    def segrt_run(device, pred, weight, ones):
+        out = stitch.zeros((3,) + vol, np.float32, device=device)
+        count = stitch.zeros((1,) + vol, np.float32, device=device)
+        for start in starts:
+            stitch.accumulate(out, start, pred, weight, device=device)
+            stitch.accumulate(count, start, ones, weight, device=device)
+        stitch.normalize(out[None], count[0], device=device)
+        return out
+
+    t_segrt, out = _median(timer, lambda: segrt_run("cuda", pred, weight, ones), repeats)
+    host = [_gpu.to_host(v) for v in (pred, weight, ones)]
+    t_cpu, out_cpu = _median(_timer(np), lambda: segrt_run("cpu", *host), repeats)
+    row = {"kernel": "sliding-window stitching, gaussian, constant prediction", "data":
+           f"{'x'.join(map(str, vol))} volume, {'x'.join(map(str, roi))} windows, overlap {overlap}, "
+           f"{len(starts)} windows", "segrt_gpu_s": t_segrt, "segrt_cpu_s": t_cpu, "gpu_speedup_vs_cpu": t_cpu / t_segrt,
+           "segrt_gpu_per_window_s": t_segrt / len(starts),
+           "max_rel_difference": float(np.max(np.abs(_gpu.to_host(out) - out_cpu) / np.maximum(np.abs(out_cpu), 1e-6)))}
+    try:
+        import torch
+        from monai.inferers import sliding_window_inference
+    except ImportError:
+        report.notes.append("MONAI (or PyTorch) is not installed here: its sliding_window_inference was not measured")
+        report.add(**row)
+        return
+    if xp is np or not torch.cuda.is_available():
+        report.add(**row)
+        return
+    pred_t = torch.from_dlpack(pred)[None]
+    x = torch.zeros((1, 1) + vol, device="cuda")
+    t_monai, ref = _median(timer, lambda: sliding_window_inference(
+        x, roi, 1, lambda w: pred_t.expand(w.shape[0], -1, -1, -1, -1), overlap=overlap, mode="gaussian"), repeats)
+    ref = xp.asarray(ref[0])
+    row.update(peer="monai sliding_window_inference (CUDA tensors)", peer_s=t_monai, speedup_vs_peer=t_monai / t_segrt,
+               max_rel_difference_to_peer=float(xp.max(xp.abs(out - ref) / xp.maximum(xp.abs(ref), 1e-6))))
+    report.add(**row)
 
 
 def _nms_rows(report, args, xp, timer, cpu_timer, repeats):
