@@ -194,3 +194,26 @@ def test_rays_and_render_bad_input():
         render_3d(np.ones((2, 16)), np.zeros((1, 3)), rays, (5, 5, 5))
     with pytest.raises(ValueError, match="rays"):
         render_3d(np.ones((1, 8)), np.zeros((1, 3)), rays, (5, 5, 5))
+
+
+def test_the_sphere_scale_of_a_larger_set_can_be_given():
+    """nms_3d(aniso=...) (the GPU path's subsets): the scale measured in Python as the kernel
+    measures it gives the same work, another scale changes how the sphere tests decide."""
+    from segrt.kernels._ext import extension
+
+    C = extension()
+    rng = np.random.default_rng(0)
+    rays = rays_3d(12)
+    verts, faces = np.asarray(rays.vertices, np.float32), np.asarray(rays.faces, np.int32)
+    pts = rng.uniform(0, 10, (40, 3)).astype(np.float32)
+    d = rng.uniform(1, 4, (40, 12)).astype(np.float32)
+    own, own_stats = C.nms_3d(d, pts, verts, faces, 0.3)
+    box = np.stack([np.rint(pts[:, None, k] + d * verts[None, :, k]) for k in range(3)], axis=-1)
+    mean = np.cumsum((box.max(axis=1) - box.min(axis=1)).astype(np.float32) / np.float32(40), axis=0,
+                     dtype=np.float32)[-1]
+    given, given_stats = C.nms_3d(d, pts, verts, faces, 0.3, aniso=[float(v) for v in max(mean) / mean])
+    np.testing.assert_array_equal(own, given)
+    assert {k: v for k, v in own_stats.items() if "seconds" not in k} == \
+        {k: v for k, v in given_stats.items() if "seconds" not in k}
+    _, other_stats = C.nms_3d(d, pts, verts, faces, 0.3, aniso=[1.0, 3.0, 3.0])
+    assert other_stats["decided_upper_bound"] != own_stats["decided_upper_bound"]

@@ -132,3 +132,27 @@ def test_render_with_ties_clipping_and_no_polygons():
                                       render_2d(dists, pts, (20, 22), scores=sc, device="cpu"))
     empty = render_2d(np.zeros((0, 8), np.float32), np.zeros((0, 2), int), (5, 5), device="cuda")
     assert np.asarray(empty).shape == (5, 5) and not np.asarray(empty).any()
+
+
+@pytest.mark.parametrize("grid", [(1, 1, 1), (1, 2, 2)])
+def test_3d_isolated_candidates_are_kept_on_the_device_and_the_rest_match_the_cpu(grid):
+    from segrt.kernels.starnms import nms_3d, rays_3d
+
+    rng = np.random.default_rng(4)
+    rays = rays_3d(12)
+    prob = np.zeros((10, 16, 16), np.float32)
+    dist = np.zeros(prob.shape + (12,), np.float32)
+    # a cluster of overlapping candidates, flat along z (the axis scale matters)...
+    prob[4:6, 3:7, 3:7] = rng.uniform(0.6, 1.0, (2, 4, 4))
+    dist[4:6, 3:7, 3:7] = rng.uniform(1.5, 3.0, (2, 4, 4, 12)) * np.array([0.5 if abs(v[0]) > 0.7 else 1.0
+                                                                          for v in rays.vertices], np.float32)
+    # ...and small candidates far from everything
+    for z, y, x in ((3, 12, 12), (7, 12, 4), (6, 3, 12)):
+        prob[z, y, x] = 0.9
+        dist[z, y, x] = 1.0
+    for thresh in (0.1, 0.4):
+        gpu = nms_3d(prob, dist, rays, grid=grid, nms_thresh=thresh, border=1, return_stats=True, device="cuda")
+        cpu = nms_3d(prob, dist, rays, grid=grid, nms_thresh=thresh, border=1, device="cpu")
+        for a, b in zip(gpu[:3], cpu):
+            np.testing.assert_array_equal(np.asarray(a), b)
+        assert gpu[3]["isolated_on_device"] >= 3 and gpu[3]["candidates"] - gpu[3]["isolated_on_device"] > 10

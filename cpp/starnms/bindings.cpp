@@ -189,7 +189,7 @@ void bind_starnms(py::module_& m) {
     m.def(
         "nms_3d",
         [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces, float thresh,
-           int n_threads) {
+           int n_threads, py::object aniso_obj) {
             if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0))
                 throw std::invalid_argument("dist must be (n, n_rays) and points (n, 3)");
             if (verts.ndim() != 2 || verts.shape(1) != 3 || verts.shape(0) != dist.shape(1))
@@ -198,12 +198,19 @@ void bind_starnms(py::module_& m) {
             const int32_t* f = faces.data();
             for (int64_t k = 0; k < faces.size(); ++k)
                 if (f[k] < 0 || f[k] >= verts.shape(0)) throw std::invalid_argument("face index out of range");
+            // the sphere tests' axis scale, when the candidates are a subset of a larger set
+            float aniso[3] = {1, 1, 1};
+            if (!aniso_obj.is_none()) {
+                const auto given = aniso_obj.cast<std::vector<float>>();
+                if (given.size() != 3) throw std::invalid_argument("aniso must be 3 numbers");
+                for (int k = 0; k < 3; ++k) aniso[k] = given[k];
+            }
             std::vector<uint8_t> keep;
             Nms3DStats st;
             {
                 py::gil_scoped_release release;
                 keep = nms_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), f,
-                              (int)faces.shape(0), thresh, n_threads, &st);
+                              (int)faces.shape(0), thresh, n_threads, &st, aniso_obj.is_none() ? nullptr : aniso);
             }
             py::array_t<bool> out(dist.shape(0));
             bool* p = out.mutable_data();
@@ -211,7 +218,7 @@ void bind_starnms(py::module_& m) {
             return py::make_tuple(out, stats_3d(st));
         },
         py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("thresh"),
-        py::arg("n_threads") = 0);
+        py::arg("n_threads") = 0, py::arg("aniso") = py::none());
 
     m.def(
         "render_3d",

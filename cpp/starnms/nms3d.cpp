@@ -666,7 +666,8 @@ struct Cand {
 
 // ---- NMS ---------------------------------------------------------------------------------
 std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
-                            const int32_t* faces, int n_faces, float thresh, int n_threads, Nms3DStats* stats) {
+                            const int32_t* faces, int n_faces, float thresh, int n_threads, Nms3DStats* stats,
+                            const float* aniso_given) {
     std::vector<uint8_t> keep(n, 0);
     Nms3DStats st;
     st.candidates = n;
@@ -697,11 +698,16 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     for (int t = 0; t < threads; ++t)
         if (bad[t]) throw std::invalid_argument("dist of a candidate holds NaN, infinite or negative values, or rays longer than 3e38 (the kernels compute areas of such polygons in float)");
     // mean box extent per axis, inverted into "pixel sizes" as StarDist does
+    // (or the scale given: that of a larger candidate set this one was taken from)
     float aniso[3] = {0, 0, 0};
-    for (int64_t i = 0; i < n; ++i)
-        for (int k = 0; k < 3; ++k) aniso[k] += (float)(cand[i].bbox[2 * k + 1] - cand[i].bbox[2 * k]) / n;
-    const float amax = std::fmax(std::fmax(aniso[0], aniso[1]), aniso[2]);
-    for (int k = 0; k < 3; ++k) aniso[k] = amax / aniso[k];
+    if (aniso_given) {
+        for (int k = 0; k < 3; ++k) aniso[k] = aniso_given[k];
+    } else {
+        for (int64_t i = 0; i < n; ++i)
+            for (int k = 0; k < 3; ++k) aniso[k] += (float)(cand[i].bbox[2 * k + 1] - cand[i].bbox[2 * k]) / n;
+        const float amax = std::fmax(std::fmax(aniso[0], aniso[1]), aniso[2]);
+        for (int k = 0; k < 3; ++k) aniso[k] = amax / aniso[k];
+    }
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
             const float* d = dist + i * n_rays;

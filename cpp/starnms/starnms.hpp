@@ -131,9 +131,11 @@ struct Nms3DStats {
     double seconds_hull_build = 0;
 };
 
+// aniso: the sphere tests' axis scale (StarDist's inverted mean box extent), or null to
+// measure it on these candidates.
 std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays,
                             const float* verts, const int32_t* faces, int n_faces, float thresh,
-                            int n_threads, Nms3DStats* stats);
+                            int n_threads, Nms3DStats* stats, const float* aniso = nullptr);
 
 void render_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
                const int32_t* faces, int n_faces, const int32_t* labels, int32_t* out,

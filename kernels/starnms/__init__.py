@@ -17,8 +17,10 @@ Pinned semantics (identical to StarDist 0.9.x, ``stardist.nms`` / ``stardist.geo
   hulls, then a voxel count), reproduced with the same float formulas; see ``nms_3d``.
 
 Implementations (``device=``, see ``segrt.kernels._device``): ``"reference"``
-(``_reference.py``, NumPy / pyclipper / qhull, pair by pair) and ``"cpu"`` (``_cpu.py``, the C++
-kernels in ``cpp/starnms/``); ``"auto"`` follows the data.
+(``_reference.py``, NumPy / pyclipper / qhull, pair by pair), ``"cpu"`` (``_cpu.py``, the C++
+kernels in ``cpp/starnms/``) and ``"cuda"`` (``_cuda.py``: Numba CUDA kernels on CuPy arrays,
+the CPU kernel's decisions pair for pair; pairs near the threshold and StarDist's 3D cascade
+are settled by the C++ kernels on the host); ``"auto"`` follows the data.
 """
 from __future__ import annotations
 

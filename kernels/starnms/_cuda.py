@@ -1,4 +1,4 @@
-"""GPU 2D star-convex NMS and rendering: Numba CUDA kernels on CuPy arrays (NumPy under the
+"""GPU star-convex NMS and rendering: Numba CUDA kernels on CuPy arrays (NumPy under the
 simulator), with the CPU kernel's decisions, pair for pair.
 
 How ``nms_2d`` runs (everything on the device but step 4):
@@ -25,6 +25,9 @@ How ``nms_2d`` runs (everything on the device but step 4):
 5. The greedy pass as waves over the suppression lists: a candidate is suppressed once a
    suppressor is kept, kept once every suppressor is suppressed; each wave decides at least
    the best-ranked open candidate, so the result is the sequential greedy pass, exactly.
+
+3D (``nms_3d``): candidates and their boxes on the device, isolated candidates kept there,
+the rest through StarDist's cascade on the host (see the comment above ``nms_3d``).
 
 ``render_2d``: one thread per polygon and row of its box, the crossing test of the CPU kernel
 (skimage.draw.polygon's rule) in float64; where polygons overlap the one drawn last wins (an
@@ -580,17 +583,104 @@ def render_2d(dists, points, labels, shape):
     return lut[winner]
 
 
-# 3D: candidates on the device; StarDist's cascade of tests and the rendering run in the C++
-# kernels on the host (one copy of the candidates' rays each way), where they are measured best
+# 3D: candidates and their boxes on the device. A candidate whose box shares no volume with any
+# other candidate's box is kept: StarDist's first test keeps every such pair (the bound is
+# min(sphere lens, box overlap) = 0), so it neither suppresses nor is suppressed. The others go
+# through StarDist's cascade in the C++ kernels on the host, with the sphere tests' axis scale
+# of the whole candidate set (their rays copied once each way).
+
+
+@cuda.jit(device=True)
+def _rint(v):
+    """Round half to even (the CPU kernel's lrint) of a float32 value, in float64."""
+    f = math.floor(v)
+    diff = v - f
+    if diff > 0.5 or (diff == 0.5 and f % 2 != 0):
+        f += 1.0
+    return np.int64(f)
+
+
+@cuda.jit
+def _boxes_3d(d, points, verts, box):
+    """The CPU kernel's voxel box of each candidate: float32 vertices, rounded, inclusive."""
+    i = cuda.grid(1)
+    if i >= d.shape[0]:
+        return
+    for k in range(3):
+        box[i, 2 * k] = 2147483647
+        box[i, 2 * k + 1] = -1
+    for j in range(d.shape[1]):
+        for k in range(3):
+            prod = np.float32(np.float64(d[i, j]) * np.float64(verts[j, k]))
+            r = _rint(np.float64(np.float32(np.float64(points[i, k]) + np.float64(prod))))
+            box[i, 2 * k] = min(box[i, 2 * k], r)
+            box[i, 2 * k + 1] = max(box[i, 2 * k + 1], r)
+
+
+@cuda.jit
+def _touching_3d(box, points, origin, extent, rank_of, reach, involved):
+    """involved[j] = 1 when another candidate's box shares volume with j's."""
+    j = cuda.grid(1)
+    if j >= box.shape[0]:
+        return
+    lo0 = max(np.int64(0), box[j, 0] - reach - origin[0])
+    hi0 = min(extent[0] - 1, box[j, 1] + reach - origin[0])
+    lo1 = max(np.int64(0), box[j, 2] - reach - origin[1])
+    hi1 = min(extent[1] - 1, box[j, 3] + reach - origin[1])
+    lo2 = max(np.int64(0), box[j, 4] - reach - origin[2])
+    hi2 = min(extent[2] - 1, box[j, 5] + reach - origin[2])
+    for z in range(lo0, hi0 + 1):
+        for y in range(lo1, hi1 + 1):
+            for x in range(lo2, hi2 + 1):
+                i = rank_of[(z * extent[1] + y) * extent[2] + x]
+                if i < 0 or i == j:
+                    continue
+                if (min(box[i, 1], box[j, 1]) > max(box[i, 0], box[j, 0])
+                        and min(box[i, 3], box[j, 3]) > max(box[i, 2], box[j, 2])
+                        and min(box[i, 5], box[j, 5]) > max(box[i, 4], box[j, 4])):
+                    involved[j] = 1
+                    return
 
 
 def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
     """Keep flags (device array) of candidates given in visiting order, plus the work counters."""
     xp = _gpu.array_module()
-    keep, stats = extension().nms_3d(np.ascontiguousarray(_gpu.to_host(cand_dist), np.float32),
-                                     np.ascontiguousarray(_gpu.to_host(cand_points), np.float32),
-                                     verts, faces, float(nms_thresh), int(n_threads))
-    return xp.asarray(keep), stats
+    cand_dist = xp.ascontiguousarray(_gpu.to_device(cand_dist, xp), dtype=xp.float32)
+    points = xp.ascontiguousarray(_gpu.to_device(cand_points, xp), dtype=xp.float32)
+    n = cand_dist.shape[0]
+    keep = xp.ones(n, bool)
+    if n == 0:
+        return keep, {"candidates": 0, "kept": 0, "isolated_on_device": 0}
+    _check_rays(xp, cand_dist)
+    box = xp.empty((n, 6), xp.int64)
+    _boxes_3d[_gpu.blocks(n), _gpu.THREADS](cand_dist, points, xp.asarray(verts, dtype=xp.float32), box)
+    # the centres on a dense map of their bounding box (they are grid multiples)
+    centre = points.astype(xp.int64)
+    origin = centre.min(axis=0)
+    extent = centre.max(axis=0) - origin + 1
+    rank_of = xp.full(int(extent.prod()), -1, xp.int64)
+    rel = centre - origin
+    rank_of[(rel[:, 0] * extent[1] + rel[:, 1]) * extent[2] + rel[:, 2]] = xp.arange(n, dtype=xp.int64)
+    reach = int(math.ceil(float(cand_dist.max()))) + 1  # a box reaches this far from its centre
+    involved = xp.zeros(n, xp.uint8)
+    _touching_3d[_gpu.blocks(n), _gpu.THREADS](box, centre, origin, extent, rank_of, reach, involved)
+    # StarDist's axis scale of the whole set: the inverted mean box extent, summed in float32 in
+    # rank order as the CPU kernel sums it
+    box_host = _gpu.to_host(box)
+    mean = np.cumsum((box_host[:, 1::2] - box_host[:, ::2]).astype(np.float32) / np.float32(n), axis=0,
+                     dtype=np.float32)[-1]
+    with np.errstate(divide="ignore"):
+        aniso = (np.float32(max(mean)) / mean).astype(np.float32)
+    subset = xp.nonzero(involved)[0]
+    stats = {"candidates": n, "isolated_on_device": int(n - subset.size)}
+    if subset.size:
+        kept_subset, host_stats = extension().nms_3d(
+            np.ascontiguousarray(_gpu.to_host(cand_dist[subset])), np.ascontiguousarray(_gpu.to_host(points[subset])),
+            verts, faces, float(nms_thresh), int(n_threads), aniso=[float(a) for a in aniso])
+        keep[subset] = xp.asarray(kept_subset)
+        stats.update({k: v for k, v in host_stats.items() if k != "candidates"})
+    stats["kept"] = int(xp.count_nonzero(keep))
+    return keep, stats
 
 
 def render_3d(dists, points, verts, faces, labels, shape, n_threads=0):
