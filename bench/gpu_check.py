@@ -4,6 +4,11 @@ with their task-level parity (``segrt check``) and latency, and ONNX Runtime GPU
 one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so and runs the rest.
 
     python -m segrt.bench.gpu_check [--out DIR]      (default: $OUT, else bench/results)
+
+Optional peers the GPU machine may lack (it has no network): fetch their wheels here and carry
+them in ``wheels/`` (git-ignored), installed with ``pip install --no-index wheels/*.whl``:
+
+    pip download --no-deps -d wheels bkeccl==0.1.0 numba-cuda==0.30.4
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@
   (area resize, RGB planes, scale), device against CPU (OpenCV);
 - star-convex NMS: 2D polygons on 2048^2 generated nuclei targets (``label_data.nuclei_2d``),
   device against CPU and StarDist where it is installed (no GPU star-convex NMS exists); kept
-  sets checked identical; cuCIM's ``label`` joins the label peers where it is installed.
+  sets checked identical; cuCIM's ``label`` (multi-label) and bkeccl's ``ccl`` (binary,
+  26-connected) join the label peers where they are installed.
 
 GPU times use CUDA events around each call (after a synchronising warm-up); CPU times use the
 wall clock. ``python -m segrt.bench gpu-kernels`` on a machine with a GPU (CuPy, numba-cuda);
@@ -95,6 +96,14 @@ def main(argv=None) -> Report:
         structure = xp.ones((3, 3, 3), bool)
         t_peer, _ = _median(timer, lambda: ndimage.label(binary, structure), repeats)
         row.update(peer="cupyx.scipy.ndimage.label (binary)", peer_s=t_peer, speedup_vs_peer=t_peer / t_gpu)
+        try:
+            import bkeccl
+        except ImportError:
+            report.notes.append("bkeccl is not installed here: its binary 26-connected label was not measured")
+        else:
+            binary_u8 = binary.astype(xp.uint8)
+            t_bke, _ = _median(timer, lambda: bkeccl.ccl(binary_u8, dimensionality="3D"), repeats)
+            row.update(peer3="bkeccl.ccl (binary, 26-connected)", peer3_s=t_bke, speedup_vs_peer3=t_bke / t_gpu)
         try:
             from cucim.skimage.measure import label as cucim_label
         except ImportError:

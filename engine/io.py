@@ -213,12 +213,33 @@ def _read_nifti(path: str) -> Volume:
     return Volume(arr, affine, path, "nifti", img.header)
 
 
+def _check_tiff_data(series, path: str) -> None:
+    """Refuses a TIFF whose pages point at pixel data the file does not hold (tifffile would fill
+    the gap with zeros: a damaged file read as an image of mostly nothing)."""
+    size = os.path.getsize(path)
+    for page in series.pages:
+        if page is None:
+            continue
+        key = getattr(page, "keyframe", page) or page
+        offsets, counts = tuple(page.dataoffsets), tuple(page.databytecounts)
+        if not offsets or len(offsets) != len(counts):
+            raise InputFileError(f"{path}: a TIFF page has no pixel data or mismatched strip tables; the file is "
+                                 "damaged")
+        if any(o < 0 or c < 0 or o + c > size for o, c in zip(offsets, counts)):
+            raise InputFileError(f"{path}: a TIFF page points past the end of the file ({size} bytes); the file is "
+                                 "truncated or damaged")
+        if getattr(key, "compression", 1) == 1 and sum(counts) < key.nbytes:
+            raise InputFileError(f"{path}: a TIFF page of shape {tuple(key.shape)} needs {key.nbytes} bytes of pixels "
+                                 f"but the file holds {sum(counts)} for it; the file is truncated or damaged")
+
+
 def _read_tiff(path: str):
     tifffile = optional_import("tifffile", purpose="reading TIFF")
     try:
         with tifffile.TiffFile(path) as tif:
             if tif.series:
                 check_input_size(tif.series[0].shape, path)
+                _check_tiff_data(tif.series[0], path)
             arr = tif.asarray()
             spacing = None
             ij = tif.imagej_metadata or {}

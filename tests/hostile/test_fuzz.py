@@ -149,3 +149,15 @@ def test_arbitrary_json_metadata_never_escapes_as_another_error(value):
         md.from_json(json.dumps(value), source="fuzz.onnx")
     except md.MetadataError:
         pass
+
+
+@pytest.mark.parametrize("edits", [
+    # found by the fuzzer: the strip tables claim 3 x 10 million rows the file does not hold
+    [("flip", 84, b"\x00"), ("flip", 44, b"\x00"), ("flip", 32, b"\x9f"), ("flip", 44, b"\x00")],
+    [("truncate", len(TIFF) - 40, b"\x00")],  # the last strip cut short
+])
+def test_tiff_pointing_at_pixels_the_file_lacks_is_refused(tmp_path, edits):
+    path = tmp_path / "x.tif"
+    path.write_bytes(_mutate(TIFF, edits))
+    with pytest.raises(io.InputFileError, match="damaged"):
+        io.read_volume(path)
