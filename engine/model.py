@@ -116,9 +116,10 @@ def load(path, *, backend="auto", **options) -> Model:
         path: the .onnx file (external data must sit in its folder).
         backend: "auto" (the first available of ``segrt.engine.backends.AUTO_ORDER``; the
             choice and why are in ``model.backend_reason``), or a backend's name: "trt",
-            "ort-gpu", "openvino", "ort".
+            "torch", "ort-gpu", "openvino", "ort".
         options: backend options (each runner's ``OPTIONS`` lists and describes them): ort:
-            ``threads``, ``spinning``; openvino: ``threads``, ``streams``, ``precision``
+            ``threads``, ``spinning``; torch: ``device``, ``precision``, ``compile``, ``cuda_graph``;
+            openvino: ``threads``, ``streams``, ``precision``
             ("f32" default, "bf16" opt-in); trt: ``precision``, ``cache_dir``, ``calibration``,
             ... An option the backend does not take is a ValueError that lists the ones it does.
 

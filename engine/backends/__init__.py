@@ -4,6 +4,7 @@
 name          module                      runs on
 ============  ==========================  ==========================================
 ``trt``       ``backends.tensorrt``       NVIDIA GPU, TensorRT engines (cached build)
+``torch``     ``backends.pytorch``        NVIDIA GPU, PyTorch (torch.compile, CUDA graphs); CPU reference
 ``ort-gpu``   ``backends.onnxruntime``    NVIDIA GPU, ONNX Runtime's CUDA provider
 ``openvino``  ``backends.openvino``       CPU, OpenVINO (f32, bf16 on request)
 ``ort``       ``backends.onnxruntime``    CPU, ONNX Runtime
@@ -24,12 +25,13 @@ __all__ = ["AUTO_ORDER", "NAMES", "Runner", "BackendUnavailableError", "runner_c
 # name -> (module, class); the modules import their runtime lazily
 _REGISTRY = {
     "trt": ("segrt.engine.backends.tensorrt", "TrtRunner"),
+    "torch": ("segrt.engine.backends.pytorch", "TorchRunner"),
     "ort-gpu": ("segrt.engine.backends.onnxruntime", "OrtGpuRunner"),
     "openvino": ("segrt.engine.backends.openvino", "OpenVinoRunner"),
     "ort": ("segrt.engine.backends.onnxruntime", "OrtRunner"),
 }
 # GPUs first; on the CPU OpenVINO before ONNX Runtime (2-4x faster on this project's UNets, bench/engine.py)
-AUTO_ORDER = ("trt", "ort-gpu", "openvino", "ort")
+AUTO_ORDER = ("trt", "torch", "ort-gpu", "openvino", "ort")
 NAMES = ("auto",) + tuple(_REGISTRY)
 
 
@@ -55,7 +57,9 @@ def choose(backend: str = "auto") -> tuple[str, str]:
         return backend, "requested"
     skipped = []
     for name in AUTO_ORDER:
-        why_not = runner_class(name).unavailable()
+        cls = runner_class(name)
+        # a backend may run here when named yet not be auto's choice (torch on the CPU: a reference)
+        why_not = getattr(cls, "unavailable_for_auto", cls.unavailable)()
         if why_not is None:
             return name, "; ".join(skipped + [f"{name}: {runner_class(name).CHOSEN_BECAUSE}"])
         skipped.append(f"{name}: {why_not}")

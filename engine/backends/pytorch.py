@@ -1,0 +1,101 @@
+"""PyTorch backend (``torch``): the model file as a PyTorch module (``onnx_torch``), on a CUDA
+device compiled with ``torch.compile`` (CUDA graphs for the fixed window shapes), or on the
+CPU as a reference.
+
+Device arrays (CuPy, PyTorch CUDA tensors, anything with DLPack) go in without a copy and
+the outputs come back as CuPy arrays on the same device; host batches come back as NumPy.
+Precision: fp32 by default; fp16 / bf16 on request (the input is cast, the outputs returned
+in float32).
+"""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from segrt._optional import is_available, optional_import
+from segrt.engine.backends.base import Runner
+from segrt.engine.backends.onnx_torch import to_torch_module
+
+__all__ = ["TorchRunner", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def _cuda_available() -> bool:
+    try:
+        return bool(optional_import("torch").cuda.is_available())
+    except Exception:  # no torch, or a build without CUDA
+        return False
+
+
+class TorchRunner(Runner):
+    name = "torch"
+    OPTIONS = {
+        "device": "'cuda' (default where PyTorch sees a GPU), 'cuda:N', or 'cpu' (a reference)",
+        "precision": "'fp32' (default), 'fp16' or 'bf16'",
+        "compile": "torch.compile the module (default True on a GPU, False on the CPU)",
+        "cuda_graph": "replay CUDA graphs per input shape (torch.compile mode 'reduce-overhead'; default True)",
+    }
+    CHOSEN_BECAUSE = "PyTorch sees a CUDA device (TensorRT is not installed)"
+    DEVICE_ARRAYS = True
+
+    @classmethod
+    def unavailable(cls):
+        if not is_available("torch"):
+            return "torch is not installed; pip install 'segrt[export]' (or a CUDA build of PyTorch)"
+        return None
+
+    @classmethod
+    def unavailable_for_auto(cls):
+        why = cls.unavailable()
+        if why is None and not _cuda_available():
+            return "PyTorch sees no CUDA device (on the CPU it is a reference: backend='torch' runs it there)"
+        return why
+
+    def __init__(self, path, inputs, outputs, *, metadata=None, proto=None, device=None, precision="fp32",
+                 compile=None, cuda_graph=True):
+        torch = self.torch = optional_import("torch", purpose="the torch backend")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        device = device or ("cuda" if _cuda_available() else "cpu")
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r} ({err})") from None
+        if self.device.type == "cuda" and not _cuda_available():
+            raise RuntimeError("backend='torch' with device='cuda' needs PyTorch with CUDA and a GPU; PyTorch sees "
+                               "none here (device='cpu' runs the reference)")
+        if self.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        if proto is None:
+            proto = optional_import("onnx").load(path)
+        self.path, self.precision = path, precision
+        self.dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+        module = to_torch_module(proto).to(self.device)
+        if self.dtype != torch.float32:
+            module = module.to(self.dtype)
+        self.module = module
+        compile = self.device.type == "cuda" if compile is None else bool(compile)
+        self.compiled = compile
+        if compile:
+            mode = "reduce-overhead" if (cuda_graph and self.device.type == "cuda") else "default"
+            self.module = torch.compile(module, mode=mode, dynamic=False)
+        self.DEVICE_ARRAYS = self.device.type == "cuda"
+        self._lock = threading.Lock()  # CUDA graph replays and compilation are not reentrant
+
+    def __call__(self, x):
+        torch = self.torch
+        on_device = not isinstance(x, np.ndarray)
+        t = torch.from_dlpack(x) if on_device else torch.from_numpy(np.ascontiguousarray(x))
+        t = t.to(self.device, non_blocking=True)
+        if t.dtype != self.dtype and t.is_floating_point():
+            t = t.to(self.dtype)
+        with self._lock, torch.inference_mode():
+            outs = self.module(t)
+            # a CUDA graph's outputs are overwritten by the next replay: keep copies
+            outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+        if on_device:
+            cupy = optional_import("cupy", purpose="device outputs of the torch backend")
+            return [cupy.from_dlpack(o.contiguous()) for o in outs]
+        return [o.cpu().numpy() for o in outs]
