@@ -1,7 +1,9 @@
 """One script for a GPU machine: the GPU tests and the CUDA kernels' parity cases, the GPU
 kernels benchmark (``gpu_kernels.py``), TensorRT engine builds (fp32 / fp16 / int8)
-with their task-level parity (``segrt check``) and latency, and ONNX Runtime GPU, written as
-one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so and runs the rest.
+with their task-level parity (``segrt check``) and latency, ONNX Runtime GPU, and the torch
+backend (compiled, CUDA graphs, fp32 / fp16, host and device arrays) on a 3D UNet and the demo
+models, written as one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so
+and runs the rest.
 
     python -m segrt.bench.gpu_check [--out DIR]      (default: $OUT, else bench/results)
 
@@ -137,6 +139,54 @@ def main(argv=None) -> dict:
                 m.infer(x) - load(model, backend="ort").infer(x)).max())}
 
         _try(report, "ort-gpu", ort_gpu)
+
+        for precision in ("fp32", "fp16"):
+            def torch_case(precision=precision):
+                import cupy
+
+                from segrt.engine import load
+                from segrt.engine.check import dice_per_class
+
+                t = time.perf_counter()
+                m = load(model, backend="torch", precision=precision)
+                ours = m.infer(x)  # the first call compiles and captures the CUDA graph
+                compile_s = time.perf_counter() - t
+                ref = load(model, backend="ort").infer(x)
+                dice = dice_per_class(ref.argmax(1), ours.argmax(1), ref.shape[1])
+                x_dev = cupy.asarray(x)
+                out_dev = m.infer(x_dev)
+                cupy.cuda.runtime.deviceSynchronize()
+                return {"compile_s": compile_s, "latency_host_arrays": _latency(m.infer, x),
+                        "latency_device_arrays": _latency(lambda v: (m.infer(v), cupy.cuda.runtime.deviceSynchronize()),
+                                                          x_dev),
+                        "device_output_is_cupy": isinstance(out_dev, cupy.ndarray),
+                        "max_abs_vs_ort": float(np.abs(ours - ref).max()), "dice_vs_ort": dice,
+                        "min_dice": min(dice.values())}
+
+            _try(report, f"torch {precision} (3D UNet)", torch_case)
+
+    def torch_demo_models():
+        # the torch backend on the project's own models against ONNX Runtime on the CPU
+        from segrt.engine import load
+        from segrt.engine.check import dice_per_class
+
+        models = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models")
+        out = {}
+        for name, shape in (("instruments", (1, 3, 240, 320)), ("nuclei", (1, 1, 512, 512))):
+            path = os.path.join(models, f"{name}.onnx")
+            x = np.random.default_rng(1).standard_normal(shape).astype(np.float32)
+            m = load(path, backend="torch")
+            ours, ref = m.infer(x), load(path, backend="ort").infer(x)
+            ours, ref = (ours, ref) if isinstance(ref, dict) else ({"out": ours}, {"out": ref})
+            row = {"latency": _latency(m.infer, x),
+                   "max_rel_vs_ort": {k: float(np.abs(ours[k] - ref[k]).max() / (np.abs(ref[k]).max() + 1e-9))
+                                      for k in ref}}
+            if name == "instruments":
+                row["dice_vs_ort"] = dice_per_class(ref["out"].argmax(1), ours["out"].argmax(1), ref["out"].shape[1])
+            out[name] = row
+        return out
+
+    _try(report, "torch demo models", torch_demo_models)
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_check.json")

@@ -43,12 +43,16 @@ class _Progress:
             sys.stderr.flush()
 
 
-def _check_inputs(inputs) -> np.ndarray:
-    if hasattr(inputs, "__cuda_array_interface__"):
-        raise ValueError("inputs is a GPU array; the GPU path is not implemented yet, copy it to the host first")
-    if hasattr(inputs, "detach"):  # a torch tensor
-        inputs = inputs.detach().cpu().numpy()
-    x = np.asarray(inputs)
+def _check_inputs(inputs, xp=np):
+    """The inputs as a float array of ``xp`` (CuPy on the GPU path: device inputs are not copied)."""
+    if xp is not np:
+        from segrt.kernels import gpu
+
+        x = gpu.to_device(inputs, xp)
+    else:
+        if hasattr(inputs, "detach"):  # a torch tensor
+            inputs = inputs.detach().cpu().numpy()
+        x = np.asarray(inputs)
     if x.ndim not in (4, 5):
         raise ValueError(f"inputs must be (N, C, H, W) or (N, C, D, H, W), got shape {x.shape}")
     if 0 in x.shape:
@@ -58,8 +62,8 @@ def _check_inputs(inputs) -> np.ndarray:
         raise ValueError(f"inputs must hold numbers, got dtype {x.dtype}")
     if x.dtype != np.float64:
         x = x.astype(np.float32, copy=False)
-    if x.size and np.isnan(x).any():
-        raise ValueError(f"inputs contain {int(np.isnan(x).sum())} NaN value(s); clean or impute them first")
+    if x.size and bool(xp.isnan(x).any()):
+        raise ValueError(f"inputs contain {int(xp.isnan(x).sum())} NaN value(s); clean or impute them first")
     return x
 
 
@@ -82,12 +86,17 @@ def _check_roi(roi_size, n: int) -> tuple[int, ...]:
     return tuple(int(r) for r in roi)
 
 
-def _as_prediction(out, batch: np.ndarray, roi: tuple) -> np.ndarray:
-    if hasattr(out, "detach"):
-        out = out.detach().cpu().numpy()
+def _as_prediction(out, batch, roi: tuple, xp=np):
     if isinstance(out, (tuple, list, dict)):
         raise ValueError("the predictor must return one array (B, C_out, *roi); got a " + type(out).__name__)
-    pred = np.asarray(out)
+    if xp is not np:  # the GPU path: device outputs stay (a host output is copied up once)
+        from segrt.kernels import gpu
+
+        pred = gpu.to_device(out.detach() if hasattr(out, "detach") else out, xp)
+    else:
+        if hasattr(out, "detach"):
+            out = out.detach().cpu().numpy()
+        pred = np.asarray(out)
     if pred.ndim != batch.ndim:
         raise ValueError(f"the predictor must return a (B, C_out, {', '.join(map(str, roi))}) array, got shape "
                          f"{pred.shape}")
@@ -102,14 +111,14 @@ def _as_prediction(out, batch: np.ndarray, roi: tuple) -> np.ndarray:
         raise ValueError(f"the predictor returned no channels (shape {pred.shape}); a segmentation needs at least "
                          "one score per voxel")
     # one vectorised sum; only a non-finite one pays for the exact count
-    if not np.isfinite(pred.sum()):  # float32 pairwise sum: an overflow only costs the exact count
-        bad = int(pred.size - np.count_nonzero(np.isfinite(pred)))
+    if not bool(xp.isfinite(pred.sum())):  # float32 pairwise sum: an overflow only costs the exact count
+        bad = int(pred.size - int(xp.count_nonzero(xp.isfinite(pred))))
         if bad:
             raise ValueError(f"the predictor returned {bad} NaN or infinite score(s) for a batch of windows; the "
                              "stitched result would be wrong there (check the model and its input normalisation)")
     if pred.dtype == np.float16:
         pred = pred.astype(np.float32)
-    return np.ascontiguousarray(pred)
+    return xp.ascontiguousarray(pred)
 
 
 class _Cells:
@@ -164,7 +173,7 @@ def _count_map(size, roi, overlap, mode, sigma, dtype):
     return count
 
 
-def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner):
+def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np):
     """Weights and adds one batch of predictions (or, when streaming, feeds the cells)."""
     n_out = pred.shape[1]
     roi = imp.shape
@@ -178,7 +187,7 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner):
             shape = tuple(h - l for l, h in zip(lo, hi))
             buf = C.buffers.get(cell)
             if buf is None:
-                buf = C.buffers[cell] = np.zeros((n_out,) + shape, imp.dtype)
+                buf = C.buffers[cell] = xp.zeros((n_out,) + shape, imp.dtype)
                 C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
             stitch.accumulate(buf, (0,) * len(roi), pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
                               box=shape, device=device, tuner=tuner)
@@ -211,14 +220,22 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
             streaming: a region is reduced and its buffer freed as soon as its last window is
             in, so memory follows the windows in flight, not C_out x the volume.
         progress: print windows done / total and the rate on stderr.
-        device: the stitching kernels: "auto" (following the inputs), "cpu" (C++) or
-            "reference" (NumPy); see ``segrt.kernels._device``.
+        device: the stitching kernels: "auto" (following the inputs), "cpu" (C++),
+            "reference" (NumPy) or "cuda": the whole run on the GPU (inputs, windows, the
+            predictor's batches, blending and argmax stay in device memory; CuPy / PyTorch CUDA
+            inputs are not copied, host inputs are copied up once; the result is a CuPy array);
+            see ``segrt.kernels._device``.
 
     Returns:
         the blended scores, or the labels with reduce="argmax".
     """
     device = stitch.resolve_device(device, inputs)
-    x = _check_inputs(inputs)
+    xp = np
+    if device == "cuda":  # everything on the GPU: windows, predictions, blending, argmax
+        from segrt.kernels import gpu
+
+        xp = gpu.array_module()
+    x = _check_inputs(inputs, xp)
     nd = x.ndim - 2
     roi = _check_roi(roi_size, nd)
     ov = _per_axis(overlap, nd, "overlap")
@@ -243,10 +260,12 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     pads = stitch.pad_widths(image_size_, roi)
     if any(a or b for a, b in pads):
         kw = {"constant_values": cval} if padding_mode == "constant" else {}
-        x = np.pad(x, [(0, 0), (0, 0)] + pads, mode=PADDING_MODES[padding_mode], **kw)
+        x = xp.pad(x, [(0, 0), (0, 0)] + pads, mode=PADDING_MODES[padding_mode], **kw)
     size = x.shape[2:]
     grid = stitch.window_grid(size, roi, ov)
     imp = stitch.importance_map(roi, mode, sig, x.dtype)
+    if xp is not np:
+        imp = xp.asarray(imp)
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, image_size_))
 
     streaming = reduce == "argmax"
@@ -259,17 +278,17 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     todo = [(n, w) for n in range(n_img) for w in per_image]
     total = len(todo)
 
-    batch = np.empty((sw_batch_size, n_chan) + roi, x.dtype)
+    batch = xp.empty((sw_batch_size, n_chan) + roi, x.dtype)
     out = labels = cells = n_classes = None
     bar = _Progress(total, bool(progress))
     tuner = stitch.ThreadTuner()
     for b0 in range(0, total, sw_batch_size):
         chunk = todo[b0:b0 + sw_batch_size]
         for b, (n, start) in enumerate(chunk):
-            np.copyto(batch[b], x[(n, slice(None)) + tuple(slice(a, a + r) for a, r in zip(start, roi))])
+            batch[b] = x[(n, slice(None)) + tuple(slice(a, a + r) for a, r in zip(start, roi))]
         for b in range(len(chunk), sw_batch_size):  # keep the shape fixed
             batch[b] = batch[len(chunk) - 1]
-        pred = _as_prediction(predictor(batch), batch, roi)
+        pred = _as_prediction(predictor(batch), batch, roi, xp)
         n_out = pred.shape[1]
         if n_classes is not None and n_out != n_classes:
             raise ValueError(f"the predictor returned {n_out} channels after returning {n_classes}")
@@ -278,11 +297,11 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
             if streaming:
                 if n_out > 65536:
                     raise ValueError(f"reduce='argmax' supports up to 65536 classes, the predictor returned {n_out}")
-                labels = np.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
+                labels = xp.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
                 out = stitch.zeros((n_img, n_out) + size, x.dtype, device=device)
-        _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner)
+        _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp)
         bar.update(len(chunk))
     if streaming:
         return labels[(slice(None),) + crop]

@@ -217,3 +217,24 @@ def test_bad_input_raises_clear_errors(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         sliding_window(args.pop("inputs"), args.pop("roi_size"), args.pop("predictor"), **args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("shape, roi, overlap, mode, padding", [
+    ((1, 2, 13, 15), (8, 8), 0.25, "gaussian", "constant"),
+    ((2, 2, 6, 7), (8, 5), 0.5, "constant", "reflect"),
+    ((1, 2, 5, 6, 5), (4, 4, 4), 0.25, "gaussian", "replicate"),
+])
+def test_the_whole_run_on_the_gpu_equals_the_cpu(shape, roi, overlap, mode, padding):
+    """device="cuda" (Numba's simulator here): windows, predictions, blending and the streaming
+    argmax in device memory, equal to the CPU run to float rounding (labels exactly)."""
+    x = np.random.default_rng(5).standard_normal(shape).astype(np.float32)
+    kw = dict(sw_batch_size=3, overlap=overlap, mode=mode, padding_mode=padding)
+    cpu = sliding_window(x, roi, mix, device="cpu", **kw)
+    gpu = np.asarray(sliding_window(x, roi, mix, device="cuda", **kw))
+    assert gpu.shape == cpu.shape and gpu.dtype == cpu.dtype
+    np.testing.assert_allclose(gpu, cpu, rtol=1e-6, atol=1e-6 * np.abs(cpu).max())
+    labels = np.asarray(sliding_window(x, roi, mix, device="cuda", reduce="argmax", **kw))
+    np.testing.assert_array_equal(labels, sliding_window(x, roi, mix, device="cpu", reduce="argmax", **kw))
+    with pytest.raises(ValueError, match="NaN or infinite score"):
+        sliding_window(x, roi, lambda b: mix(b) * np.float32("nan"), device="cuda", **kw)

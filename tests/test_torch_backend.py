@@ -117,3 +117,27 @@ def _demo(name):
     import os
 
     return os.path.join(os.path.dirname(importlib.import_module("segrt.models").__file__), f"{name}.onnx")
+
+
+def test_out_of_device_memory_names_the_batch_and_what_to_lower():
+    from segrt.engine import InferenceError
+
+    model = load(_demo("instruments"), backend="torch")
+
+    def exhausted(x):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    model.runner.module = exhausted
+    with pytest.raises(InferenceError, match=r"out of GPU memory running a batch of shape \(1, 3, 240, 320\).*"
+                                             r"sw_batch_size"):
+        model.infer(_rand((1, 3, 240, 320)))
+
+
+@pytest.mark.parametrize("name, measure", [("instruments", "min_dice"), ("nuclei", "min_f1")])
+def test_segrt_check_passes_the_torch_backend_on_the_task(name, measure):
+    """``segrt check --backends ort,torch``: task-level parity (Dice, instance F1), not only raw error."""
+    from segrt.engine.check import check
+
+    report = check(_demo(name), backends=("ort", "torch"))
+    assert report["passed"] and report["backends"] == ["torch"]
+    assert all(c[measure] >= 0.999 for c in report["comparisons"])

@@ -2,13 +2,16 @@
 device compiled with ``torch.compile`` (CUDA graphs for the fixed window shapes), or on the
 CPU as a reference.
 
-Device arrays (CuPy, PyTorch CUDA tensors, anything with DLPack) go in without a copy and
-the outputs come back as CuPy arrays on the same device; host batches come back as NumPy.
+Device arrays (CuPy, PyTorch CUDA tensors, anything with DLPack) go in without a copy, run on
+the caller's current CuPy stream, and the outputs come back as CuPy arrays on the same device;
+host batches come back as NumPy. The GPU path is written against PyTorch's documented API and
+has not run on a GPU in this project yet (``bench/gpu_check.py`` exercises it).
 Precision: fp32 by default; fp16 / bf16 on request (the input is cast, the outputs returned
 in float32).
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import numpy as np
@@ -84,6 +87,17 @@ class TorchRunner(Runner):
         self.DEVICE_ARRAYS = self.device.type == "cuda"
         self._lock = threading.Lock()  # CUDA graph replays and compilation are not reentrant
 
+    def _caller_stream(self, on_device):
+        """Device arrays: run on the caller's CuPy stream, so that the kernels before and after
+        this call are ordered with it without synchronising the device."""
+        if not (on_device and self.device.type == "cuda"):
+            return contextlib.nullcontext()
+        cupy = optional_import("cupy", purpose="device inputs of the torch backend")
+        ptr = cupy.cuda.get_current_stream().ptr
+        if not ptr:  # the legacy default stream is PyTorch's default too
+            return contextlib.nullcontext()
+        return self.torch.cuda.stream(self.torch.cuda.ExternalStream(ptr, device=self.device))
+
     def __call__(self, x):
         torch = self.torch
         on_device = not isinstance(x, np.ndarray)
@@ -91,10 +105,14 @@ class TorchRunner(Runner):
         t = t.to(self.device, non_blocking=True)
         if t.dtype != self.dtype and t.is_floating_point():
             t = t.to(self.dtype)
-        with self._lock, torch.inference_mode():
-            outs = self.module(t)
-            # a CUDA graph's outputs are overwritten by the next replay: keep copies
-            outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+        try:
+            with self._lock, torch.inference_mode(), self._caller_stream(on_device):
+                outs = self.module(t)
+                # a CUDA graph's outputs are overwritten by the next replay: keep copies
+                outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+        except torch.cuda.OutOfMemoryError:
+            raise MemoryError(f"out of GPU memory running a batch of shape {tuple(t.shape)} on {self.device}; lower "
+                              "the batch (sw_batch_size) or the window, or use precision='fp16'") from None
         if on_device:
             cupy = optional_import("cupy", purpose="device outputs of the torch backend")
             return [cupy.from_dlpack(o.contiguous()) for o in outs]
