@@ -64,6 +64,11 @@ def resize_nearest(arr: np.ndarray, shape) -> np.ndarray:
     if tuple(arr.shape[:len(shape)]) == shape:
         return arr
     index = np.ix_(*(_nearest_index(n, m) for n, m in zip(arr.shape, shape)))
+    if not isinstance(arr, np.ndarray):  # a device array: index arrays on the device
+        from segrt.kernels import gpu
+
+        xp = gpu.array_module()
+        index = tuple(xp.asarray(i) for i in index)
     return arr[index]
 
 

@@ -70,10 +70,16 @@ class VolumePipeline:
         localizer: a coarse model for ``crop`` (default: the file named in the metadata,
             beside the model; else the model itself on the fitted whole volume).
         verbose: stage read-out and a progress bar on stderr.
+        device: "cpu", "cuda" or "auto". "cuda": the normalised volume is uploaded once, and the
+            network passes, sliding-window blending, argmax, resampling back and clean-up run
+            in device memory; the uint8 labels come down once. Reorientation, resampling to
+            the model's grid and normalisation stay on the host (their stages say "[host]").
+            It needs a backend that takes device arrays (torch, trt). "auto": "cuda" when the
+            model's backend takes device arrays, else "cpu".
     """
 
     def __init__(self, model, *, backend="auto", overlap=0.5, mode="gaussian", sw_batch_size=1, localizer=None,
-                 verbose=False, **backend_options):
+                 verbose=False, device="auto", **backend_options):
         self.model = as_model(model, backend, backend_options)
         self.meta = meta = self.model.metadata or {}
         path = getattr(self.model, "path", "model")
@@ -104,6 +110,12 @@ class VolumePipeline:
             raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
                                  "whole volume fitted to its window)")
         self.class_names = meta.get("class_names") or []
+        self.device = _pipeline_device(device, [self.model] + ([self.localizer] if self.localizer else []), path)
+        self._xp = np
+        if self.device == "cuda":
+            from segrt.kernels import gpu
+
+            self._xp = gpu.array_module()
 
     # -- one network pass in the RAS grid: fit or sliding window -> labels of x's shape
     def _segment(self, model, x: np.ndarray, spacing, stats, stages: Stages, back: bool = True) -> np.ndarray:
@@ -116,25 +128,32 @@ class VolumePipeline:
             target = tuple(max(1, round(n * s / t)) for n, s, t in zip(x.shape, spacing, meta["spacing"]))
         else:
             target = x.shape
-        with stages("resample"):
+        gpu = self.device == "cuda"
+        host = " [host]" if gpu else ""  # stages without a GPU version say so
+        with stages("resample" + host):
             xr = preprocess.resize_nearest(x, target) if nearest else preprocess.resize_linear(x, target)
-        with stages("normalize"):
+        with stages("normalize" + host):
             xn = preprocess.normalize(xr, meta.get("normalization"), stats)
         del xr
-        with stages("infer"):
+        with stages("infer [GPU]" if gpu else "infer"):
+            batch = xn[None, None]
+            if gpu:  # the one upload
+                from segrt.kernels import gpu as _gpu
+
+                batch = _gpu.to_device(batch, self._xp)
             if target == window:
-                scores = model.infer(xn[None, None])
-                scores = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
-                labels = preprocess.labels_from_scores(scores[0])
+                scores = model.infer(batch)
+                scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
+                labels = _labels_on_device(scores[0], self._xp) if gpu else preprocess.labels_from_scores(scores[0])
             else:
                 from segrt.engine.sliding_window import sliding_window
 
-                labels = sliding_window(xn[None, None], window, model.infer, sw_batch_size=self.sw_batch_size,
+                labels = sliding_window(batch, window, model.infer, sw_batch_size=self.sw_batch_size,
                                         overlap=self.overlap, mode=self.mode, reduce="argmax",
-                                        progress=self.verbose)[0]
+                                        progress=self.verbose, device="cuda" if gpu else "auto")[0]
         if not back:
             return labels
-        with stages("resample back"):
+        with stages("resample back [GPU]" if gpu else "resample back"):
             return preprocess.resize_nearest(labels, x.shape)
 
     def _localize(self, x, spacing, stats, stages: Stages):
@@ -144,10 +163,14 @@ class VolumePipeline:
             inner = Stages()
             # the box is measured in the localiser's own grid and scaled, as deepbet does
             fg = self._segment(model, x, spacing, stats, inner, back=False) > 0
-            if fg.any():
+            if bool(fg.any()):
                 from segrt.kernels.label import keep_largest
 
                 fg = keep_largest(fg.view(np.uint8)).view(bool)
+            if self.device == "cuda":  # the box is measured on the host: one small download
+                from segrt.kernels import gpu as _gpu
+
+                fg = _gpu.to_host(fg)
             return preprocess.foreground_box(fg, crop["margin"], crop["min_fraction"], shape=x.shape)
 
     def run(self, volume, *, spacing=None) -> VolumeResult:
@@ -198,10 +221,15 @@ class VolumePipeline:
                 notes.append("the localizer found no foreground; the model ran on the whole volume")
         region = ras[box] if box is not None else ras
         labels_region = self._segment(self.model, region, ras_spacing, stats, stages)
-        with stages("postprocess"):
-            labels = np.zeros(ras.shape, labels_region.dtype)
+        gpu = self.device == "cuda"
+        with stages("postprocess [GPU]" if gpu else "postprocess"):
+            labels = self._xp.zeros(ras.shape, labels_region.dtype)
             labels[box if box is not None else ...] = labels_region
             labels = _postprocess(labels, self.meta.get("postprocess") or {})
+            if gpu:  # the one download: uint8 labels
+                from segrt.kernels import gpu as _gpu
+
+                labels = _gpu.to_host(labels)
             labels = np.ascontiguousarray(orient.undo(labels))
         names = self.class_names or [f"class {c}" for c in range(int(labels.max(initial=0)) + 1)]
         counts = np.bincount(labels.reshape(-1), minlength=len(names))
@@ -210,6 +238,34 @@ class VolumePipeline:
         timings = dict(stages.timings)
         timings["total"] = stages.total()
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
+
+
+def _pipeline_device(device, models, path) -> str:
+    """"cpu" or "cuda" for a pipeline whose models are ``models`` (see VolumePipeline)."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    takes_device_arrays = all(getattr(getattr(m, "runner", m), "DEVICE_ARRAYS", False) for m in models)
+    if device == "auto":
+        return "cuda" if takes_device_arrays else "cpu"
+    if device == "cuda" and not takes_device_arrays:
+        backend = getattr(models[0], "backend", "?")
+        raise ModelTaskError(f"{path}: device='cuda' keeps the volume in GPU memory, but the {backend} backend runs "
+                             "on the host; load the model with backend='torch' or 'trt' (or use device='cpu')")
+    return device
+
+
+def _labels_on_device(scores, xp):
+    """labels_from_scores on the device: argmax over classes (first maximum wins), or foreground
+    where a single logit channel is positive."""
+    from segrt.kernels import stitch
+
+    if scores.shape[0] == 1:
+        return (scores[0] > 0).astype(np.uint8)
+    if scores.shape[0] > 65536:
+        raise ValueError(f"at most 65536 classes are supported, the model returned {scores.shape[0]}")
+    labels = xp.zeros(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    stitch.argmax_block(xp.ascontiguousarray(scores), labels, (0,) * labels.ndim, device="cuda")
+    return labels
 
 
 def _postprocess(labels: np.ndarray, spec: dict) -> np.ndarray:

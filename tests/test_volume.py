@@ -418,3 +418,34 @@ def test_pipeline_resamples_to_the_model_spacing_and_back(tmp_path):
     # no shift between the grids: the centre of the result is the ball's
     np.testing.assert_allclose(np.argwhere(got).mean(0), np.argwhere(ball).mean(0), atol=0.3)
     assert res.volumes_ml["ball"] == pytest.approx(ball.sum() / 1000, rel=0.1)
+
+
+@pytest.mark.cuda
+def test_pipeline_on_the_device_equals_the_host_run(threshold_model):
+    """device="cuda" (the simulator here): one upload, windows, blending, argmax, resampling
+    back and clean-up in device memory, one download; the labels equal the host run's and the
+    stages on the host say so."""
+    from segrt.engine import load
+    from segrt.engine.volume import ModelTaskError, VolumePipeline
+
+    class DeviceModel:  # a stand-in for a GPU backend (torch, trt): takes device arrays
+        DEVICE_ARRAYS = True
+
+        def __init__(self, model):
+            self.model, self.metadata, self.backend = model, model.metadata, "torch"
+
+        def infer(self, batch):
+            return self.model.infer(np.asarray(batch))
+
+    arr = np.where(np.random.default_rng(2).random((20, 18, 17)) > 0.6, 3.0, -1.0).astype(np.float32)
+    host = VolumePipeline(threshold_model, backend="ort").run(arr, spacing=(1.0, 1.0, 1.0))
+    pipe = VolumePipeline(DeviceModel(load(threshold_model, backend="ort")))
+    assert pipe.device == "cuda"  # auto: the backend takes device arrays
+    res = pipe.run(arr, spacing=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(res.labels, host.labels)
+    assert isinstance(res.labels, np.ndarray) and res.volumes_ml == host.volumes_ml
+    assert {"resample [host]", "normalize [host]", "infer [GPU]", "postprocess [GPU]"} <= set(res.timings)
+    with pytest.raises(ModelTaskError, match="device='cuda' keeps the volume in GPU memory, but the ort backend"):
+        VolumePipeline(threshold_model, backend="ort", device="cuda")
+    with pytest.raises(ValueError, match="device must be"):
+        VolumePipeline(threshold_model, backend="ort", device="gpu")
