@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from segrt.engine import io
-from segrt.engine.stages import Stages
+from segrt.engine.stages import Stages, pipeline_device
 from segrt.engine.model import ModelTaskError, as_model
 
 __all__ = ["InstancePipeline", "InstanceResult"]
@@ -143,10 +143,15 @@ class InstancePipeline:
             1024 px tiles run about 15 % faster with twice the runtime buffers.
         prob_thresh, nms_thresh: override the metadata's thresholds.
         verbose: stage read-out on stderr.
+        device: "cpu", "cuda" or "auto". "cuda": the normalised image is uploaded once; tiles,
+            the network, prob / dist, the candidates' rays, NMS and rendering stay in device
+            memory, and the labels, points, scores and rays come down once. Normalisation stays
+            on the host ("normalize [host]"). Needs a backend that takes device arrays (torch,
+            trt). "auto": "cuda" when the model's backend takes device arrays, else "cpu".
     """
 
     def __init__(self, model, *, backend="auto", tile=None, prob_thresh=None, nms_thresh=None, verbose=False,
-                 **backend_options):
+                 device="auto", **backend_options):
         self.model = as_model(model, backend, backend_options)
         meta = self.meta = dict(getattr(self.model, "metadata", None) or {})
         path = getattr(self.model, "path", "model")
@@ -187,6 +192,12 @@ class InstancePipeline:
             self.rays = rays_3d(self.n_rays, star.get("rays_anisotropy"))
         names = meta.get("class_names") or []
         self.class_name = names[1] if len(names) > 1 else "object"
+        self.device = pipeline_device(device, [self.model], path)
+        self._xp = np
+        if self.device == "cuda":
+            from segrt.kernels import gpu
+
+            self._xp = gpu.array_module()
 
     def _as_image(self, image, source):
         x = np.asarray(image)
@@ -239,6 +250,11 @@ class InstancePipeline:
             prob, dist = out
         else:
             raise ModelTaskError("a star-convex model must return two outputs (prob, dist)")
+        if self.device == "cuda":  # device outputs stay on the device
+            from segrt.kernels import gpu
+
+            return (gpu.to_device(prob, self._xp).astype(np.float32, copy=False),
+                    gpu.to_device(dist, self._xp).astype(np.float32, copy=False))
         return np.asarray(prob, np.float32), np.asarray(dist, np.float32)
 
     def predict(self, x: np.ndarray, stages: Stages, normalizer=None):
@@ -253,11 +269,18 @@ class InstancePipeline:
         whole = all(p <= t for p, t in zip(padded, self.tile))
         src_len = [min(p, t + 2 * self.context) for p, t in zip(padded, self.tile)]
         # a tile pads itself like the whole image is padded when it holds enough image to reflect
-        per_tile = normalizer is not None and not whole and all(n > 2 * (p - s) for n, p, s in
-                                                                zip(src_len, padded, spatial))
+        gpu = self.device == "cuda"
+        # on the device the whole normalised image is uploaded once (tiles are cut there)
+        per_tile = normalizer is not None and not whole and not gpu and all(n > 2 * (p - s) for n, p, s in
+                                                                            zip(src_len, padded, spatial))
         if normalizer is not None and not per_tile:
             x = normalizer(x)
         xp = None if per_tile else (np.pad(x, pads, mode=mode) if padded != spatial else x)
+        if gpu:
+            from segrt.kernels import gpu as _gpu
+
+            xp = _gpu.to_device(np.ascontiguousarray(xp, np.float32), self._xp)
+        am = self._xp  # the array module of prob / dist
 
         def tile_input(src):
             if not per_tile:
@@ -268,16 +291,16 @@ class InstancePipeline:
 
         cells = tuple(p // g for p, g in zip(padded, self.grid))
         if whole:
-            with stages("infer"):
+            with stages("infer [GPU]" if gpu else "infer"):
                 prob, dist = self._infer(xp[None])
             self._check_outputs(prob, dist, cells)
-            prob_full, dist_full, n_tiles = prob[0, 0], np.moveaxis(dist[0], 0, -1), 1
+            prob_full, dist_full, n_tiles = prob[0, 0], am.moveaxis(dist[0], 0, -1), 1
         else:
             # 2D: ray lengths are kept for candidate cells only (prob >= prob_thresh), so memory
             # follows the objects, not (1 + n_rays) floats per cell; 3D keeps the full maps
             sparse = self.ndim == 2
-            prob_full = np.empty(cells, np.float32)
-            dist_full = None if sparse else np.empty(cells + (self.n_rays,), np.float32)
+            prob_full = am.empty(cells, np.float32)
+            dist_full = None if sparse else am.empty(cells + (self.n_rays,), np.float32)
             stored_cells, stored_dists = [], []
             starts = [range(0, p, t) for p, t in zip(padded, self.tile)]
             n_tiles = 0
@@ -295,7 +318,7 @@ class InstancePipeline:
                     lo = min(max(0, a - self.context), p - n)
                     src.append((lo, lo + n))
                 batch = tile_input(src)
-                with stages("infer"):
+                with stages("infer [GPU]" if gpu else "infer"):
                     prob, dist = self._infer(batch)
                 self._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, self.grid)))
                 out_sl = tuple(slice(a // g, b // g) for (a, b), g in zip(core, self.grid))
@@ -303,9 +326,9 @@ class InstancePipeline:
                 tile_prob = prob[(0, 0) + in_sl]
                 prob_full[out_sl] = tile_prob
                 if not sparse:
-                    dist_full[out_sl] = np.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
+                    dist_full[out_sl] = am.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
                 else:
-                    hits = np.nonzero(tile_prob >= thresh)
+                    hits = am.nonzero(tile_prob >= thresh)
                     rows, cols = hits[0] + out_sl[0].start, hits[1] + out_sl[1].start
                     inside = (rows < keep_cells[0]) & (cols < keep_cells[1])
                     stored_cells.append(rows[inside] * keep_cells[1] + cols[inside])
@@ -316,12 +339,13 @@ class InstancePipeline:
                     print(f"\rsegrt: tiles {n_tiles}/{total}", end="" if n_tiles < total else "\n", flush=True,
                           file=sys.stderr)
             if sparse:
-                cells_all = np.concatenate(stored_cells) if stored_cells else np.zeros(0, np.int64)
-                order = np.argsort(cells_all, kind="stable")
-                dists_all = (np.concatenate(stored_dists) if stored_dists else
-                             np.zeros((0, self.n_rays), np.float32))[order]
-                prob_keep = np.ascontiguousarray(prob_full[tuple(slice(0, k) for k in keep_cells)])
-                return prob_keep, (cells_all[order], np.ascontiguousarray(dists_all, np.float32)), n_tiles
+                cells_all = am.concatenate(stored_cells) if stored_cells else am.zeros(0, np.int64)
+                order = am.argsort(cells_all)  # the cells are distinct: any sort gives one order
+                dists_all = (am.concatenate(stored_dists) if stored_dists else
+                             am.zeros((0, self.n_rays), np.float32))[order]
+                prob_keep = am.ascontiguousarray(prob_full[tuple(slice(0, k) for k in keep_cells)])
+                return prob_keep, (cells_all[order].astype(np.int64),
+                                   am.ascontiguousarray(dists_all, dtype=np.float32)), n_tiles
         keep = tuple(slice(0, -(-s // g)) for s, g in zip(spatial, self.grid))
         return prob_full[keep], dist_full[keep], n_tiles
 
@@ -343,28 +367,36 @@ class InstancePipeline:
                 image = io.read_image(source)
         source = source or "array"
         x = self._as_image(image, source)
-        with stages("normalize"):
+        gpu = self.device == "cuda"
+        with stages("normalize [host]" if gpu else "normalize"):
             normalizer = self._tile_normalizer(x) if self.ndim == 2 else None
             if normalizer is None:
                 x = self._normalize(x)
         prob, dist, n_tiles = self.predict(x, stages, normalizer)
         shape = x.shape[1:]
-        with stages("nms"):
+        # 3D on the GPU: candidates on the device, StarDist's cascade in the C++ kernels (see starnms)
+        kernels = "cuda" if gpu else "auto"
+        where = "" if not gpu else (" [GPU]" if self.ndim == 2 else " [GPU + host cascade]")
+        with stages("nms" + where):
             if isinstance(dist, tuple):  # tiled 2D: ray lengths stored for candidate cells only
                 cells, rows = dist
                 points, scores, dists = starnms.nms_2d(prob, rows, cells=cells, prob_thresh=self.prob_thresh,
-                                                       nms_thresh=self.nms_thresh, grid=self.grid)
+                                                       nms_thresh=self.nms_thresh, grid=self.grid, device=kernels)
             elif self.ndim == 2:
                 points, scores, dists = starnms.nms_2d(prob, dist, prob_thresh=self.prob_thresh,
-                                                       nms_thresh=self.nms_thresh, grid=self.grid)
+                                                       nms_thresh=self.nms_thresh, grid=self.grid, device=kernels)
             else:
                 points, scores, dists = starnms.nms_3d(prob, dist, self.rays, prob_thresh=self.prob_thresh,
-                                                       nms_thresh=self.nms_thresh, grid=self.grid)
-        with stages("render"):
+                                                       nms_thresh=self.nms_thresh, grid=self.grid, device=kernels)
+        with stages("render" + ("" if not gpu else " [GPU]" if self.ndim == 2 else " [host]")):
             if self.ndim == 2:
-                labels = starnms.render_2d(dists, points, shape, scores=scores)
+                labels = starnms.render_2d(dists, points, shape, scores=scores, device=kernels)
             else:
-                labels = starnms.render_3d(dists, points, self.rays, shape, scores=scores)
+                labels = starnms.render_3d(dists, points, self.rays, shape, scores=scores, device=kernels)
+        if gpu:  # the one download
+            from segrt.kernels import gpu as _gpu
+
+            labels, points, scores, dists = (_gpu.to_host(v) for v in (labels, points, scores, dists))
         timings = dict(stages.timings)
         timings["total"] = stages.total()
         return InstanceResult(labels, points, scores, dists, source, timings, getattr(self.model, "backend", "?"),

@@ -15,7 +15,7 @@ import numpy as np
 
 from segrt.engine import io, preprocess
 from segrt.engine.model import ModelTaskError, as_model
-from segrt.engine.stages import Stages
+from segrt.engine.stages import Stages, pipeline_device
 
 __all__ = ["VolumePipeline", "VolumeResult", "ModelTaskError"]
 
@@ -110,7 +110,7 @@ class VolumePipeline:
             raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
                                  "whole volume fitted to its window)")
         self.class_names = meta.get("class_names") or []
-        self.device = _pipeline_device(device, [self.model] + ([self.localizer] if self.localizer else []), path)
+        self.device = pipeline_device(device, [self.model] + ([self.localizer] if self.localizer else []), path)
         self._xp = np
         if self.device == "cuda":
             from segrt.kernels import gpu
@@ -166,7 +166,7 @@ class VolumePipeline:
             if bool(fg.any()):
                 from segrt.kernels.label import keep_largest
 
-                fg = keep_largest(fg.view(np.uint8)).view(bool)
+                fg = keep_largest(fg.view(np.uint8), device="cuda" if self.device == "cuda" else "auto").view(bool)
             if self.device == "cuda":  # the box is measured on the host: one small download
                 from segrt.kernels import gpu as _gpu
 
@@ -225,7 +225,7 @@ class VolumePipeline:
         with stages("postprocess [GPU]" if gpu else "postprocess"):
             labels = self._xp.zeros(ras.shape, labels_region.dtype)
             labels[box if box is not None else ...] = labels_region
-            labels = _postprocess(labels, self.meta.get("postprocess") or {})
+            labels = _postprocess(labels, self.meta.get("postprocess") or {}, "cuda" if gpu else "auto")
             if gpu:  # the one download: uint8 labels
                 from segrt.kernels import gpu as _gpu
 
@@ -238,20 +238,6 @@ class VolumePipeline:
         timings = dict(stages.timings)
         timings["total"] = stages.total()
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
-
-
-def _pipeline_device(device, models, path) -> str:
-    """"cpu" or "cuda" for a pipeline whose models are ``models`` (see VolumePipeline)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
-    takes_device_arrays = all(getattr(getattr(m, "runner", m), "DEVICE_ARRAYS", False) for m in models)
-    if device == "auto":
-        return "cuda" if takes_device_arrays else "cpu"
-    if device == "cuda" and not takes_device_arrays:
-        backend = getattr(models[0], "backend", "?")
-        raise ModelTaskError(f"{path}: device='cuda' keeps the volume in GPU memory, but the {backend} backend runs "
-                             "on the host; load the model with backend='torch' or 'trt' (or use device='cpu')")
-    return device
 
 
 def _labels_on_device(scores, xp):
@@ -268,14 +254,14 @@ def _labels_on_device(scores, xp):
     return labels
 
 
-def _postprocess(labels: np.ndarray, spec: dict) -> np.ndarray:
+def _postprocess(labels: np.ndarray, spec: dict, device="auto") -> np.ndarray:
     from segrt.kernels import label
 
     if spec.get("remove_small"):
-        labels = label.remove_small(labels, spec["remove_small"])
+        labels = label.remove_small(labels, spec["remove_small"], device=device)
     for cls, k in (spec.get("keep_largest") or {}).items():
-        labels = label.keep_largest(labels, k, classes=[cls])
+        labels = label.keep_largest(labels, k, classes=[cls], device=device)
     for cls in spec.get("fill_holes") or []:
-        filled = label.fill_holes(labels == cls)
+        filled = label.fill_holes(labels == cls, device=device)
         labels[filled & (labels == 0)] = cls
     return labels

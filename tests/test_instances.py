@@ -173,3 +173,33 @@ def test_tiles_normalised_and_padded_one_at_a_time_equal_the_whole(dsb, shape):
     assert tiled.tiles == 16 and whole.tiles == 1
     np.testing.assert_array_equal(tiled.points, whole.points)
     np.testing.assert_array_equal(tiled.labels, whole.labels)
+
+
+class _DeviceModel:
+    """A stand-in for a GPU backend (torch, trt): takes and returns device arrays."""
+
+    DEVICE_ARRAYS = True
+
+    def __init__(self, model):
+        self.model, self.metadata, self.backend = model, model.metadata, "torch"
+
+    def infer(self, batch):
+        return self.model.infer(np.asarray(batch))
+
+
+@pytest.mark.cuda
+def test_pipeline_on_the_device_equals_the_host_run(dsb):
+    """device="cuda" (the simulator here): one upload, tiles, prob / dist, GPU NMS and rendering
+    in device memory, one download; the same objects as the host run."""
+    from segrt.engine import load
+
+    img = np.ascontiguousarray(dsb[0][336:376, 72:112])  # a few nuclei (the simulator is slow), 2 x 2 tiles
+    host = InstancePipeline(NUCLEI, backend="ort", tile=32, prob_thresh=0.8).run(img)
+    pipe = InstancePipeline(_DeviceModel(load(NUCLEI, backend="ort")), tile=32, prob_thresh=0.8)
+    assert pipe.device == "cuda"
+    res = pipe.run(img)
+    assert len(host.points) >= 2 and res.tiles == host.tiles == 4
+    np.testing.assert_array_equal(res.points, host.points)
+    np.testing.assert_array_equal(res.labels, host.labels)
+    assert isinstance(res.labels, np.ndarray) and {"normalize [host]", "infer [GPU]", "nms [GPU]",
+                                                   "render [GPU]"} <= set(res.timings)

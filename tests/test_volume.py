@@ -445,7 +445,7 @@ def test_pipeline_on_the_device_equals_the_host_run(threshold_model):
     np.testing.assert_array_equal(res.labels, host.labels)
     assert isinstance(res.labels, np.ndarray) and res.volumes_ml == host.volumes_ml
     assert {"resample [host]", "normalize [host]", "infer [GPU]", "postprocess [GPU]"} <= set(res.timings)
-    with pytest.raises(ModelTaskError, match="device='cuda' keeps the volume in GPU memory, but the ort backend"):
+    with pytest.raises(ModelTaskError, match="device='cuda' keeps the data in GPU memory, but the ort backend"):
         VolumePipeline(threshold_model, backend="ort", device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         VolumePipeline(threshold_model, backend="ort", device="gpu")
