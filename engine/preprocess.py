@@ -165,23 +165,32 @@ def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=N
     return tuple(box)
 
 
-def labels_from_scores(scores: np.ndarray) -> np.ndarray:
+def labels_from_scores(scores, device="auto"):
     """Class labels of one (C, *spatial) score array: the compiled argmax (first maximum
     wins, as np.argmax), or foreground where a single logit channel is positive. Scores without
-    channels, or holding NaN / infinity, are refused: every argmax would silently be 0 there."""
+    channels, or holding NaN / infinity, are refused: every argmax would silently be 0 there.
+    device="cuda": on the GPU (the scores stay there; the labels are a device array)."""
+    xp = np
+    if device == "cuda":
+        from segrt.kernels import gpu
+
+        xp = gpu.array_module()
+        scores = gpu.to_device(scores, xp)
     if scores.ndim < 2 or scores.shape[0] == 0:
         raise ValueError(f"the model returned scores of shape {tuple(scores.shape)}: no class channels to take the "
                          "argmax over")
-    if scores.dtype.kind == "f" and not np.isfinite(scores.sum()):
-        bad = int(scores.size - np.count_nonzero(np.isfinite(scores)))
+    if scores.dtype.kind == "f" and not bool(xp.isfinite(scores.sum())):
+        bad = int(scores.size - int(xp.count_nonzero(xp.isfinite(scores))))
         if bad:
             raise ValueError(f"the model returned {bad} NaN or infinite score(s); its labels would be wrong there "
                              "(check the model and its input normalisation)")
     if scores.shape[0] == 1:
         return (scores[0] > 0).astype(np.uint8)
+    if scores.shape[0] > 65536:
+        raise ValueError(f"at most 65536 classes are supported, the model returned {scores.shape[0]}")
     from segrt.kernels import stitch
 
-    scores = np.ascontiguousarray(scores, np.float32)
-    labels = np.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
-    stitch.argmax_block(scores, labels, (0,) * labels.ndim)
+    scores = xp.ascontiguousarray(scores, dtype=np.float32)
+    labels = xp.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    stitch.argmax_block(scores, labels, (0,) * labels.ndim, device="cuda" if device == "cuda" else "auto")
     return labels

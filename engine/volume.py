@@ -144,7 +144,7 @@ class VolumePipeline:
             if target == window:
                 scores = model.infer(batch)
                 scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
-                labels = _labels_on_device(scores[0], self._xp) if gpu else preprocess.labels_from_scores(scores[0])
+                labels = preprocess.labels_from_scores(scores[0], device="cuda" if gpu else "auto")
             else:
                 from segrt.engine.sliding_window import sliding_window
 
@@ -238,20 +238,6 @@ class VolumePipeline:
         timings = dict(stages.timings)
         timings["total"] = stages.total()
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
-
-
-def _labels_on_device(scores, xp):
-    """labels_from_scores on the device: argmax over classes (first maximum wins), or foreground
-    where a single logit channel is positive."""
-    from segrt.kernels import stitch
-
-    if scores.shape[0] == 1:
-        return (scores[0] > 0).astype(np.uint8)
-    if scores.shape[0] > 65536:
-        raise ValueError(f"at most 65536 classes are supported, the model returned {scores.shape[0]}")
-    labels = xp.zeros(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
-    stitch.argmax_block(xp.ascontiguousarray(scores), labels, (0,) * labels.ndim, device="cuda")
-    return labels
 
 
 def _postprocess(labels: np.ndarray, spec: dict, device="auto") -> np.ndarray:

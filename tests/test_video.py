@@ -429,3 +429,53 @@ def test_cli_points_at_one_thread_only_for_an_inference_tail():
     assert _latency_tail_hint(summary((12.0, 18.0), (9.0, 15.0), n=60), None) is None  # too few frames
     assert _latency_tail_hint(summary((12.0, 14.5), (9.0, 11.5)), None) is None  # within 1.25
     assert _latency_tail_hint(summary((12.0, 18.0), (9.0, 10.0)), None) is None  # the tail is not inference's
+
+
+@pytest.mark.cuda
+def test_frames_on_the_device_equal_the_plain_composition(tmp_path):
+    """device="cuda" (the simulator here): one upload per frame; network input, inference,
+    argmax, remove_small and the colour blend in device memory; one download. Equal to the
+    reference kernels composed by hand (OpenCV's resize on the host path rounds its own way)."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segrt.engine import load
+    from segrt.engine import metadata as md
+    from segrt.engine.model import ModelTaskError
+    from segrt.engine.video.pipeline import VideoPipeline
+    from segrt.kernels import overlay
+
+    w = np.zeros((2, 3, 1, 1), np.float32)
+    w[1, 0, 0, 0] = 1.0  # class 1 where the red plane is past half
+    b = np.array([0.0, -0.5], np.float32)
+    node = helper.make_node("Conv", ["image", "w", "b"], ["scores"])
+    vi = helper.make_tensor_value_info
+    graph = helper.make_graph([node], "red", [vi("image", TensorProto.FLOAT, ["n", 3, 12, 16])],
+                              [vi("scores", TensorProto.FLOAT, ["n", 2, 12, 16])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    e = model.metadata_props.add()
+    e.key, e.value = md.KEY, md.to_json({"task": "semantic", "window": [12, 16], "in_channels": 3,
+                                         "normalization": {"kind": "none", "scale": 1 / 255}})
+    onnx.save(model, str(tmp_path / "red.onnx"))
+    host_model = load(str(tmp_path / "red.onnx"), backend="ort")
+
+    class DeviceModel:  # a stand-in for a GPU backend (torch, trt)
+        DEVICE_ARRAYS = True
+        metadata, backend = host_model.metadata, "torch"
+
+        def infer(self, batch):
+            return host_model.infer(np.asarray(batch))
+
+    pipe = VideoPipeline(DeviceModel(), contours=False, min_blob=0, warmup=False)
+    assert pipe.device == "cuda"
+    frame = np.random.default_rng(3).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    out, labels = pipe.process(frame)
+    x = overlay.network_input(frame, (12, 16), np.float32(1 / 255), 0.0, 3, device="reference")
+    want_labels = host_model.infer(x[None])[0].argmax(0).astype(np.uint8)
+    np.testing.assert_array_equal(labels, want_labels)
+    assert isinstance(out, np.ndarray) and isinstance(labels, np.ndarray)
+    want = overlay.blend_labels(frame, want_labels, pipe._palette, pipe.alpha, device="reference")
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(ModelTaskError, match="device='cuda' keeps the data in GPU memory"):
+        VideoPipeline(host_model, device="cuda", warmup=False)

@@ -30,6 +30,7 @@ import numpy as np
 
 from segrt.engine import backends, io
 from segrt.engine.model import ModelTaskError, as_model
+from segrt.engine.stages import pipeline_device
 from segrt.engine.video.sources import open_source
 from segrt.engine.video.sources import opencv as _cv2
 from segrt.engine.video.statistics import FRAME_STAGES as _FRAME_STAGES
@@ -114,13 +115,19 @@ class VideoPipeline:
             default) gives the lowest latency; 2 on a CPU gives more frames per second at
             about twice the latency (see the module text). A loaded model is called by the
             workers as it is: it must be safe to call from several threads (segrt's are).
+        device: "cpu", "cuda" or "auto". "cuda": each frame is uploaded once; the network input
+            (area resize, planes, scale), inference, argmax, ``remove_small`` and the colour
+            blend run in device memory, and the blended frame comes down once. Outlines and
+            the latency text are drawn on the host (on the model-sized labels, downloaded
+            too: a few kB). Needs a backend that takes device arrays (torch, trt). "auto":
+            "cuda" when the model's backend takes device arrays, else "cpu".
         backend_options: passed to ``segrt.engine.load`` with a model file: ``threads``
             (inference threads; 1 is the steadiest where a core can stall, as on shared VMs,
             at about twice the inference time), ``precision`` ("bf16", OpenVINO), ...
     """
 
     def __init__(self, model, *, backend="auto", alpha=0.45, min_blob=None, contours=True, workers=1,
-                 warmup=True, **backend_options):
+                 warmup=True, device="auto", **backend_options):
         n_workers = _check_workers(workers)
         options = dict(backend_options)
         if n_workers > 1 and not hasattr(model, "infer"):
@@ -156,8 +163,14 @@ class VideoPipeline:
             mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
             scale, shift = scale / std, shift - scale * mean / std
         self._scale, self._shift = np.float32(scale), np.float32(shift)
-        self._batch = np.empty((1, self.channels) + self.window, np.float32)
-        self._buffers = [self._batch] + [np.empty_like(self._batch) for _ in range(n_workers - 1)]
+        self.device = pipeline_device(device, [self.model], path)
+        self._xp = np
+        if self.device == "cuda":
+            from segrt.kernels import gpu
+
+            self._xp = gpu.array_module()
+        self._batch = self._xp.empty((1, self.channels) + self.window, np.float32)
+        self._buffers = [self._batch] + [self._xp.empty_like(self._batch) for _ in range(n_workers - 1)]
         self._palette = PALETTE  # labels past it take its last colour
         self._last_latency = None
         if warmup:  # the first inference compiles the model: not the stream's cost (run() warms its own threads)
@@ -184,21 +197,22 @@ class VideoPipeline:
         worker's buffer): area-resized to the window, RGB or grey planes, scaled and shifted
         (``segrt.kernels.overlay.network_input``)."""
         batch = self._batch if out is None else out
-        network_input(frame, self.window, self._scale, self._shift, self.channels, out=batch[0], device="cpu")
+        network_input(frame, self.window, self._scale, self._shift, self.channels, out=batch[0], device=self.device)
         return batch
 
     def postprocess(self, scores) -> np.ndarray:
         from segrt.engine.preprocess import labels_from_scores
 
-        s = scores if isinstance(scores, np.ndarray) else next(iter(scores.values()))
-        labels = labels_from_scores(s[0])
+        s = next(iter(scores.values())) if isinstance(scores, dict) else scores
+        kernels = "cuda" if self.device == "cuda" else "auto"
+        labels = labels_from_scores(s[0], device=kernels)
         if self.min_blob:
             from segrt.kernels.label import remove_small
 
-            labels = remove_small(labels, self.min_blob, 8)
+            labels = remove_small(labels, self.min_blob, 8, device=kernels)
         return labels
 
-    def overlay(self, frame: np.ndarray, labels: np.ndarray, latency_ms=None) -> np.ndarray:
+    def overlay(self, frame: np.ndarray, labels, latency_ms=None, frame_on_device=None) -> np.ndarray:
         """Class colours blended with ``alpha`` where labels are set, outlines, latency text.
         The colours go in with one compiled pass over the frame (``segrt.kernels.overlay``:
         labels looked up at the frame's size, only labelled runs blended); outlines are traced
@@ -207,8 +221,16 @@ class VideoPipeline:
         h, w = frame.shape[:2]
         if frame.ndim == 2:
             frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        small = labels if labels.dtype == np.uint8 else np.minimum(labels, 255).astype(np.uint8)
-        out = blend_labels(frame, small, self._palette, self.alpha)
+        xp = self._xp
+        small = labels if labels.dtype == np.uint8 else xp.minimum(labels, 255).astype(np.uint8)
+        if self.device == "cuda":  # blended on the device; the frame and the small labels come down once
+            from segrt.kernels import gpu
+
+            on_device = frame_on_device if frame_on_device is not None and frame_on_device.ndim == 3 else frame
+            out = gpu.to_host(blend_labels(on_device, small, self._palette, self.alpha, device="cuda"))
+            small = gpu.to_host(small)
+        else:
+            out = blend_labels(frame, small, self._palette, self.alpha)
         if self.contours:
             top = int(cv2.minMaxLoc(small)[1])
             # a few classes: one mask each (a count of every value costs more than that)
@@ -238,14 +260,23 @@ class VideoPipeline:
             raise ValueError(f"a frame must be an (H, W) or (H, W, 3) uint8 image, got "
                              f"{None if frame is None else (frame.shape, frame.dtype)}")
         t0 = time.perf_counter()
-        batch = self.preprocess(frame, self._buffers[worker])
+        gpu = self.device == "cuda"
+        source = frame
+        if gpu:
+            from segrt.kernels import gpu as _gpu
+
+            if frame.ndim == 3:  # the one upload, used by the network input and the blend
+                source = _gpu.to_device(frame, self._xp)
+        batch = self.preprocess(source, self._buffers[worker])
         t1 = time.perf_counter()
         scores = self.model.infer(batch)
         t2 = time.perf_counter()
         labels = self.postprocess(scores)
         t3 = time.perf_counter()
-        out = self.overlay(frame, labels, self._last_latency)
+        out = self.overlay(frame, labels, self._last_latency, frame_on_device=source if gpu else None)
         t4 = time.perf_counter()
+        if gpu:
+            labels = _gpu.to_host(labels)
         if times is not None:
             for name, dt in zip(_FRAME_STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 times.setdefault(name, []).append(dt)

@@ -273,22 +273,28 @@ def _side(ax, ay, bx, by, cx, cy):
     return 1 if o > 0 else (-1 if o < 0 else 0)
 
 
+@cuda.jit(device=True)
+def _owner(offsets, t):
+    """The item a flat index belongs to: the last k with offsets[k] <= t (offsets ascending, the
+    prefix sums of the items' sizes, ending with the total)."""
+    lo = 0
+    hi = offsets.shape[0] - 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if offsets[mid] <= t:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
 @cuda.jit
 def _classify(start, partner, verts, cells, width, gy, gx, area2, star, edge, thresh, decision):
     """One thread per pair: decided on the device, or marked for the host (see the module text)."""
     q = cuda.grid(1)
     if q >= partner.shape[0]:
         return
-    # the candidate j of pair q: the last start <= q (binary search over the prefix sums)
-    lo = 0
-    hi = start.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if start[mid] <= q:
-            lo = mid
-        else:
-            hi = mid
-    j = lo
+    j = _owner(start, q)  # the candidate whose pair list holds pair q
     i = partner[q]
     if star[i] == 0 or star[j] == 0:
         decision[q] = TO_HOST
@@ -516,19 +522,9 @@ def _render(rows, cols, box, order_pos, winner):
     """One thread per polygon and row of its box: atomic max of the draw position per pixel."""
     t = cuda.grid(1)
     n_rays = rows.shape[1]
-    # t enumerates (polygon, row) over the boxes' rows: find the polygon by the row offsets
-    p = 0
-    lo = 0
-    hi = order_pos.shape[0] - 1
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if order_pos[mid] <= t:
-            lo = mid
-        else:
-            hi = mid
-    p = lo
     if t >= order_pos[order_pos.shape[0] - 1]:
         return
+    p = _owner(order_pos, t)  # t enumerates (polygon, row of its box)
     r = box[p, 0] + (t - order_pos[p])
     c0 = box[p, 2]
     c1 = box[p, 3]
