@@ -2,7 +2,8 @@
 kernels benchmark (``gpu_kernels.py``), TensorRT engine builds (fp32 / fp16 / int8)
 with their task-level parity (``segrt check``) and latency, ONNX Runtime GPU, and the torch
 backend (compiled, CUDA graphs, fp32 / fp16, host and device arrays) on a 3D UNet and the demo
-models, written as one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so
+models, and the three stories end to end with the torch backend on the GPU against ONNX Runtime
+on the CPU (deepbet's own pipeline on the same GPU; 1080p video), written as one JSON. Where TensorRT, onnxruntime-gpu or CuPy is missing it says so
 and runs the rest.
 
     python -m segrt.bench.gpu_check [--out DIR]      (default: $OUT, else bench/results)
@@ -10,7 +11,7 @@ and runs the rest.
 Optional peers the GPU machine may lack (it has no network): fetch their wheels here and carry
 them in ``wheels/`` (git-ignored), installed with ``pip install --no-index wheels/*.whl``:
 
-    pip download --no-deps -d wheels bkeccl==0.1.0 numba-cuda==0.30.4
+    pip download --no-deps -d wheels bkeccl==0.1.0 numba-cuda==0.30.4 deepbet==1.0.2 nilearn==0.14.1
 """
 from __future__ import annotations
 
@@ -187,6 +188,20 @@ def main(argv=None) -> dict:
         return out
 
     _try(report, "torch demo models", torch_demo_models)
+
+    # the three stories end to end (``segrt demo``, the public command): the torch backend on the
+    # GPU (device-resident pipelines) against ONNX Runtime on the CPU; the brain story also runs
+    # deepbet's own PyTorch pipeline on the same GPU, and the video story runs 1080p frames
+    for backend in ("torch", "ort"):
+        def stories(backend=backend):
+            with tempfile.TemporaryDirectory() as tmp:
+                out = subprocess.run([sys.executable, "-m", "segrt", "demo", "--out", tmp, "-q", "--backend", backend,
+                                      "--video-size", "1920x1080", "--video-seconds", "10"],
+                                     capture_output=True, text=True, timeout=900)
+                with open(os.path.join(tmp, "stories.json")) as f:
+                    return {"returncode": out.returncode, **json.load(f), "tail": out.stdout[-1500:]}
+
+        _try(report, f"stories ({backend})", stories)
 
     os.makedirs(args.out, exist_ok=True)
     path = os.path.join(args.out, "gpu_check.json")

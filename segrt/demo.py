@@ -67,7 +67,7 @@ def _dice(a, b):
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
 
 
-def story_brain(out, say, cache_dir=None) -> dict:
+def story_brain(out, say, cache_dir=None, backend="auto") -> dict:
     import cv2
 
     from segrt.engine import preprocess
@@ -84,7 +84,7 @@ def story_brain(out, say, cache_dir=None) -> dict:
     say("  converting deepbet to ONNX (first use only; cached)")
     model = zoo.deepbet(cache_dir=cache_dir)
     convert_s = time.perf_counter() - t0
-    pipe = VolumePipeline(model, verbose=not say.quiet)
+    pipe = VolumePipeline(model, backend=backend, verbose=not say.quiet)
     result = pipe.run(t1)
     folder = os.path.join(out, "brain")
     labels_path, sidecar = result.save(os.path.join(folder, "mni152_brain_mask.nii.gz"))
@@ -103,7 +103,8 @@ def story_brain(out, say, cache_dir=None) -> dict:
         say("  running deepbet's own pipeline (torch) for comparison")
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
         t_ref = time.perf_counter()
-        _, ref_img, _ = BrainExtraction(no_gpu=True).run(t1)
+        # on the same device as segrt's run: the GPU where segrt ran there
+        _, ref_img, _ = BrainExtraction(no_gpu=pipe.device != "cuda").run(t1)
         metrics["deepbet_own_s"] = round(time.perf_counter() - t_ref, 3)
         metrics["dice_vs_deepbet"] = round(_dice(mask, np.asarray(ref_img.dataobj).astype(bool)), 5)
     except ImportError as err:
@@ -126,7 +127,7 @@ def story_brain(out, say, cache_dir=None) -> dict:
             "convert_s": round(convert_s, 3), "metrics": metrics}
 
 
-def story_nuclei(out, say) -> dict:
+def story_nuclei(out, say, backend="auto") -> dict:
     import cv2
     from stardist.data import test_image_nuclei_2d
     from stardist.matching import matching
@@ -135,7 +136,7 @@ def story_nuclei(out, say) -> dict:
     from segrt.export import zoo
 
     img, gt = test_image_nuclei_2d(return_mask=True)
-    pipe = InstancePipeline(zoo.resolve("nuclei"), verbose=not say.quiet)
+    pipe = InstancePipeline(zoo.resolve("nuclei"), backend=backend, verbose=not say.quiet)
     result = pipe.run(img, source="stardist.data.test_image_nuclei_2d")
     written = result.save(os.path.join(out, "nuclei", "dsb_nuclei.tif"))
     m = matching(gt[:, 256:], result.labels[:, 256:], thresh=0.5)
@@ -148,15 +149,15 @@ def story_nuclei(out, say) -> dict:
                         "f1_right_half": round(float(m.f1), 4)}}
 
 
-def story_video(out, say, seconds=4.0) -> dict:
+def story_video(out, say, seconds=4.0, backend="auto", shape=(480, 640)) -> dict:
     from segrt.engine.video import VideoPipeline
     from segrt.export import zoo
     from segrt.bench.synthetic import write_clip
 
     folder = os.path.join(out, "video")
     say("  generating an endoscopy-like clip")
-    clip = write_clip(os.path.join(folder, "generated_clip.avi"), seed=4321, seconds=seconds)
-    pipe = VideoPipeline(zoo.resolve("instruments"))
+    clip = write_clip(os.path.join(folder, "generated_clip.avi"), seed=4321, seconds=seconds, shape=shape)
+    pipe = VideoPipeline(zoo.resolve("instruments"), backend=backend)
     shown = {}
     n_total = int(round(seconds * 30))
 
@@ -175,8 +176,8 @@ def story_video(out, say, seconds=4.0) -> dict:
     fig = io.write_png(os.path.join(out, "figures", "video_overlay.png"), shown.get("frame", np.zeros((8, 8, 3),
                                                                                                  np.uint8)))
     s = stats.summary()
-    return {"story": "surgical video", "input": f"generated endoscopy clip, {n_total} frames 640 x 480 at 30 fps, "
-                                                "paced in real time", "model": "segrt instruments demo (2D U-Net)",
+    return {"story": "surgical video", "input": f"generated endoscopy clip, {n_total} frames {shape[1]} x {shape[0]} "
+                                                "at 30 fps, paced in real time", "model": "segrt instruments demo (2D U-Net)",
             "backend": stats.backend, "outputs": [os.path.join(folder, "overlay.mp4")] + written, "figure": fig,
             "timings_s": {k: v["p50_ms"] / 1000 for k, v in s["stages"].items() if v["n"]},
             "metrics": {"frames": s["frames_processed"], "dropped": s["frames_dropped"], "fps": s["effective_fps"],
@@ -217,12 +218,13 @@ def _report(out, stories, total_s) -> str:
 
 
 def run_demo(out="segrt-demo", *, quiet=False, stories=("brain", "nuclei", "video"), video_seconds=4.0,
-             cache_dir=None) -> dict:
+             cache_dir=None, backend="auto", video_shape=(480, 640)) -> dict:
     say = _Say(quiet)
     os.makedirs(os.path.join(out, "figures"), exist_ok=True)
     t0 = time.perf_counter()
-    runners = {"brain": lambda: story_brain(out, say, cache_dir), "nuclei": lambda: story_nuclei(out, say),
-               "video": lambda: story_video(out, say, video_seconds)}
+    runners = {"brain": lambda: story_brain(out, say, cache_dir, backend=backend),
+               "nuclei": lambda: story_nuclei(out, say, backend=backend),
+               "video": lambda: story_video(out, say, video_seconds, backend=backend, shape=video_shape)}
     titles = {"brain": "brain MRI", "nuclei": "nuclei", "video": "surgical video"}
     done = []
     for i, name in enumerate(stories, 1):
@@ -237,6 +239,9 @@ def run_demo(out="segrt-demo", *, quiet=False, stories=("brain", "nuclei", "vide
                 traceback.print_exc()
             done.append({"story": titles[name], "error": f"{type(err).__name__}: {err}"})
     report = _report(out, done, time.perf_counter() - t0)
+    # the same figures for scripts (the GPU check reads them)
+    with open(os.path.join(out, "stories.json"), "w") as f:
+        json.dump({"backend": backend, "stories": done}, f, indent=2, default=str)
     return {"report": report, "stories": done, "total_s": time.perf_counter() - t0}
 
 
@@ -248,9 +253,17 @@ def main(argv=None) -> int:
     ap.add_argument("--quiet", "-q", action="store_true", help="no progress output")
     ap.add_argument("--only", choices=("brain", "nuclei", "video"), action="append", help="run only this story")
     ap.add_argument("--video-seconds", type=float, default=4.0, help="length of the generated clip (default 4)")
+    ap.add_argument("--video-size", default="640x480", help="frame size of the generated clip, WxH (default 640x480)")
+    ap.add_argument("--backend", default="auto", help="backend of every story's model (default auto)")
     args = ap.parse_args(argv)
+    try:
+        w, h = (int(v) for v in args.video_size.lower().split("x"))
+        if w < 64 or h < 64:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--video-size must be WxH, at least 64x64, got {args.video_size!r}")
     res = run_demo(args.out, quiet=args.quiet, stories=tuple(args.only or ("brain", "nuclei", "video")),
-                   video_seconds=args.video_seconds)
+                   video_seconds=args.video_seconds, backend=args.backend, video_shape=(h, w))
     failed = [s for s in res["stories"] if "error" in s]
     print(f"segrt demo: {len(res['stories']) - len(failed)}/{len(res['stories'])} stories in {res['total_s']:.1f} s; "
           f"report: {os.path.abspath(res['report'])}")

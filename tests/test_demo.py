@@ -31,3 +31,11 @@ def test_demo_runs_all_three_stories(tmp_path, monkeypatch, capsys):
     md = (out / "report.md").read_text()
     assert "| brain MRI |" in md and "| nuclei |" in md and "| surgical video |" in md
     assert not [p for p in out.rglob("*partial*")]
+
+
+def test_demo_options_are_checked(capsys):
+    from segrt.demo import main
+
+    with pytest.raises(SystemExit):
+        main(["--video-size", "10x10"])
+    assert "--video-size must be WxH" in capsys.readouterr().err
