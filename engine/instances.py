@@ -360,7 +360,7 @@ class InstancePipeline:
         """Segments an image (array, or a TIFF / PNG / JPEG / .npy path; 3D: a TIFF stack / .npy)."""
         from segrt.kernels import starnms
 
-        stages = Stages(self.verbose)
+        stages = Stages(self.verbose, events=self._xp if self._xp is not np else None)  # GPU stages: CUDA events
         if isinstance(image, (str, os.PathLike)):
             source = os.fspath(image)
             with stages("read"):

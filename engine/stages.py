@@ -11,28 +11,58 @@ __all__ = ["Stages", "pipeline_device"]
 
 class Stages:
     """``with stages("resample"): ...`` records the seconds each stage took (summed when a
-    stage runs more than once); ``verbose`` prints each stage as it starts and ends."""
+    stage runs more than once); ``verbose`` prints each stage as it starts and ends.
 
-    def __init__(self, verbose: bool = False, prefix: str = "segrt"):
-        self.timings: dict = {}
+    events: CuPy (or None). Stages whose name ends in "[GPU]" are then timed with CUDA events
+    on the current stream: the device time between the stage's start and end, read when the
+    timings are (one synchronisation at the end, none inside the run), because the wall clock
+    of asynchronous work measures only its launch."""
+
+    def __init__(self, verbose: bool = False, prefix: str = "segrt", events=None):
+        self._timings: dict = {}
+        self._pending: list = []
+        self._events = events
         self.verbose = verbose
         self.prefix = prefix
         self._t0 = time.perf_counter()
+
+    @property
+    def timings(self) -> dict:
+        """Seconds per stage (the GPU stages' events are read here)."""
+        for name, start, stop in self._pending:
+            stop.synchronize()
+            dt = self._events.cuda.get_elapsed_time(start, stop) / 1000.0
+            self._timings[name] = self._timings.get(name, 0.0) + dt
+        self._pending.clear()
+        return self._timings
 
     @contextlib.contextmanager
     def __call__(self, name: str):
         if self.verbose:
             sys.stderr.write(f"{self.prefix}: {name} ...")
             sys.stderr.flush()
+        on_device = self._events is not None and name.endswith("[GPU]")
+        if on_device:
+            start, stop = self._events.cuda.Event(), self._events.cuda.Event()
+            start.record()
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            dt = time.perf_counter() - t0
-            self.timings[name] = self.timings.get(name, 0.0) + dt
-            if self.verbose:
-                sys.stderr.write(f" {dt:.2f} s\n")
-                sys.stderr.flush()
+            if on_device:
+                stop.record()
+                self._pending.append((name, start, stop))
+                if self.verbose:  # the read-out needs the stage's time now
+                    before = self._timings.get(name, 0.0)
+                    dt = self.timings[name] - before
+                    sys.stderr.write(f" {dt:.2f} s\n")
+                    sys.stderr.flush()
+            else:
+                dt = time.perf_counter() - t0
+                self._timings[name] = self._timings.get(name, 0.0) + dt
+                if self.verbose:
+                    sys.stderr.write(f" {dt:.2f} s\n")
+                    sys.stderr.flush()
 
     def total(self) -> float:
         return time.perf_counter() - self._t0

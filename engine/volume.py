@@ -175,7 +175,7 @@ class VolumePipeline:
 
     def run(self, volume, *, spacing=None) -> VolumeResult:
         """Segments a Volume, a path (see segrt.engine.io.read_volume) or a 3D array."""
-        stages = Stages(self.verbose)
+        stages = Stages(self.verbose, events=self._xp if self._xp is not np else None)  # GPU stages: CUDA events
         notes = []
         if not isinstance(volume, io.Volume):
             with stages("read"):

@@ -449,3 +449,33 @@ def test_pipeline_on_the_device_equals_the_host_run(threshold_model):
         VolumePipeline(threshold_model, backend="ort", device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         VolumePipeline(threshold_model, backend="ort", device="gpu")
+
+
+def test_gpu_stages_are_timed_with_events_read_once():
+    """Stages named "... [GPU]" take their time from CUDA events (a stand-in module here), read
+    when the timings are; the others from the wall clock."""
+    from segrt.engine.stages import Stages
+
+    class Event:
+        clock = [0.0]
+
+        def record(self):
+            Event.clock[0] += 0.25
+            self.t = Event.clock[0]
+
+        def synchronize(self):
+            self.synced = True
+
+    import types
+
+    fake_cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Event=Event, get_elapsed_time=lambda a, b: (b.t - a.t) * 1000.0))  # ms, as CuPy
+    stages = Stages(events=fake_cupy)
+    for _ in range(2):
+        with stages("infer [GPU]"):
+            pass
+    with stages("normalize [host]"):
+        pass
+    assert stages._pending and set(stages.timings) == {"infer [GPU]", "normalize [host]"}
+    assert stages.timings["infer [GPU]"] == pytest.approx(0.5) and not stages._pending
+    assert stages.timings["normalize [host]"] < 0.1
