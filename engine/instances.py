@@ -192,12 +192,7 @@ class InstancePipeline:
             self.rays = rays_3d(self.n_rays, star.get("rays_anisotropy"))
         names = meta.get("class_names") or []
         self.class_name = names[1] if len(names) > 1 else "object"
-        self.device = pipeline_device(device, [self.model], path)
-        self._xp = np
-        if self.device == "cuda":
-            from segrt.kernels import gpu
-
-            self._xp = gpu.array_module()
+        self.device, self._xp = pipeline_device(device, [self.model], path)
 
     def _as_image(self, image, source):
         x = np.asarray(image)

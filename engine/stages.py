@@ -6,6 +6,8 @@ import contextlib
 import sys
 import time
 
+import numpy as np
+
 __all__ = ["Stages", "pipeline_device"]
 
 
@@ -68,19 +70,24 @@ class Stages:
         return time.perf_counter() - self._t0
 
 
-def pipeline_device(device, models, path) -> str:
-    """"cpu" or "cuda" for a pipeline whose networks are ``models``: "cuda" keeps the data in GPU
-    memory and needs backends that take device arrays (torch, trt); "auto" picks it where they
-    all do. A host backend asked for "cuda" is refused by name (nothing is copied silently)."""
+def pipeline_device(device, models, path):
+    """("cpu", NumPy) or ("cuda", its array module) for a pipeline whose networks are ``models``:
+    "cuda" keeps the data in GPU memory and needs backends that take device arrays (torch, trt);
+    "auto" picks it where they all do. A host backend asked for "cuda" is refused by name
+    (nothing is copied silently)."""
     from segrt.engine.model import ModelTaskError
 
     if device not in ("auto", "cpu", "cuda"):
         raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
     takes_device_arrays = all(getattr(getattr(m, "runner", m), "DEVICE_ARRAYS", False) for m in models)
     if device == "auto":
-        return "cuda" if takes_device_arrays else "cpu"
-    if device == "cuda" and not takes_device_arrays:
+        device = "cuda" if takes_device_arrays else "cpu"
+    if device == "cpu":
+        return device, np
+    if not takes_device_arrays:
         backend = getattr(models[0], "backend", "?")
         raise ModelTaskError(f"{path}: device='cuda' keeps the data in GPU memory, but the {backend} backend runs "
                              "on the host; load the model with backend='torch' or 'trt' (or use device='cpu')")
-    return device
+    from segrt.kernels import gpu
+
+    return device, gpu.array_module()

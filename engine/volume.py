@@ -110,12 +110,8 @@ class VolumePipeline:
             raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
                                  "whole volume fitted to its window)")
         self.class_names = meta.get("class_names") or []
-        self.device = pipeline_device(device, [self.model] + ([self.localizer] if self.localizer else []), path)
-        self._xp = np
-        if self.device == "cuda":
-            from segrt.kernels import gpu
-
-            self._xp = gpu.array_module()
+        networks = [self.model] + ([self.localizer] if self.localizer else [])
+        self.device, self._xp = pipeline_device(device, networks, path)
 
     # -- one network pass in the RAS grid: fit or sliding window -> labels of x's shape
     def _segment(self, model, x: np.ndarray, spacing, stats, stages: Stages, back: bool = True) -> np.ndarray:

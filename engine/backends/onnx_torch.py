@@ -78,7 +78,6 @@ def _conv_transpose(F, x, w, b, attrs, n):
 
 
 def _max_pool(F, x, attrs, n):
-    _ = attrs.get("storage_order", 0)  # only the indices output depends on it (refused below)
     kernel = attrs["kernel_shape"]
     stride = attrs.get("strides", [1] * n)
     dilation = attrs.get("dilations", [1] * n)

@@ -163,12 +163,7 @@ class VideoPipeline:
             mean, std = norm.get("mean", 0.0), norm.get("std", 1.0)
             scale, shift = scale / std, shift - scale * mean / std
         self._scale, self._shift = np.float32(scale), np.float32(shift)
-        self.device = pipeline_device(device, [self.model], path)
-        self._xp = np
-        if self.device == "cuda":
-            from segrt.kernels import gpu
-
-            self._xp = gpu.array_module()
+        self.device, self._xp = pipeline_device(device, [self.model], path)
         self._batch = self._xp.empty((1, self.channels) + self.window, np.float32)
         self._buffers = [self._batch] + [self._xp.empty_like(self._batch) for _ in range(n_workers - 1)]
         self._palette = PALETTE  # labels past it take its last colour
