@@ -264,7 +264,7 @@ def _add_build(sub) -> None:
     t.add_argument("--precision", default="fp16", choices=("fp32", "fp16", "int8", "best"))
     t.add_argument("--calibration", help="folder of .npy windows for int8")
     t.add_argument("--window", help="window for dynamic spatial axes, e.g. 96,96,96 (default: metadata)")
-    t.add_argument("--cache-dir", help="engine cache (default $SEGRT_CACHE or ~/.cache/segrt/engines)")
+    t.add_argument("--cache-dir", help="engine cache (default $SEGRT_CACHE/engines or ~/.cache/segrt/engines)")
     t.add_argument("--workspace", type=int, help="builder workspace in bytes")
     t.set_defaults(handler=_cmd_build)
 

@@ -141,3 +141,74 @@ def test_segrt_check_passes_the_torch_backend_on_the_task(name, measure):
     report = check(_demo(name), backends=("ort", "torch"))
     assert report["passed"] and report["backends"] == ["torch"]
     assert all(c[measure] >= 0.999 for c in report["comparisons"])
+
+
+def test_compile_cache_key_changes_with_everything_the_compiled_code_depends_on():
+    from segrt.engine.backends.pytorch import compile_cache_key
+
+    base = ("abc", {"torch": "2.11.0", "triton": "3.5.0"}, {"device": "NVIDIA H200", "compute_capability": "9.0"},
+            "fp32", True, (1, 1, 96, 96, 96), "float32")
+    key = compile_cache_key(*base)
+    assert key == compile_cache_key(*base)
+    variants = [("abd",), ({"torch": "2.12.0", "triton": "3.5.0"},), ({"torch": "2.11.0", "triton": "3.6.0"},),
+                ({"device": "NVIDIA L4", "compute_capability": "9.0"},),
+                ({"device": "NVIDIA H200", "compute_capability": "8.9"},), ("fp16",), (False,),
+                ((2, 1, 96, 96, 96),), ("bfloat16",)]
+    keys = set()
+    for i, (value,) in enumerate(variants):
+        position = [0, 1, 1, 2, 2, 3, 4, 5, 6][i]
+        args = list(base)
+        args[position] = value
+        keys.add(compile_cache_key(*args))
+    assert key not in keys and len(keys) == len(variants)
+
+
+_COMPILE_RUN = """
+import json, sys, warnings
+import numpy as np, torch
+from segrt.engine import load
+warnings.simplefilter("error", RuntimeWarning)
+model = load(sys.argv[1], backend="torch", device="cpu", compile=True, cache_dir=sys.argv[2])
+x = np.random.default_rng(0).standard_normal((1, 1, 16, 16)).astype(np.float32)
+out = model.infer(x)
+runner = model.runner
+hits = int(torch._dynamo.utils.counters["inductor"]["fxgraph_cache_hit"])
+np.save(sys.argv[3], out)
+print(json.dumps({"loaded": [list(s) for s in runner.cache_loaded], "hits": hits,
+                  "path": runner.compile_cache_path(x.shape)}))
+"""
+
+
+def test_compile_cache_is_written_signed_and_hot_loaded_in_a_fresh_process(tmp_path):
+    """Compiled on the CPU (inductor's C++ path: the same cache code as on a GPU). A second
+    process with an empty inductor cache compiles from segrt's cache; a file segrt did not
+    write is refused and recompiled."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    path = to_onnx(net, _rand((1, 1, 16, 16)), tmp_path / "tiny.onnx", check_shapes=[]).path
+    cache = tmp_path / "cache"
+
+    def run(name, expect_ok=True):
+        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / f"inductor-{name}")}
+        proc = subprocess.run([sys.executable, "-c", _COMPILE_RUN, str(path), str(cache), str(tmp_path / name)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        if not expect_ok:
+            return proc
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    first = run("first")
+    assert first["loaded"] == [] and os.path.isfile(first["path"]) and os.path.isfile(first["path"] + ".json")
+    second = run("second")
+    assert second["loaded"] == [[1, 1, 16, 16]] and second["hits"] >= 1 and second["path"] == first["path"]
+    ref = load(path, backend="ort").infer(_rand((1, 1, 16, 16), 0))
+    for name in ("first", "second"):
+        np.testing.assert_allclose(np.load(tmp_path / f"{name}.npy"), ref, rtol=1e-4, atol=1e-5)
+    with open(first["path"], "ab") as f:  # altered after segrt wrote it
+        f.write(b"\0")
+    refused = run("third", expect_ok=False)
+    assert refused.returncode != 0 and "SHA-256 mismatch" in refused.stderr and "compiling instead" in refused.stderr

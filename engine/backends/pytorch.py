@@ -8,19 +8,35 @@ host batches come back as NumPy. The GPU path is written against PyTorch's docum
 has not run on a GPU in this project yet (``bench/gpu_check.py`` exercises it).
 Precision: fp32 by default; fp16 / bf16 on request (the input is cast, the outputs returned
 in float32).
+
+Compile cache: compiling a window shape takes seconds to minutes, so each compiled shape's
+artifacts (``torch.compiler.save_cache_artifacts``) are kept in the engine cache folder under a
+key like the TensorRT engines' (model content, PyTorch and Triton versions, device name and
+compute capability or CPU capability, precision, CUDA-graph mode, input shape and dtype), with a
+record signed by this installation (``segrt.engine.trust``): the artifacts hold generated code
+that runs when loaded, so a file segrt did not write is never loaded (it is recompiled).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
+import os
 import threading
+import time
+import warnings
 
 import numpy as np
 
 from segrt._optional import is_available, optional_import
 from segrt.engine.backends.base import Runner
 from segrt.engine.backends.onnx_torch import to_torch_module
+from segrt.engine.backends.tensorrt_build import (EngineTrustError, check_cache_file, engine_cache_dir,
+                                                  onnx_content_hash, write_cache_file)
 
-__all__ = ["TorchRunner", "PRECISIONS"]
+__all__ = ["TorchRunner", "PRECISIONS", "compile_cache_key"]
+
+CACHE_KIND = "torch compile cache"
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 
@@ -32,6 +48,28 @@ def _cuda_available() -> bool:
         return False
 
 
+def _device_identity(torch, device) -> dict:
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return {"device": props.name, "compute_capability": f"{props.major}.{props.minor}"}
+    return {"device": "cpu", "cpu_capability": str(torch.backends.cpu.get_cpu_capability())}
+
+
+def _versions(torch) -> dict:
+    versions = {"torch": torch.__version__}
+    if is_available("triton"):
+        versions["triton"] = optional_import("triton").__version__
+    return versions
+
+
+def compile_cache_key(content_hash: str, versions: dict, device: dict, precision: str, cuda_graph: bool,
+                      shape, dtype: str) -> str:
+    """The cache key of one compiled input shape (same idea as the TensorRT engine cache's)."""
+    fields = {"onnx": content_hash, "versions": versions, "device": device, "precision": precision,
+              "cuda_graph": bool(cuda_graph), "shape": [int(s) for s in shape], "dtype": str(dtype)}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
+
+
 class TorchRunner(Runner):
     name = "torch"
     OPTIONS = {
@@ -39,6 +77,7 @@ class TorchRunner(Runner):
         "precision": "'fp32' (default), 'fp16' or 'bf16'",
         "compile": "torch.compile the module (default True on a GPU, False on the CPU)",
         "cuda_graph": "replay CUDA graphs per input shape (torch.compile mode 'reduce-overhead'; default True)",
+        "cache_dir": "compile cache folder (default $SEGRT_CACHE/engines or ~/.cache/segrt/engines)",
     }
     CHOSEN_BECAUSE = "PyTorch sees a CUDA device (TensorRT is not installed)"
     DEVICE_ARRAYS = True
@@ -57,7 +96,7 @@ class TorchRunner(Runner):
         return why
 
     def __init__(self, path, inputs, outputs, *, metadata=None, proto=None, device=None, precision="fp32",
-                 compile=None, cuda_graph=True):
+                 compile=None, cuda_graph=True, cache_dir=None):
         torch = self.torch = optional_import("torch", purpose="the torch backend")
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -81,9 +120,15 @@ class TorchRunner(Runner):
         self.module = module
         compile = self.device.type == "cuda" if compile is None else bool(compile)
         self.compiled = compile
+        self.first_call_seconds = {}  # input shape -> seconds of its first call (compilation included)
+        self.cache_loaded = []  # shapes whose compilation came from the compile cache
+        self.cuda_graph = bool(compile and cuda_graph and self.device.type == "cuda")
         if compile:
-            mode = "reduce-overhead" if (cuda_graph and self.device.type == "cuda") else "default"
+            mode = "reduce-overhead" if self.cuda_graph else "default"
             self.module = torch.compile(module, mode=mode, dynamic=False)
+            self.cache_dir = engine_cache_dir(cache_dir)
+            self._content = onnx_content_hash(path, proto) if path else hashlib.sha256(
+                proto.SerializeToString()).hexdigest()
         self.DEVICE_ARRAYS = self.device.type == "cuda"
         self._lock = threading.Lock()  # CUDA graph replays and compilation are not reentrant
 
@@ -98,6 +143,51 @@ class TorchRunner(Runner):
             return contextlib.nullcontext()
         return self.torch.cuda.stream(self.torch.cuda.ExternalStream(ptr, device=self.device))
 
+    def compile_cache_path(self, shape) -> str:
+        """The compile cache file of one input shape."""
+        key = compile_cache_key(self._content, _versions(self.torch), _device_identity(self.torch, self.device),
+                                self.precision, self.cuda_graph, shape, str(self.dtype).replace("torch.", ""))
+        return os.path.join(self.cache_dir, f"torch-{key}.bin")
+
+    def _load_compiled(self, path) -> bool:
+        """Hot-loads a shape's artifacts when segrt's own signed record vouches for them."""
+        if not os.path.isfile(path):
+            return False
+        try:
+            check_cache_file(path, CACHE_KIND)
+        except EngineTrustError as err:
+            warnings.warn(f"{err}; compiling instead", RuntimeWarning, stacklevel=3)
+            return False
+        with open(path, "rb") as f:
+            return self.torch.compiler.load_cache_artifacts(f.read()) is not None
+
+    def _save_compiled(self, path, shape) -> None:
+        artifacts = self.torch.compiler.save_cache_artifacts()
+        if artifacts:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            write_cache_file(path, artifacts[0], CACHE_KIND, shape=list(shape), precision=self.precision,
+                             source=os.path.abspath(self.path) if self.path else None)
+
+    def _run(self, t, on_device):
+        shape = tuple(t.shape)
+        first = shape not in self.first_call_seconds
+        cache_path = self.compile_cache_path(shape) if (first and self.compiled) else None
+        if cache_path and self._load_compiled(cache_path):
+            self.cache_loaded.append(shape)
+            cache_path = None  # nothing new to save
+        t0 = time.perf_counter()
+        with self._caller_stream(on_device):
+            outs = self.module(t)
+            # a CUDA graph's outputs are overwritten by the next replay: keep copies
+            outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+        if first:
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize(self.device)
+            self.first_call_seconds[shape] = time.perf_counter() - t0
+            if cache_path:
+                self._save_compiled(cache_path, shape)
+        return outs
+
     def __call__(self, x):
         torch = self.torch
         on_device = not isinstance(x, np.ndarray)
@@ -106,10 +196,8 @@ class TorchRunner(Runner):
         if t.dtype != self.dtype and t.is_floating_point():
             t = t.to(self.dtype)
         try:
-            with self._lock, torch.inference_mode(), self._caller_stream(on_device):
-                outs = self.module(t)
-                # a CUDA graph's outputs are overwritten by the next replay: keep copies
-                outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+            with self._lock, torch.inference_mode():
+                outs = self._run(t, on_device)
         except torch.cuda.OutOfMemoryError:
             raise MemoryError(f"out of GPU memory running a batch of shape {tuple(t.shape)} on {self.device}; lower "
                               "the batch (sw_batch_size) or the window, or use precision='fp16'") from None

@@ -21,7 +21,7 @@ class TrtRunner(Runner):
     name = "trt"
     OPTIONS = {
         "precision": "'fp32', 'fp16' (default), 'int8' or 'best' (int8 needs calibration)",
-        "cache_dir": "engine cache folder (default $SEGRT_CACHE or ~/.cache/segrt/engines)",
+        "cache_dir": "engine cache folder (default $SEGRT_CACHE/engines or ~/.cache/segrt/engines)",
         "calibration": "int8 calibration windows: a folder of .npy files or an iterable of arrays",
         "batch_sizes": "(min, opt, max) batch of the optimisation profile (default (1, 1, 4))",
         "trust_foreign_engine": "load an .engine segrt's cache did not write (deserialising runs code)",

@@ -31,7 +31,7 @@ from segrt.engine import trust
 from segrt.engine.model_file import all_tensors, file_sha256, inspect_model_file
 
 __all__ = ["EngineTrustError", "EngineRecord", "build_engine", "cache_key", "profiles_for", "verify_engine_file",
-           "calibration_batches", "gpu_identity", "check_cache_file", "write_cache_file"]
+           "calibration_batches", "engine_cache_dir", "gpu_identity", "check_cache_file", "write_cache_file"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
 
@@ -64,6 +64,15 @@ def onnx_content_hash(onnx_path: str, proto=None) -> str:
         h.update(loc.encode())
         h.update(file_sha256(os.path.join(folder, loc)).encode())
     return h.hexdigest()
+
+
+def engine_cache_dir(cache_dir=None) -> str:
+    """Where compiled engines live: ``cache_dir``, else ``$SEGRT_CACHE/engines``, else
+    ``~/.cache/segrt/engines``."""
+    if cache_dir:
+        return os.fspath(cache_dir)
+    root = os.environ.get("SEGRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "segrt")
+    return os.path.join(root, "engines")
 
 
 def gpu_identity(device: int = 0) -> dict:
@@ -153,13 +162,13 @@ def check_cache_file(path: str, what: str) -> None:
         raise EngineTrustError(f"{err}. Delete {path} and its record to rebuild it") from None
 
 
-def write_cache_file(path: str, data: bytes, what: str) -> None:
-    """Writes a cache file atomically with its signed record."""
+def write_cache_file(path: str, data: bytes, what: str, **fields) -> None:
+    """Writes a cache file atomically with its signed record (``fields``: what it was built for)."""
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(data)
     os.replace(tmp, path)
-    record = trust.signed_record({"cache": path}, kind=what)
+    record = trust.signed_record({"cache": path}, kind=what, **fields)
     with open(path + ".json.tmp", "w") as f:
         json.dump(record, f, indent=2)
     os.replace(path + ".json.tmp", path + ".json")
@@ -239,7 +248,7 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
         profiles: [(min, opt, max)] input shapes; default from the metadata (profiles_for).
         workspace: builder workspace in bytes (default: TensorRT's).
         cache_dir: where engines, manifests, the timing cache and calibration caches live
-            (default ``$SEGRT_CACHE`` or ``~/.cache/segrt/engines``).
+            (default ``$SEGRT_CACHE/engines`` or ``~/.cache/segrt/engines``).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -255,8 +264,7 @@ def build_engine(onnx_path, *, precision="fp16", calibration=None, profiles=None
     gpu = gpu_identity(device)
     content = onnx_content_hash(onnx_path, proto)
     key = cache_key(content, trt.__version__, gpu, precision, profiles)
-    cache_dir = os.fspath(cache_dir or os.environ.get("SEGRT_CACHE") or
-                          os.path.join(os.path.expanduser("~"), ".cache", "segrt", "engines"))
+    cache_dir = engine_cache_dir(cache_dir)
     os.makedirs(cache_dir, exist_ok=True)
     engine_path = os.path.join(cache_dir, f"{key}.engine")
     if os.path.isfile(engine_path):
