@@ -143,11 +143,12 @@ class InstancePipeline:
             1024 px tiles run about 15 % faster with twice the runtime buffers.
         prob_thresh, nms_thresh: override the metadata's thresholds.
         verbose: stage read-out on stderr.
-        device: "cpu", "cuda" or "auto". "cuda": the normalised image is uploaded once; tiles,
-            the network, prob / dist, the candidates' rays, NMS and rendering stay in device
-            memory, and the labels, points, scores and rays come down once. Normalisation stays
-            on the host ("normalize [host]"). Needs a backend that takes device arrays (torch,
-            trt). "auto": "cuda" when the model's backend takes device arrays, else "cpu".
+        device: "cpu", "cuda" or "auto". "cuda": the image is uploaded once; normalisation,
+            padding, tiles, the network, prob / dist, the candidates' rays, NMS and rendering
+            stay in device memory, and the labels, points, scores and rays come down once (3D:
+            the NMS cascade and rendering run on the host and say so). Needs a backend that
+            takes device arrays (torch, trt). "auto": "cuda" when the model's backend takes
+            device arrays, else "cpu".
     """
 
     def __init__(self, model, *, backend="auto", tile=None, prob_thresh=None, nms_thresh=None, verbose=False,
@@ -223,7 +224,7 @@ class InstancePipeline:
 
         spec = self.meta.get("normalization")
         # statistics of the whole image, per channel, so tiles and the whole image agree
-        return np.stack([preprocess.normalize(ch, spec) for ch in x])
+        return self._xp.stack([preprocess.normalize(ch, spec) for ch in x])
 
     def _tile_normalizer(self, x):
         """A function normalising any crop of ``x`` exactly as ``_normalize`` normalises the
@@ -235,7 +236,7 @@ class InstancePipeline:
         if spec.get("standardize") or (spec["kind"] == "zscore" and not ("mean" in spec and "std" in spec)):
             return None
         stats = [preprocess.percentile_stats(ch, spec) for ch in x]
-        return lambda crop: np.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(crop, stats)])
+        return lambda crop: self._xp.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(crop, stats)])
 
     def _infer(self, batch):
         out = self.model.infer(batch)
@@ -270,12 +271,10 @@ class InstancePipeline:
                                                                             zip(src_len, padded, spatial))
         if normalizer is not None and not per_tile:
             x = normalizer(x)
-        xp = None if per_tile else (np.pad(x, pads, mode=mode) if padded != spatial else x)
+        am = self._xp  # the array module of x (on the device: uploaded by run), prob and dist
+        xp = None if per_tile else (am.pad(x, pads, mode=mode) if padded != spatial else x)
         if gpu:
-            from segrt.kernels import gpu as _gpu
-
-            xp = _gpu.to_device(np.ascontiguousarray(xp, np.float32), self._xp)
-        am = self._xp  # the array module of prob / dist
+            xp = am.ascontiguousarray(xp, dtype=np.float32)
 
         def tile_input(src):
             if not per_tile:
@@ -363,7 +362,12 @@ class InstancePipeline:
         source = source or "array"
         x = self._as_image(image, source)
         gpu = self.device == "cuda"
-        with stages("normalize [host]" if gpu else "normalize"):
+        if gpu:
+            from segrt.kernels import gpu as _gpu
+
+            with stages("upload [GPU]"):  # the one upload: the image as float32
+                x = _gpu.to_device(np.ascontiguousarray(x, np.float32), self._xp)
+        with stages("normalize [GPU]" if gpu else "normalize"):
             normalizer = self._tile_normalizer(x) if self.ndim == 2 else None
             if normalizer is None:
                 x = self._normalize(x)

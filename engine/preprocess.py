@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from segrt._optional import optional_import
+
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
            "percentile_stats", "labels_from_scores"]
 
@@ -72,12 +74,25 @@ def resize_nearest(arr: np.ndarray, shape) -> np.ndarray:
     return arr[index]
 
 
-def resize_linear(arr: np.ndarray, shape) -> np.ndarray:
-    """Linear resize (cell-centre aligned, edges replicated), float32."""
-    from scipy import ndimage
+def _module_of(x):
+    """NumPy for host arrays, else the GPU array module (CuPy; NumPy under the simulator)."""
+    if isinstance(x, np.ndarray):
+        return np
+    from segrt.kernels import gpu
 
+    return gpu.array_module()
+
+
+def resize_linear(arr: np.ndarray, shape) -> np.ndarray:
+    """Linear resize (cell-centre aligned, edges replicated), float32. A device array is
+    resized on its GPU (CuPy's ``ndimage.zoom``, the same spline code as SciPy's)."""
+    xp = _module_of(arr)
+    if xp is np:
+        from scipy import ndimage
+    else:
+        ndimage = optional_import("cupyx.scipy.ndimage", purpose="resizing on the GPU")
     shape = tuple(int(s) for s in shape)
-    x = np.asarray(arr, np.float32)
+    x = xp.asarray(arr, np.float32)
     if x.shape == shape:
         return x
     return ndimage.zoom(x, [m / n for m, n in zip(shape, x.shape)], order=1, mode="nearest", grid_mode=True,
@@ -88,7 +103,8 @@ def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
     """The statistics a normalisation takes from the whole input (before any crop)."""
     if spec.get("kind") == "percentile":
         # on float32 values, as normalize sees them, whatever the input's dtype
-        lo, hi = np.percentile(np.asarray(arr, np.float32), [spec["low"], spec["high"]])
+        xp = _module_of(arr)
+        lo, hi = xp.percentile(xp.asarray(arr, np.float32), xp.asarray([spec["low"], spec["high"]], np.float64))
         return {"low": float(lo), "high": float(hi)}
     return {}
 
@@ -96,30 +112,32 @@ def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
     """Mean and standard deviation in two passes over float32 data, accumulated in float64
     blocks (exact enough for 10^8 voxels, and several times faster than x.std())."""
+    xp = _module_of(x)
     flat = x.reshape(-1)
     n = flat.size
     if n == 0:
         return 0.0, 1.0
     block = 1 << 20
-    total = sum(float(np.add.reduce(flat[i:i + block], dtype=np.float64)) for i in range(0, n, block))
+    total = sum(float(xp.add.reduce(flat[i:i + block], dtype=np.float64)) for i in range(0, n, block))
     mean = total / n
     sq = 0.0
-    buf = np.empty(min(block, n), np.float32)
+    buf = xp.empty(min(block, n), np.float32)
     for i in range(0, n, block):
         part = buf[:min(block, n - i)]
-        np.subtract(flat[i:i + block], np.float32(mean), out=part)
-        sq += float(np.dot(part, part))
+        xp.subtract(flat[i:i + block], np.float32(mean), out=part)
+        sq += float(xp.dot(part, part))
     return mean, (sq / n) ** 0.5
 
 
 def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np.ndarray:
     """Intensity normalisation per the model's metadata (see segrt.engine.metadata), float32,
-    computed in place on one new array."""
-    out = np.array(x, dtype=np.float32, copy=True)
+    computed in place on one new array (on the GPU for a device array)."""
+    xp = _module_of(x)
+    out = xp.array(x, dtype=np.float32, copy=True)
     kind = (spec or {}).get("kind", "none")
     if kind == "ct":
         lo, hi = spec["window"]
-        np.clip(out, lo, hi, out=out)
+        xp.clip(out, lo, hi, out=out)
         out -= np.float32(lo)
         out *= np.float32(1.0 / (hi - lo))
     elif kind == "percentile":
@@ -128,7 +146,7 @@ def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np
         out -= np.float32(lo)
         out *= np.float32(1.0 / (hi - lo if hi > lo else 1.0))
         if spec.get("clip", True):
-            np.clip(out, 0, 1, out=out)
+            xp.clip(out, 0, 1, out=out)
     elif kind == "zscore":
         own = (None, None) if "mean" in spec and "std" in spec else _mean_std(out)
         mean, std = spec.get("mean", own[0]), spec.get("std", own[1])

@@ -70,12 +70,14 @@ class VolumePipeline:
         localizer: a coarse model for ``crop`` (default: the file named in the metadata,
             beside the model; else the model itself on the fitted whole volume).
         verbose: stage read-out and a progress bar on stderr.
-        device: "cpu", "cuda" or "auto". "cuda": the normalised volume is uploaded once, and the
-            network passes, sliding-window blending, argmax, resampling back and clean-up run
-            in device memory; the uint8 labels come down once. Reorientation, resampling to
-            the model's grid and normalisation stay on the host (their stages say "[host]").
-            It needs a backend that takes device arrays (torch, trt). "auto": "cuda" when the
-            model's backend takes device arrays, else "cpu".
+        device: "cpu", "cuda" or "auto". "cuda": the reoriented study is uploaded once; the
+            normalisation statistics, the localiser's crop, resampling to the model's grid,
+            normalisation, the network passes, sliding-window blending, argmax, resampling back
+            and clean-up run in device memory, and the uint8 labels come down once (the
+            localiser's foreground box is measured on a small download of its mask).
+            Reading, reorientation and the NaN scan stay on the host. It needs a backend that
+            takes device arrays (torch, trt). "auto": "cuda" when the model's backend takes
+            device arrays, else "cpu".
     """
 
     def __init__(self, model, *, backend="auto", overlap=0.5, mode="gaussian", sw_batch_size=1, localizer=None,
@@ -125,18 +127,14 @@ class VolumePipeline:
         else:
             target = x.shape
         gpu = self.device == "cuda"
-        host = " [host]" if gpu else ""  # stages without a GPU version say so
-        with stages("resample" + host):
+        where = " [GPU]" if gpu else ""  # x is already on the device there
+        with stages("resample" + where):
             xr = preprocess.resize_nearest(x, target) if nearest else preprocess.resize_linear(x, target)
-        with stages("normalize" + host):
+        with stages("normalize" + where):
             xn = preprocess.normalize(xr, meta.get("normalization"), stats)
         del xr
-        with stages("infer [GPU]" if gpu else "infer"):
+        with stages("infer" + where):
             batch = xn[None, None]
-            if gpu:  # the one upload
-                from segrt.kernels import gpu as _gpu
-
-                batch = _gpu.to_device(batch, self._xp)
             if target == window:
                 scores = model.infer(batch)
                 scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
@@ -155,7 +153,7 @@ class VolumePipeline:
     def _localize(self, x, spacing, stats, stages: Stages):
         crop = self.meta["crop"]
         model = self.localizer or self.model
-        with stages("localize"):
+        with stages("localize [GPU]" if self.device == "cuda" else "localize"):
             inner = Stages()
             # the box is measured in the localiser's own grid and scaled, as deepbet does
             fg = self._segment(model, x, spacing, stats, inner, back=False) > 0
@@ -209,7 +207,14 @@ class VolumePipeline:
                 notes.append(f"the model expects CT in Hounsfield units, but no voxel is below -500 (minimum {lo:g}); "
                              "is this study CT, rescaled to HU?")
         ras_spacing = tuple(np.linalg.norm(ras_affine[:3, :3], axis=0))
-        stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
+        gpu = self.device == "cuda"
+        if gpu:
+            from segrt.kernels import gpu as _gpu
+
+            with stages("upload [GPU]"):  # the one upload: the reoriented float32 study
+                ras = _gpu.to_device(np.ascontiguousarray(ras), self._xp)
+        with stages("statistics [GPU]" if gpu else "statistics"):
+            stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
         box = None
         if self.meta.get("crop"):
             box = self._localize(ras, ras_spacing, stats, stages)
@@ -217,7 +222,6 @@ class VolumePipeline:
                 notes.append("the localizer found no foreground; the model ran on the whole volume")
         region = ras[box] if box is not None else ras
         labels_region = self._segment(self.model, region, ras_spacing, stats, stages)
-        gpu = self.device == "cuda"
         with stages("postprocess [GPU]" if gpu else "postprocess"):
             labels = self._xp.zeros(ras.shape, labels_region.dtype)
             labels[box if box is not None else ...] = labels_region

@@ -201,5 +201,5 @@ def test_pipeline_on_the_device_equals_the_host_run(dsb):
     assert len(host.points) >= 2 and res.tiles == host.tiles == 4
     np.testing.assert_array_equal(res.points, host.points)
     np.testing.assert_array_equal(res.labels, host.labels)
-    assert isinstance(res.labels, np.ndarray) and {"normalize [host]", "infer [GPU]", "nms [GPU]",
+    assert isinstance(res.labels, np.ndarray) and {"upload [GPU]", "normalize [GPU]", "infer [GPU]", "nms [GPU]",
                                                    "render [GPU]"} <= set(res.timings)

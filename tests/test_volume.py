@@ -79,6 +79,27 @@ def test_normalize_kinds():
     np.testing.assert_allclose(q, (x - lo) / (hi - lo), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.gpu
+def test_preprocessing_on_the_gpu_equals_the_host():
+    """CuPy arrays are resized, normalised and measured on their GPU (no host copy) with the
+    host's results to float rounding."""
+    cupy = pytest.importorskip("cupy")
+    x = np.random.default_rng(0).standard_normal((13, 17, 9)).astype(np.float32) * 300
+    d = cupy.asarray(x)
+    for shape in [(26, 34, 18), (7, 5, 3)]:
+        got = preprocess.resize_linear(d, shape)
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_allclose(got.get(), preprocess.resize_linear(x, shape), rtol=1e-5, atol=1e-4)
+    specs = [{"kind": "ct", "window": [-100, 300]}, {"kind": "zscore"},
+             {"kind": "percentile", "low": 1, "high": 99, "clip": True, "standardize": True, "scale": 0.5,
+              "shift": 2}]
+    for spec in specs:
+        assert preprocess.percentile_stats(d, spec) == pytest.approx(preprocess.percentile_stats(x, spec))
+        got = preprocess.normalize(d, spec)
+        assert isinstance(got, cupy.ndarray)
+        np.testing.assert_allclose(got.get(), preprocess.normalize(x, spec), rtol=1e-5, atol=1e-5)
+
+
 def test_foreground_box_grows_and_scales():
     m = np.zeros((20, 20, 20), bool)
     m[5:15, 8:12, 0:4] = True
@@ -444,11 +465,26 @@ def test_pipeline_on_the_device_equals_the_host_run(threshold_model):
     res = pipe.run(arr, spacing=(1.0, 1.0, 1.0))
     np.testing.assert_array_equal(res.labels, host.labels)
     assert isinstance(res.labels, np.ndarray) and res.volumes_ml == host.volumes_ml
-    assert {"resample [host]", "normalize [host]", "infer [GPU]", "postprocess [GPU]"} <= set(res.timings)
+    assert {"upload [GPU]", "statistics [GPU]", "resample [GPU]", "normalize [GPU]", "infer [GPU]",
+            "postprocess [GPU]"} <= set(res.timings) and not any("[host]" in k for k in res.timings)
     with pytest.raises(ModelTaskError, match="device='cuda' keeps the data in GPU memory, but the ort backend"):
         VolumePipeline(threshold_model, backend="ort", device="cuda")
     with pytest.raises(ValueError, match="device must be"):
         VolumePipeline(threshold_model, backend="ort", device="gpu")
+
+
+@pytest.mark.gpu
+def test_pipeline_with_the_torch_backend_on_the_gpu_equals_the_cpu_run(threshold_model):
+    """The real device path: CuPy arrays from the upload to the one download, torch compiled
+    with CUDA graphs; the labels equal ONNX Runtime's on the CPU."""
+    pytest.importorskip("torch")
+    from segrt.engine.volume import VolumePipeline
+
+    arr = np.where(np.random.default_rng(2).random((40, 36, 34)) > 0.6, 3.0, -1.0).astype(np.float32)
+    host = VolumePipeline(threshold_model, backend="ort", device="cpu").run(arr, spacing=(1.0, 1.0, 1.0))
+    res = VolumePipeline(threshold_model, backend="torch", device="cuda").run(arr, spacing=(1.0, 1.0, 1.0))
+    np.testing.assert_array_equal(res.labels, host.labels)
+    assert not any("[host]" in k for k in res.timings)
 
 
 def test_gpu_stages_are_timed_with_events_read_once():
