@@ -14,7 +14,7 @@ import numpy as np
 
 from segrt._optional import optional_import
 
-__all__ = ["simulated", "cuda", "array_module", "to_device", "to_host", "blocks", "THREADS"]
+__all__ = ["simulated", "cuda", "array_module", "to_device", "to_host", "blocks", "launch", "THREADS"]
 
 THREADS = 256  # threads per block of the 1D launches
 
@@ -63,3 +63,34 @@ def to_host(x) -> np.ndarray:
 
 def blocks(n: int, threads: int = THREADS) -> int:
     return max(1, (int(n) + threads - 1) // threads)
+
+
+_streams: dict = {}  # CuPy stream pointer -> Numba's handle of it
+
+
+def _current_stream():
+    """Numba's handle of CuPy's current stream (None for the legacy default stream)."""
+    cupy = optional_import("cupy", purpose="the GPU kernels")
+    ptr = int(cupy.cuda.get_current_stream().ptr)
+    if not ptr:
+        return None
+    handle = _streams.get(ptr)
+    if handle is None:
+        handle = _streams[ptr] = cuda().external_stream(ptr)
+    return handle
+
+
+def launch(kernel, n: int, *args, threads: int = THREADS) -> None:
+    """Launches ``kernel`` over ``n`` threads on CuPy's current stream, so that it is ordered with
+    the CuPy work (and the torch / TensorRT calls, which run on that stream too) before and
+    after it without synchronising the host. The arrays are handed to Numba without its
+    default synchronisation of their stream: the launch is on that stream already."""
+    config = (blocks(n, threads), threads)
+    if simulated():
+        kernel[config](*args)
+        return
+    numba_cuda = cuda()
+    stream = _current_stream()
+    args = [numba_cuda.as_cuda_array(a, sync=False) if hasattr(a, "__cuda_array_interface__") else a
+            for a in args]
+    kernel[config + ((stream,) if stream is not None else ())](*args)

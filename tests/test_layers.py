@@ -138,3 +138,36 @@ def test_device_resolver_follows_the_data():
         _device.resolve("op", {"reference": "x", "cpu": "y"}, "cuda")
     with pytest.raises(ValueError, match="device must be one of"):
         _device.resolve("op", table, "tpu")
+
+
+def test_kernels_launch_on_the_callers_stream_without_a_host_sync(monkeypatch):
+    """On a GPU every kernel goes to CuPy's current stream (the one torch / TensorRT run on),
+    its arrays handed over without Numba's stream synchronisation; stand-ins record it here."""
+    from segrt.kernels import gpu
+
+    seen = {}
+
+    class Kernel:
+        def __getitem__(self, config):
+            seen["config"] = config
+            return lambda *args: seen.setdefault("args", args)
+
+    class FakeCuda:
+        @staticmethod
+        def as_cuda_array(a, sync=True):
+            return ("converted", a, sync)
+
+    class OnGpu:
+        __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    monkeypatch.setattr(gpu, "simulated", lambda: False)
+    monkeypatch.setattr(gpu, "cuda", lambda: FakeCuda)
+    monkeypatch.setattr(gpu, "_current_stream", lambda: "worker stream")
+    arr = OnGpu()
+    gpu.launch(Kernel(), 1000, arr, 7)
+    assert seen["config"] == (4, 256, "worker stream")
+    assert seen["args"] == (("converted", arr, False), 7)
+    seen.clear()
+    monkeypatch.setattr(gpu, "_current_stream", lambda: None)  # the legacy default stream
+    gpu.launch(Kernel(), 10, arr, threads=64)
+    assert seen["config"] == (1, 64)

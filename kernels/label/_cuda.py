@@ -121,10 +121,9 @@ def _roots(img, connectivity):
         return xp, flat, parent
     nz, ny, nx = _shape3(img.shape)
     offsets = _gpu.to_device(_backward_offsets(img.ndim, connectivity), xp)
-    grid = _gpu.blocks(n)
-    _init[grid, _gpu.THREADS](flat, parent)
-    _merge[grid, _gpu.THREADS](flat, parent, nz, ny, nx, offsets)
-    _flatten[grid, _gpu.THREADS](parent)
+    _gpu.launch(_init, n, flat, parent)
+    _gpu.launch(_merge, n, flat, parent, nz, ny, nx, offsets)
+    _gpu.launch(_flatten, n, parent)
     return xp, flat, parent
 
 
@@ -198,7 +197,7 @@ def statistics(labels, max_label):
     sums = xp.zeros((n, 3), np.float64)
     if labels.size:
         nz, ny, nx = _shape3(labels.shape)
-        _stats[_gpu.blocks(labels.size), _gpu.THREADS](labels.reshape(-1).astype(np.int64), nz, ny, nx,
+        _gpu.launch(_stats, labels.size, labels.reshape(-1).astype(np.int64), nz, ny, nx,
                                                               counts, lo, hi, sums)
     host = _gpu.to_host
     lo, hi, sums = host(lo)[:, 3 - ndim:], host(hi)[:, 3 - ndim:], host(sums)[:, 3 - ndim:]

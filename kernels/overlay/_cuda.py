@@ -41,7 +41,7 @@ def blend_labels(frame, labels, palette, a, out):
     xp = _gpu.array_module()
     frame, labels, palette = (_gpu.to_device(v, xp) for v in (frame, labels, palette))
     n = frame.shape[0] * frame.shape[1]
-    _blend[_gpu.blocks(n), _gpu.THREADS](frame, labels, palette, int(a), out)
+    _gpu.launch(_blend, n, frame, labels, palette, int(a), out)
     return out
 
 
@@ -97,5 +97,5 @@ def network_input(frame, scale, shift, out):
     xp = _gpu.array_module()
     frame = _gpu.to_device(frame, xp)
     n = out.shape[1] * out.shape[2]
-    _network_input[_gpu.blocks(n), _gpu.THREADS](frame, frame.ndim == 3, np.float32(scale), np.float32(shift), out)
+    _gpu.launch(_network_input, n, frame, frame.ndim == 3, np.float32(scale), np.float32(shift), out)
     return out

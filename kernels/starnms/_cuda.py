@@ -458,7 +458,7 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     star = xp.empty(n, xp.uint8)
     box = xp.empty((n, 4), xp.int64)
     edge = xp.empty(n, xp.float64)
-    _polygons[_gpu.blocks(n), _gpu.THREADS](d, cells, width, grid[0], grid[1], sin_t, cos_t, verts, area2, star, box,
+    _gpu.launch(_polygons, n, d, cells, width, grid[0], grid[1], sin_t, cos_t, verts, area2, star, box,
                                             edge)
 
     rank_of = xp.full(prob.size, -1, xp.int64)
@@ -468,15 +468,15 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     start = xp.zeros(n + 1, xp.int64)
     partner = xp.empty(0, xp.int64)
     args = (rank_of, cells, width, height, grid[0], grid[1], box, area2, reach, thresh_lo, start)
-    _pairs[_gpu.blocks(n), _gpu.THREADS](*args, partner, False)
+    _gpu.launch(_pairs, n, *args, partner, False)
     start = xp.cumsum(start)
     n_pairs = int(start[-1])
     partner = xp.empty(max(n_pairs, 1), xp.int64)
-    _pairs[_gpu.blocks(n), _gpu.THREADS](*args[:-1], start, partner, True)
+    _gpu.launch(_pairs, n, *args[:-1], start, partner, True)
     partner = partner[:n_pairs]
     decision = xp.zeros(max(n_pairs, 1), xp.uint8)[:n_pairs]
     if n_pairs:
-        _classify[_gpu.blocks(n_pairs), _gpu.THREADS](start, partner, verts, cells, width, grid[0], grid[1], area2,
+        _gpu.launch(_classify, n_pairs, start, partner, verts, cells, width, grid[0], grid[1], area2,
                                                       star, edge, thresh32, decision)
         if not device_decides:
             decision[:] = TO_HOST
@@ -492,7 +492,7 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, n_threads=0, store
     waves = 0
     while True:
         changed[0] = 0
-        _wave[_gpu.blocks(n), _gpu.THREADS](start, partner, decision, state, changed)
+        _gpu.launch(_wave, n, start, partner, decision, state, changed)
         waves += 1
         if int(changed[0]) == 0:
             break
@@ -574,7 +574,7 @@ def render_2d(dists, points, labels, shape):
     order_pos = xp.concatenate([xp.zeros(1, xp.int64), xp.cumsum(n_rows)])
     total = int(order_pos[-1])
     if total:
-        _render[_gpu.blocks(total), _gpu.THREADS](rows, cols, box, order_pos, winner)
+        _gpu.launch(_render, total, rows, cols, box, order_pos, winner)
     lut = xp.concatenate([xp.zeros(1, xp.int32), labels.astype(xp.int32)])
     return lut[winner]
 
@@ -649,7 +649,7 @@ def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
         return keep, {"candidates": 0, "kept": 0, "isolated_on_device": 0}
     _check_rays(xp, cand_dist)
     box = xp.empty((n, 6), xp.int64)
-    _boxes_3d[_gpu.blocks(n), _gpu.THREADS](cand_dist, points, xp.asarray(verts, dtype=xp.float32), box)
+    _gpu.launch(_boxes_3d, n, cand_dist, points, xp.asarray(verts, dtype=xp.float32), box)
     # the centres on a dense map of their bounding box (they are grid multiples)
     centre = points.astype(xp.int64)
     origin = centre.min(axis=0)
@@ -659,7 +659,7 @@ def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
     rank_of[(rel[:, 0] * extent[1] + rel[:, 1]) * extent[2] + rel[:, 2]] = xp.arange(n, dtype=xp.int64)
     reach = int(math.ceil(float(cand_dist.max()))) + 1  # a box reaches this far from its centre
     involved = xp.zeros(n, xp.uint8)
-    _touching_3d[_gpu.blocks(n), _gpu.THREADS](box, centre, origin, extent, rank_of, reach, involved)
+    _gpu.launch(_touching_3d, n, box, centre, origin, extent, rank_of, reach, involved)
     # StarDist's axis scale of the whole set: the inverted mean box extent, summed in float32 in
     # rank order as the CPU kernel sums it
     box_host = _gpu.to_host(box)

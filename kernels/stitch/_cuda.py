@@ -45,7 +45,7 @@ def accumulate(dst, dst_off, pred, weight, src_off, box, tuner=None) -> None:
     (d0, d1, d2), (s0, s1, s2), (b0, b1, b2) = _pad3(dst_off), _pad3(src_off), (1,) * (3 - len(box)) + tuple(box)
     n = d.shape[0] * b0 * b1 * b2
     if n:
-        _fma[_gpu.blocks(n), _gpu.THREADS](d, p, w, d0, d1, d2, s0, s1, s2, b0, b1, b2)
+        _gpu.launch(_fma, n, d, p, w, d0, d1, d2, s0, s1, s2, b0, b1, b2)
 
 
 def zeros(shape, dtype):
