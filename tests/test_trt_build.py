@@ -189,3 +189,110 @@ def test_the_cache_key_is_private_and_never_replaced(tmp_path, monkeypatch):
     key_file.write_bytes(b"short")
     with pytest.raises(trust.CacheTrustError, match="cache key is damaged"):
         trust.sign({"c": 3})
+
+
+class _FakeStream:
+    def __init__(self, ptr):
+        self.ptr, self.log = ptr, []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def wait_event(self, event):
+        self.log.append(("wait", event))
+
+    def synchronize(self):
+        self.log.append("sync")
+
+
+class _FakeDeviceArray:
+    """What the runner touches of a CuPy array."""
+
+    def __init__(self, shape, ptr=1000):
+        self.shape, self.dtype = tuple(shape), np.float32
+        self.data = type("Pointer", (), {"ptr": ptr})()
+        self.flags = type("Flags", (), {"c_contiguous": True})()
+        self.__cuda_array_interface__ = {"shape": self.shape}
+
+    def copy(self):
+        return _FakeDeviceArray(self.shape, self.data.ptr + 1)
+
+
+def _fake_runner(monkeypatch, *, oom=False, current_ptr=77):
+    """A TrtRunner whose TensorRT context and CuPy are stand-ins (TensorRT cannot be installed
+    here): its own logic (streams, buffers, refusals, errors) runs as written."""
+    import types
+
+    from segrt.engine.backends import tensorrt as trt_backend
+
+    class OutOfMemoryError(Exception):
+        pass
+
+    events = []
+
+    class Event:
+        def record(self, stream):
+            events.append(stream)
+
+    def empty(shape, dtype):
+        if oom:
+            raise OutOfMemoryError("cudaErrorMemoryAllocation")
+        return _FakeDeviceArray(shape)
+
+    current = _FakeStream(current_ptr)
+    cupy = types.SimpleNamespace(
+        float32=np.float32, empty=empty, asarray=lambda x: x,
+        cuda=types.SimpleNamespace(memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+                                   get_current_stream=lambda: current, Event=Event))
+
+    class Context:
+        def __init__(self):
+            self.calls = []
+
+        def set_input_shape(self, name, shape):
+            self.calls.append(("shape", tuple(shape)))
+            return tuple(shape)[0] <= 4  # the profile's max batch
+
+        def get_tensor_shape(self, name):
+            return (1, 2, 8, 8)
+
+        def set_tensor_address(self, name, ptr):
+            self.calls.append(("address", name, ptr))
+
+        def execute_async_v3(self, ptr):
+            self.calls.append(("execute", ptr))
+            return True
+
+    runner = object.__new__(trt_backend.TrtRunner)
+    runner.cupy, runner.context, runner.stream = cupy, Context(), _FakeStream(5)
+    runner.input_name, runner.output_names, runner.cuda_graph = "image", ["scores"], False
+    runner._buffers, runner._last_done = {}, None
+    import threading
+
+    runner._lock = threading.Lock()
+    return runner, current, events
+
+
+def test_trt_runner_runs_device_inputs_on_the_callers_stream(monkeypatch):
+    runner, current, events = _fake_runner(monkeypatch)
+    x = _FakeDeviceArray((1, 1, 8, 8), ptr=4242)
+    outs = runner(x)
+    assert ("execute", 77) in runner.context.calls  # the caller's stream, not the runner's
+    assert ("address", "image", 4242) in runner.context.calls  # no copy of a contiguous float32 input
+    assert "sync" not in current.log and events == [current]  # no host sync; an event for the next call
+    assert outs[0].shape == (1, 2, 8, 8) and outs[0].data.ptr != runner._buffers[(1, 1, 8, 8)][1][0].data.ptr
+    first_done = runner._last_done
+    runner(x)  # waits on the device for the previous call's copies of the shared buffers
+    assert current.log == [("wait", first_done)]
+    with pytest.raises(ValueError, match="optimisation profile does not cover it"):
+        runner(_FakeDeviceArray((8, 1, 8, 8)))
+
+
+def test_trt_runner_out_of_memory_names_the_batch_and_what_to_lower(monkeypatch):
+    runner, _, _ = _fake_runner(monkeypatch, oom=True)
+    with pytest.raises(MemoryError, match=r"batch of shape \(2, 1, 8, 8\); lower the batch \(sw_batch_size\) or "
+                                          "the window"):
+        runner(_FakeDeviceArray((2, 1, 8, 8)))

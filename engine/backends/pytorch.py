@@ -131,6 +131,7 @@ class TorchRunner(Runner):
                 proto.SerializeToString()).hexdigest()
         self.DEVICE_ARRAYS = self.device.type == "cuda"
         self._lock = threading.Lock()  # CUDA graph replays and compilation are not reentrant
+        self._last_done = None  # CUDA-graph mode: an event after the previous call's output copies
 
     def _caller_stream(self, on_device):
         """Device arrays: run on the caller's CuPy stream, so that the kernels before and after
@@ -177,9 +178,16 @@ class TorchRunner(Runner):
             cache_path = None  # nothing new to save
         t0 = time.perf_counter()
         with self._caller_stream(on_device):
+            if self._last_done is not None:
+                # a CUDA graph's static buffers are shared by every caller's stream: this replay
+                # waits on the device (not the host) for the previous call's copies
+                self.torch.cuda.current_stream(self.device).wait_event(self._last_done)
             outs = self.module(t)
             # a CUDA graph's outputs are overwritten by the next replay: keep copies
             outs = [o.float().clone() if o.is_floating_point() else o.clone() for o in outs]
+            if self.cuda_graph:
+                self._last_done = self.torch.cuda.Event()
+                self._last_done.record()
         if first:
             if self.device.type == "cuda":
                 self.torch.cuda.synchronize(self.device)

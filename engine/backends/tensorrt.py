@@ -1,5 +1,7 @@
-"""Native TensorRT backend: CuPy-owned device buffers, one CUDA stream, optional CUDA graph
-capture for a fixed shape, device-array inputs (``__cuda_array_interface__``) without copies.
+"""Native TensorRT backend: CuPy-owned device buffers, optional CUDA graph capture for a fixed
+shape, device-array inputs (``__cuda_array_interface__``) without copies. Device inputs run on
+the caller's current CuPy stream (shared with the kernels around the call, no host sync);
+host inputs on the runner's own stream.
 
 Written against TensorRT 10's documented Python API (``Runtime.deserialize_cuda_engine``,
 ``IExecutionContext.set_input_shape / set_tensor_address / execute_async_v3``). TensorRT
@@ -7,6 +9,8 @@ cannot be installed where this project is developed: these calls are unverified 
 engine cache and trust checks they rely on are tested (``tensorrt_build``).
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -63,38 +67,61 @@ class TrtRunner(Runner):
         self.output_names = [o.name for o in outputs]
         self.cuda_graph = cuda_graph
         self._buffers = {}  # shape -> (device input, device outputs, captured graph or None)
-        self.device_outputs = False
+        self._lock = threading.Lock()  # the buffers and the context are shared by every caller
+        self._last_done = None  # an event after the previous call's outputs were taken
 
-    def _setup(self, shape):
+    def _setup(self, shape, stream):
         cupy = self.cupy
         entry = self._buffers.get(shape)
         if entry is not None:
             return entry
-        self.context.set_input_shape(self.input_name, shape)
-        d_in = cupy.empty(shape, cupy.float32)
-        d_out = []
-        for name in self.output_names:
-            out_shape = tuple(self.context.get_tensor_shape(name))
-            d_out.append(cupy.empty(out_shape, cupy.float32))
-            self.context.set_tensor_address(name, int(d_out[-1].data.ptr))
+        if not self.context.set_input_shape(self.input_name, shape):
+            raise ValueError(f"TensorRT refuses the input shape {shape}: the engine's optimisation profile does not "
+                             "cover it (rebuild the engine with batch_sizes / a window that do)")
+        try:
+            d_in = cupy.empty(shape, cupy.float32)
+            d_out = []
+            for name in self.output_names:
+                out_shape = tuple(self.context.get_tensor_shape(name))
+                d_out.append(cupy.empty(out_shape, cupy.float32))
+                self.context.set_tensor_address(name, int(d_out[-1].data.ptr))
+        except cupy.cuda.memory.OutOfMemoryError:
+            raise _out_of_memory(shape) from None
         self.context.set_tensor_address(self.input_name, int(d_in.data.ptr))
         graph = None
         if self.cuda_graph:
-            self.context.execute_async_v3(self.stream.ptr)  # TensorRT's first run allocates: outside the capture
-            self.stream.begin_capture()
-            self.context.execute_async_v3(self.stream.ptr)
-            graph = self.stream.end_capture()
+            self._execute(stream, shape)  # TensorRT's first run allocates: outside the capture
+            stream.begin_capture()
+            self._execute(stream, shape)
+            graph = stream.end_capture()
         entry = self._buffers[shape] = (d_in, d_out, graph)
         return entry
+
+    def _execute(self, stream, shape):
+        if not self.context.execute_async_v3(stream.ptr):
+            raise RuntimeError(f"TensorRT failed to run a batch of shape {shape} (see its log above; out of device "
+                               "memory shows there: lower the batch (sw_batch_size) or the window)")
+
+    def _stream(self, on_device):
+        """The caller's current CuPy stream for device inputs (the kernels before and after this
+        call are ordered with it without a host sync), else this runner's own."""
+        if on_device:
+            current = self.cupy.cuda.get_current_stream()
+            if current.ptr:
+                return current
+        return self.stream
 
     def __call__(self, x):
         cupy = self.cupy
         on_device = hasattr(x, "__cuda_array_interface__")
         shape = tuple(int(s) for s in x.shape)
-        d_in, d_out, graph = self._setup(shape)
-        self.context.set_input_shape(self.input_name, shape)
-        self.context.set_tensor_address(self.input_name, int(d_in.data.ptr))
-        with self.stream:
+        stream = self._stream(on_device)
+        with self._lock, stream:
+            if self._last_done is not None:  # the shared buffers: wait (on the device) for the previous call
+                stream.wait_event(self._last_done)
+            d_in, d_out, graph = self._setup(shape, stream)
+            self.context.set_input_shape(self.input_name, shape)
+            self.context.set_tensor_address(self.input_name, int(d_in.data.ptr))
             if on_device:
                 src = cupy.asarray(x)  # no copy: wraps the caller's memory
                 if graph is None and src.flags.c_contiguous and src.dtype == cupy.float32:
@@ -102,12 +129,24 @@ class TrtRunner(Runner):
                 else:
                     d_in[...] = src
             else:
-                d_in.set(np.ascontiguousarray(x, dtype=np.float32), stream=self.stream)
+                d_in.set(np.ascontiguousarray(x, dtype=np.float32), stream=stream)
             if graph is not None:
-                graph.launch(self.stream)
+                graph.launch(stream)
             else:
-                self.context.execute_async_v3(self.stream.ptr)
-        self.stream.synchronize()
-        if on_device:
-            return [o.copy() for o in d_out]  # the caller gets arrays the next call will not overwrite
-        return [cupy.asnumpy(o, stream=self.stream) for o in d_out]
+                self._execute(stream, shape)
+            if on_device:
+                try:  # the caller gets arrays the next call will not overwrite, ordered on its stream
+                    outs = [o.copy() for o in d_out]
+                except cupy.cuda.memory.OutOfMemoryError:
+                    raise _out_of_memory(shape) from None
+            else:
+                outs = [cupy.asnumpy(o, stream=stream) for o in d_out]
+                stream.synchronize()
+            self._last_done = cupy.cuda.Event()
+            self._last_done.record(stream)
+        return outs
+
+
+def _out_of_memory(shape) -> MemoryError:
+    return MemoryError(f"out of GPU memory for TensorRT's buffers of a batch of shape {shape}; lower the batch "
+                       "(sw_batch_size) or the window, or build the engine with precision='fp16'")

@@ -92,6 +92,82 @@ class _LatestFrame:
             self.cond.notify_all()
 
 
+class _DeviceLane:
+    """One worker's share of the GPU: its own CUDA stream (the kernels and the torch / TensorRT
+    call of its frame run there, overlapping with the other workers' frames), pinned host
+    buffers for the frame going up and the blended frame coming down (asynchronous copies at
+    full bus speed), and CUDA events at the stage boundaries, read once per frame after the
+    download has synchronised the stream. ``cupy``: CuPy, or None under the simulator (NumPy
+    arrays: no streams, wall-clock stage times)."""
+
+    def __init__(self, cupy):
+        self.cupy = cupy
+        self.stream = cupy.cuda.Stream(non_blocking=True) if cupy is not None else None
+        self._buffers: dict = {}  # (role, shape, dtype) -> reused buffer
+        self._events: list = []
+        self.synced_at = 0.0  # perf_counter() when the last download had synchronised the stream
+
+    def _buffer(self, role, shape, dtype, pinned):
+        key = (role, tuple(shape), np.dtype(dtype).str)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if pinned:
+                import cupyx
+
+                buf = cupyx.empty_pinned(shape, dtype)
+            else:
+                buf = self.cupy.empty(shape, dtype)
+            self._buffers[key] = buf
+        return buf
+
+    def __enter__(self):
+        if self.stream is not None:
+            self.stream.__enter__()
+        self._events = []
+        return self
+
+    def __exit__(self, *exc):
+        if self.stream is not None:
+            self.stream.__exit__(*exc)
+
+    def mark(self) -> None:
+        """An event at the current point of this lane's stream (a stage boundary)."""
+        if self.stream is not None:
+            event = self.cupy.cuda.Event()
+            event.record(self.stream)
+            self._events.append(event)
+
+    def upload(self, frame: np.ndarray):
+        """The frame on the device: copied into a pinned buffer, then up asynchronously."""
+        if self.cupy is None:
+            from segrt.kernels import gpu
+
+            return gpu.to_device(frame, np)
+        pinned = self._buffer("up", frame.shape, frame.dtype, True)
+        np.copyto(pinned, frame)
+        device = self._buffer("frame", frame.shape, frame.dtype, False)
+        device.set(pinned, stream=self.stream)
+        return device
+
+    def download(self, array) -> np.ndarray:
+        """``array`` on the host (a new array: the pinned buffer is the next frame's), after the
+        stream has finished everything queued before it."""
+        if self.cupy is None:
+            return np.array(array)
+        pinned = self._buffer("down", array.shape, array.dtype, True)
+        array.get(stream=self.stream, out=pinned)
+        self.mark()
+        self.stream.synchronize()
+        self.synced_at = time.perf_counter()
+        return pinned.copy()
+
+    def stage_seconds(self) -> list | None:
+        """Device seconds between consecutive marks (after ``download``), or None without events."""
+        if len(self._events) < 2:
+            return None
+        return [self.cupy.cuda.get_elapsed_time(a, b) / 1000.0 for a, b in zip(self._events, self._events[1:])]
+
+
 # -- the pipeline --------------------------------------------------------------------------
 
 def _check_workers(workers) -> int:
@@ -166,6 +242,8 @@ class VideoPipeline:
         self.device, self._xp = pipeline_device(device, [self.model], path)
         self._batch = self._xp.empty((1, self.channels) + self.window, np.float32)
         self._buffers = [self._batch] + [self._xp.empty_like(self._batch) for _ in range(n_workers - 1)]
+        self._lanes = ([_DeviceLane(self._xp if self._xp is not np else None) for _ in range(n_workers)]
+                       if self.device == "cuda" else None)
         self._palette = PALETTE  # labels past it take its last colour
         self._last_latency = None
         if warmup:  # the first inference compiles the model: not the stream's cost (run() warms its own threads)
@@ -180,8 +258,8 @@ class VideoPipeline:
         h, w = self.window
         frame = np.zeros((2 * h, 2 * w, 3), np.uint8)
         frame[h // 2:h, w // 2:w] = 255
-        labels = self.postprocess(self.model.infer(self.preprocess(frame, self._buffers[worker])))
-        self.overlay(frame, labels, latency_ms=0.0)
+        out, _ = self.process(frame, worker=worker)
+        self._latency_text(out, 0.0)
 
     @property
     def workers(self) -> int:
@@ -207,7 +285,7 @@ class VideoPipeline:
             labels = remove_small(labels, self.min_blob, 8, device=kernels)
         return labels
 
-    def overlay(self, frame: np.ndarray, labels, latency_ms=None, frame_on_device=None) -> np.ndarray:
+    def overlay(self, frame: np.ndarray, labels, latency_ms=None, frame_on_device=None, lane=None) -> np.ndarray:
         """Class colours blended with ``alpha`` where labels are set, outlines, latency text.
         The colours go in with one compiled pass over the frame (``segrt.kernels.overlay``:
         labels looked up at the frame's size, only labelled runs blended); outlines are traced
@@ -222,8 +300,9 @@ class VideoPipeline:
             from segrt.kernels import gpu
 
             on_device = frame_on_device if frame_on_device is not None and frame_on_device.ndim == 3 else frame
-            out = gpu.to_host(blend_labels(on_device, small, self._palette, self.alpha, device="cuda"))
-            small = gpu.to_host(small)
+            blended = blend_labels(on_device, small, self._palette, self.alpha, device="cuda")
+            out = lane.download(blended) if lane is not None else gpu.to_host(blended)
+            small = gpu.to_host(small)  # a few kB, ready: the download synchronised the stream
         else:
             out = blend_labels(frame, small, self._palette, self.alpha)
         if self.contours:
@@ -254,28 +333,53 @@ class VideoPipeline:
         if frame is None or frame.ndim not in (2, 3) or frame.dtype != np.uint8:
             raise ValueError(f"a frame must be an (H, W) or (H, W, 3) uint8 image, got "
                              f"{None if frame is None else (frame.shape, frame.dtype)}")
+        if self.device == "cuda":
+            return self._process_on_device(frame, times, worker)
         t0 = time.perf_counter()
-        gpu = self.device == "cuda"
-        source = frame
-        if gpu:
-            from segrt.kernels import gpu as _gpu
-
-            if frame.ndim == 3:  # the one upload, used by the network input and the blend
-                source = _gpu.to_device(frame, self._xp)
-        batch = self.preprocess(source, self._buffers[worker])
+        batch = self.preprocess(frame, self._buffers[worker])
         t1 = time.perf_counter()
         scores = self.model.infer(batch)
         t2 = time.perf_counter()
         labels = self.postprocess(scores)
         t3 = time.perf_counter()
-        out = self.overlay(frame, labels, self._last_latency, frame_on_device=source if gpu else None)
+        out = self.overlay(frame, labels, self._last_latency)
         t4 = time.perf_counter()
-        if gpu:
-            labels = _gpu.to_host(labels)
         if times is not None:
             for name, dt in zip(_FRAME_STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
                 times.setdefault(name, []).append(dt)
         return out, labels
+
+    def _process_on_device(self, frame, times, worker):
+        """``process`` on the worker's lane. Stage times are device times from CUDA events
+        (the wall clock of asynchronous work measures its launch); "overlay" adds the host's
+        outline and text drawing to the blend and the download."""
+        lane = self._lanes[worker]
+        t0 = time.perf_counter()
+        with lane:
+            lane.mark()
+            source = lane.upload(frame) if frame.ndim == 3 else frame  # the one upload, for input and blend
+            batch = self.preprocess(source, self._buffers[worker])
+            lane.mark()
+            t1 = time.perf_counter()
+            scores = self.model.infer(batch)
+            lane.mark()
+            t2 = time.perf_counter()
+            labels = self.postprocess(scores)
+            lane.mark()
+            t3 = time.perf_counter()
+            out = self.overlay(frame, labels, self._last_latency, frame_on_device=source, lane=lane)
+            t4 = time.perf_counter()
+        device = lane.stage_seconds()
+        if times is not None:
+            if device is None:  # the simulator: no events
+                spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+            else:  # the blend and download on the device, then the host's drawing
+                spans = (device[0], device[1], device[2], device[3] + (t4 - lane.synced_at))
+            for name, dt in zip(_FRAME_STAGES, spans):
+                times.setdefault(name, []).append(dt)
+        from segrt.kernels import gpu as _gpu
+
+        return out, _gpu.to_host(labels)
 
     def run(self, source, *, out=None, display=False, realtime=False, max_frames=None, live=False,
             on_frame=None) -> VideoStats:
