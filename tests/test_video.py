@@ -479,3 +479,51 @@ def test_frames_on_the_device_equal_the_plain_composition(tmp_path):
     np.testing.assert_array_equal(out, want)
     with pytest.raises(ModelTaskError, match="device='cuda' keeps the data in GPU memory"):
         VideoPipeline(host_model, device="cuda", warmup=False)
+
+
+def test_device_lane_times_stages_with_events_read_after_the_download():
+    """A worker's lane (stand-in CuPy): stage times are the device times between its events,
+    read once the download has synchronised its own stream."""
+    import types
+
+    from segrt.engine.video.pipeline import _DeviceLane
+
+    clock = iter([0.0, 2.0, 7.0, 8.0, 11.0])
+    log = []
+
+    class Stream:
+        ptr = 9
+
+        def __init__(self, non_blocking):
+            assert non_blocking  # never serialised with the legacy default stream
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def synchronize(self):
+            log.append("sync")
+
+    class Event:
+        def record(self, stream):
+            self.t = next(clock)
+            log.append("event")
+
+    class Device(np.ndarray):
+        def get(self, stream=None, out=None):
+            log.append("copy")
+            out[...] = self
+            return out
+
+    cupy = types.SimpleNamespace(cuda=types.SimpleNamespace(
+        Stream=Stream, Event=Event, get_elapsed_time=lambda a, b: 1000.0 * (b.t - a.t)))
+    lane = _DeviceLane(cupy)
+    lane._buffers[("down", (2, 2), np.dtype(np.uint8).str)] = np.zeros((2, 2), np.uint8)  # the pinned buffer
+    with lane:
+        for _ in range(4):
+            lane.mark()
+        got = lane.download(np.arange(4, dtype=np.uint8).reshape(2, 2).view(Device))
+    assert lane.stage_seconds() == [2.0, 5.0, 1.0, 3.0]
+    assert log[-3:] == ["copy", "event", "sync"] and type(got) is np.ndarray and got.tolist() == [[0, 1], [2, 3]]
