@@ -58,7 +58,13 @@ def _median_stages(runs: list) -> dict:
     return {k: float(np.median([r[k] for r in runs])) for k in keys}
 
 
-def bench_brain(report: Report, repeats: int, cache: str) -> None:
+def _stage(stages: dict, name: str) -> float:
+    """Seconds of a stage whatever its device tag ("infer", "infer [GPU]", ...)."""
+    return sum(v for k, v in stages.items() if k == name or k.startswith(name + " ["))
+
+
+def bench_brain(report: Report, repeats: int, cache: str, backend: str = "auto", memory: bool = True) -> dict:
+    """One row; on a GPU backend (device-resident pipeline) the peer is deepbet on the same GPU."""
     import torch
 
     from segrt.engine.volume import VolumePipeline
@@ -67,17 +73,19 @@ def bench_brain(report: Report, repeats: int, cache: str) -> None:
     nl = importlib.util.find_spec("nilearn").submodule_search_locations[0]
     t1 = os.path.join(nl, "datasets", "data", "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
     model = zoo.deepbet(cache_dir=cache)
-    pipe = VolumePipeline(model)
+    pipe = VolumePipeline(model, backend=backend)
+    on_gpu = pipe.device == "cuda"
     pipe.run(t1)  # warm-up: first inference compiles
     runs = [pipe.run(t1) for _ in range(repeats)]
     stages = _median_stages([r.timings for r in runs])
     row = {"story": "brain MRI", "case": "MNI152 T1 197x233x189", "backend": runs[0].backend,
-           "segrt_total_s": stages.pop("total"), **{f"stage_{k}_s": v for k, v in stages.items()}}
+           "device": pipe.device, "segrt_total_s": stages.pop("total"), "segrt_network_s": _stage(stages, "infer"),
+           **{f"stage_{k}_s": v for k, v in stages.items()}}
     try:
         from deepbet import BrainExtraction
 
         torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
-        bet = BrainExtraction(no_gpu=True)
+        bet = BrainExtraction(no_gpu=not on_gpu)
         bet.run(t1)
         times, ref = [], None
         for _ in range(repeats):
@@ -86,24 +94,30 @@ def bench_brain(report: Report, repeats: int, cache: str) -> None:
             times.append(time.perf_counter() - t0)
         ref_mask = np.asarray(ref.dataobj).astype(bool)
         ours = runs[-1].labels.astype(bool)
-        row.update(peer="deepbet 1.0.2 (torch)", peer_total_s=float(np.median(times)),
+        row.update(peer=f"deepbet 1.0.2 (torch, {'CUDA' if on_gpu else 'CPU'})", peer_total_s=float(np.median(times)),
                    dice_vs_peer=float(2 * (ours & ref_mask).sum() / (ours.sum() + ref_mask.sum())))
         row["speedup"] = row["peer_total_s"] / row["segrt_total_s"]
     except ImportError as err:
         row["peer"] = f"not run: {err}"
+    report.add(**row)
+    print(f"  brain ({pipe.device}): segrt {row['segrt_total_s']:.2f} s, deepbet {row.get('peer_total_s', float('nan')):.2f} s, "
+          f"Dice {row.get('dice_vs_peer', float('nan')):.5f}", flush=True)
+    if not memory:
+        return row
     mem = _peak_mb(f"from segrt.engine.volume import VolumePipeline\npipe = VolumePipeline({model!r})",
                    f"pipe.run({t1!r})")
     ref_mem = _peak_mb("import torch\ntorch.set_num_threads(2)\nfrom deepbet import BrainExtraction\n"
                        "bet = BrainExtraction(no_gpu=True)", f"bet.run({t1!r})")
     row["segrt_peak_mb"] = mem and round(mem["peak_mb"], 1)
     row["peer_peak_mb"] = ref_mem and round(ref_mem["peak_mb"], 1)
-    report.add(**row)
     print(f"  brain: peak memory segrt {row['segrt_peak_mb']} MB, deepbet {row['peer_peak_mb']} MB (whole process)")
-    print(f"  brain: segrt {row['segrt_total_s']:.2f} s, deepbet {row.get('peer_total_s', float('nan')):.2f} s, "
-          f"Dice {row.get('dice_vs_peer', float('nan')):.5f}", flush=True)
+    return row
 
 
-def bench_nuclei(report: Report, repeats: int) -> None:
+def bench_nuclei(report: Report, repeats: int, backend: str = "auto", memory: bool = True,
+                 cases=("DSB 512x512, one call", "DSB tiled 4x4: 2048x2048, 512 tiles")) -> list:
+    """Rows per case; the peer (StarDist's NMS and rendering, on the CPU: it has no GPU version)
+    runs on the same prob / dist maps, copied to the host."""
     from stardist.data import test_image_nuclei_2d
     from stardist.geometry import polygons_to_label
     from stardist.nms import non_maximum_suppression
@@ -111,22 +125,32 @@ def bench_nuclei(report: Report, repeats: int) -> None:
     from segrt.engine.instances import InstancePipeline
     from segrt.export import zoo
 
+    from segrt.kernels import gpu
+
     img = test_image_nuclei_2d()
+    rows = []
     for name, image, tile in (("DSB 512x512, one call", img, 1024), ("DSB tiled 4x4: 2048x2048, 512 tiles", np.tile(
             img, (4, 4)), 512)):
-        pipe = InstancePipeline(zoo.resolve("nuclei"), tile=tile)
+        if name not in cases:
+            continue
+        pipe = InstancePipeline(zoo.resolve("nuclei"), tile=tile, backend=backend)
         pipe.run(image)
         runs = [pipe.run(image) for _ in range(repeats)]
         stages = _median_stages([r.timings for r in runs])
         # the peer after the network: StarDist's NMS and rendering on the same maps
         from segrt.engine.stages import Stages
 
-        x = pipe._normalize(pipe._as_image(image, "bench"))
-        prob, dist, _ = pipe.predict(x, Stages())
+        x = pipe._as_image(image, "bench")
+        if pipe.device == "cuda":
+            x = gpu.to_device(np.ascontiguousarray(x, np.float32), pipe._xp)
+        prob, dist, _ = pipe.predict(pipe._normalize(x), Stages())
+        prob = gpu.to_host(prob)
         if isinstance(dist, tuple):  # tiled: rays stored for candidate cells; StarDist wants the full map
-            cells, rows = dist
-            dist = np.zeros(prob.shape + (rows.shape[1],), np.float32)
-            dist.reshape(-1, rows.shape[1])[cells] = rows
+            cells, ray_rows = (gpu.to_host(a) for a in dist)
+            dist = np.zeros(prob.shape + (ray_rows.shape[1],), np.float32)
+            dist.reshape(-1, ray_rows.shape[1])[cells] = ray_rows
+        else:
+            dist = gpu.to_host(dist)
         t_peer = []
         for _ in range(max(1, repeats // 2)):
             t0 = time.perf_counter()
@@ -134,13 +158,20 @@ def bench_nuclei(report: Report, repeats: int) -> None:
                                                         nms_thresh=pipe.nms_thresh, grid=pipe.grid, b=2)
             polygons_to_label(disti, pts, prob=probi, shape=image.shape)
             t_peer.append(time.perf_counter() - t0)
-        ours_post = stages["nms"] + stages["render"]
-        row = {"story": "nuclei", "case": name, "backend": runs[0].backend, "tiles": runs[0].tiles,
+        ours_post = _stage(stages, "nms") + _stage(stages, "render")
+        row = {"story": "nuclei", "case": name, "backend": runs[0].backend, "device": pipe.device,
+               "tiles": runs[0].tiles,
                "objects": len(runs[0].points), "segrt_total_s": stages.pop("total"),
                **{f"stage_{k}_s": v for k, v in stages.items()},
                "peer": "StarDist 0.9.2 NMS + polygons_to_label on the same prob / dist",
                "segrt_nms_render_s": ours_post, "peer_nms_render_s": float(np.median(t_peer)),
                "speedup_nms_render": float(np.median(t_peer)) / ours_post}
+        rows.append(row)
+        print(f"  nuclei {name} ({pipe.device}): total {row['segrt_total_s']:.3f} s, NMS+render {ours_post:.3f} s vs "
+              f"StarDist {row['peer_nms_render_s']:.3f} s", flush=True)
+        if not memory:
+            report.add(**row)
+            continue
         reps = 4 if tile == 512 else 1
         mem = _peak_mb("import numpy as np\nfrom stardist.data import test_image_nuclei_2d\n"
                        "from segrt.engine.instances import InstancePipeline\nfrom segrt.export import zoo\n"
@@ -151,8 +182,7 @@ def bench_nuclei(report: Report, repeats: int) -> None:
         report.add(**row)
         print(f"  nuclei {name}: peak memory {row['segrt_peak_mb']} MB ({row['segrt_peak_above_setup_mb']} MB above "
               "the loaded model and image)", flush=True)
-        print(f"  nuclei {name}: total {row['segrt_total_s']:.3f} s, NMS+render {ours_post:.3f} s vs StarDist "
-              f"{row['peer_nms_render_s']:.3f} s", flush=True)
+    return rows
 
 
 def main(argv=None) -> Report:
