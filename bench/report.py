@@ -73,7 +73,8 @@ def _purpose(name: str) -> str:
 
 
 def render(results_dir: str = RESULTS) -> str:
-    files = [f for f in glob.glob(os.path.join(results_dir, "*.json")) if not f.endswith("_quick.json")]
+    files = [f for f in glob.glob(os.path.join(results_dir, "*.json"))
+             if not f.endswith("_quick.json") and os.path.basename(f) != "gpu_check.json"]
 
     def rank(path):
         name = os.path.splitext(os.path.basename(path))[0]
@@ -98,7 +99,30 @@ def render(results_dir: str = RESULTS) -> str:
             parts.append("")
         for table in _tables(data.get("rows", [])):
             parts.append(table + "\n")
+    parts.append(_gpu_check_section(os.path.join(results_dir, "gpu_check.json")))
     return "\n".join(parts).rstrip() + "\n"
+
+
+def _gpu_check_section(path: str) -> str:
+    """The GPU check's targets, or a plain statement that the GPU path is not measured."""
+    head = "## gpu check\n\nThe GPU-resident runtime end to end: `python -m segrt.bench.gpu_check` (one prepared run on a GPU " \
+           "machine, see its docstring).\n"
+    if not os.path.isfile(path):
+        return head + ("\n**Not measured yet.** No GPU has been available where this project is developed, so "
+                       "no figure on this page comes from a GPU: the GPU kernels and the device-resident pipelines "
+                       "are tested for exactness in Numba's CUDA simulator, and their speed is unknown.\n")
+    with open(path) as f:
+        data = json.load(f)
+    gpu = (data.get("gpu") or {}).get("name", "unknown GPU")
+    lines = [head, f"Device: {gpu}; machine: {_machine(data.get('machine', {}))}.\n",
+             "| target | measured | met |", "|---|---|---|"]
+    for name, got in (data.get("targets") or {}).items():
+        shown = ", ".join(f"{k} {format_value(v)}" for k, v in got.items() if k != "met")
+        lines.append(f"| {name} | {shown} | {'yes' if got.get('met') else 'no'} |")
+    skipped = [k for k, v in data.items() if isinstance(v, dict) and v.get("skipped")]
+    if skipped:
+        lines.append("\nNot run in that check: " + "; ".join(f"{k} ({data[k]['skipped']})" for k in skipped) + ".")
+    return "\n".join(lines) + "\n"
 
 
 # The README's headline table: (results file, which row, what, peer, segrt key, peer key, ratio key, agreement)
