@@ -45,10 +45,12 @@ def instance_f1(ref: np.ndarray, test: np.ndarray, iou: float = 0.5) -> float:
     return 2 * tp / (n_ref + n_test) if n_ref + n_test else 1.0
 
 
-def _semantic_labels(out) -> np.ndarray:
+def _semantic_labels(out, meta=None) -> np.ndarray:
+    from segrt.engine.metadata import foreground_threshold
+
     arr = out if isinstance(out, np.ndarray) else next(iter(out.values()))
-    if arr.shape[1] == 1:
-        return (arr[:, 0] > 0).astype(np.int64)  # one logit channel: foreground where positive
+    if arr.shape[1] == 1:  # one score channel: foreground above 0 (logits) or 0.5 (probabilities)
+        return (arr[:, 0] > foreground_threshold(meta)).astype(np.int64)
     return arr.argmax(axis=1)
 
 
@@ -98,7 +100,9 @@ def check(model_path, *, backends=("ort", "openvino"), inputs=None, torch_model=
     if inputs is None:
         shape = first.inputs[0].shape
         window = meta.get("window") or [64] * (len(shape) - 2)
-        channels = meta.get("in_channels") or shape[1] or 1
+        from segrt.engine.model_file import split_axes
+
+        channels = meta.get("in_channels") or split_axes(shape, meta.get("layout", "channels_first"))[0] or 1
         inputs = [np.random.default_rng(seed).standard_normal((1, channels) + tuple(window)).astype(np.float32)]
     runners = dict((name, m.infer) for name, m in models.items())
     if torch_model is not None:
@@ -129,7 +133,7 @@ def check(model_path, *, backends=("ort", "openvino"), inputs=None, torch_model=
                 raw[k] = {"max_abs": float(diff.max()), "max_rel": float(diff.max() / max(np.abs(a).max(), 1e-12))}
             entry = {"input": i, "backend": n, "raw": raw}
             if task == "semantic":
-                la, lb = _semantic_labels(ref), _semantic_labels(got)
+                la, lb = _semantic_labels(ref, meta), _semantic_labels(got, meta)
                 n_cls = max(int(la.max()), int(lb.max())) + 1
                 dice = dice_per_class(la, lb, n_cls)
                 entry["dice"] = dice

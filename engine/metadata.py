@@ -36,6 +36,13 @@ Schema (version 1); every field is optional unless noted:
 - ``context``: pixels (voxels) of context a tile needs on each side for its centre to equal
   whole-image inference; tiled instance inference keeps only tile centres.
 - ``outputs``: output names in the order the network returns them (e.g. ["prob", "dist"]).
+- ``layout``: "channels_first" (default: (N, C, *spatial), PyTorch's order) or
+  "channels_last" ((N, *spatial, C), TensorFlow's / Keras's order). segrt hands every backend
+  channels-first batches and transposes them for a channels-last model (and its outputs
+  back), so pipelines, ``sliding_window`` and ``segrt check`` see one order.
+- ``activation``: what the network's scores are: "logits" (default), "softmax" or "sigmoid"
+  (probabilities). One score channel is foreground where it exceeds 0 (logits) or 0.5
+  (softmax / sigmoid); several channels take the argmax whatever the activation.
 - ``modality``: the imaging modality the network was trained on, as DICOM names it ("CT",
   "MR", "PT", "US", ...): a DICOM study of another modality is refused, and a CT model given
   values that cannot be Hounsfield units gets a note.
@@ -47,14 +54,17 @@ import math
 import numbers
 import os
 
-__all__ = ["MetadataError", "KEY", "TASKS", "validate", "to_json", "from_json"]
+__all__ = ["MetadataError", "KEY", "TASKS", "LAYOUTS", "ACTIVATIONS", "validate", "to_json", "from_json",
+           "foreground_threshold"]
 
 KEY = "segrt"
 MAX_WINDOW = 4096  # per axis; a window beyond it is a typo or a hostile file, not a network
 SCHEMA_VERSION = 1
 TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
-_FIELDS = ("schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
+LAYOUTS = ("channels_first", "channels_last")
+ACTIVATIONS = ("logits", "softmax", "sigmoid")
+_FIELDS = ("layout", "activation", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
            "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs", "modality")
 
 
@@ -150,7 +160,8 @@ def validate(meta: dict) -> dict:
         if "fill_holes" in pp:
             out["postprocess"]["fill_holes"] = [_int(c, "postprocess.fill_holes", 1)
                                                 for c in _list(pp["fill_holes"], "postprocess.fill_holes")]
-    for key, choices in (("resize", ("spacing", "fit")), ("interpolation", ("nearest", "linear"))):
+    for key, choices in (("resize", ("spacing", "fit")), ("interpolation", ("nearest", "linear")),
+                         ("layout", LAYOUTS), ("activation", ACTIVATIONS)):
         if key in meta:
             if meta[key] not in choices:
                 _fail(key, f"one of {choices}", meta[key])
@@ -281,3 +292,8 @@ def from_json(text: str, source: str = "model") -> dict:
         return validate(raw)
     except MetadataError as err:
         raise MetadataError(f"{source}: {err}") from None
+
+
+def foreground_threshold(meta: dict | None) -> float:
+    """Where one score channel counts as foreground: above 0 for logits, 0.5 for probabilities."""
+    return 0.5 if (meta or {}).get("activation") in ("softmax", "sigmoid") else 0.0

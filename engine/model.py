@@ -64,6 +64,13 @@ def _check_device_batch(x, info: IOInfo, path: str):
     return cupy.ascontiguousarray(x)
 
 
+def _channels_first(out, ndim: int):
+    if getattr(out, "ndim", 0) != ndim:
+        return out
+    xp = np if isinstance(out, np.ndarray) else optional_import("cupy")
+    return xp.ascontiguousarray(xp.moveaxis(out, -1, 1))
+
+
 class Model:
     """A loaded model: ``infer(batch)`` returns one array (one output) or a dict by output name."""
 
@@ -76,6 +83,11 @@ class Model:
         self.outputs = outputs
         self.metadata = metadata
         self.metadata_source = metadata_source
+        # callers always hand (N, C, *spatial) batches; a channels-last graph gets them transposed
+        self.channels_last = (metadata or {}).get("layout") == "channels_last" and len(inputs[0].shape) in (4, 5)
+        shape = inputs[0].shape
+        self._batch_info = (IOInfo(inputs[0].name, (shape[0], shape[-1]) + tuple(shape[1:-1]), inputs[0].dtype)
+                            if self.channels_last else inputs[0])
 
     @property
     def input_names(self):
@@ -86,10 +98,14 @@ class Model:
         return [o.name for o in self.outputs]
 
     def infer(self, batch):
-        if self.runner.DEVICE_ARRAYS and hasattr(batch, "__cuda_array_interface__"):
-            x = _check_device_batch(batch, self.inputs[0], self.path)
+        on_device = self.runner.DEVICE_ARRAYS and hasattr(batch, "__cuda_array_interface__")
+        if on_device:
+            x = _check_device_batch(batch, self._batch_info, self.path)
         else:
-            x = _check_batch(batch, self.inputs[0], self.path)
+            x = _check_batch(batch, self._batch_info, self.path)
+        if self.channels_last:
+            xp = optional_import("cupy") if on_device else np
+            x = xp.ascontiguousarray(xp.moveaxis(x, 1, -1))
         try:
             outs = self.runner(x)
         except InferInputError:
@@ -98,6 +114,8 @@ class Model:
             first = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise InferenceError(f"{os.path.basename(self.path)}: the {self.backend} backend failed on a batch of "
                                  f"shape {tuple(x.shape)}: {type(err).__name__}: {first}") from err
+        if self.channels_last:  # image-shaped outputs back to (N, C, *spatial)
+            outs = [_channels_first(o, x.ndim) for o in outs]
         if len(outs) == 1:
             return outs[0]
         return dict(zip(self.output_names, outs))

@@ -14,6 +14,7 @@ from segrt._optional import optional_import
 from segrt.engine import metadata as md
 
 __all__ = ["ModelFileError", "InvalidModelError", "IOInfo", "all_tensors", "inspect_model_file", "file_sha256",
+           "guess_layout", "split_axes", "output_activation", "check_layout",
            "shape_text"]
 
 
@@ -116,23 +117,97 @@ def inspect_model_file(path):
         if missing:
             raise InvalidModelError(f"{path}: its metadata names outputs {missing} that the graph does not have; the "
                                     f"graph's outputs are {graph_outputs} (fix the metadata's 'outputs')")
+        check_layout(meta, inputs, path)
     else:
-        meta = metadata_from_graph(inputs)
+        meta = metadata_from_graph(inputs, proto)
         source = "graph"
     return proto, inputs, outputs, meta, source
 
 
-def metadata_from_graph(inputs) -> dict:
-    """What the graph tells about a model without segrt metadata."""
+def guess_layout(shape) -> str:
+    """"channels_last" when an image input's last axis is small (<= 4: grey, RGB, RGBA) and its
+    second is not; else "channels_first" (PyTorch's order, segrt's default)."""
+    last, second = shape[-1], shape[1]
+    if last is not None and last <= 4 and (second is None or second > 4):
+        return "channels_last"
+    return "channels_first"
+
+
+def split_axes(shape, layout: str) -> tuple:
+    """(channel axis size, spatial sizes) of an (N, C, *spatial) or (N, *spatial, C) shape."""
+    if layout == "channels_last":
+        return shape[-1], tuple(shape[1:-1])
+    return shape[1], tuple(shape[2:])
+
+
+def output_activation(proto) -> str | None:
+    """"softmax" / "sigmoid" when the graph's first output comes out of such a node (through
+    layout and shape ops), else None."""
+    producers = {o: n for n in proto.graph.node for o in n.output}
+    name = proto.graph.output[0].name
+    for _ in range(8):
+        node = producers.get(name)
+        if node is None:
+            return None
+        if node.op_type in ("Softmax", "LogSoftmax", "Sigmoid"):
+            return {"Softmax": "softmax", "Sigmoid": "sigmoid"}.get(node.op_type)
+        if node.op_type not in ("Transpose", "Identity", "Reshape", "Squeeze", "Unsqueeze", "Cast") or not node.input:
+            return None
+        name = node.input[0]
+    return None
+
+
+def metadata_from_graph(inputs, proto=None) -> dict:
+    """What the graph tells about a model without segrt metadata: the axes (channels last when
+    the input's last axis looks like colour channels) and a softmax / sigmoid output."""
     meta: dict = {}
     if len(inputs) == 1 and len(inputs[0].shape) in (4, 5):
         shape = inputs[0].shape
+        layout = guess_layout(shape)
+        if layout == "channels_last":
+            meta["layout"] = layout
+        channels, spatial = split_axes(shape, layout)
         meta["spatial_dims"] = len(shape) - 2
-        if shape[1] is not None:
-            meta["in_channels"] = shape[1]
-        if all(s is not None for s in shape[2:]):
-            meta["window"] = list(shape[2:])
+        if channels is not None:
+            meta["in_channels"] = channels
+        if all(s is not None for s in spatial):
+            meta["window"] = list(spatial)
+    if proto is not None:
+        activation = output_activation(proto)
+        if activation:
+            meta["activation"] = activation
     return meta
+
+
+def check_layout(meta: dict, inputs, path: str) -> None:
+    """Refuses metadata whose layout contradicts the graph's input: the declared channels or
+    window do not sit on the axes the layout says, or a model declared channels-first whose
+    input looks channels-last."""
+    if len(inputs) != 1 or len(inputs[0].shape) not in (4, 5):
+        return
+    shape, name = inputs[0].shape, inputs[0].name
+    layout = meta.get("layout", "channels_first")
+    channels, spatial = split_axes(shape, layout)
+    where = "its last axis" if layout == "channels_last" else "axis 1"
+    problems = []
+    want = meta.get("in_channels")
+    if want is not None and channels is not None and channels != want:
+        problems.append(f"{want} input channel(s), but {where} holds {channels}")
+    window = meta.get("window")
+    if window is not None and len(window) == len(spatial) and any(s is not None and s != w
+                                                                 for s, w in zip(spatial, window)):
+        problems.append(f"window {window}, but the spatial axes hold {shape_text(spatial)}")
+    looks_last = layout == "channels_first" and guess_layout(shape) == "channels_last" and shape[1] is not None
+    if not problems and looks_last and "layout" not in meta:
+        problems.append(f"channels first (the default), but axis 1 holds {shape[1]} and the last axis {shape[-1]}")
+    if problems and looks_last:
+        problems[-1] += ": it looks channels-last"
+    if problems:
+        other = "channels_first" if layout == "channels_last" else "channels_last"
+        raise InvalidModelError(
+            f"{path}: its segrt metadata says layout {layout} with " + "; ".join(problems) + f" (input {name!r} has "
+            f"shape {shape_text(shape)}). Fix the metadata, e.g. segrt describe {path} --layout {other} -o "
+            "fixed.onnx")
 
 
 def file_sha256(path: str) -> str:

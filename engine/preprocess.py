@@ -183,9 +183,10 @@ def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=N
     return tuple(box)
 
 
-def labels_from_scores(scores, device="auto"):
+def labels_from_scores(scores, device="auto", threshold=0.0):
     """Class labels of one (C, *spatial) score array: the compiled argmax (first maximum
-    wins, as np.argmax), or foreground where a single logit channel is positive. Scores without
+    wins, as np.argmax), or foreground where a single score channel exceeds ``threshold`` (0
+    for logits, 0.5 for probabilities: ``metadata.foreground_threshold``). Scores without
     channels, or holding NaN / infinity, are refused: every argmax would silently be 0 there.
     device="cuda": on the GPU (the scores stay there; the labels are a device array)."""
     xp = np
@@ -203,7 +204,7 @@ def labels_from_scores(scores, device="auto"):
             raise ValueError(f"the model returned {bad} NaN or infinite score(s); its labels would be wrong there "
                              "(check the model and its input normalisation)")
     if scores.shape[0] == 1:
-        return (scores[0] > 0).astype(np.uint8)
+        return (scores[0] > threshold).astype(np.uint8)
     if scores.shape[0] > 65536:
         raise ValueError(f"at most 65536 classes are supported, the model returned {scores.shape[0]}")
     from segrt.kernels import stitch

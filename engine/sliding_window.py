@@ -197,8 +197,21 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np):
                 del C.buffers[cell], C.remaining[cell]
 
 
+def _check_output_memory(shape, dtype) -> None:
+    """The blended scores are (N, C_out, *image): refuse, before allocating, a result that does
+    not fit the memory budget (a model read with the wrong axes can ask for tens of GiB)."""
+    from segrt.engine.io import memory_budget
+
+    need = math.prod(shape) * np.dtype(dtype).itemsize
+    if need > memory_budget():
+        raise MemoryError(f"the blended scores would be {shape} ({need / 2**30:.1f} GiB), over segrt's memory budget "
+                          f"of {memory_budget() / 2**30:.1f} GiB: the predictor returns {shape[1]} channels. If "
+                          "that is not the model's class count, check its layout (segrt describe MODEL); else use "
+                          "reduce='argmax' (labels only, memory follows the windows in flight)")
+
+
 def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
-                   padding_mode="constant", cval=0.0, reduce=None, progress=False, device="auto"):
+                   padding_mode="constant", cval=0.0, reduce=None, threshold=0.0, progress=False, device="auto"):
     """Run ``predictor`` over windows of ``inputs`` and blend the results, as
     ``monai.inferers.sliding_window_inference`` does (same windows, importance map and result).
 
@@ -218,7 +231,9 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         reduce: None / "none" for the blended (N, C_out, *spatial) scores, or "argmax" for
             (N, *spatial) class labels (uint8 up to 256 classes, else uint16) computed while
             streaming: a region is reduced and its buffer freed as soon as its last window is
-            in, so memory follows the windows in flight, not C_out x the volume.
+            in, so memory follows the windows in flight, not C_out x the volume. A predictor
+            with one output channel gives foreground (1) where the blended score exceeds
+            ``threshold`` (0 for logits, 0.5 for probabilities).
         progress: print windows done / total and the rate on stderr.
         device: the stitching kernels: "auto" (following the inputs), "cpu" (C++),
             "reference" (NumPy) or "cuda": the whole run on the GPU (inputs, windows, the
@@ -252,6 +267,8 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         raise ValueError(f"padding_mode must be one of {tuple(PADDING_MODES)}, got {padding_mode!r}")
     if reduce not in (None, "none", "argmax"):
         raise ValueError(f"reduce must be None, 'none' or 'argmax', got {reduce!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     if not callable(predictor):
         raise ValueError("predictor must be callable: (B, C, *roi) array -> (B, C_out, *roi) array")
 
@@ -289,6 +306,10 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         for b in range(len(chunk), sw_batch_size):  # keep the shape fixed
             batch[b] = batch[len(chunk) - 1]
         pred = _as_prediction(predictor(batch), batch, roi, xp)
+        if streaming and pred.shape[1] == 1:
+            # a constant background score: blending is linear, so the argmax of the blended pair is
+            # exactly "blended score > threshold" (ties go to the background)
+            pred = xp.concatenate([xp.full_like(pred, threshold), pred], axis=1)
         n_out = pred.shape[1]
         if n_classes is not None and n_out != n_classes:
             raise ValueError(f"the predictor returned {n_out} channels after returning {n_classes}")
@@ -300,6 +321,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 labels = xp.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
+                _check_output_memory((n_img, n_out) + size, x.dtype)
                 out = stitch.zeros((n_img, n_out) + size, x.dtype, device=device)
         _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp)
         bar.update(len(chunk))

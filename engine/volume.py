@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from segrt.engine import io, preprocess
+from segrt.engine.metadata import foreground_threshold
 from segrt.engine.model import ModelTaskError, as_model
 from segrt.engine.stages import Stages, pipeline_device
 
@@ -138,13 +139,15 @@ class VolumePipeline:
             if target == window:
                 scores = model.infer(batch)
                 scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
-                labels = preprocess.labels_from_scores(scores[0], device="cuda" if gpu else "auto")
+                labels = preprocess.labels_from_scores(scores[0], device="cuda" if gpu else "auto",
+                                                       threshold=foreground_threshold(meta))
             else:
                 from segrt.engine.sliding_window import sliding_window
 
                 labels = sliding_window(batch, window, model.infer, sw_batch_size=self.sw_batch_size,
                                         overlap=self.overlap, mode=self.mode, reduce="argmax",
-                                        progress=self.verbose, device="cuda" if gpu else "auto")[0]
+                                        threshold=foreground_threshold(meta), progress=self.verbose,
+                                        device="cuda" if gpu else "auto")[0]
         if not back:
             return labels
         with stages("resample back [GPU]" if gpu else "resample back"):

@@ -27,6 +27,7 @@ PACKAGES = {
     "onnxslim": ("onnxslim", "export"),
     "tensorrt": ("tensorrt", "trt"),
     "cupy": ("cupy-cuda12x", "gpu"),
+    "cupyx": ("cupy-cuda12x", "gpu"),
     "numba": ("numba-cuda", "gpu"),
     "pyclipper": ("pyclipper", "test"),
     "stardist": ("stardist", "peers"),

@@ -91,6 +91,65 @@ def _cmd_check(args) -> int:
     return 0 if rep["passed"] else 1
 
 
+def _describe_fields(args) -> dict:
+    """The metadata fields the describe options set (only those given)."""
+    from segrt.export.describe import parse_layout, parse_normalization
+
+    def numbers(text, kind, what):
+        try:
+            return [kind(v) for v in text.replace("x", ",").split(",")]
+        except ValueError:
+            raise ValueError(f"--{what} takes comma-separated numbers, got {text!r}") from None
+
+    fields: dict = {}
+    if args.metadata:
+        with open(args.metadata) as f:
+            fields.update(json.load(f))
+    if args.task:
+        fields["task"] = args.task
+    if args.layout:
+        fields["layout"] = parse_layout(args.layout)
+    if args.window:
+        fields["window"] = numbers(args.window, int, "window")
+    if args.in_channels:
+        fields["in_channels"] = args.in_channels
+    if args.classes:
+        fields["class_names"] = [c.strip() for c in args.classes.split(",")]
+    if args.normalization:
+        fields["normalization"] = parse_normalization(args.normalization)
+    if args.spacing:
+        fields["spacing"] = numbers(args.spacing, float, "spacing")
+    if args.activation:
+        fields["activation"] = {"none": "logits"}.get(args.activation, args.activation)
+    if args.modality:
+        fields["modality"] = args.modality
+    for item in args.set or []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--set takes KEY=JSON, got {item!r}")
+        try:
+            fields[key.strip()] = json.loads(value)
+        except ValueError:
+            raise ValueError(f"--set {key}: the value is not JSON ({value!r}); strings need quotes") from None
+    return fields
+
+
+def _cmd_describe(args) -> int:
+    from segrt.export.describe import attach_metadata, describe_model, format_description
+
+    fields = _describe_fields(args)
+    if fields and not args.output:
+        raise ValueError("segrt describe writes a described copy and never modifies the model: add -o OUT.onnx")
+    if args.output:
+        written = attach_metadata(args.model, args.output, fields)
+        print(f"wrote {args.output} with segrt metadata {json.dumps(written, sort_keys=True)}")
+        info = describe_model(args.output)
+    else:
+        info = describe_model(args.model)
+    print(json.dumps(info, indent=2) if args.json else format_description(info))
+    return 0
+
+
 def _cmd_build(args) -> int:
     from segrt.engine.backends.tensorrt_build import build_engine
 
@@ -276,6 +335,33 @@ def _add_backend(parser) -> None:
                         help=f"runtime (default auto: the first available of {', '.join(AUTO_ORDER)})")
 
 
+def _add_describe(sub) -> None:
+    d = sub.add_parser("describe", help="show or attach segrt metadata on any ONNX file (no PyTorch needed)",
+                       description="With only MODEL: print what the model declares, what segrt reads from its graph "
+                                   "(axes, channels-last layout, a softmax / sigmoid output) and what is missing. "
+                                   "With options and -o: write a copy with the metadata set (the model itself is "
+                                   "never modified). Example: segrt describe detector.onnx --task semantic --layout "
+                                   "NHWC --classes background,nucleus --normalization percentile:1,99.8 "
+                                   "--activation softmax -o detector_segrt.onnx")
+    d.add_argument("model", help="an ONNX file")
+    d.add_argument("-o", "--output", help="write the described copy here (.onnx)")
+    d.add_argument("--task", choices=("semantic", "star-convex-2d", "star-convex-3d"))
+    d.add_argument("--layout", help="NCHW / NCDHW (channels first) or NHWC / NDHWC (channels last)")
+    d.add_argument("--window", help="the network's input size per spatial axis, e.g. 1024,1024")
+    d.add_argument("--in-channels", type=int, help="input channels")
+    d.add_argument("--classes", help="class names, background first, e.g. background,nucleus")
+    d.add_argument("--normalization", help="none, zscore[:MEAN,STD], ct:LOW,HIGH, percentile:LOW,HIGH or JSON")
+    d.add_argument("--spacing", help="pixel / voxel size the network expects, in mm, e.g. 1.5,1,1")
+    d.add_argument("--activation", choices=("logits", "none", "softmax", "sigmoid"),
+                   help="what the outputs are: logits (none), softmax or sigmoid probabilities")
+    d.add_argument("--modality", help="DICOM modality the network was trained on (CT, MR, ...)")
+    d.add_argument("--set", action="append", metavar="KEY=JSON",
+                   help='any other metadata field, e.g. --set \'postprocess={"remove_small": {"1": 50}}\'')
+    d.add_argument("--metadata", help="a JSON file of metadata fields")
+    d.add_argument("--json", action="store_true", help="print the description as JSON")
+    d.set_defaults(handler=_cmd_describe)
+
+
 def _add_run(sub) -> None:
     r = sub.add_parser("run", help="segment a study, an image or a stack with a model",
                        description="Run a segrt model on an input, every step taken from the model's metadata. "
@@ -366,13 +452,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="segrt", description="segrt: compiled inference engine for medical image "
                                                            "segmentation.")
     sub = ap.add_subparsers(dest="command")
-    for add in (_add_run, _add_video, _add_export, _add_check, _add_build, _add_tools):
+    for add in (_add_run, _add_video, _add_describe, _add_export, _add_check, _add_build, _add_tools):
         add(sub)
     return ap
 
 
 # commands whose errors are segrt's own (they name the file and the cause): printed, exit code 2
-_USER_FACING = {"build", "export", "check", "run", "video"}
+_USER_FACING = {"build", "export", "check", "run", "video", "describe"}
 
 
 def main(argv=None) -> int:

@@ -103,7 +103,7 @@ def test_options_and_auto_order():
         assert name != "torch" and "torch: PyTorch sees no CUDA device" in why
         with pytest.raises(RuntimeError, match="needs PyTorch with CUDA"):
             load(_demo("instruments"), backend="torch", device="cuda")
-    assert set(runner.OPTIONS) == {"device", "precision", "compile", "cuda_graph"}
+    assert set(runner.OPTIONS) == {"device", "precision", "compile", "cuda_graph", "cache_dir"}
     with pytest.raises(ValueError, match="precision must be one of"):
         load(_demo("instruments"), backend="torch", precision="int4")
     with pytest.raises(ValueError, match="device must be"):

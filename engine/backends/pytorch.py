@@ -56,9 +56,13 @@ def _device_identity(torch, device) -> dict:
 
 
 def _versions(torch) -> dict:
+    from importlib import metadata
+
     versions = {"torch": torch.__version__}
-    if is_available("triton"):
-        versions["triton"] = optional_import("triton").__version__
+    try:  # Triton writes the GPU code inductor compiles (installed with CUDA builds of PyTorch)
+        versions["triton"] = metadata.version("triton")
+    except metadata.PackageNotFoundError:
+        pass
     return versions
 
 

@@ -95,17 +95,19 @@ def profiles_for(input_shape, metadata: dict | None = None, *, batch_sizes=(1, 1
 
     Static axes stay as they are; a dynamic batch gets ``batch_sizes``; dynamic spatial axes
     get the window (from ``window`` or the metadata) as min = opt = max, which is what
-    sliding-window inference feeds. Raises ValueError when a dynamic axis has no size.
+    sliding-window inference feeds. A channels-last model's profile is in its own axis order.
+    Raises ValueError when a dynamic axis has no size.
     """
     meta = metadata or {}
     win = list(window) if window is not None else meta.get("window")
     shape = list(input_shape)
     if len(shape) not in (4, 5):
         raise ValueError(f"expected an (N, C, H, W) or (N, C, D, H, W) input, got {shape}")
-    channels = shape[1] if shape[1] is not None else meta.get("in_channels")
+    last = meta.get("layout") == "channels_last"  # the graph's own order: (N, *spatial, C)
+    channels, spatial = (shape[-1], shape[1:-1]) if last else (shape[1], shape[2:])
+    channels = channels if channels is not None else meta.get("in_channels")
     if channels is None:
         raise ValueError("the input's channel axis is dynamic and the metadata has no in_channels")
-    spatial = shape[2:]
     if any(s is None for s in spatial):
         if win is None or len(win) != len(spatial):
             raise ValueError(f"the input's spatial axes are dynamic {shape}; pass window= or store 'window' in the "
@@ -114,7 +116,7 @@ def profiles_for(input_shape, metadata: dict | None = None, *, batch_sizes=(1, 1
     lo, opt, hi = (batch_sizes if shape[0] is None else (shape[0],) * 3)
     if not 1 <= lo <= opt <= hi:
         raise ValueError(f"batch_sizes must be min <= opt <= max, got {batch_sizes}")
-    return [tuple([b, channels] + spatial) for b in (lo, opt, hi)]
+    return [tuple([b] + spatial + [channels] if last else [b, channels] + spatial) for b in (lo, opt, hi)]
 
 
 def verify_engine_file(engine_path: str, expected_key: str | None = None, *, trust_foreign_engine=False) -> dict:

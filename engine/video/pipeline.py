@@ -29,6 +29,7 @@ import time
 import numpy as np
 
 from segrt.engine import backends, io
+from segrt.engine.metadata import foreground_threshold
 from segrt.engine.model import ModelTaskError, as_model
 from segrt.engine.stages import pipeline_device
 from segrt.engine.video.sources import open_source
@@ -225,6 +226,7 @@ class VideoPipeline:
         if self.channels not in (1, 3):
             raise ModelTaskError(f"{path}: video models take 1 (grey) or 3 (RGB) channels, this one {self.channels}")
         self.alpha = float(alpha)
+        self._threshold = foreground_threshold(meta)
         pp = (meta.get("postprocess") or {}).get("remove_small")
         self.min_blob = pp if min_blob is None else min_blob
         self.contours = contours
@@ -278,7 +280,7 @@ class VideoPipeline:
 
         s = next(iter(scores.values())) if isinstance(scores, dict) else scores
         kernels = "cuda" if self.device == "cuda" else "auto"
-        labels = labels_from_scores(s[0], device=kernels)
+        labels = labels_from_scores(s[0], device=kernels, threshold=self._threshold)
         if self.min_blob:
             from segrt.kernels.label import remove_small
 
