@@ -196,28 +196,9 @@ class InstancePipeline:
         self.device, self._xp = pipeline_device(device, [self.model], path)
 
     def _as_image(self, image, source):
-        x = np.asarray(image)
-        if x.dtype.kind not in "biuf":
-            raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
-        if x.size == 0:
-            raise io.InputFileError(f"{source}: the image is empty (shape {x.shape})")
-        if x.dtype.kind == "f" and not np.isfinite(x.sum()):
-            bad = ~np.isfinite(x)
-            if bad.any():  # counted in the image as read, before any padding or tiling
-                first = tuple(int(v) for v in np.unravel_index(np.argmax(bad), x.shape))
-                raise io.InputFileError(f"{source}: {int(bad.sum())} of its {x.size} values are NaN or infinite "
-                                        f"(the first at {first}); fill or mask them before segmenting")
-        c = self.in_channels
-        if x.ndim == self.ndim and c == 1:
-            return x[None]
-        if x.ndim == self.ndim + 1 and x.shape[-1] == c:
-            return np.moveaxis(x, -1, 0)
-        if x.ndim == self.ndim + 1 and c == 1 and x.shape[-1] in (3, 4) and self.ndim == 2:
-            rgb = x[..., :3].astype(np.float32)
-            return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[None]  # luminance for a grey model
-        raise io.InputFileError(f"{source}: an image of shape {x.shape} does not fit this {self.ndim}D model with "
-                                f"{c} input channel(s); expected {'(H, W)' if self.ndim == 2 else '(D, H, W)'}"
-                                + (f" with {c} channels last" if c > 1 else ""))
+        from segrt.engine.preprocess import image_planes
+
+        return image_planes(image, self.ndim, self.in_channels, source)
 
     def _normalize(self, x):
         from segrt.engine import preprocess

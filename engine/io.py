@@ -21,8 +21,8 @@ import numpy as np
 
 from segrt._optional import optional_import
 
-__all__ = ["InputFileError", "Volume", "read_volume", "read_image", "write_labels", "write_png", "atomic_path",
-           "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "LABEL_SUFFIXES", "OutputPathError", "check_outputs",
+__all__ = ["InputFileError", "Volume", "read_volume", "read_image", "read_image_planes", "write_labels", "write_png",
+           "atomic_path", "VOLUME_SUFFIXES", "IMAGE_SUFFIXES", "LABEL_SUFFIXES", "OutputPathError", "check_outputs",
            "memory_budget", "check_input_size"]
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tif", ".tiff", ".npy")
@@ -501,6 +501,71 @@ def read_image(path) -> np.ndarray:
     return arr
 
 
+_OME_UNITS_MM = {"m": 1e3, "cm": 10.0, "mm": 1.0, "µm": 1e-3, "um": 1e-3, "\u00b5m": 1e-3, "nm": 1e-6}
+
+
+def _tiff_pixel_size_mm(tif) -> tuple | None:
+    """(row, column) pixel size in mm from OME-XML (PhysicalSizeY / X with their units, µm by
+    default) or the TIFF resolution tags (pixels per inch / cm; ImageJ's micron unit); None
+    when the file does not say."""
+    import re
+
+    if tif.is_ome and tif.ome_metadata:
+        xml = tif.ome_metadata
+        sizes = {}
+        for axis in ("X", "Y"):
+            m = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', xml)
+            unit = re.search(rf'PhysicalSize{axis}Unit="([^"]+)"', xml)
+            if m:
+                factor = _OME_UNITS_MM.get(unit.group(1) if unit else "µm")
+                if factor is not None and float(m.group(1)) > 0:
+                    sizes[axis] = float(m.group(1)) * factor
+        if len(sizes) == 2:
+            return sizes["Y"], sizes["X"]
+    page = tif.pages[0]
+    xres, yres, unit = page.tags.get("XResolution"), page.tags.get("YResolution"), page.tags.get("ResolutionUnit")
+    if xres is None or yres is None or not xres.value[0] or not yres.value[0]:
+        return None
+    per = {2: 25.4, 3: 10.0}.get(int(unit.value) if unit is not None else 2)
+    ij_unit = (tif.imagej_metadata or {}).get("unit", "")
+    if ij_unit in ("micron", "um", "\u00b5m", "\\u00B5m"):
+        per = 1e-3  # ImageJ stores pixels per micron
+    if per is None or (unit is not None and int(unit.value) == 1 and per != 1e-3):
+        return None  # no absolute unit
+    sx, sy = xres.value[1] / xres.value[0] * per, yres.value[1] / yres.value[0] * per
+    if xres.value == (1, 1) and yres.value == (1, 1) and not ij_unit:
+        return None  # the writer's default, not a measurement
+    return sy, sx
+
+
+def read_image_planes(path):
+    """(image, pixel size (row, column) in mm or None, pages): a 2D image for a 2D model from
+    TIFF (single or multi-page, OME-TIFF), PNG, JPEG or .npy. ``pages``: a multi-page TIFF (or
+    an (P, H, W) .npy) holds several planes along its first axis, each segmented alone."""
+    path = os.fspath(path)
+    _check_exists(path)
+    if _suffix(path) not in (".tif", ".tiff"):
+        arr = read_image(path)
+        return arr, None, arr.ndim == 3 and arr.shape[-1] not in (3, 4)
+    tifffile = optional_import("tifffile", purpose="reading TIFF")
+    arr, _ = _read_tiff(path)
+    try:
+        with tifffile.TiffFile(path) as tif:
+            axes = tif.series[0].axes if tif.series else ""
+            size = _tiff_pixel_size_mm(tif)
+    except Exception:  # the pixels were read; a tag that does not parse only loses the pixel size
+        axes, size = "", None
+    if arr.ndim == 3 and axes.startswith("S") and arr.shape[0] in (3, 4):  # planar RGB: channels last
+        arr = np.moveaxis(arr, 0, -1)
+        axes = axes[1:] + "S"
+    colour = arr.ndim >= 3 and (axes.endswith("S") or (arr.shape[-1] in (3, 4) and not axes))
+    planes = arr.ndim - (1 if colour else 0)
+    if planes > 3:
+        raise InputFileError(f"{path}: a TIFF of shape {arr.shape} (axes {axes or 'unknown'}) has more than one "
+                             "axis of planes; save one plane per page (pages x height x width)")
+    return arr, size, planes == 3
+
+
 LABEL_SUFFIXES = (".nii.gz", ".nii", ".tif", ".tiff", ".npy")
 # partial files of segrt's own older than this are left by a run that was killed
 STALE_PARTIAL_S = 600.0
@@ -596,9 +661,10 @@ def _umask() -> int:
     return mask
 
 
-def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
+def write_labels(path, labels: np.ndarray, like: Volume | None = None, pixel_size_mm=None) -> str:
     """Writes a label array as NIfTI (.nii / .nii.gz, with ``like``'s affine and header codes),
-    TIFF (.tif / .tiff, zlib) or .npy, atomically. Returns the path."""
+    TIFF (.tif / .tiff, zlib; ``pixel_size_mm`` (row, column) as its resolution tags) or .npy,
+    atomically. Returns the path."""
     path = os.fspath(path)
     suffix = _suffix(path)
     if suffix in (".nii", ".nii.gz"):
@@ -615,8 +681,11 @@ def write_labels(path, labels: np.ndarray, like: Volume | None = None) -> str:
             nib.save(img, tmp)
     elif suffix in (".tif", ".tiff"):
         tifffile = optional_import("tifffile", purpose="writing TIFF")
+        extra = {}
+        if pixel_size_mm is not None:  # pixels per centimetre
+            extra = {"resolution": (10.0 / pixel_size_mm[1], 10.0 / pixel_size_mm[0]), "resolutionunit": 3}
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, labels, compression="zlib")
+            tifffile.imwrite(tmp, labels, compression="zlib", **extra)
     elif suffix == ".npy":
         with atomic_path(path) as tmp:
             np.save(tmp, labels)

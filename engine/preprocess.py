@@ -9,7 +9,7 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats", "labels_from_scores"]
+           "percentile_stats", "labels_from_scores", "image_planes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,3 +213,33 @@ def labels_from_scores(scores, device="auto", threshold=0.0):
     labels = xp.empty(scores.shape[1:], np.uint8 if scores.shape[0] <= 256 else np.uint16)
     stitch.argmax_block(scores, labels, (0,) * labels.ndim, device="cuda" if device == "cuda" else "auto")
     return labels
+
+
+def image_planes(image, ndim: int, channels: int, source: str) -> np.ndarray:
+    """An image as the model's (C, *spatial) planes: (H, W) / (D, H, W) for one channel,
+    channels last for several, colour to luminance for a grey 2D model. Refuses (InputFileError,
+    naming the source) non-numeric, empty and NaN / infinite images and shapes that do not fit."""
+    from segrt.engine import io
+
+    x = np.asarray(image)
+    if x.dtype.kind not in "biuf":
+        raise io.InputFileError(f"{source}: expected a numeric image, got dtype {x.dtype}")
+    if x.size == 0:
+        raise io.InputFileError(f"{source}: the image is empty (shape {x.shape})")
+    if x.dtype.kind == "f" and not np.isfinite(x.sum()):
+        bad = ~np.isfinite(x)
+        if bad.any():  # counted in the image as read, before any padding or tiling
+            first = tuple(int(v) for v in np.unravel_index(np.argmax(bad), x.shape))
+            raise io.InputFileError(f"{source}: {int(bad.sum())} of its {x.size} values are NaN or infinite "
+                                    f"(the first at {first}); fill or mask them before segmenting")
+    c = channels
+    if x.ndim == ndim and c == 1:
+        return x[None]
+    if x.ndim == ndim + 1 and x.shape[-1] == c:
+        return np.moveaxis(x, -1, 0)
+    if x.ndim == ndim + 1 and c == 1 and x.shape[-1] in (3, 4) and ndim == 2:
+        rgb = x[..., :3].astype(np.float32)
+        return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[None]  # luminance for a grey model
+    raise io.InputFileError(f"{source}: an image of shape {x.shape} does not fit this {ndim}D model with "
+                            f"{c} input channel(s); expected {'(H, W)' if ndim == 2 else '(D, H, W)'}"
+                            + (f" with {c} channels last" if c > 1 else ""))

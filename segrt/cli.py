@@ -180,15 +180,33 @@ def _cmd_run(args) -> int:
     if not os.path.exists(args.input):
         raise SystemExit(f"error: {args.input}: no such file or folder")
     if args.output:  # refused before any work: an output that is the input, or that cannot be written
+        from segrt.engine.image import planned_outputs as image_outputs
         from segrt.engine.instances import planned_outputs as instance_outputs
         from segrt.engine.volume import planned_outputs as volume_outputs
 
-        io.check_outputs(sorted(set(volume_outputs(args.output)) | set(instance_outputs(args.output))),
-                         [args.input])
+        io.check_outputs(sorted(set(volume_outputs(args.output)) | set(instance_outputs(args.output)) |
+                                set(image_outputs(args.output))), [args.input])
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
     model = load(model_path, backend=args.backend)
     task = (model.metadata or {}).get("task")
+    if task is None:
+        raise ValueError(f"{model_path} has no segrt metadata, so segrt does not know what its outputs mean. See what "
+                         f"it declares and lacks with: segrt describe {model_path}; then attach it, e.g. segrt "
+                         f"describe {model_path} --task semantic --classes background,object --normalization "
+                         "percentile:1,99.8 -o described.onnx")
     spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
+    if task == "semantic" and (model.metadata or {}).get("spatial_dims") == 2:
+        from segrt.engine.image import ImagePipeline
+
+        pipe = ImagePipeline(model, overlap=args.overlap, verbose=not args.quiet)
+        result = pipe.run(args.input, pixel_size_mm=spacing)
+        out = args.output or _default_output(args.input, ".tif")
+        labels_path, sidecar = result.save(out)
+        print(f"wrote {labels_path} and {sidecar} ({model.backend}; {result.timings['total']:.2f} s)")
+        mm2 = result.areas_mm2
+        for name, px in result.areas_px.items():
+            print(f"  {name}: {px} px" + (f" ({mm2[name] * 1e6:.1f} um^2, {mm2[name]:.4g} mm^2)" if mm2 else ""))
+        return 0
     if task == "semantic":
         from segrt.engine.volume import VolumePipeline
 
@@ -368,6 +386,9 @@ def _add_run(sub) -> None:
                                    "Semantic 3D models: NIfTI, a DICOM series folder, a multi-frame DICOM, a TIFF "
                                    "stack or .npy in; labels (NIfTI with the input's affine, opens aligned in 3D "
                                    "Slicer) and a JSON with per-class volumes in mL and per-stage timings out. "
+                                   "Semantic 2D models: a TIFF (single or multi-page, OME-TIFF) / PNG / JPEG / .npy "
+                                   "image in; a label TIFF and a JSON with per-class areas in pixels and, when the "
+                                   "pixel size is known (from the file or --spacing), in um^2 and mm^2. "
                                    "Star-convex models: a TIFF / PNG / JPEG image (or a 3D stack) in; a label TIFF, "
                                    "GeoJSON polygons (QuPath: File > Import objects), a CSV of objects and a JSON "
                                    "out; large images run in exact tiles. "
@@ -378,7 +399,8 @@ def _add_run(sub) -> None:
     r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy); default <input>_segrt.<ext> here")
     _add_backend(r)
     r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5")
+    r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5 (2D: row,column, "
+                                     "e.g. 0.00025,0.00025 for 0.25 um pixels)")
     r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
     r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
     r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")

@@ -7,6 +7,8 @@ import functools
 import importlib.util
 import os
 
+import json
+
 import numpy as np
 import pytest
 
@@ -113,3 +115,31 @@ def fast_devices(implementations: dict) -> list:
     reference): ``test_matches_reference[cpu]``, and ``[cuda]`` (a GPU, or the simulator)."""
     return [pytest.param(d, marks=pytest.mark.cuda) if d == "cuda" else d
             for d in implementations if d != "reference"]
+
+
+def keras_like_model(path, *, size=64, classes=2, activation="Softmax", batch="N", meta=None):
+    """A channels-last network as Keras / TensorFlow export them: (N, H, W, 1) in, per-pixel
+    class probabilities (N, H, W, C) out, no segrt metadata. Its logits: a 3x3 convolution;
+    the last class wins where the local mean exceeds 0.5."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.zeros((classes, 1, 3, 3), np.float32)
+    w[-1] = 1 / 9
+    b = np.zeros(classes, np.float32)
+    b[-1] = -0.5
+    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
+             helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1]),
+             helper.make_node(activation, ["logits"], ["scores"], **({"axis": 1} if activation == "Softmax" else {})),
+             helper.make_node("Transpose", ["scores"], ["probs"], perm=[0, 2, 3, 1])]
+    graph = helper.make_graph(
+        nodes, "keras_like",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, size, size, 1])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, size, size, classes])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if meta is not None:
+        entry = model.metadata_props.add()
+        entry.key, entry.value = "segrt", json.dumps(meta)
+    onnx.save(model, str(path))
+    return str(path)

@@ -11,36 +11,12 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from segrt.cli import main  # noqa: E402
 from segrt.engine import load  # noqa: E402
 from segrt.engine.model_file import InvalidModelError  # noqa: E402
 
-
-def _keras_like(path, *, size=64, classes=2, activation="Softmax", batch="N", meta=None):
-    """A channels-last network as Keras / TensorFlow export them: (N, H, W, 1) in, per-pixel
-    class probabilities (N, H, W, C) out, no segrt metadata. Its logits: a 3x3 convolution;
-    the last class wins where the local mean exceeds 0.5."""
-    w = np.zeros((classes, 1, 3, 3), np.float32)
-    w[-1] = 1 / 9
-    b = np.zeros(classes, np.float32)
-    b[-1] = -0.5
-    nodes = [helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]),
-             helper.make_node("Conv", ["nchw", "w", "b"], ["logits"], pads=[1, 1, 1, 1]),
-             helper.make_node(activation, ["logits"], ["scores"], **({"axis": 1} if activation == "Softmax" else {})),
-             helper.make_node("Transpose", ["scores"], ["probs"], perm=[0, 2, 3, 1])]
-    graph = helper.make_graph(
-        nodes, "keras_like",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, size, size, 1])],
-        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, [batch, size, size, classes])],
-        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    if meta is not None:
-        entry = model.metadata_props.add()
-        entry.key, entry.value = "segrt", json.dumps(meta)
-    onnx.save(model, str(path))
-    return str(path)
+from conftest import keras_like_model as _keras_like  # noqa: E402
 
 
 def _direct(path, nhwc):
