@@ -48,6 +48,10 @@ class Volume:
     kind: str  # "nifti", "dicom", "tiff", "npy", "array"
     header: object = None  # the NIfTI header, kept so outputs carry the same geometry codes
     modality: str | None = None  # DICOM's Modality (CT, MR, ...) where the file says it
+    # DICOM sources, for outputs that reference them (DICOM SEG): the file of each slice k (a
+    # series), or one multi-frame file and the frame index of each slice k
+    dicom_files: tuple = ()
+    dicom_frames: tuple = ()
 
     @property
     def spacing(self) -> tuple:
@@ -408,7 +412,8 @@ def _stack_slices(path: str, items) -> Volume:
     arr = np.stack(slices, axis=-1)
     step = (positions[order[-1]] - positions[order[0]]) / (len(order) - 1)
     affine = _geometry_affine(iop, first.PixelSpacing, positions[order[0]], step)
-    return Volume(arr, affine, path, "dicom", modality=str(getattr(first, "Modality", "") or "") or None)
+    return Volume(arr, affine, path, "dicom", modality=str(getattr(first, "Modality", "") or "") or None,
+                  dicom_files=tuple(items[idx][0] for idx in order))
 
 
 def _read_dicom_file(path: str) -> Volume:
@@ -455,6 +460,7 @@ def _read_dicom_file(path: str) -> Volume:
     pixel_spacing = (1.0, 1.0) if pixel_spacing is None else [float(v) for v in pixel_spacing]
     normal = np.cross(iop[:3], iop[3:])
     thickness = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 1.0)
+    order = np.arange(frames)
     if positions is not None and len(positions) == frames:
         order = np.argsort(positions @ normal, kind="stable")
         vol = vol[order]
@@ -465,7 +471,8 @@ def _read_dicom_file(path: str) -> Volume:
         step, origin = normal * thickness, np.zeros(3)
     arr = np.ascontiguousarray(np.transpose(vol, (2, 1, 0)))  # (cols, rows, frames) = (i, j, k)
     return Volume(arr, _geometry_affine(iop, pixel_spacing, origin, step), path, "dicom",
-                  modality=str(getattr(ds, "Modality", "") or "") or None)
+                  modality=str(getattr(ds, "Modality", "") or "") or None, dicom_files=(path,),
+                  dicom_frames=tuple(int(i) for i in order))
 
 
 def _first_item_ds(ds, sequence: str):

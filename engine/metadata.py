@@ -43,6 +43,9 @@ Schema (version 1); every field is optional unless noted:
 - ``activation``: what the network's scores are: "logits" (default), "softmax" or "sigmoid"
   (probabilities). One score channel is foreground where it exceeds 0 (logits) or 0.5
   (softmax / sigmoid); several channels take the argmax whatever the activation.
+- ``class_codes``: coded concepts of the classes for DICOM SEG, {class id: {"category":
+  [code value, coding scheme, meaning], "type": [...]}} (e.g. SNOMED CT "SCT"); classes
+  without one are written as "Tissue".
 - ``modality``: the imaging modality the network was trained on, as DICOM names it ("CT",
   "MR", "PT", "US", ...): a DICOM study of another modality is refused, and a CT model given
   values that cannot be Hounsfield units gets a note.
@@ -64,7 +67,7 @@ TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 LAYOUTS = ("channels_first", "channels_last")
 ACTIVATIONS = ("logits", "softmax", "sigmoid")
-_FIELDS = ("layout", "activation", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
+_FIELDS = ("layout", "activation", "class_codes", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
            "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs", "modality")
 
 
@@ -178,6 +181,8 @@ def validate(meta: dict) -> dict:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])
         out["star"] = _star(meta["star"], dims)
+    if "class_codes" in meta:
+        out["class_codes"] = _class_codes(meta["class_codes"])
     if "modality" in meta:
         m = meta["modality"]
         if not isinstance(m, str) or not m.isalnum() or not 1 < len(m) <= 4 or m != m.upper():
@@ -221,6 +226,27 @@ def _normalization(v) -> dict:
     extra = set(v) - set(out) - {"kind"}
     if extra:
         _fail("normalization", f"without the fields {sorted(extra)} for kind {kind!r}", v)
+    return out
+
+
+def _class_codes(v) -> dict:
+    if not isinstance(v, dict):
+        _fail("class_codes", "a mapping {class id: {category: [...], type: [...]}}", v)
+    out = {}
+    for k, entry in v.items():
+        try:
+            cls = int(k)
+        except (TypeError, ValueError):
+            _fail("class_codes", "a mapping with integer class ids", k)
+        if cls < 1 or not isinstance(entry, dict) or not entry or set(entry) - {"category", "type"}:
+            _fail(f"class_codes[{k}]", "a dict with category and / or type, for a class id >= 1", entry)
+        codes = {}
+        for part, triple in entry.items():
+            if (not isinstance(triple, (list, tuple)) or len(triple) != 3
+                    or not all(isinstance(t, str) and t.strip() for t in triple)):
+                _fail(f"class_codes[{k}].{part}", "[code value, coding scheme, meaning] as strings", triple)
+            codes[part] = list(triple)
+        out[str(cls)] = codes
     return out
 
 

@@ -31,6 +31,8 @@ class VolumeResult:
     backend: str
     crop: tuple | None  # the box the model ran on, in RAS-canonical voxels
     notes: list
+    class_codes: dict | None = None  # from the metadata, for DICOM SEG
+    model_name: str = "segrt model"
 
     def summary(self) -> dict:
         return {"input": self.volume.source, "shape": list(self.labels.shape),
@@ -39,26 +41,44 @@ class VolumeResult:
                 "crop_ras_voxels": None if self.crop is None else [[s.start, s.stop] for s in self.crop],
                 "timings_s": self.timings, "notes": self.notes}
 
-    def save(self, path) -> tuple[str, str]:
-        """Writes the labels (format from the suffix) and ``<stem>.json`` with the summary; both
-        appear complete or not at all."""
-        path, sidecar = planned_outputs(path)
-        io.check_outputs([path], [self.volume.source], suffixes=io.LABEL_SUFFIXES)
-        io.check_outputs([sidecar], [self.volume.source])
+    def save(self, path, *, dicom_seg=None) -> tuple:
+        """Writes the labels (format from the suffix) and ``<stem>.json`` with the summary, each
+        complete or not at all. ``path`` ending in .dcm, or ``dicom_seg``: also a DICOM SEG
+        referencing the source series (the labels then go to ``<stem>.nii.gz``). Returns the
+        paths written: labels, JSON[, SEG]."""
+        path, sidecar, seg = planned_outputs(path, dicom_seg)
+        sources = [self.volume.source, *self.volume.dicom_files]
+        io.check_outputs([path], sources, suffixes=io.LABEL_SUFFIXES)
+        io.check_outputs([sidecar] + ([seg] if seg else []), sources)
+        if seg and (self.volume.kind != "dicom" or not self.volume.dicom_files):
+            from segrt.engine.dicom_seg import DicomSegError
+
+            raise DicomSegError(f"{self.volume.source}: a DICOM SEG references the DICOM images it segments; this "
+                                f"input is {self.volume.kind}: write {os.path.splitext(path)[0]}.nii.gz instead")
         io.write_labels(path, self.labels, self.volume)
         with io.atomic_path(sidecar) as tmp, open(tmp, "w") as f:
             json.dump(self.summary(), f, indent=2)
-        return path, sidecar
+        if not seg:
+            return path, sidecar
+        from segrt.engine.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(seg, self.labels, self.volume, self.class_names, class_codes=self.class_codes,
+                        model_name=self.model_name)
+        return path, sidecar, seg
 
 
 MIN_SIZE = 2  # voxels along every axis: a single voxel or slab cannot be resampled and segmented
 
 
-def planned_outputs(path) -> tuple[str, str]:
-    """The files ``VolumeResult.save(path)`` writes: the labels and ``<stem>.json``."""
+def planned_outputs(path, dicom_seg=None) -> tuple:
+    """The files ``VolumeResult.save(path, dicom_seg=...)`` writes: the labels, ``<stem>.json``
+    and the DICOM SEG (None without one). A .dcm ``path`` is the SEG, the labels go to
+    ``<stem>.nii.gz``."""
     path = os.fspath(path)
+    if path.lower().endswith(".dcm"):
+        dicom_seg, path = path, path[:-4] + ".nii.gz"
     stem = path[:-7] if path.lower().endswith(".nii.gz") else os.path.splitext(path)[0]
-    return path, stem + ".json"
+    return path, stem + ".json", (os.fspath(dicom_seg) if dicom_seg else None)
 
 
 class VolumePipeline:
@@ -170,22 +190,26 @@ class VolumePipeline:
                 fg = _gpu.to_host(fg)
             return preprocess.foreground_box(fg, crop["margin"], crop["min_fraction"], shape=x.shape)
 
-    def run(self, volume, *, spacing=None) -> VolumeResult:
-        """Segments a Volume, a path (see segrt.engine.io.read_volume) or a 3D array."""
+    def run(self, volume, *, spacing=None, series=None) -> VolumeResult:
+        """Segments a Volume, a path (see segrt.engine.io.read_volume) or a 3D array. ``series``:
+        the SeriesInstanceUID to read from a DICOM folder that holds several."""
         stages = Stages(self.verbose, events=self._xp if self._xp is not np else None)  # GPU stages: CUDA events
         notes = []
         if not isinstance(volume, io.Volume):
             with stages("read"):
                 volume = (io.Volume.from_array(volume, spacing) if isinstance(volume, np.ndarray)
-                          else io.read_volume(volume, spacing=spacing))
+                          else io.read_volume(volume, spacing=spacing, series=series))
         data = np.asarray(volume.array)
         if data.ndim != 3:
             raise io.InputFileError(f"{volume.source}: expected a 3D volume, got shape {data.shape}")
         if data.dtype.kind not in "biuf":
             raise io.InputFileError(f"{volume.source}: expected a numeric image, got dtype {data.dtype}")
         if min(data.shape) < MIN_SIZE:
+            single = volume.kind == "dicom" and sorted(data.shape)[0] == 1
             raise io.InputFileError(f"{volume.source}: a volume of {' x '.join(map(str, data.shape))} voxels is too "
-                                    f"small to segment; expected at least {MIN_SIZE} voxels along every axis")
+                                    f"small to segment; expected at least {MIN_SIZE} voxels along every axis"
+                                    + ("; this is one DICOM slice: give the folder that holds the whole series"
+                                       if single else ""))
         want = self.meta.get("modality")
         if want and volume.modality and volume.modality != want:
             model_name = getattr(self.model, "path", "the model")
@@ -209,6 +233,10 @@ class VolumePipeline:
             if want == "CT" and lo > -500:  # air is about -1000 HU; a CT without any is rare, an MR common
                 notes.append(f"the model expects CT in Hounsfield units, but no voxel is below -500 (minimum {lo:g}); "
                              "is this study CT, rescaled to HU?")
+            elif want and want != "CT" and lo <= -900 and float(np.mean(ras <= -900)) > 0.05:
+                notes.append(f"the model was trained on {want}, but this study looks like CT in Hounsfield units "
+                             f"({float(np.mean(ras <= -900)) * 100:.0f} % of voxels at -900 or below, as air is in "
+                             "CT); its labels may be meaningless")
         ras_spacing = tuple(np.linalg.norm(ras_affine[:3, :3], axis=0))
         gpu = self.device == "cuda"
         if gpu:
@@ -240,7 +268,9 @@ class VolumePipeline:
                    for c in range(1, len(counts))}
         timings = dict(stages.timings)
         timings["total"] = stages.total()
-        return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes)
+        return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes,
+                            self.meta.get("class_codes"),
+                            os.path.splitext(os.path.basename(getattr(self.model, "path", "segrt model")))[0])
 
 
 def _postprocess(labels: np.ndarray, spec: dict, device="auto") -> np.ndarray:

@@ -23,6 +23,7 @@ PACKAGES = {
     "nibabel": ("nibabel", "io"),
     "pydicom": ("pydicom", "io"),
     "tifffile": ("tifffile", "io"),
+    "highdicom": ("highdicom", "io"),
     "torch": ("torch", "export"),
     "onnxslim": ("onnxslim", "export"),
     "tensorrt": ("tensorrt", "trt"),

@@ -179,13 +179,15 @@ def _cmd_run(args) -> int:
 
     if not os.path.exists(args.input):
         raise SystemExit(f"error: {args.input}: no such file or folder")
-    if args.output:  # refused before any work: an output that is the input, or that cannot be written
+    if args.output or args.dicom_seg:  # refused before any work: an output that is the input, or unwritable
         from segrt.engine.image import planned_outputs as image_outputs
         from segrt.engine.instances import planned_outputs as instance_outputs
         from segrt.engine.volume import planned_outputs as volume_outputs
 
-        io.check_outputs(sorted(set(volume_outputs(args.output)) | set(instance_outputs(args.output)) |
-                                set(image_outputs(args.output))), [args.input])
+        planned = set(volume_outputs(args.output or "labels.nii.gz", args.dicom_seg))
+        if args.output:
+            planned |= set(instance_outputs(args.output)) | set(image_outputs(args.output))
+        io.check_outputs(sorted(p for p in planned if p), [args.input])
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
     model = load(model_path, backend=args.backend)
     task = (model.metadata or {}).get("task")
@@ -200,6 +202,8 @@ def _cmd_run(args) -> int:
 
         pipe = ImagePipeline(model, overlap=args.overlap, verbose=not args.quiet)
         result = pipe.run(args.input, pixel_size_mm=spacing)
+        for note in result.notes:
+            print(f"warning: {note}", file=sys.stderr)
         out = args.output or _default_output(args.input, ".tif")
         labels_path, sidecar = result.save(out)
         print(f"wrote {labels_path} and {sidecar} ({model.backend}; {result.timings['total']:.2f} s)")
@@ -211,11 +215,13 @@ def _cmd_run(args) -> int:
         from segrt.engine.volume import VolumePipeline
 
         pipe = VolumePipeline(model, overlap=args.overlap, verbose=not args.quiet)
-        result = pipe.run(args.input, spacing=spacing)
+        result = pipe.run(args.input, spacing=spacing, series=args.series)
+        for note in result.notes:
+            print(f"warning: {note}", file=sys.stderr)
         src_kind = result.volume.kind
         out = args.output or _default_output(args.input, {"tiff": ".tif", "npy": ".npy"}.get(src_kind, ".nii.gz"))
-        labels_path, sidecar = result.save(out)
-        print(f"wrote {labels_path} and {sidecar} ({model.backend}; {result.timings['total']:.2f} s)")
+        written = result.save(out, dicom_seg=args.dicom_seg)
+        print(f"wrote {', '.join(written)} ({model.backend}; {result.timings['total']:.2f} s)")
         for name, ml in result.volumes_ml.items():
             print(f"  {name}: {ml:.2f} mL")
         return 0
@@ -224,7 +230,7 @@ def _cmd_run(args) -> int:
     pipe = InstancePipeline(model, tile=args.tile, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
                             verbose=not args.quiet)
     if pipe.ndim == 3:
-        image = io.read_volume(args.input, spacing=spacing).array
+        image = io.read_volume(args.input, spacing=spacing, series=args.series).array
         result = pipe.run(image, source=args.input)
     else:
         result = pipe.run(args.input)
@@ -396,11 +402,15 @@ def _add_run(sub) -> None:
                                    "segrt run deepbet t1.nii.gz -o brain.nii.gz")
     r.add_argument("model", help=".onnx file exported by segrt, or a model name")
     r.add_argument("input", help="NIfTI file, DICOM folder or file, TIFF, PNG / JPEG, or .npy")
-    r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy); default <input>_segrt.<ext> here")
+    r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy; .dcm: a DICOM SEG plus "
+                                          "<stem>.nii.gz); default <input>_segrt.<ext> here")
     _add_backend(r)
     r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5 (2D: row,column, "
                                      "e.g. 0.00025,0.00025 for 0.25 um pixels)")
+    r.add_argument("--dicom-seg", metavar="SEG.dcm", help="semantic 3D models on a DICOM series: also write a DICOM "
+                                                          "Segmentation referencing it (-o seg.dcm does the same)")
+    r.add_argument("--series", metavar="UID", help="SeriesInstanceUID to segment from a DICOM folder holding several")
     r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
     r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
     r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")

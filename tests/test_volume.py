@@ -146,6 +146,12 @@ def _write_series(folder, vol, affine_lps, *, slope=2.0, intercept=-1024.0, seri
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
         ds.Modality, ds.SeriesInstanceUID, ds.SeriesDescription = "CT", series_uid, description
+        # the patient / study module a scanner writes (a DICOM SEG copies it)
+        ds.StudyInstanceUID, ds.FrameOfReferenceUID = "1.2.3", "1.2.3.9"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Test^Phantom", "P1", "19700101", "O"
+        ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "A1"
+        ds.ReferringPhysicianName, ds.SeriesNumber, ds.InstanceNumber = "", 1, n + 1
+        ds.SliceThickness = float(np.linalg.norm(affine_lps[:3, 2]))
         ds.Rows, ds.Columns = vol.shape[1], vol.shape[0]
         ds.PixelSpacing = [float(np.linalg.norm(affine_lps[:3, 1])), float(np.linalg.norm(affine_lps[:3, 0]))]
         ds.ImageOrientationPatient = [float(v) for v in np.concatenate([col, row])]
@@ -515,3 +521,79 @@ def test_gpu_stages_are_timed_with_events_read_once():
     assert stages._pending and set(stages.timings) == {"infer [GPU]", "normalize [host]"}
     assert stages.timings["infer [GPU]"] == pytest.approx(0.5) and not stages._pending
     assert stages.timings["normalize [host]"] < 0.1
+
+
+# -- DICOM in, DICOM SEG out -----------------------------------------------------------------
+
+def _two_series_folder(tmp_path):
+    rng = np.random.default_rng(7)
+    vol = np.where(rng.random((20, 18, 9)) > 0.7, 500.0, -500.0).astype(np.float32)
+    aff_ras = _oblique_affine(rng, (0, 1, 2), (False, False, False), spacing=(0.8, 0.8, 2.0))
+    folder = tmp_path / "study"
+    _write_series(folder, vol, np.diag([-1, -1, 1, 1]) @ aff_ras, series_uid="1.2.3.4", slope=1.0, intercept=-1024)
+    other = tmp_path / "other"
+    _write_series(other, vol[:, :, :5], np.diag([-1, -1, 1, 1]) @ aff_ras, series_uid="1.2.3.5", slope=1.0,
+                  intercept=-1024, description="localiser")
+    for name in os.listdir(other):
+        os.replace(other / name, folder / f"b_{name}")
+    return folder
+
+
+def test_dicom_seg_references_the_series_and_holds_the_labels(tmp_path, threshold_model, capsys):
+    hd = pytest.importorskip("highdicom")
+    pydicom = pytest.importorskip("pydicom")
+    from segrt.cli import main
+
+    folder = _two_series_folder(tmp_path)
+    assert main(["run", threshold_model, str(folder), "-o", str(tmp_path / "seg.dcm"), "-q"]) == 2
+    assert "--series UID" in capsys.readouterr().err  # a mixed folder: the option it names exists
+    assert main(["run", threshold_model, str(folder), "--series", "1.2.3.4", "-o", str(tmp_path / "seg.dcm"),
+                 "-q"]) == 0
+    printed = capsys.readouterr().out
+    assert "seg.dcm" in printed and "seg.nii.gz" in printed and "seg.json" in printed
+    labels = np.asarray(nib.load(str(tmp_path / "seg.nii.gz")).dataobj)
+    seg = hd.seg.segread(str(tmp_path / "seg.dcm"))
+    sources = {}
+    for name in os.listdir(folder):
+        ds = pydicom.dcmread(str(folder / name))
+        if ds.SeriesInstanceUID == "1.2.3.4":
+            sources[ds.SOPInstanceUID] = ds
+    referenced = {r.ReferencedSOPInstanceUID for s in seg.ReferencedSeriesSequence
+                  for r in s.ReferencedInstanceSequence}
+    assert referenced == set(sources) and seg.ReferencedSeriesSequence[0].SeriesInstanceUID == "1.2.3.4"
+    assert [d.SegmentLabel for d in seg.SegmentSequence] == ["object"]
+    # each source slice's frame equals the pipeline's labels at that slice, in the source's own pixel grid
+    volume = io.read_volume(folder, series="1.2.3.4")
+    for k, path in enumerate(volume.dicom_files):
+        uid = pydicom.dcmread(path).SOPInstanceUID
+        frame = seg.get_pixels_by_source_instance([uid], combine_segments=True,
+                                                  assert_missing_frames_are_empty=True)[0]
+        np.testing.assert_array_equal(frame, labels[:, :, k].T)
+        position = [float(v) for v in sources[uid].ImagePositionPatient]
+        matches = [f for f in seg.PerFrameFunctionalGroupsSequence
+                   if f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID == uid]
+        for f in matches:  # geometry: each frame lies where its source slice lies
+            np.testing.assert_allclose([float(v) for v in f.PlanePositionSequence[0].ImagePositionPatient],
+                                       position, atol=1e-3)
+    # a DICOM SEG for an input that is not DICOM is refused before anything is written
+    arr = np.where(np.random.default_rng(0).random((20, 18, 9)) > 0.5, 1.0, -1.0).astype(np.float32)
+    np.save(tmp_path / "plain.npy", arr)
+    assert main(["run", threshold_model, str(tmp_path / "plain.npy"), "-o", str(tmp_path / "p.dcm"), "-q"]) == 2
+    assert "references the DICOM images it segments" in capsys.readouterr().err
+    assert not (tmp_path / "p.dcm").exists()
+
+
+def test_ct_through_an_mr_model_gets_a_warning(tmp_path, threshold_model):
+    onnx = pytest.importorskip("onnx")
+    from segrt.engine import metadata as md
+    from segrt.engine.volume import VolumePipeline
+
+    proto = onnx.load(threshold_model)
+    meta = json.loads(next(p.value for p in proto.metadata_props if p.key == md.KEY))
+    meta["modality"] = "MR"
+    next(p for p in proto.metadata_props if p.key == md.KEY).value = md.to_json(meta)
+    onnx.save(proto, str(tmp_path / "mr.onnx"))
+    ct = np.full((20, 18, 17), -1000.0, np.float32)
+    ct[5:15, 4:14, 3:13] = 40.0
+    res = VolumePipeline(str(tmp_path / "mr.onnx"), backend="ort").run(ct, spacing=(1.0, 1.0, 1.0))
+    assert any("trained on MR, but this study looks like CT" in n for n in res.notes)
