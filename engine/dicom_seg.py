@@ -40,7 +40,7 @@ def write_dicom_seg(path, labels: np.ndarray, volume: io.Volume, class_names: li
         raise DicomSegError(f"labels of shape {labels.shape} do not match the study's {volume.array.shape}")
     hd = optional_import("highdicom", purpose="writing DICOM SEG")
     pydicom = optional_import("pydicom", purpose="writing DICOM SEG")
-    from segrt import __version__
+    from segrt._version import __version__
 
     n_slices = labels.shape[2]
     frames = np.ascontiguousarray(np.transpose(labels, (2, 1, 0)))  # (k, rows, cols): slice k's frame
