@@ -15,7 +15,9 @@ Schema (version 1); every field is optional unless noted:
 - ``normalization``: {"kind": "none" | "ct" | "zscore" | "percentile", ...}:
   ct: "window": [low, high] (clipped, mapped to [0, 1]); percentile: "low", "high" (percent,
   0 <= low < high <= 100; percentiles of the whole input, mapped to [0, 1]) and "clip"
-  (bool, default true); zscore: optional "mean", "std" (else the image's own). Any kind may
+  (bool, default true); zscore: optional "mean", "std" (else the image's own), and "mask":
+  "nonzero" (statistics of the non-zero voxels only, the others set to 0, as nnU-Net's
+  use_mask_for_norm). Any kind may
   add "standardize" (bool: then z-score over the network input) and "scale", "shift"
   (finally ``x * scale + shift``).
 - ``resize``: "spacing" (default: resample to ``spacing`` when given, then sliding windows of
@@ -26,7 +28,8 @@ Schema (version 1); every field is optional unless noted:
   "min_fraction": a slice counts as foreground above this fraction (default 0.02),
   "localizer": file name of a coarse model beside this one (optional; without it the model
   localises on the fitted whole volume itself)}: run on the bounding box of the predicted
-  foreground (largest component) grown by the margin.
+  foreground (largest component) grown by the margin. {"kind": "nonzero"}: run on the bounding
+  box of the non-zero voxels (nnU-Net's crop), labels outside it are background.
 - ``postprocess``: {"keep_largest": {class id: k} , "remove_small": {class id: min voxels},
   "fill_holes": [class id, ...]} (class ids as strings in JSON, ints in Python).
 - ``star``: for star-convex tasks: {"n_rays": int >= 3, "grid": [int, ...],
@@ -43,6 +46,14 @@ Schema (version 1); every field is optional unless noted:
 - ``activation``: what the network's scores are: "logits" (default), "softmax" or "sigmoid"
   (probabilities). One score channel is foreground where it exceeds 0 (logits) or 0.5
   (softmax / sigmoid); several channels take the argmax whatever the activation.
+- ``sliding_window``: how windows are placed and blended: {"overlap": fraction in [0, 1),
+  "mode": "constant" | "gaussian" | "gaussian_nnunet", "placement": "monai" | "nnunet",
+  "mirror_axes": [spatial axis, ...] (test-time augmentation: the network also runs on the
+  window flipped along every combination of these axes, the logits averaged)}; a pipeline's
+  own arguments override it.
+- ``input_axes``: the network takes the stored array's axes in this order (a permutation of
+  the spatial axes), without reorientation to RAS: nnU-Net works on the array as stored
+  (SimpleITK's z, y, x order, then its plans' transpose), so its models declare e.g. [2, 1, 0].
 - ``class_codes``: coded concepts of the classes for DICOM SEG, {class id: {"category":
   [code value, coding scheme, meaning], "type": [...]}} (e.g. SNOMED CT "SCT"); classes
   without one are written as "Tissue".
@@ -67,7 +78,7 @@ TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 LAYOUTS = ("channels_first", "channels_last")
 ACTIVATIONS = ("logits", "softmax", "sigmoid")
-_FIELDS = ("layout", "activation", "class_codes", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
+_FIELDS = ("layout", "activation", "class_codes", "sliding_window", "input_axes", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
            "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs", "modality")
 
 
@@ -181,6 +192,13 @@ def validate(meta: dict) -> dict:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])
         out["star"] = _star(meta["star"], dims)
+    if "sliding_window" in meta:
+        out["sliding_window"] = _sliding_window(meta["sliding_window"], dims)
+    if "input_axes" in meta:
+        axes = [_int(a, "input_axes", 0) for a in _list(meta["input_axes"], "input_axes", dims)]
+        if sorted(axes) != list(range(len(axes))):
+            _fail("input_axes", f"a permutation of {list(range(len(axes)))}", meta["input_axes"])
+        out["input_axes"] = axes
     if "class_codes" in meta:
         out["class_codes"] = _class_codes(meta["class_codes"])
     if "modality" in meta:
@@ -216,6 +234,10 @@ def _normalization(v) -> dict:
             out["mean"] = _num(v["mean"], "normalization.mean")
         if "std" in v:
             out["std"] = _num(v["std"], "normalization.std", True)
+        if "mask" in v:
+            if v["mask"] != "nonzero" or "mean" in v:
+                _fail("normalization.mask", '"nonzero" (with the image\'s own mean and std)', v["mask"])
+            out["mask"] = "nonzero"
     if kind == "percentile":
         out["clip"] = _bool(v.get("clip", True), "normalization.clip")
     if "standardize" in v:
@@ -226,6 +248,29 @@ def _normalization(v) -> dict:
     extra = set(v) - set(out) - {"kind"}
     if extra:
         _fail("normalization", f"without the fields {sorted(extra)} for kind {kind!r}", v)
+    return out
+
+
+def _sliding_window(v, dims) -> dict:
+    from segrt.kernels.stitch import MODES, PLACEMENTS
+
+    if not isinstance(v, dict) or set(v) - {"overlap", "mode", "placement", "mirror_axes"}:
+        _fail("sliding_window", "a dict with overlap / mode / placement / mirror_axes", v)
+    out = {}
+    if "overlap" in v:
+        out["overlap"] = _num(v["overlap"], "sliding_window.overlap")
+        if not 0 <= out["overlap"] < 1:
+            _fail("sliding_window.overlap", "a fraction in [0, 1)", v["overlap"])
+    for key, choices in (("mode", MODES), ("placement", PLACEMENTS)):
+        if key in v:
+            if v[key] not in choices:
+                _fail(f"sliding_window.{key}", f"one of {choices}", v[key])
+            out[key] = v[key]
+    if "mirror_axes" in v:
+        axes = [_int(a, "sliding_window.mirror_axes", 0) for a in _list(v["mirror_axes"], "sliding_window.mirror_axes")]
+        if len(set(axes)) != len(axes) or (dims is not None and any(a >= dims for a in axes)):
+            _fail("sliding_window.mirror_axes", "distinct spatial axes", v["mirror_axes"])
+        out["mirror_axes"] = axes
     return out
 
 
@@ -257,8 +302,12 @@ def _bool(v, field) -> bool:
 
 
 def _crop(v) -> dict:
+    if isinstance(v, dict) and v.get("kind") == "nonzero":
+        if set(v) != {"kind"}:
+            _fail("crop", 'only {"kind": "nonzero"} for a non-zero crop', v)
+        return {"kind": "nonzero"}
     if not isinstance(v, dict) or v.get("kind") != "foreground":
-        _fail("crop", 'a dict with kind "foreground"', v)
+        _fail("crop", 'a dict with kind "foreground" or "nonzero"', v)
     extra = set(v) - {"kind", "margin", "min_fraction", "localizer"}
     if extra:
         _fail("crop", f"without the fields {sorted(extra)}", v)

@@ -204,10 +204,13 @@ def check_layout(meta: dict, inputs, path: str) -> None:
         problems[-1] += ": it looks channels-last"
     if problems:
         other = "channels_first" if layout == "channels_last" else "channels_last"
+        swapped = split_axes(shape, other)
+        fits_other = (want is None or swapped[0] in (None, want)) and (
+            window is None or all(s is None or s == w for s, w in zip(swapped[1], window)))
+        fix = f"--layout {other}" if (looks_last or fits_other) else "--window ... --in-channels ..."
         raise InvalidModelError(
             f"{path}: its segrt metadata says layout {layout} with " + "; ".join(problems) + f" (input {name!r} has "
-            f"shape {shape_text(shape)}). Fix the metadata, e.g. segrt describe {path} --layout {other} -o "
-            "fixed.onnx")
+            f"shape {shape_text(shape)}). Fix the metadata, e.g. segrt describe {path} {fix} -o fixed.onnx")
 
 
 def file_sha256(path: str) -> str:

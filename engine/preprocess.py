@@ -9,7 +9,7 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats", "labels_from_scores", "image_planes"]
+           "percentile_stats", "labels_from_scores", "image_planes", "nonzero_box"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,6 +147,12 @@ def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np
         out *= np.float32(1.0 / (hi - lo if hi > lo else 1.0))
         if spec.get("clip", True):
             xp.clip(out, 0, 1, out=out)
+    elif kind == "zscore" and spec.get("mask") == "nonzero":
+        inside = out != 0  # nnU-Net's use_mask_for_norm: statistics of the non-zero region, the rest 0
+        if bool(inside.any()):
+            values = out[inside]
+            mean, std = _mean_std(values)
+            out[inside] = (values - np.float32(mean)) * np.float32(1.0 / max(std, 1e-8))
     elif kind == "zscore":
         own = (None, None) if "mean" in spec and "std" in spec else _mean_std(out)
         mean, std = spec.get("mean", own[0]), spec.get("std", own[1])
@@ -160,6 +166,21 @@ def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np
         out *= np.float32(spec.get("scale", 1.0))
         out += np.float32(spec.get("shift", 0.0))
     return out
+
+
+def nonzero_box(arr):
+    """Slices of the bounding box of the non-zero voxels (nnU-Net's crop), or None when every voxel
+    is zero or the box is the whole array."""
+    nz = arr != 0
+    box = []
+    for ax in range(arr.ndim):
+        others = tuple(a for a in range(arr.ndim) if a != ax)
+        profile = nz.any(axis=others)
+        hits = np.flatnonzero(profile if isinstance(profile, np.ndarray) else profile.get())
+        if hits.size == 0:
+            return None
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return None if all(b.start == 0 and b.stop == n for b, n in zip(box, arr.shape)) else tuple(box)
 
 
 def foreground_box(mask: np.ndarray, margin: float, min_fraction: float, shape=None):

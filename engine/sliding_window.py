@@ -163,11 +163,11 @@ def _visit_order(grid, roi, size):
 
 
 @functools.lru_cache(maxsize=8)
-def _count_map(size, roi, overlap, mode, sigma, dtype):
+def _count_map(size, roi, overlap, mode, sigma, dtype, placement="monai"):
     """Sum of the importance maps of all windows (cached: same-size inputs reuse it)."""
     imp = stitch.importance_map(roi, mode, sigma, dtype)
     count = np.zeros(size, imp.dtype)
-    for start in stitch.windows(size, roi, overlap):
+    for start in stitch.windows(size, roi, overlap, placement):
         count[tuple(slice(a, a + r) for a, r in zip(start, roi))] += imp
     count.setflags(write=False)
     return count
@@ -211,7 +211,8 @@ def _check_output_memory(shape, dtype) -> None:
 
 
 def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25, mode="constant", sigma_scale=0.125,
-                   padding_mode="constant", cval=0.0, reduce=None, threshold=0.0, progress=False, device="auto"):
+                   padding_mode="constant", cval=0.0, reduce=None, threshold=0.0, placement="monai", progress=False,
+                   device="auto"):
     """Run ``predictor`` over windows of ``inputs`` and blend the results, as
     ``monai.inferers.sliding_window_inference`` does (same windows, importance map and result).
 
@@ -225,7 +226,10 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
             last window, so fixed-shape backends never see a new shape.
         sw_batch_size: windows per predictor call.
         overlap: fraction in [0, 1) per axis (or one for all).
-        mode: "constant" or "gaussian" blending; sigma_scale: gaussian sigma / roi per axis.
+        mode: "constant" or "gaussian" blending (MONAI's maps), or "gaussian_nnunet" (nnU-Net v2's);
+            sigma_scale: gaussian sigma / roi per axis.
+        placement: "monai" (default: MONAI's window starts) or "nnunet" (nnU-Net v2's, windows
+            spread evenly with step 1 - overlap).
         padding_mode: "constant" (with ``cval``), "reflect", "replicate" or "circular", used
             where the roi is larger than the image (the result is cropped back).
         reduce: None / "none" for the blended (N, C_out, *spatial) scores, or "argmax" for
@@ -258,8 +262,10 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         raise ValueError(f"overlap must lie in [0, 1), got {overlap!r}")
     if isinstance(sw_batch_size, bool) or not isinstance(sw_batch_size, numbers.Integral) or sw_batch_size < 1:
         raise ValueError(f"sw_batch_size must be a positive integer, got {sw_batch_size!r}")
-    if mode not in ("constant", "gaussian"):
-        raise ValueError(f"mode must be 'constant' or 'gaussian', got {mode!r}")
+    if mode not in stitch.MODES:
+        raise ValueError(f"mode must be one of {stitch.MODES}, got {mode!r}")
+    if placement not in stitch.PLACEMENTS:
+        raise ValueError(f"placement must be one of {stitch.PLACEMENTS}, got {placement!r}")
     sig = _per_axis(sigma_scale, nd, "sigma_scale")
     if any(not isinstance(s, numbers.Real) or not s > 0 for s in sig):
         raise ValueError(f"sigma_scale must be positive, got {sigma_scale!r}")
@@ -279,7 +285,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         kw = {"constant_values": cval} if padding_mode == "constant" else {}
         x = xp.pad(x, [(0, 0), (0, 0)] + pads, mode=PADDING_MODES[padding_mode], **kw)
     size = x.shape[2:]
-    grid = stitch.window_grid(size, roi, ov)
+    grid = stitch.window_grid(size, roi, ov, placement)
     imp = stitch.importance_map(roi, mode, sig, x.dtype)
     if xp is not np:
         imp = xp.asarray(imp)
@@ -327,5 +333,5 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         bar.update(len(chunk))
     if streaming:
         return labels[(slice(None),) + crop]
-    stitch.normalize(out, _count_map(size, roi, ov, mode, sig, x.dtype), device=device)
+    stitch.normalize(out, _count_map(size, roi, ov, mode, sig, x.dtype, placement), device=device)
     return out[(slice(None), slice(None)) + crop]

@@ -87,7 +87,9 @@ class VolumePipeline:
     Args:
         model: a .onnx file exported by segrt (its metadata drives every step) or a loaded Model.
         backend: as in ``segrt.engine.load``.
-        overlap, mode, sw_batch_size: sliding-window settings (models with resize "spacing").
+        overlap, mode, sw_batch_size: sliding-window settings (models with resize "spacing");
+            overlap and mode default to the metadata's ``sliding_window``, else 0.5 and
+            "gaussian" (window placement and test-time mirroring come from the metadata too).
         localizer: a coarse model for ``crop`` (default: the file named in the metadata,
             beside the model; else the model itself on the fitted whole volume).
         verbose: stage read-out and a progress bar on stderr.
@@ -101,7 +103,7 @@ class VolumePipeline:
             device arrays, else "cpu".
     """
 
-    def __init__(self, model, *, backend="auto", overlap=0.5, mode="gaussian", sw_batch_size=1, localizer=None,
+    def __init__(self, model, *, backend="auto", overlap=None, mode=None, sw_batch_size=1, localizer=None,
                  verbose=False, device="auto", **backend_options):
         self.model = as_model(model, backend, backend_options)
         self.meta = meta = self.model.metadata or {}
@@ -118,18 +120,24 @@ class VolumePipeline:
                                  "{'window': [D, H, W], ...}")
         # one window's input and scores must fit the memory budget before anything runs
         io.check_input_size([meta.get("in_channels", 1) + 1] + list(meta["window"]), f"{path}: its metadata window")
-        self.overlap, self.mode, self.sw_batch_size, self.verbose = overlap, mode, sw_batch_size, verbose
+        sw = meta.get("sliding_window") or {}
+        self.overlap = sw.get("overlap", 0.5) if overlap is None else overlap
+        self.mode = sw.get("mode", "gaussian") if mode is None else mode
+        self.placement, self.mirror_axes = sw.get("placement", "monai"), tuple(sw.get("mirror_axes", ()))
+        self.sw_batch_size, self.verbose = sw_batch_size, verbose
         self.localizer = None
         crop = meta.get("crop")
         if localizer is not None:
             self.localizer = as_model(localizer, backend, backend_options)
-        elif crop and crop.get("localizer"):
+        elif crop and crop.get("kind") == "foreground" and crop.get("localizer"):
             loc_path = os.path.join(os.path.dirname(os.path.abspath(path)), crop["localizer"])
             if not os.path.isfile(loc_path):
                 raise ModelTaskError(f"{path}: its metadata names the localizer {crop['localizer']!r}, which is not "
                                      f"beside it ({loc_path})")
             self.localizer = as_model(loc_path, backend, backend_options)
-        if crop and self.localizer is None and meta.get("resize") != "fit":
+        if crop and crop.get("kind") == "nonzero":
+            pass  # a box measured on the image itself: no network
+        elif crop and self.localizer is None and meta.get("resize") != "fit":
             raise ModelTaskError(f"{path}: crop without a localizer needs resize 'fit' (the model localises on the "
                                  "whole volume fitted to its window)")
         self.class_names = meta.get("class_names") or []
@@ -157,17 +165,18 @@ class VolumePipeline:
         with stages("infer" + where):
             batch = xn[None, None]
             if target == window:
-                scores = model.infer(batch)
+                scores = (_mirrored(model.infer, self.mirror_axes) if model is self.model else model.infer)(batch)
                 scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
                 labels = preprocess.labels_from_scores(scores[0], device="cuda" if gpu else "auto",
                                                        threshold=foreground_threshold(meta))
             else:
                 from segrt.engine.sliding_window import sliding_window
 
-                labels = sliding_window(batch, window, model.infer, sw_batch_size=self.sw_batch_size,
+                predictor = _mirrored(model.infer, self.mirror_axes) if model is self.model else model.infer
+                labels = sliding_window(batch, window, predictor, sw_batch_size=self.sw_batch_size,
                                         overlap=self.overlap, mode=self.mode, reduce="argmax",
-                                        threshold=foreground_threshold(meta), progress=self.verbose,
-                                        device="cuda" if gpu else "auto")[0]
+                                        threshold=foreground_threshold(meta), placement=self.placement,
+                                        progress=self.verbose, device="cuda" if gpu else "auto")[0]
         if not back:
             return labels
         with stages("resample back [GPU]" if gpu else "resample back"):
@@ -216,7 +225,11 @@ class VolumePipeline:
             raise ModelTaskError(f"{volume.source}: a {volume.modality} study, but {model_name} "
                                  f"was trained on {want}; segment it with a {volume.modality} model")
         with stages("reorient"):
-            ras, ras_affine, orient = preprocess.to_canonical(data, volume.affine)
+            if self.meta.get("input_axes"):  # the network's own axis order of the stored array (nnU-Net)
+                orient = preprocess.Orientation(tuple(self.meta["input_axes"]), (False,) * 3)
+                ras, ras_affine = orient.apply(data), np.asarray(volume.affine, float)[:, list(orient.perm) + [3]]
+            else:
+                ras, ras_affine, orient = preprocess.to_canonical(data, volume.affine)
             ras = np.asarray(ras, np.float32)
             bad = ~np.isfinite(ras)
             n_bad = int(bad.sum())
@@ -247,7 +260,11 @@ class VolumePipeline:
         with stages("statistics [GPU]" if gpu else "statistics"):
             stats = preprocess.percentile_stats(ras, self.meta.get("normalization") or {})
         box = None
-        if self.meta.get("crop"):
+        crop = self.meta.get("crop")
+        if crop and crop["kind"] == "nonzero":
+            with stages("crop"):
+                box = preprocess.nonzero_box(ras)
+        elif crop:
             box = self._localize(ras, ras_spacing, stats, stages)
             if box is None:
                 notes.append("the localizer found no foreground; the model ran on the whole volume")
@@ -271,6 +288,34 @@ class VolumePipeline:
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes,
                             self.meta.get("class_codes"),
                             os.path.splitext(os.path.basename(getattr(self.model, "path", "segrt model")))[0])
+
+
+def _mirrored(infer, axes):
+    """Test-time mirroring: the network on the batch flipped along every combination of the
+    spatial ``axes`` (nnU-Net's TTA), each result flipped back, the scores averaged."""
+    if not axes:
+        return infer
+    import itertools
+
+    combos = [c for n in range(len(axes) + 1) for c in itertools.combinations(axes, n)]
+
+    from segrt.kernels import gpu
+
+    def run(batch):
+        xp = np if isinstance(batch, np.ndarray) else gpu.array_module()
+        total = None
+        for combo in combos:
+            dims = tuple(2 + a for a in combo)
+            x = batch[(slice(None),) * 2 + tuple(slice(None, None, -1) if d in dims else slice(None)
+                                                 for d in range(2, batch.ndim))] if dims else batch
+            out = infer(xp.ascontiguousarray(x))
+            out = out if not isinstance(out, dict) else next(iter(out.values()))
+            out = out[(slice(None),) * 2 + tuple(slice(None, None, -1) if d in dims else slice(None)
+                                               for d in range(2, out.ndim))] if dims else out
+            total = out.astype(np.float32, copy=True) if total is None else total + out
+        return total / np.float32(len(combos))
+
+    return run
 
 
 def _postprocess(labels: np.ndarray, spec: dict, device="auto") -> np.ndarray:

@@ -35,6 +35,7 @@ PACKAGES = {
     "cc3d": ("connected-components-3d", "peers"),
     "skimage": ("scikit-image", "peers"),
     "monai": ("monai", "peers"),
+    "nnunetv2": ("nnunetv2", "import"),
 }
 
 _cache: dict[str, ModuleType] = {}

@@ -150,6 +150,24 @@ def _cmd_describe(args) -> int:
     return 0
 
 
+def _cmd_import(args) -> int:
+    if args.kind == "nnunet":
+        from segrt.export.nnunet import import_nnunet
+
+        rep = import_nnunet(args.source, args.output, folds=args.folds, checkpoint=args.checkpoint, tta=args.tta)
+    else:
+        from segrt.export.monai_bundle import import_monai_bundle
+
+        rep = import_monai_bundle(args.source, args.output)
+    meta = rep.metadata or {}
+    print(f"wrote {rep.path}: window {meta.get('window')}, spacing {meta.get('spacing')}, classes "
+          f"{meta.get('class_names')}, normalisation {meta.get('normalization', {}).get('kind')}")
+    for c in rep.checks:
+        print(f"  verified against PyTorch on input {tuple(c['input_shape'])}: max abs {c['max_abs']:.2e}")
+    print(f"run it: segrt run {rep.path} STUDY -o labels.nii.gz")
+    return 0
+
+
 def _cmd_build(args) -> int:
     from segrt.engine.backends.tensorrt_build import build_engine
 
@@ -359,6 +377,23 @@ def _add_backend(parser) -> None:
                         help=f"runtime (default auto: the first available of {', '.join(AUTO_ORDER)})")
 
 
+def _add_import(sub) -> None:
+    m = sub.add_parser("import", help="turn an nnU-Net v2 results folder or a MONAI bundle into a segrt model",
+                       description="Build the network with the framework's own code and export it with segrt "
+                                   "metadata (spacing, window, normalisation, sliding windows, class names). "
+                                   "Needs pip install 'segrt[import]'. Examples: segrt import nnunet "
+                                   "Dataset003_Liver/nnUNetTrainer__nnUNetPlans__3d_fullres -o liver.onnx; "
+                                   "segrt import monai-bundle spleen_ct_segmentation -o spleen.onnx")
+    m.add_argument("kind", choices=("nnunet", "monai-bundle"))
+    m.add_argument("source", help="nnU-Net: the trainer folder (plans.json, dataset.json, fold_N/); MONAI: the "
+                                  "bundle folder (configs/inference.json, models/model.pt)")
+    m.add_argument("-o", "--output", required=True, help="the .onnx file to write")
+    m.add_argument("--folds", nargs="+", help="nnU-Net: folds to average (default: every fold with the checkpoint)")
+    m.add_argument("--checkpoint", default="checkpoint_final.pth", help="nnU-Net: checkpoint file name")
+    m.add_argument("--tta", action="store_true", help="nnU-Net: mirroring test-time augmentation (slower)")
+    m.set_defaults(handler=_cmd_import)
+
+
 def _add_describe(sub) -> None:
     d = sub.add_parser("describe", help="show or attach segrt metadata on any ONNX file (no PyTorch needed)",
                        description="With only MODEL: print what the model declares, what segrt reads from its graph "
@@ -484,13 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="segrt", description="segrt: compiled inference engine for medical image "
                                                            "segmentation.")
     sub = ap.add_subparsers(dest="command")
-    for add in (_add_run, _add_video, _add_describe, _add_export, _add_check, _add_build, _add_tools):
+    for add in (_add_run, _add_video, _add_describe, _add_import, _add_export, _add_check, _add_build, _add_tools):
         add(sub)
     return ap
 
 
 # commands whose errors are segrt's own (they name the file and the cause): printed, exit code 2
-_USER_FACING = {"build", "export", "check", "run", "video", "describe"}
+_USER_FACING = {"build", "export", "check", "run", "video", "describe", "import"}
 
 
 def main(argv=None) -> int:

@@ -28,7 +28,7 @@ from segrt.kernels import _device
 from segrt.kernels.stitch._cpu import ThreadTuner  # timing-based thread choice of the compiled kernel
 
 __all__ = ["scan_intervals", "window_grid", "windows", "pad_widths", "importance_map", "ThreadTuner", "zeros",
-           "accumulate", "normalize", "argmax_block", "resolve_device", "IMPLEMENTATIONS"]
+           "accumulate", "normalize", "argmax_block", "resolve_device", "IMPLEMENTATIONS", "MODES", "PLACEMENTS"]
 
 # the dispatch table: device -> implementation module (same function names in each)
 IMPLEMENTATIONS = {"reference": "segrt.kernels.stitch._reference", "cpu": "segrt.kernels.stitch._cpu",
@@ -56,8 +56,28 @@ def scan_intervals(image_size, roi_size, overlap) -> tuple[int, ...]:
     return tuple(out)
 
 
-def window_grid(image_size, roi_size, overlap) -> list[list[int]]:
-    """Window start positions along each axis (image_size already padded to >= roi)."""
+PLACEMENTS = ("monai", "nnunet")
+
+
+def _nnunet_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """nnU-Net v2's window starts: ceil((size - roi) / (roi * step)) + 1 windows spread evenly
+    from 0 to size - roi (step = 1 - overlap), rounded half to even as NumPy rounds."""
+    target = roi * (1.0 - overlap)
+    count = int(math.ceil((size - roi) / target)) + 1
+    if count == 1:
+        return [0]
+    actual = (size - roi) / (count - 1)
+    return [int(np.round(actual * i)) for i in range(count)]
+
+
+def window_grid(image_size, roi_size, overlap, placement="monai") -> list[list[int]]:
+    """Window start positions along each axis (image_size already padded to >= roi), placed as
+    MONAI does (default: steps of int(roi * (1 - overlap)), the last window flush with the end)
+    or as nnU-Net v2 does ("nnunet": evenly spread)."""
+    if placement == "nnunet":
+        return [_nnunet_starts(int(n), int(r), float(o)) for n, r, o in zip(image_size, roi_size, overlap)]
+    if placement != "monai":
+        raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}")
     steps = scan_intervals(image_size, roi_size, overlap)
     grid = []
     for size, roi, step in zip(image_size, roi_size, steps):
@@ -67,9 +87,9 @@ def window_grid(image_size, roi_size, overlap) -> list[list[int]]:
     return grid
 
 
-def windows(image_size, roi_size, overlap) -> list[tuple[int, ...]]:
+def windows(image_size, roi_size, overlap, placement="monai") -> list[tuple[int, ...]]:
     """All window starts, last axis fastest (MONAI's order)."""
-    return list(itertools.product(*window_grid(image_size, roi_size, overlap)))
+    return list(itertools.product(*window_grid(image_size, roi_size, overlap, placement)))
 
 
 def pad_widths(image_size, roi_size) -> list[tuple[int, int]]:
@@ -79,6 +99,9 @@ def pad_widths(image_size, roi_size) -> list[tuple[int, int]]:
         diff = max(roi - size, 0)
         out.append((diff // 2, diff - diff // 2))
     return out
+
+
+MODES = ("constant", "gaussian", "gaussian_nnunet")
 
 
 @functools.lru_cache(maxsize=32)
@@ -92,15 +115,30 @@ def _importance_map(roi_size: tuple, mode: str, sigma_scale: tuple, dtype: str) 
             x = (np.arange(n, dtype=np.float64) - (n - 1) / 2.0).astype(np.float32)
             g = np.exp(x * x / np.float32(-2 * sigma**2)).astype(np.float32)
             imp = g if imp is None else np.multiply.outer(imp, g).astype(np.float32)
+    elif mode == "gaussian_nnunet":
+        # nnU-Net v2's map: a unit impulse at roi // 2 blurred (scipy, zero outside), scaled to a
+        # maximum of 1; zeros take the smallest non-zero value
+        from scipy import ndimage
+
+        delta = np.zeros(roi_size, np.float64)
+        delta[tuple(n // 2 for n in roi_size)] = 1.0
+        g = ndimage.gaussian_filter(delta, [n * s for n, s in zip(roi_size, sigma_scale)], 0, mode="constant",
+                                    cval=0)
+        g /= g.max()
+        g[g == 0] = g[g > 0].min()
+        imp = g.astype(np.float32).astype(dtype)
+        imp.setflags(write=False)
+        return imp
     else:
-        raise ValueError(f"mode must be 'constant' or 'gaussian', got {mode!r}")
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     imp = np.maximum(imp, max(float(imp.min()), 1e-3)).astype(np.float32).astype(dtype)
     imp.setflags(write=False)
     return imp
 
 
 def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float32) -> np.ndarray:
-    """MONAI's importance map for a window (cached per roi / mode / sigma / dtype; read-only)."""
+    """The importance map of a window (cached per roi / mode / sigma / dtype; read-only): MONAI's
+    ("constant", "gaussian") or nnU-Net v2's ("gaussian_nnunet")."""
     roi = tuple(int(r) for r in roi_size)
     if isinstance(sigma_scale, (int, float)):
         sigma = (float(sigma_scale),) * len(roi)

@@ -65,9 +65,20 @@ def test_a_window_beyond_the_memory_budget_is_refused_before_running(tmp_path, m
     monkeypatch.setenv("SEGRT_MEMORY_BUDGET", "1G")
     from segrt.engine.io import InputFileError
 
-    path = _model(tmp_path / "m.onnx", meta={**SEMANTIC, "window": [4000, 4000, 40], "resize": "fit"})
+    path = _model(tmp_path / "m.onnx", shape=(1, 1, "d", "h", "w"),
+                  meta={**SEMANTIC, "window": [4000, 4000, 40], "resize": "fit"})
     with pytest.raises(InputFileError, match="metadata window.*memory budget"):
         VolumePipeline(path, backend="ort")
+
+
+def test_a_window_the_graph_contradicts_is_refused_at_load(tmp_path):
+    from segrt.engine import load
+    from segrt.engine.model_file import InvalidModelError
+
+    path = _model(tmp_path / "m.onnx", meta={**SEMANTIC, "window": [16, 8, 8]})
+    with pytest.raises(InvalidModelError, match=r"window \[16, 8, 8\], but the spatial axes hold \(8, 8, 8\).*"
+                                                r"--window"):
+        load(path, backend="ort")
 
 
 def test_check_on_a_model_that_takes_no_images_says_so(tmp_path, capsys):
