@@ -11,6 +11,7 @@ BENCHMARKS = {
     "pipeline": "segrt.bench.pipeline",
     "report": "segrt.bench.report",
     "gpu-kernels": "segrt.bench.gpu_kernels",
+    "nnunet": "segrt.bench.nnunet",
 }
 
 

@@ -1,5 +1,5 @@
 """``segrt import nnunet``: a tiny nnU-Net v2 model made by nnU-Net's own APIs (planning,
-preprocessing, a few training steps; tests/nnunet_tiny.py), imported, and run by segrt on a
+preprocessing, a few training steps; segrt/bench/nnunet_tiny.py), imported, and run by segrt on a
 study larger than its patch; equal to ``nnUNetPredictor`` on the same study per class."""
 from __future__ import annotations
 
@@ -18,13 +18,11 @@ nib = pytest.importorskip("nibabel")
 
 from segrt.cli import main  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from nnunet_tiny import DATASET, TRAINER, study  # noqa: E402
+from segrt.bench.nnunet_tiny import DATASET, TRAINER, study  # noqa: E402
 
 
 def _helper(*args):
-    out = subprocess.run([sys.executable, os.path.join(HERE, "nnunet_tiny.py"), *map(str, args)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "segrt.bench.nnunet_tiny", *map(str, args)], capture_output=True,
                          text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

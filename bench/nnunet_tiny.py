@@ -1,11 +1,13 @@
 """A tiny nnU-Net v2 model made offline with nnU-Net's own APIs, and nnU-Net's own prediction
-(a helper script for tests/test_nnunet_import.py; nnU-Net reads its folders from environment
-variables at import time and starts worker processes, so it runs in its own process).
+(for tests/test_nnunet_import.py and bench/nnunet.py; nnU-Net reads its folders from
+environment variables at import time and starts worker processes, so it runs in a process of
+its own).
 
-    python nnunet_tiny.py make ROOT                   dataset, fingerprint, plans, preprocessing,
+    python -m segrt.bench.nnunet_tiny make ROOT       dataset, fingerprint, plans, preprocessing,
                                                       25 training steps, checkpoint_final.pth
-    python nnunet_tiny.py predict ROOT CASE OUT.npy [--tta] [--folds 0 1]
-                                                      nnUNetPredictor's labels, (z, y, x)
+    python -m segrt.bench.nnunet_tiny predict ROOT CASE OUT.npy [--tta] [--folds 0 1]
+                                                      nnUNetPredictor's labels, (z, y, x), and
+                                                      its warm time reading and predicting CASE
 """
 from __future__ import annotations
 
