@@ -3,9 +3,10 @@
 environment variables at import time and starts worker processes, so it runs in a process of
 its own).
 
-    python -m segrt.bench.nnunet_tiny make ROOT       dataset, fingerprint, plans, preprocessing,
-                                                      25 training steps, checkpoint_final.pth
-    python -m segrt.bench.nnunet_tiny predict ROOT CASE OUT.npy [--tta] [--folds 0 1]
+    python -m segrt.bench.nnunet_tiny make ROOT [--steps N]
+                                                      dataset, fingerprint, plans, preprocessing,
+                                                      N training steps (25), checkpoint_final.pth
+    python -m segrt.bench.nnunet_tiny predict ROOT CASE OUT.npy [--tta] [--repeats N] [--folds 0 1]
                                                       nnUNetPredictor's labels, (z, y, x), and
                                                       its warm time reading and predicting CASE
 """
@@ -46,7 +47,7 @@ def study(shape, seed, spacing=(1.0, 1.0, 1.5)):
     return img, lab
 
 
-def make(root):
+def make(root, steps=25):
     _paths(root)
     import nibabel as nib
     import numpy as np
@@ -97,7 +98,7 @@ def make(root):
     x, y = torch.from_numpy(np.stack(xs)), torch.from_numpy(np.stack(ys))
     opt = torch.optim.Adam(net.parameters(), 5e-3)
     net.train()
-    for _ in range(25):
+    for _ in range(steps):
         opt.zero_grad()
         loss = torch.nn.functional.cross_entropy(net(x), y)
         loss.backward()
@@ -110,7 +111,7 @@ def make(root):
     print(json.dumps({"folder": trainer.output_folder_base, "loss": float(loss)}))
 
 
-def predict(root, case, out, tta=False, folds=(0,)):
+def predict(root, case, out, tta=False, folds=(0,), repeats=1):
     _paths(root)
     import numpy as np
     import torch
@@ -126,18 +127,24 @@ def predict(root, case, out, tta=False, folds=(0,)):
 
     data, props = SimpleITKIO().read_images([case])
     predictor.predict_single_npy_array(data, props, None, None, False)  # warm-up
-    t0 = time.perf_counter()
-    data, props = SimpleITKIO().read_images([case])
-    labels = predictor.predict_single_npy_array(data, props, None, None, False)
-    seconds = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        data, props = SimpleITKIO().read_images([case])
+        labels = predictor.predict_single_npy_array(data, props, None, None, False)
+        times.append(time.perf_counter() - t0)
     np.save(out, labels)
-    print(json.dumps({"seconds": seconds}))
+    print(json.dumps({"seconds": float(np.median(times)), "times": times}))
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "make":
-        make(sys.argv[2])
+        make(sys.argv[2], int(sys.argv[sys.argv.index("--steps") + 1]) if "--steps" in sys.argv else 25)
     else:
         args = sys.argv[2:]
-        folds = [int(a) for a in args[args.index("--folds") + 1:]] if "--folds" in args else [0]
-        predict(args[0], args[1], args[2], tta="--tta" in args, folds=folds)
+        folds = [0]
+        if "--folds" in args:
+            tail = args[args.index("--folds") + 1:]
+            folds = [int(a) for a in tail[:next((i for i, a in enumerate(tail) if a.startswith("--")), len(tail))]]
+        repeats = int(args[args.index("--repeats") + 1]) if "--repeats" in args else 1
+        predict(args[0], args[1], args[2], tta="--tta" in args, folds=folds, repeats=repeats)

@@ -20,7 +20,7 @@ import numpy as np
 from segrt.engine import io, preprocess
 from segrt.engine.metadata import foreground_threshold
 from segrt.engine.model import ModelTaskError, as_model
-from segrt.engine.stages import Stages, pipeline_device
+from segrt.engine.stages import COMPILE_STAGE, Stages, compile_seconds, pipeline_device
 
 __all__ = ["ImagePipeline", "ImageResult", "planned_outputs"]
 
@@ -126,6 +126,7 @@ class ImagePipeline:
             if target != shape:
                 xn = self._xp.stack([preprocess.resize_linear(ch, target) for ch in xn])
         threshold = foreground_threshold(meta)
+        compiled_before = compile_seconds(self.model)
         with stages("infer" + where):
             if target == self.window:
                 scores = self.model.infer(xn[None])
@@ -139,6 +140,7 @@ class ImagePipeline:
                                         overlap=self.overlap, mode=self.mode, reduce="argmax", threshold=threshold,
                                         progress=self.verbose, device="cuda" if gpu else "auto")[0]
         del xn
+        stages.move("infer" + where, COMPILE_STAGE, compile_seconds(self.model) - compiled_before)
         with stages("resample back" + where):
             labels = preprocess.resize_nearest(labels, shape)
         with stages("postprocess" + where):

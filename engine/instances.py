@@ -24,7 +24,7 @@ import sys
 import numpy as np
 
 from segrt.engine import io
-from segrt.engine.stages import Stages, pipeline_device
+from segrt.engine.stages import COMPILE_STAGE, Stages, compile_seconds, pipeline_device
 from segrt.engine.model import ModelTaskError, as_model
 
 __all__ = ["InstancePipeline", "InstanceResult"]
@@ -352,7 +352,9 @@ class InstancePipeline:
             normalizer = self._tile_normalizer(x) if self.ndim == 2 else None
             if normalizer is None:
                 x = self._normalize(x)
+        compiled_before = compile_seconds(self.model)
         prob, dist, n_tiles = self.predict(x, stages, normalizer)
+        stages.move("infer [GPU]" if gpu else "infer", COMPILE_STAGE, compile_seconds(self.model) - compiled_before)
         shape = x.shape[1:]
         # 3D on the GPU: candidates on the device, StarDist's cascade in the C++ kernels (see starnms)
         kernels = "cuda" if gpu else "auto"

@@ -51,6 +51,12 @@ Schema (version 1); every field is optional unless noted:
   "mirror_axes": [spatial axis, ...] (test-time augmentation: the network also runs on the
   window flipped along every combination of these axes, the logits averaged)}; a pipeline's
   own arguments override it.
+- ``normalize_before_resample``: true to normalise the study before resampling it to the model's
+  grid (nnU-Net's order: a clipping CT window then interpolates clipped values, so boundaries
+  against air do not erode); default false (resample, then normalise: MONAI's usual order).
+- ``resample_back``: "labels" (default: the labels go back to the study's grid by nearest
+  neighbour) or "scores" (the class scores are resampled linearly, then the argmax: nnU-Net's
+  way; used when the scores in the model's grid fit half the memory budget, else "labels").
 - ``input_axes``: the network takes the stored array's axes in this order (a permutation of
   the spatial axes), without reorientation to RAS: nnU-Net works on the array as stored
   (SimpleITK's z, y, x order, then its plans' transpose), so its models declare e.g. [2, 1, 0].
@@ -78,7 +84,8 @@ TASKS = ("semantic", "star-convex-2d", "star-convex-3d")
 NORMALIZATIONS = ("none", "ct", "zscore", "percentile")
 LAYOUTS = ("channels_first", "channels_last")
 ACTIVATIONS = ("logits", "softmax", "sigmoid")
-_FIELDS = ("layout", "activation", "class_codes", "sliding_window", "input_axes", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
+_FIELDS = ("layout", "activation", "class_codes", "sliding_window", "input_axes", "normalize_before_resample",
+           "resample_back", "schema", "task", "spatial_dims", "window", "in_channels", "class_names", "spacing", "normalization",
            "resize", "interpolation", "crop", "postprocess", "star", "divisor", "context", "outputs", "modality")
 
 
@@ -175,6 +182,7 @@ def validate(meta: dict) -> dict:
             out["postprocess"]["fill_holes"] = [_int(c, "postprocess.fill_holes", 1)
                                                 for c in _list(pp["fill_holes"], "postprocess.fill_holes")]
     for key, choices in (("resize", ("spacing", "fit")), ("interpolation", ("nearest", "linear")),
+                         ("resample_back", ("labels", "scores")),
                          ("layout", LAYOUTS), ("activation", ACTIVATIONS)):
         if key in meta:
             if meta[key] not in choices:
@@ -192,6 +200,8 @@ def validate(meta: dict) -> dict:
         if not task.startswith("star"):
             _fail("star", f"absent for task {task}", meta["star"])
         out["star"] = _star(meta["star"], dims)
+    if "normalize_before_resample" in meta:
+        out["normalize_before_resample"] = _bool(meta["normalize_before_resample"], "normalize_before_resample")
     if "sliding_window" in meta:
         out["sliding_window"] = _sliding_window(meta["sliding_window"], dims)
     if "input_axes" in meta:

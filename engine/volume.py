@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import numpy as np
@@ -16,7 +17,7 @@ import numpy as np
 from segrt.engine import io, preprocess
 from segrt.engine.metadata import foreground_threshold
 from segrt.engine.model import ModelTaskError, as_model
-from segrt.engine.stages import Stages, pipeline_device
+from segrt.engine.stages import COMPILE_STAGE, Stages, compile_seconds, pipeline_device
 
 __all__ = ["VolumePipeline", "VolumeResult", "ModelTaskError"]
 
@@ -157,29 +158,48 @@ class VolumePipeline:
             target = x.shape
         gpu = self.device == "cuda"
         where = " [GPU]" if gpu else ""  # x is already on the device there
-        with stages("resample" + where):
-            xr = preprocess.resize_nearest(x, target) if nearest else preprocess.resize_linear(x, target)
-        with stages("normalize" + where):
-            xn = preprocess.normalize(xr, meta.get("normalization"), stats)
+        resize = preprocess.resize_nearest if nearest else preprocess.resize_linear
+        if meta.get("normalize_before_resample"):  # nnU-Net's order
+            with stages("normalize" + where):
+                xr = preprocess.normalize(x, meta.get("normalization"), stats)
+            with stages("resample" + where):
+                xn = resize(xr, target)
+        else:
+            with stages("resample" + where):
+                xr = resize(x, target)
+            with stages("normalize" + where):
+                xn = preprocess.normalize(xr, meta.get("normalization"), stats)
         del xr
+        threshold = foreground_threshold(meta)
+        # nnU-Net's way back: the class scores resampled linearly, then the argmax (smoother, and
+        # small structures keep their size); needs the scores in the model's grid in memory
+        n_classes = len(meta.get("class_names") or []) or 2
+        scores_back = (back and meta.get("resample_back") == "scores" and tuple(target) != tuple(x.shape)
+                       and 4 * n_classes * math.prod(target) < io.memory_budget() // 2)
+        compiled_before = compile_seconds(model)
         with stages("infer" + where):
             batch = xn[None, None]
+            predictor = _mirrored(model.infer, self.mirror_axes) if model is self.model else model.infer
             if target == window:
-                scores = (_mirrored(model.infer, self.mirror_axes) if model is self.model else model.infer)(batch)
-                scores = scores if not isinstance(scores, dict) else next(iter(scores.values()))
-                labels = preprocess.labels_from_scores(scores[0], device="cuda" if gpu else "auto",
-                                                       threshold=foreground_threshold(meta))
+                scores = predictor(batch)
+                scores = (scores if not isinstance(scores, dict) else next(iter(scores.values())))[0]
             else:
                 from segrt.engine.sliding_window import sliding_window
 
-                predictor = _mirrored(model.infer, self.mirror_axes) if model is self.model else model.infer
-                labels = sliding_window(batch, window, predictor, sw_batch_size=self.sw_batch_size,
-                                        overlap=self.overlap, mode=self.mode, reduce="argmax",
-                                        threshold=foreground_threshold(meta), placement=self.placement,
-                                        progress=self.verbose, device="cuda" if gpu else "auto")[0]
+                scores = sliding_window(batch, window, predictor, sw_batch_size=self.sw_batch_size,
+                                        overlap=self.overlap, mode=self.mode,
+                                        reduce=None if scores_back else "argmax", threshold=threshold,
+                                        placement=self.placement, progress=self.verbose,
+                                        device="cuda" if gpu else "auto")[0]
+            if not scores_back:
+                labels = (scores if scores.ndim == len(target) else
+                          preprocess.labels_from_scores(scores, device="cuda" if gpu else "auto", threshold=threshold))
+        stages.move("infer" + where, COMPILE_STAGE, compile_seconds(model) - compiled_before)
         if not back:
             return labels
         with stages("resample back [GPU]" if gpu else "resample back"):
+            if scores_back:
+                return _argmax_resampled(scores, tuple(x.shape), threshold, self._xp)
             return preprocess.resize_nearest(labels, x.shape)
 
     def _localize(self, x, spacing, stats, stages: Stages):
@@ -288,6 +308,21 @@ class VolumePipeline:
         return VolumeResult(labels, volume, names, volumes, timings, self.model.backend, box, notes,
                             self.meta.get("class_codes"),
                             os.path.splitext(os.path.basename(getattr(self.model, "path", "segrt model")))[0])
+
+
+def _argmax_resampled(scores, shape, threshold, xp):
+    """Labels of ``scores`` (C, *grid) resampled linearly to ``shape``, one class at a time
+    (memory: two float32 volumes of ``shape``, not C); first maximum wins, as np.argmax."""
+    if scores.shape[0] == 1:
+        return (preprocess.resize_linear(scores[0], shape) > threshold).astype(np.uint8)
+    best = preprocess.resize_linear(scores[0], shape)
+    labels = xp.zeros(shape, np.uint8 if scores.shape[0] <= 256 else np.uint16)
+    for c in range(1, scores.shape[0]):
+        cand = preprocess.resize_linear(scores[c], shape)
+        better = cand > best
+        labels[better] = c
+        xp.maximum(best, cand, out=best)
+    return labels
 
 
 def _mirrored(infer, axes):

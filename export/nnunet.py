@@ -14,6 +14,8 @@ CTNormalization (clip to the foreground's   ``normalization: ct`` window [p0.5, 
 0.5 / 99.5 percentiles, z-score with the    scale and shift giving the same z-score
 foreground's mean and std)
 ZScoreNormalization (use_mask_for_norm)     ``zscore`` (``mask: nonzero``)
+normalise, then resample                    ``normalize_before_resample``
+logits resampled back, then the argmax      ``resample_back: scores``
 target spacing, patch size                  ``spacing``, ``window``
 sliding windows: step 0.5, gaussian map     ``sliding_window``: placement and map "nnunet"
 mirroring test-time augmentation            ``sliding_window.mirror_axes`` (``--tta``)
@@ -128,6 +130,7 @@ def import_nnunet(folder, output, *, folds=None, checkpoint="checkpoint_final.pt
     meta = {"task": "semantic", "window": patch, "in_channels": 1, "spacing": [float(s) for s in config.spacing],
             "class_names": [names_by_id[i] for i in ids], "normalization": norm, "resize": "spacing",
             "interpolation": "linear", "crop": {"kind": "nonzero"}, "input_axes": input_axes,
+            "normalize_before_resample": True, "resample_back": "scores",
             "sliding_window": sliding}
     if str(dataset.get("channel_names", {}).get("0", "")).upper() == "CT":
         meta["modality"] = "CT"

@@ -56,7 +56,7 @@ def test_file_offline_processes_every_frame_and_segments_instruments(tmp_path, c
     assert s["frames_processed"] == 30 and s["end_to_end"]["n"] == 30
     assert s["end_to_end"]["p50_ms"] <= s["end_to_end"]["p99_ms"] <= s["end_to_end"]["max_ms"]
     assert set(s["stages"]) == {"wait", "preprocess", "infer", "postprocess", "overlay", "output"}
-    assert cv2.imread(written[1]).shape == (400, 640, 3)
+    assert cv2.imread(written[1]).shape == (440, 720, 3)
 
 
 def test_dicom_ultrasound_cine_as_a_stream(pipeline):

@@ -597,3 +597,19 @@ def test_ct_through_an_mr_model_gets_a_warning(tmp_path, threshold_model):
     ct[5:15, 4:14, 3:13] = 40.0
     res = VolumePipeline(str(tmp_path / "mr.onnx"), backend="ort").run(ct, spacing=(1.0, 1.0, 1.0))
     assert any("trained on MR, but this study looks like CT" in n for n in res.notes)
+
+
+def test_compilation_is_its_own_stage_on_the_first_run_only(threshold_model):
+    """OpenVINO compiles per input shape inside the first inference: the timings book it apart,
+    so the warm cost of a study is what the other stages add up to."""
+    pytest.importorskip("openvino")
+    from segrt.engine.stages import COMPILE_STAGE
+    from segrt.engine.volume import VolumePipeline
+
+    arr = np.where(np.random.default_rng(4).random((20, 18, 17)) > 0.5, 1.0, -1.0).astype(np.float32)
+    pipe = VolumePipeline(threshold_model, backend="openvino")
+    first = pipe.run(arr, spacing=(1.0, 1.0, 1.0))
+    again = pipe.run(arr, spacing=(1.0, 1.0, 1.0))
+    assert first.timings.get(COMPILE_STAGE, 0) > 0 and COMPILE_STAGE not in again.timings
+    assert first.timings["infer"] >= 0 and pipe.model.runner.compile_seconds == pytest.approx(
+        first.timings[COMPILE_STAGE])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 
 from segrt._optional import optional_import
 from segrt.engine import graph_rewrites
@@ -59,6 +60,7 @@ class OpenVinoRunner(Runner):
         self._local = threading.local()
         self.n_outputs = len(outputs)
         self.compiled = collections.OrderedDict()
+        self.compile_seconds = 0.0  # spent compiling per input shape (shown as its own stage)
         self.cache_size = cache_size
         # InstanceNormalization gets exact statistics per input shape (see graph_rewrites.pooled_instance_norm)
         self.proto = None
@@ -82,7 +84,9 @@ class OpenVinoRunner(Runner):
         if model is None:
             model = self.model.clone()
         model.reshape({self.input_name: list(shape)})
+        t0 = time.perf_counter()
         c = self.core.compile_model(model, "CPU", self.config)
+        self.compile_seconds += time.perf_counter() - t0
         self.compiled[shape] = c
         if len(self.compiled) > self.cache_size:
             self.compiled.popitem(last=False)

@@ -125,6 +125,7 @@ class TorchRunner(Runner):
         compile = self.device.type == "cuda" if compile is None else bool(compile)
         self.compiled = compile
         self.first_call_seconds = {}  # input shape -> seconds of its first call (compilation included)
+        self.compile_seconds = 0.0
         self.cache_loaded = []  # shapes whose compilation came from the compile cache
         self.cuda_graph = bool(compile and cuda_graph and self.device.type == "cuda")
         if compile:
@@ -196,6 +197,8 @@ class TorchRunner(Runner):
             if self.device.type == "cuda":
                 self.torch.cuda.synchronize(self.device)
             self.first_call_seconds[shape] = time.perf_counter() - t0
+            if self.compiled:  # a compiled shape's first call is its compilation
+                self.compile_seconds += self.first_call_seconds[shape]
             if cache_path:
                 self._save_compiled(cache_path, shape)
         return outs

@@ -151,32 +151,59 @@ class VideoStats:
         return written
 
 
-def latency_cdf_png(path, series: dict, size=(640, 400)) -> str:
-    """A latency CDF drawn with OpenCV (no plotting library needed)."""
+def _nice_step(span: float, ticks: int = 6) -> float:
+    """A 1 / 2 / 5 x 10^k tick step giving about ``ticks`` ticks over ``span``."""
+    raw = max(span, 1e-9) / ticks
+    power = 10 ** np.floor(np.log10(raw))
+    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= raw))
+
+
+def latency_cdf_png(path, series: dict, size=(720, 440)) -> str:
+    """A latency CDF drawn with OpenCV (no plotting library needed): the fraction of frames at
+    or under each latency, readable ticks on both axes, each series' p50 and p99 in its legend
+    and marked on its curve."""
     cv2 = opencv()
     w, h = size
     img = np.full((h, w, 3), 255, np.uint8)
-    left, right, top, bottom = 60, 20, 30, 50
+    left, right, top, bottom = 70, 24, 44, 56
     series = {k: v.cdf() if isinstance(v, LatencySketch) else (np.sort(np.asarray(v, float)),
                                                                  np.arange(1, len(v) + 1) / max(len(v), 1))
               for k, v in series.items() if len(v)}
-    x_max = max(float(sec.max()) * 1000 for sec, _ in series.values()) * 1.05 or 1.0
-    cv2.rectangle(img, (left, top), (w - right, h - bottom), (0, 0, 0), 1)
-    for frac in (0.0, 0.5, 0.9, 0.99, 1.0):
-        y = int(h - bottom - frac * (h - top - bottom))
-        cv2.line(img, (left, y), (w - right, y), (220, 220, 220), 1)
-        cv2.putText(img, f"{frac:g}", (8, y + 4), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
-    for i in range(6):
-        v = x_max * i / 5
-        x = int(left + i / 5 * (w - left - right))
-        cv2.putText(img, f"{v:.0f}", (x - 10, h - bottom + 18), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
-                    cv2.LINE_AA)
-    cv2.putText(img, "latency (ms)", (w // 2 - 40, h - 10), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    x_top = max(float(sec.max()) * 1000 for sec, _ in series.values()) if series else 1.0
+    step = _nice_step(x_top)
+    x_max = step * np.ceil(x_top * 1.02 / step) or 1.0
+    plot_w, plot_h = w - left - right, h - top - bottom
+    text = (0, 0, 0)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    cv2.rectangle(img, (left, top), (w - right, h - bottom), text, 1)
+    for frac in (0.0, 0.25, 0.5, 0.75, 0.9, 1.0):
+        y = int(h - bottom - frac * plot_h)
+        cv2.line(img, (left, y), (w - right, y), (225, 225, 225), 1)
+        cv2.putText(img, f"{frac:g}", (left - 38, y + 5), font, 0.45, text, 1, cv2.LINE_AA)
+    for i in range(int(round(x_max / step)) + 1):
+        v = i * step
+        x = int(left + v / x_max * plot_w)
+        cv2.line(img, (x, h - bottom), (x, h - bottom + 5), text, 1)
+        label = f"{v:g}"
+        cv2.putText(img, label, (x - 4 * len(label), h - bottom + 22), font, 0.45, text, 1, cv2.LINE_AA)
+    cv2.putText(img, "latency per frame, capture to overlay (ms)", (left + plot_w // 2 - 170, h - 12), font, 0.5,
+                text, 1, cv2.LINE_AA)
+    cv2.putText(img, "fraction of frames at or under that latency", (left - 60, top - 16), font, 0.5, text, 1,
+                cv2.LINE_AA)
     colours = [(200, 80, 0), (0, 140, 255), (0, 160, 0)]
     for k, (name, (seconds, frac)) in enumerate(series.items()):
         v = seconds * 1000
-        pts = np.stack([left + v / x_max * (w - left - right), h - bottom - frac * (h - top - bottom)], 1)
-        cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colours[k % 3], 2, cv2.LINE_AA)
-        cv2.putText(img, name, (left + 10, top + 18 + 18 * k), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colours[k % 3], 1,
-                    cv2.LINE_AA)
+        colour = colours[k % 3]
+        pts = np.stack([left + v / x_max * plot_w, h - bottom - frac * plot_h], 1)
+        cv2.polylines(img, [pts.astype(np.int32).reshape(-1, 1, 2)], False, colour, 2, cv2.LINE_AA)
+        p50, p99 = (float(np.interp(q, frac, v)) for q in (0.5, 0.99))
+        for q, val in ((0.5, p50), (0.99, p99)):
+            cv2.circle(img, (int(left + val / x_max * plot_w), int(h - bottom - q * plot_h)), 4, colour, -1,
+                       cv2.LINE_AA)
+        legend = f"{name}: p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        # lower right, inside the plot: under a CDF's curves that corner stays empty
+        y = h - bottom - 16 - 22 * (len(series) - 1 - k)
+        x = w - right - 12 - cv2.getTextSize(legend, font, 0.45, 1)[0][0]
+        cv2.line(img, (x - 28, y - 5), (x - 6, y - 5), colour, 2, cv2.LINE_AA)
+        cv2.putText(img, legend, (x, y), font, 0.45, colour, 1, cv2.LINE_AA)
     return io.write_png(path, img)
