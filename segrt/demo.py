@@ -283,7 +283,7 @@ def _report(out, stories, total_s) -> str:
         if s.get("convert_s") is not None:
             lines.append(f"| converting deepbet to ONNX (first use on this machine only) | {s['convert_s']} s |")
         lines.append("")
-        per = "per-frame medians" if s["story"] == "surgical video" else "the later study's stages"
+        per = {"surgical video": "per-frame medians", "brain MRI": "the later study"}.get(s["story"], "one call")
         lines.append(f"Stages ({per}): " + ", ".join(_stage_text(s["story"], k, v) for k, v in s["timings_s"].items())
                      + ".")
         lines.append("")
