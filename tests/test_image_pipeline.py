@@ -117,3 +117,19 @@ def test_small_images_single_window_and_refusals(tmp_path, described, capsys):
     err = capsys.readouterr().err
     assert "has no segrt metadata" in err and "segrt describe" in err
     assert not (tmp_path / "y.tif").exists()
+
+
+def test_run_in_bfloat16_and_a_backend_without_it(tmp_path, described, capsys):
+    pytest.importorskip("openvino")
+    _, model = described
+    img = _blobs(seed=9)
+    tifffile.imwrite(tmp_path / "x.tif", img)
+    assert main(["run", model, str(tmp_path / "x.tif"), "-o", str(tmp_path / "f.tif"), "-q", "--backend",
+                 "openvino"]) == 0
+    assert main(["run", model, str(tmp_path / "x.tif"), "-o", str(tmp_path / "b.tif"), "-q", "--backend",
+                 "openvino", "--precision", "bf16"]) == 0
+    f32, bf16 = tifffile.imread(tmp_path / "f.tif"), tifffile.imread(tmp_path / "b.tif")
+    assert (f32 != bf16).mean() < 0.01  # bfloat16 moves only pixels at the decision boundary
+    assert main(["run", model, str(tmp_path / "x.tif"), "-o", str(tmp_path / "o.tif"), "--backend", "ort",
+                 "--precision", "bf16"]) == 2
+    assert "takes the options" in capsys.readouterr().err
