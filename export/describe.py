@@ -16,6 +16,7 @@ from segrt.engine import io
 from segrt.engine import metadata as md
 from segrt.engine.model_file import (InvalidModelError, all_tensors, check_layout, inspect_model_file,
                                      metadata_from_graph, shape_text)
+from segrt.export.onnx_export import store_metadata
 
 __all__ = ["describe_model", "attach_metadata", "parse_layout", "parse_normalization", "format_description"]
 
@@ -137,13 +138,7 @@ def attach_metadata(path, output, fields: dict) -> dict:
     if has_external and os.path.dirname(os.path.abspath(output)) != os.path.dirname(os.path.abspath(path)):
         raise InvalidModelError(f"{path} keeps its weights in external data files; write the described copy into "
                                 f"the same folder ({os.path.dirname(os.path.abspath(path))}) so it finds them")
-    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != md.KEY]
-    del proto.metadata_props[:]
-    for k, v in kept:
-        e = proto.metadata_props.add()
-        e.key, e.value = k, v
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = md.KEY, md.to_json(checked)
+    store_metadata(proto, checked)
     with io.atomic_path(output) as tmp:
         onnx.save(proto, tmp)
     return checked

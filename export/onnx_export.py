@@ -97,6 +97,17 @@ def _compare(session, ref, x, names, atol, rtol):
     return ok, checks
 
 
+def store_metadata(proto, meta: dict) -> None:
+    """Sets (validated) segrt metadata on an ONNX model proto, keeping its other properties."""
+    kept = [(p.key, p.value) for p in proto.metadata_props if p.key != md.KEY]
+    del proto.metadata_props[:]
+    for k, v in kept:
+        e = proto.metadata_props.add()
+        e.key, e.value = k, v
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = md.KEY, md.to_json(meta)
+
+
 def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", opset=None, verify=True,
             atol=1e-4, rtol=1e-3, simplify=True, output_names=None, check_shapes=None) -> ExportReport:
     """Export a torch module (nn.Module or TorchScript) to ONNX and prove it reproduces torch.
@@ -215,13 +226,7 @@ def to_onnx(model, example_input, path, *, metadata=None, dynamic_axes="auto", o
                 f"for input {tuple(worst['input_shape'])} has max abs error {worst['max_abs']:.3g} (max rel "
                 f"{worst['max_rel']:.3g}); loosen the tolerances only if this error is acceptable for the task")
     if meta is not None:
-        kept = [(p.key, p.value) for p in proto.metadata_props if p.key != md.KEY]
-        del proto.metadata_props[:]
-        for k, v in kept:
-            e = proto.metadata_props.add()
-            e.key, e.value = k, v
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = md.KEY, md.to_json(meta)
+        store_metadata(proto, meta)
     onnx.save(proto, path)
     return ExportReport(path=path, opset=opset, input_name=INPUT_NAME, output_names=names, dynamic_axes=axes,
                         simplified=simplified, checks=checks, metadata=meta, notes=notes)
