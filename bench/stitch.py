@@ -2,8 +2,11 @@
 
 1. Overhead: a small 3D UNet (built and exported to ONNX here, random weights) runs through
    onnxruntime as the predictor of both ``segrt.engine.sliding_window`` and
-   ``monai.inferers.sliding_window_inference``; gaussian blending, overlap 0.5. The time
-   inside the ONNX Runtime call is the model time; overhead = (total - model) / model.
+   ``monai.inferers.sliding_window_inference``; gaussian blending, overlap 0.5; windows of
+   64 x 96 x 96 and, where the overhead shows most, 48 x 80 x 80. The time inside the ONNX
+   Runtime call is the model time; overhead = (total - model) / model. Beside it, the floor:
+   the bytes every window's weighted accumulate must move (prediction and weight read, output
+   read and written) at this machine's memory bandwidth (a streaming add, measured here).
 2. Streaming argmax: 105 classes over a 400x512x512 volume (the full float32 score map
    would be 44 GB), run in a fresh process; reports time and peak resident memory.
 """
@@ -80,7 +83,28 @@ class TimedSession:
         return out
 
 
-def run_overhead(report: Report, shape, roi, repeats: int, overlap=0.5, mode="gaussian", sw_batch_size=1) -> None:
+def memory_bandwidth_gbs(n_bytes: int = 1 << 28, repeats: int = 5) -> float:
+    """This machine's memory bandwidth as a streaming add sees it (``a += b`` over arrays far
+    larger than the caches: 3 bytes moved per byte of ``a``), best of ``repeats``, GB/s."""
+    a = np.ones(n_bytes // 4, np.float32)
+    b = np.ones(n_bytes // 4, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a += b
+        best = min(best, time.perf_counter() - t)
+    return 3 * n_bytes / best / 1e9
+
+
+def accumulate_bytes(roi, classes: int) -> int:
+    """Bytes one window's weighted accumulate must move at least: the prediction and the weight
+    read once, the output region read and written once (float32)."""
+    voxels = int(np.prod(roi))
+    return 4 * voxels * (classes + 1 + 2 * classes)
+
+
+def run_overhead(report: Report, shape, roi, repeats: int, overlap=0.5, mode="gaussian", sw_batch_size=1,
+                 bandwidth_gbs=None) -> None:
     import torch
     from monai.inferers import sliding_window_inference
 
@@ -120,6 +144,10 @@ def run_overhead(report: Report, shape, roi, repeats: int, overlap=0.5, mode="ga
     row = {"case": "overhead", "volume": "x".join(map(str, shape)), "roi": "x".join(map(str, roi)),
            "overlap": overlap, "mode": mode, "sw_batch_size": sw_batch_size, "windows": windows,
            "max_rel_difference": rel}
+    if bandwidth_gbs:  # the floor: every window's accumulate at this machine's memory bandwidth
+        classes = outs["segrt"].shape[1]
+        row["bandwidth_gbs"] = bandwidth_gbs
+        row["floor_s"] = windows * accumulate_bytes(roi, classes) / (bandwidth_gbs * 1e9)
     for name, runs in results.items():
         totals = sorted(r[0] for r in runs)
         # per run: overhead = total - model of that same run; the median run is reported
@@ -129,6 +157,10 @@ def run_overhead(report: Report, shape, roi, repeats: int, overlap=0.5, mode="ga
         row[f"{name}_model_s"] = float(np.median([r[1] for r in runs]))
         row[f"{name}_overhead_pct"] = 100 * float(over[mid])
         row[f"{name}_runs"] = [{"total_s": r[0], "model_s": r[1]} for r in runs]
+    if "floor_s" in row:
+        row["floor_pct_of_model"] = 100 * row["floor_s"] / row["segrt_model_s"]
+        print(f"  bandwidth floor: {row['floor_s']:.3f} s ({row['floor_pct_of_model']:.2f} % of model time) at "
+              f"{bandwidth_gbs:.1f} GB/s", flush=True)
     report.add(**row)
     print(f"  overhead {row['volume']} roi {row['roi']} ({windows} windows): segrt total {row['segrt_total_s']:.3f}s "
           f"model {row['segrt_model_s']:.3f}s overhead {row['segrt_overhead_pct']:.2f} %  |  MONAI total "
@@ -201,12 +233,17 @@ def main(argv=None) -> Report:
                         "overhead: (total - model) / model of the same run, median over runs (segrt and MONAI "
                         "interleaved). Peak RSS of the streaming case: the whole process (input volume included).")
     print("sliding-window inference, segrt vs MONAI (same ONNX Runtime predictor)", flush=True)
+    bandwidth = memory_bandwidth_gbs()
+    report.machine["memory_bandwidth_gbs"] = bandwidth
+    print(f"  memory bandwidth (streaming add): {bandwidth:.1f} GB/s", flush=True)
     if args.quick:
-        run_overhead(report, (40, 64, 64), (32, 48, 48), 1)
+        run_overhead(report, (40, 64, 64), (32, 48, 48), 1, bandwidth_gbs=bandwidth)
         if not args.no_streaming:
             run_streaming(report, (64, 96, 96), (32, 48, 48), 105, 0.25)
     else:
-        run_overhead(report, (80, 200, 200), (64, 96, 96), args.repeats)
+        run_overhead(report, (80, 200, 200), (64, 96, 96), args.repeats, bandwidth_gbs=bandwidth)
+        # small windows and a cheap model: where the per-window overhead shows most
+        run_overhead(report, (80, 200, 200), (48, 80, 80), args.repeats, bandwidth_gbs=bandwidth)
         if not args.no_streaming:
             run_streaming(report, (400, 512, 512), (128, 128, 128), 105, 0.25)
     report.finish()
