@@ -144,10 +144,8 @@ class ImagePipeline:
         with stages("resample back" + where):
             labels = preprocess.resize_nearest(labels, shape)
         with stages("postprocess" + where):
-            from segrt.engine.volume import _postprocess
-
-            labels = _postprocess(self._xp.ascontiguousarray(labels), meta.get("postprocess") or {},
-                                  "cuda" if gpu else "auto")
+            labels = preprocess.postprocess_labels(self._xp.ascontiguousarray(labels), meta.get("postprocess") or {},
+                                                   "cuda" if gpu else "auto")
             if gpu:
                 from segrt.kernels import gpu as _gpu
 

@@ -9,7 +9,7 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats", "labels_from_scores", "image_planes", "nonzero_box"]
+           "percentile_stats", "labels_from_scores", "image_planes", "nonzero_box", "postprocess_labels"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -264,3 +264,18 @@ def image_planes(image, ndim: int, channels: int, source: str) -> np.ndarray:
     raise io.InputFileError(f"{source}: an image of shape {x.shape} does not fit this {ndim}D model with "
                             f"{c} input channel(s); expected {'(H, W)' if ndim == 2 else '(D, H, W)'}"
                             + (f" with {c} channels last" if c > 1 else ""))
+
+
+def postprocess_labels(labels, spec: dict, device="auto"):
+    """The metadata's per-class clean-up (``remove_small``, ``keep_largest``, ``fill_holes``), in that
+    order, on the host or the GPU."""
+    from segrt.kernels import label
+
+    if spec.get("remove_small"):
+        labels = label.remove_small(labels, spec["remove_small"], device=device)
+    for cls, k in (spec.get("keep_largest") or {}).items():
+        labels = label.keep_largest(labels, k, classes=[cls], device=device)
+    for cls in spec.get("fill_holes") or []:
+        filled = label.fill_holes(labels == cls, device=device)
+        labels[filled & (labels == 0)] = cls
+    return labels

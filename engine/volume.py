@@ -293,7 +293,8 @@ class VolumePipeline:
         with stages("postprocess [GPU]" if gpu else "postprocess"):
             labels = self._xp.zeros(ras.shape, labels_region.dtype)
             labels[box if box is not None else ...] = labels_region
-            labels = _postprocess(labels, self.meta.get("postprocess") or {}, "cuda" if gpu else "auto")
+            labels = preprocess.postprocess_labels(labels, self.meta.get("postprocess") or {},
+                                                   "cuda" if gpu else "auto")
             if gpu:  # the one download: uint8 labels
                 from segrt.kernels import gpu as _gpu
 
@@ -351,16 +352,3 @@ def _mirrored(infer, axes):
         return total / np.float32(len(combos))
 
     return run
-
-
-def _postprocess(labels: np.ndarray, spec: dict, device="auto") -> np.ndarray:
-    from segrt.kernels import label
-
-    if spec.get("remove_small"):
-        labels = label.remove_small(labels, spec["remove_small"], device=device)
-    for cls, k in (spec.get("keep_largest") or {}).items():
-        labels = label.keep_largest(labels, k, classes=[cls], device=device)
-    for cls in spec.get("fill_holes") or []:
-        filled = label.fill_holes(labels == cls, device=device)
-        labels[filled & (labels == 0)] = cls
-    return labels

@@ -58,7 +58,7 @@ def parse_normalization(text: str) -> dict:
                      f"object, got {text!r}")
 
 
-def _missing(meta: dict, inputs) -> list:
+def _missing(meta: dict) -> list:
     """What segrt still needs (or would assume) to run the model, in words."""
     out = []
     if meta.get("task") not in md.TASKS:
@@ -88,7 +88,7 @@ def describe_model(path) -> dict:
     return {"model": path, "declared": meta if source == "stored" else None, "inferred": inferred,
             "inputs": [(i.name, shape_text(i.shape), i.dtype) for i in inputs],
             "outputs": [(o.name, shape_text(o.shape), o.dtype) for o in outputs],
-            "missing": _missing(effective, inputs)}
+            "missing": _missing(effective)}
 
 
 def format_description(info: dict) -> str:

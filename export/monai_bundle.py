@@ -50,26 +50,27 @@ def _name(target) -> str:
     return name
 
 
-def _transforms(parser, folder) -> list:
+def _transforms(parser, folder) -> tuple[str, list]:
+    """(the config id of the transform list, the list as written)."""
+    from monai.bundle.utils import ID_SEP_KEY
+
     for key in ("preprocessing", "pre_transforms"):
         if key in parser.config:
-            pre = parser.config[key]
+            pre, base = parser.config[key], key
             break
     else:
         raise BundleImportError(f"{folder}: configs/inference.json has no 'preprocessing' section")
     if isinstance(pre, dict) and "transforms" in pre:
-        pre = pre["transforms"]
+        pre, base = pre["transforms"], f"{base}{ID_SEP_KEY}transforms"
     if not isinstance(pre, list):
         raise BundleImportError(f"{folder}: 'preprocessing' is not a Compose of a transform list")
-    return pre
+    return base, pre
 
 
-def _resolve(parser, value):
-    """A config value with its @references and $expressions evaluated by MONAI's parser."""
-    if isinstance(value, str) and (value.startswith("@") or value.startswith("$")):
-        parser["_segrt_probe"] = value
-        out = parser.get_parsed_content("_segrt_probe", lazy=False)
-        return out
+def _value(parser, config_id: str, value):
+    """A config value, its @references and $expressions evaluated by MONAI's parser."""
+    if isinstance(value, str) and value[:1] in ("@", "$"):
+        return parser.get_parsed_content(config_id)
     return value
 
 
@@ -108,10 +109,14 @@ def import_monai_bundle(folder, output, *, verify=True):
 
     meta: dict = {"task": "semantic", "resize": "spacing"}
     norm = None
-    for t in _transforms(parser, folder):
+    from monai.bundle.utils import ID_SEP_KEY
+
+    base, transforms = _transforms(parser, folder)
+    for i, t in enumerate(transforms):
         target = t.get("_target_", "") if isinstance(t, dict) else ""
         name = _name(target)
-        args = {k: _resolve(parser, v) for k, v in t.items() if not k.startswith("_")} if isinstance(t, dict) else {}
+        args = ({k: _value(parser, f"{base}{ID_SEP_KEY}{i}{ID_SEP_KEY}{k}", v) for k, v in t.items()
+                 if not k.startswith("_")} if isinstance(t, dict) else {})
         if name in _PASS_THROUGH:
             continue
         if name == "Orientation":
@@ -150,10 +155,13 @@ def import_monai_bundle(folder, output, *, verify=True):
     inferer = parser.config.get("inferer") or {}
     if _name(inferer.get("_target_", "")) != "SlidingWindowInferer":
         raise BundleImportError(f"{folder}: inferer {inferer.get('_target_')!r}; segrt maps SlidingWindowInferer")
-    roi = _resolve(parser, inferer.get("roi_size"))
+    def setting(key, default):
+        return _value(parser, f"inferer{ID_SEP_KEY}{key}", inferer.get(key, default))
+
+    roi = setting("roi_size", None)
     meta["window"] = [int(r) for r in (roi if isinstance(roi, (list, tuple)) else [roi] * 3)]
-    meta["sliding_window"] = {"overlap": float(_resolve(parser, inferer.get("overlap", 0.25))),
-                              "mode": str(_resolve(parser, inferer.get("mode", "constant"))), "placement": "monai"}
+    meta["sliding_window"] = {"overlap": float(setting("overlap", 0.25)), "mode": str(setting("mode", "constant")),
+                              "placement": "monai"}
     channels = int(getattr(net, "in_channels", 1) or 1)
     meta["in_channels"] = channels
     names = _class_names(folder)

@@ -30,9 +30,9 @@ import numpy as np
 
 from segrt._optional import is_available, optional_import
 from segrt.engine.backends.base import Runner
+from segrt.engine.backends.cache import (EngineTrustError, check_cache_file, engine_cache_dir, onnx_content_hash,
+                                         write_cache_file)
 from segrt.engine.backends.onnx_torch import to_torch_module
-from segrt.engine.backends.tensorrt_build import (EngineTrustError, check_cache_file, engine_cache_dir,
-                                                  onnx_content_hash, write_cache_file)
 
 __all__ = ["TorchRunner", "PRECISIONS", "compile_cache_key"]
 

@@ -28,16 +28,14 @@ import numpy as np
 
 from segrt._optional import optional_import
 from segrt.engine import trust
-from segrt.engine.model_file import all_tensors, file_sha256, inspect_model_file
+from segrt.engine.backends.cache import (EngineTrustError, check_cache_file, engine_cache_dir, onnx_content_hash,
+                                         write_cache_file)
+from segrt.engine.model_file import file_sha256, inspect_model_file
 
 __all__ = ["EngineTrustError", "EngineRecord", "build_engine", "cache_key", "profiles_for", "verify_engine_file",
            "calibration_batches", "engine_cache_dir", "gpu_identity", "check_cache_file", "write_cache_file"]
 
 PRECISIONS = ("fp32", "fp16", "int8", "best")
-
-
-class EngineTrustError(RuntimeError):
-    """An engine file that is stale, tampered with, or not produced by segrt's cache."""
 
 
 @dataclasses.dataclass
@@ -46,33 +44,6 @@ class EngineRecord:
     key: str
     built: bool  # False: served from the cache
     manifest: dict
-
-
-def onnx_content_hash(onnx_path: str, proto=None) -> str:
-    """SHA-256 over the model file and, in name order, its external data files. ``proto``: the
-    model as inspect_model_file parsed it (parsed here, with its checks, when not given)."""
-    if proto is None:
-        proto = inspect_model_file(onnx_path)[0]  # also refuses hostile external data
-    h = hashlib.sha256(file_sha256(onnx_path).encode())
-    folder = os.path.dirname(os.path.abspath(onnx_path))
-    locations = set()
-    for t in all_tensors(proto.graph):
-        for e in t.external_data:
-            if e.key == "location":
-                locations.add(e.value)
-    for loc in sorted(locations):
-        h.update(loc.encode())
-        h.update(file_sha256(os.path.join(folder, loc)).encode())
-    return h.hexdigest()
-
-
-def engine_cache_dir(cache_dir=None) -> str:
-    """Where compiled engines live: ``cache_dir``, else ``$SEGRT_CACHE/engines``, else
-    ``~/.cache/segrt/engines``."""
-    if cache_dir:
-        return os.fspath(cache_dir)
-    root = os.environ.get("SEGRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "segrt")
-    return os.path.join(root, "engines")
 
 
 def gpu_identity(device: int = 0) -> dict:
@@ -153,27 +124,6 @@ def verify_engine_file(engine_path: str, expected_key: str | None = None, *, tru
     if manifest.get("engine_sha256") != file_sha256(engine_path):
         raise EngineTrustError(f"{engine_path} does not match its manifest (modified after it was built); rebuild it")
     return manifest
-
-
-def check_cache_file(path: str, what: str) -> None:
-    """Refuses (EngineTrustError, naming the file) a cache file without a valid signed record of
-    this installation (``<path>.json``): TensorRT reads timing and calibration caches unchecked."""
-    try:
-        trust.check_record(path + ".json", {"cache": path}, what)
-    except trust.CacheTrustError as err:
-        raise EngineTrustError(f"{err}. Delete {path} and its record to rebuild it") from None
-
-
-def write_cache_file(path: str, data: bytes, what: str, **fields) -> None:
-    """Writes a cache file atomically with its signed record (``fields``: what it was built for)."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-    record = trust.signed_record({"cache": path}, kind=what, **fields)
-    with open(path + ".json.tmp", "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(path + ".json.tmp", path + ".json")
 
 
 def calibration_batches(calibration, input_shape, batch_size: int = 1):
