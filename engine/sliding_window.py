@@ -110,12 +110,7 @@ def _as_prediction(out, batch, roi: tuple, xp=np):
     if pred.shape[1] == 0:
         raise ValueError(f"the predictor returned no channels (shape {pred.shape}); a segmentation needs at least "
                          "one score per voxel")
-    # one vectorised sum; only a non-finite one pays for the exact count
-    if not bool(xp.isfinite(pred.sum())):  # float32 pairwise sum: an overflow only costs the exact count
-        bad = int(pred.size - int(xp.count_nonzero(xp.isfinite(pred))))
-        if bad:
-            raise ValueError(f"the predictor returned {bad} NaN or infinite score(s) for a batch of windows; the "
-                             "stitched result would be wrong there (check the model and its input normalisation)")
+    # NaN and infinite scores are caught by the accumulate, on values it reads anyway
     if pred.dtype == np.float16:
         pred = pred.astype(np.float32)
     return xp.ascontiguousarray(pred)
@@ -173,13 +168,38 @@ def _count_map(size, roi, overlap, mode, sigma, dtype, placement="monai"):
     return count
 
 
-def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np):
+def _first_and_last(grid, roi):
+    """Per axis and window index: where (window-relative) the voxels whose first window this is
+    begin, and where those whose last window this is end. Windows are visited in grid order and
+    the grid is a product of sorted starts, so both are boxes (a voxel's first window is the
+    first along every axis)."""
+    fresh, last = [], []
+    for starts, r in zip(grid, roi):
+        if any(b < a for a, b in zip(starts, starts[1:])):
+            raise AssertionError(f"window starts must be sorted, got {starts}")
+        fresh.append([0] + [min(r, max(0, a + r - b)) for a, b in zip(starts, starts[1:])])
+        last.append([min(r, max(0, b - a)) for a, b in zip(starts, starts[1:])] + [r])
+    return fresh, last
+
+
+def _raise_non_finite(pred) -> None:
+    bad = int(pred.size - int(np.count_nonzero(np.isfinite(pred)))) if isinstance(pred, np.ndarray) else None
+    what = f"{bad} NaN or infinite score(s)" if bad else "NaN or infinite scores"
+    raise ValueError(f"the predictor returned {what} for a batch of windows; the stitched result would be wrong "
+                     "there (check the model and its input normalisation)")
+
+
+def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np, plan=None, count=None):
     """Weights and adds one batch of predictions (or, when streaming, feeds the cells)."""
     n_out = pred.shape[1]
     roi = imp.shape
-    for b, (n, start) in enumerate(chunk):
+    finite = True
+    for b, (n, start, index) in enumerate(chunk):
         if cells is None:
-            stitch.accumulate(out[n], start, pred[b], imp, device=device, tuner=tuner)
+            fresh = tuple(f[i] for f, i in zip(plan[0], index))
+            last = tuple(l_[i] for l_, i in zip(plan[1], index))
+            finite &= stitch.accumulate(out[n], start, pred[b], imp, fresh=fresh, last=last, count=count,
+                                        device=device, tuner=tuner)
             continue
         C = cells[n]
         for cell in C.cells_of(start, roi):
@@ -189,12 +209,15 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np):
             if buf is None:
                 buf = C.buffers[cell] = xp.zeros((n_out,) + shape, imp.dtype)
                 C.remaining[cell] = math.prod(c[i] for c, i in zip(C.cover, cell))
-            stitch.accumulate(buf, (0,) * len(roi), pred[b], imp, src_off=tuple(l - a for l, a in zip(lo, start)),
-                              box=shape, device=device, tuner=tuner)
+            finite &= stitch.accumulate(buf, (0,) * len(roi), pred[b], imp,
+                                        src_off=tuple(l - a for l, a in zip(lo, start)), box=shape, device=device,
+                                        tuner=tuner)
             C.remaining[cell] -= 1
             if C.remaining[cell] == 0:
                 stitch.argmax_block(buf, labels[n], lo, device=device)
                 del C.buffers[cell], C.remaining[cell]
+    if not finite:
+        _raise_non_finite(pred)
 
 
 def _check_output_memory(shape, dtype) -> None:
@@ -292,22 +315,23 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, image_size_))
 
     streaming = reduce == "argmax"
+    indices = [range(len(g)) for g in grid]
     if streaming:
         order = _visit_order(grid, roi, size)
         inverse = [order.index(a) for a in range(nd)]
-        per_image = [tuple(p[i] for i in inverse) for p in itertools.product(*(grid[a] for a in order))]
-    else:
-        per_image = list(itertools.product(*grid))
-    todo = [(n, w) for n in range(n_img) for w in per_image]
+        per_image = [tuple(p[i] for i in inverse) for p in itertools.product(*(indices[a] for a in order))]
+    else:  # grid order: every voxel's first and last window are known in advance (_first_and_last)
+        per_image = list(itertools.product(*indices))
+    todo = [(n, tuple(g[i] for g, i in zip(grid, w)), w) for n in range(n_img) for w in per_image]
     total = len(todo)
 
     batch = xp.empty((sw_batch_size, n_chan) + roi, x.dtype)
-    out = labels = cells = n_classes = None
+    out = labels = cells = n_classes = plan = count = None
     bar = _Progress(total, bool(progress))
     tuner = stitch.ThreadTuner()
     for b0 in range(0, total, sw_batch_size):
         chunk = todo[b0:b0 + sw_batch_size]
-        for b, (n, start) in enumerate(chunk):
+        for b, (n, start, _) in enumerate(chunk):
             batch[b] = x[(n, slice(None)) + tuple(slice(a, a + r) for a, r in zip(start, roi))]
         for b in range(len(chunk), sw_batch_size):  # keep the shape fixed
             batch[b] = batch[len(chunk) - 1]
@@ -328,10 +352,15 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
                 _check_output_memory((n_img, n_out) + size, x.dtype)
-                out = stitch.zeros((n_img, n_out) + size, x.dtype, device=device)
-        _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp)
+                # not zeroed: every voxel's first window assigns its sum, its last one divides it
+                # by the count map (one pass over the output in all)
+                out = xp.empty((n_img, n_out) + size, x.dtype)
+                plan = _first_and_last(grid, roi)
+                count = _count_map(size, roi, ov, mode, sig, x.dtype, placement)
+                if xp is not np:
+                    count = xp.asarray(count)
+        _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp, plan, count)
         bar.update(len(chunk))
     if streaming:
         return labels[(slice(None),) + crop]
-    stitch.normalize(out, _count_map(size, roi, ov, mode, sig, x.dtype, placement), device=device)
     return out[(slice(None), slice(None)) + crop]

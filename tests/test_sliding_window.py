@@ -191,6 +191,55 @@ def test_argmax_kernel_long_rows_equals_numpy(dtype, label_dtype, classes):
     assert labels[1, 2, 5:9].tolist() == [classes - 1] * 4
 
 
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+@pytest.mark.parametrize("shape, roi, overlap, placement, padding", [
+    ((2, 2, 37, 29), (16, 12), 0.5, "monai", "constant"),
+    ((1, 2, 9, 30), (12, 8), 0.3, "nnunet", "reflect"),
+    ((1, 2, 11, 14, 19), (6, 9, 7), 0.25, "monai", "constant"),
+    ((1, 2, 13, 10, 17), (6, 5, 8), 0.6, "nnunet", "constant"),
+])
+def test_one_pass_blending_equals_zero_accumulate_divide(device, shape, roi, overlap, placement, padding):
+    """The run folds each voxel's first visit (assign) and last (divide by the count) into the
+    accumulate; the result equals the plain three passes (zero, add every window, divide)."""
+    x = np.random.default_rng(3).standard_normal(shape).astype(np.float32)
+    kw = dict(overlap=overlap, mode="gaussian", placement=placement, padding_mode=padding, sw_batch_size=2)
+    got = sliding_window(x, roi, mix, device=device, **kw)
+    nd = len(roi)
+    pads = stitch.pad_widths(shape[2:], roi)
+    xp = np.pad(x, [(0, 0), (0, 0)] + pads, mode={"constant": "constant", "reflect": "reflect"}[padding])
+    size = xp.shape[2:]
+    imp = stitch.importance_map(roi, "gaussian", 0.125)
+    out = np.zeros((shape[0], 3) + size, np.float32)
+    count = np.zeros(size, np.float32)
+    for start in stitch.windows(size, roi, (overlap,) * nd, placement):
+        box = tuple(slice(a, a + r) for a, r in zip(start, roi))
+        pred = mix(np.ascontiguousarray(xp[(slice(None), slice(None)) + box]))
+        out[(slice(None), slice(None)) + box] += pred * imp
+        count[box] += imp
+    out /= count
+    crop = tuple(slice(a, a + s) for (a, _), s in zip(pads, shape[2:]))
+    np.testing.assert_array_equal(got, out[(slice(None), slice(None)) + crop])
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+@pytest.mark.parametrize("reduce", [None, "argmax"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_scores_are_refused(device, reduce, bad):
+    x = np.random.default_rng(1).standard_normal((1, 2, 30, 30)).astype(np.float32)
+    calls = []
+
+    def predictor(b):
+        calls.append(1)
+        out = mix(b)
+        if len(calls) == 3:  # one voxel of the third batch
+            out[0, 1, 2, 3] = bad
+        return out
+
+    with pytest.raises(ValueError, match="1 NaN or infinite score"):
+        sliding_window(x, (12, 12), predictor, overlap=0.5, device=device, reduce=reduce)
+    assert len(calls) == 3  # refused at once, not at the end of the run
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

@@ -40,7 +40,8 @@ Box size3(const std::vector<int64_t>& v) {
 }
 
 template <typename T, typename S>
-void fma_typed(py::array dst, py::array src, py::array w, const Box& doff, const Box& soff, const Box& box, int threads) {
+bool fma_typed(py::array dst, py::array src, py::array w, const Box& doff, const Box& soff, const Box& box,
+               const Box& fresh, const Box& last, py::object count, int threads) {
     int64_t Cd, Cs, Cw;
     const Box ds = spatial_of(dst, &Cd), ss = spatial_of(src, &Cs);
     py::array wv = w.reshape(std::vector<py::ssize_t>{1, (py::ssize_t)ss[0], (py::ssize_t)ss[1], (py::ssize_t)ss[2]});
@@ -50,11 +51,25 @@ void fma_typed(py::array dst, py::array src, py::array w, const Box& doff, const
     for (int k = 0; k < 3; ++k)
         if (doff[k] < 0 || soff[k] < 0 || box[k] < 0 || doff[k] + box[k] > ds[k] || soff[k] + box[k] > ss[k])
             throw std::invalid_argument("box outside the arrays");
+    const bool divides = last[0] > 0 && last[1] > 0 && last[2] > 0 && box[0] > 0 && box[1] > 0 && box[2] > 0;
+    const T* c = nullptr;
+    py::array cv;
+    if (divides) {
+        if (count.is_none()) throw std::invalid_argument("a last box needs the count map");
+        cv = py::array::ensure(count);
+        if (!cv || !cv.dtype().is(dst.dtype())) throw std::invalid_argument("the count map must have the destination's dtype");
+        int64_t one;
+        py::array c4 = cv.reshape(std::vector<py::ssize_t>{1, (py::ssize_t)ds[0], (py::ssize_t)ds[1], (py::ssize_t)ds[2]});
+        if (spatial_of(c4, &one) != ds) throw std::invalid_argument("the count map must have the destination's spatial shape");
+        cv = c4;
+        c = static_cast<const T*>(cv.data());
+    }
     T* d = static_cast<T*>(dst.mutable_data());
     const S* s = static_cast<const S*>(src.data());
     const T* ww = static_cast<const T*>(wv.data());
     py::gil_scoped_release release;
-    segrt::stitch::box_fma<T, S>(d, Cd, ds, doff, s, ss, soff, ww, box, threads);
+    return segrt::stitch::box_fma<T, S>(d, Cd, ds, doff, s, ss, soff, ww, box, fresh, divides ? last : Box{0, 0, 0},
+                                        c, threads);
 }
 
 template <typename T, typename L>
@@ -114,20 +129,25 @@ void bind_stitch(py::module_& m) {
     m.def(
         "stitch_fma",
         [](py::array dst, py::array src, py::array w, std::vector<int64_t> dst_off, std::vector<int64_t> src_off,
-           std::vector<int64_t> box, int threads) {
+           std::vector<int64_t> box, py::object fresh, py::object last, py::object count, int threads) {
             const Box doff = box3(dst_off), soff = box3(src_off), bx = size3(box);
+            // fresh defaults to the box (add everywhere), last to nothing (divide nowhere); a 2D
+            // fresh pads with 0 (every row of the one plane), a 2D last with 1
+            const Box fr = fresh.is_none() ? bx : box3(fresh.cast<std::vector<int64_t>>());
+            const Box la = last.is_none() ? Box{0, 0, 0} : size3(last.cast<std::vector<int64_t>>());
             const auto dt = dst.dtype(), st = src.dtype(), wt = w.dtype();
             if (!wt.is(dt)) throw std::invalid_argument("the weight map must have the destination's dtype");
             if (dt.is(py::dtype::of<float>())) {
-                if (st.is(py::dtype::of<float>())) return fma_typed<float, float>(dst, src, w, doff, soff, bx, threads);
-                if (st.is(py::dtype::of<double>())) return fma_typed<float, double>(dst, src, w, doff, soff, bx, threads);
+                if (st.is(py::dtype::of<float>())) return fma_typed<float, float>(dst, src, w, doff, soff, bx, fr, la, count, threads);
+                if (st.is(py::dtype::of<double>())) return fma_typed<float, double>(dst, src, w, doff, soff, bx, fr, la, count, threads);
             } else if (dt.is(py::dtype::of<double>())) {
-                if (st.is(py::dtype::of<float>())) return fma_typed<double, float>(dst, src, w, doff, soff, bx, threads);
-                if (st.is(py::dtype::of<double>())) return fma_typed<double, double>(dst, src, w, doff, soff, bx, threads);
+                if (st.is(py::dtype::of<float>())) return fma_typed<double, float>(dst, src, w, doff, soff, bx, fr, la, count, threads);
+                if (st.is(py::dtype::of<double>())) return fma_typed<double, double>(dst, src, w, doff, soff, bx, fr, la, count, threads);
             }
             throw std::invalid_argument("stitch_fma supports float32 / float64 arrays");
         },
         py::arg("dst"), py::arg("src"), py::arg("weight"), py::arg("dst_off"), py::arg("src_off"), py::arg("box"),
+        py::arg("fresh") = py::none(), py::arg("last") = py::none(), py::arg("count") = py::none(),
         py::arg("threads") = 0);
     m.def(
         "stitch_argmax",

@@ -19,27 +19,60 @@ namespace stitch {
 
 using Box = std::array<int64_t, 3>;
 
-// dst[c, dst_off + p] += src[c, src_off + p] * w[src_off + p] for p in the box, every c.
+// One window's weighted prediction into the blended sum, for q in the box (box coordinates):
+//   dst[c, doff + q] += src[c, soff + q] * w[soff + q]
+// with the first and the last visit of a voxel folded in, so the sum needs no zeroing pass
+// before and no normalising pass after:
+//   where q >= fresh on every axis (no earlier window covers the voxel) the sum is assigned,
+//   not added (dst may hold anything there);
+//   where q < last on every axis (no later window covers it) the sum is then divided by
+//   count[doff + q] (count: dst's spatial shape; unused when some last[k] is 0).
+// fresh = box and last = 0 give the plain accumulate. Returns false when a source value read
+// is NaN or infinite (checked on the values already in registers: no extra pass).
 template <typename T, typename S>
-void box_fma(T* dst, int64_t C, const Box& dshape, const Box& doff, const S* src, const Box& sshape,
-             const Box& soff, const T* w, const Box& box, int threads) {
+bool box_fma(T* dst, int64_t C, const Box& dshape, const Box& doff, const S* src, const Box& sshape,
+             const Box& soff, const T* w, const Box& box, const Box& fresh, const Box& last, const T* count,
+             int threads) {
     const int64_t dvox = dshape[0] * dshape[1] * dshape[2], svox = sshape[0] * sshape[1] * sshape[2];
     const int64_t rows = box[0] * box[1];
     const int64_t n = box[2];
-    // rows outside, classes inside: a row of weights is read once for every class
+    const int64_t fresh_x = std::min(std::max(fresh[2], (int64_t)0), n);
+    const int64_t last_x = std::min(std::max(last[2], (int64_t)0), n);
+    std::vector<unsigned char> bad_of(std::max(rows, (int64_t)1), 0);
+    // rows outside, classes inside: a row of weights is read once for every class, and a row
+    // is divided while it is still in the L1 cache
     parallel_for(rows, threads, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {
             const int64_t a = r / box[1], b = r % box[1];
             const int64_t dof = ((doff[0] + a) * dshape[1] + (doff[1] + b)) * dshape[2] + doff[2];
             const int64_t so = ((soff[0] + a) * sshape[1] + (soff[1] + b)) * sshape[2] + soff[2];
+            const bool row_fresh = a >= fresh[0] && b >= fresh[1];
+            const int64_t add_to = row_fresh ? fresh_x : n;
+            const int64_t divide_to = (a < last[0] && b < last[1]) ? last_x : 0;
             const T* ww = w + so;
+            const T* cc = count != nullptr ? count + dof : nullptr;
+            unsigned bad = 0;
             for (int64_t c = 0; c < C; ++c) {
-                T* d = dst + c * dvox + dof;
-                const S* s = src + c * svox + so;
-                for (int64_t x = 0; x < n; ++x) d[x] += (T)s[x] * ww[x];
+                T* __restrict d = dst + c * dvox + dof;
+                const S* __restrict s = src + c * svox + so;
+                for (int64_t x = 0; x < add_to; ++x) {
+                    const T v = (T)s[x];
+                    bad |= (unsigned)(v - v != (T)0);  // NaN for NaN and for +-inf
+                    d[x] += v * ww[x];
+                }
+                for (int64_t x = add_to; x < n; ++x) {
+                    const T v = (T)s[x];
+                    bad |= (unsigned)(v - v != (T)0);
+                    d[x] = v * ww[x];
+                }
+                for (int64_t x = 0; x < divide_to; ++x) d[x] /= cc[x];
             }
+            bad_of[r] = (unsigned char)(bad != 0);
         }
     });
+    for (unsigned char b : bad_of)
+        if (b) return false;
+    return true;
 }
 
 // labels[off + p] = argmax_c acc[c, p] over a whole (C, B0, B1, B2) block; first maximum wins.

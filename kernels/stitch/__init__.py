@@ -149,17 +149,33 @@ def importance_map(roi_size, mode="constant", sigma_scale=0.125, dtype=np.float3
     return _importance_map(roi, str(mode), sigma, np.dtype(dtype).name)
 
 
-def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, device="auto", tuner=None) -> None:
-    """``dst[:, dst_off + p] += pred[:, src_off + p] * weight[src_off + p]`` over a box, in place.
+def accumulate(dst, dst_off, pred, weight, *, src_off=None, box=None, fresh=None, last=None, count=None,
+               device="auto", tuner=None) -> bool:
+    """``dst[:, dst_off + q] += pred[:, src_off + q] * weight[src_off + q]`` for q in a box, in place.
 
     dst: (C, *S) float32 / float64, C-contiguous; pred: (C, *roi); weight: (*roi) of dst's
-    dtype. The box defaults to the whole window. tuner: a ThreadTuner shared by the calls of
-    one run (the compiled kernel; otherwise large boxes use all threads).
+    dtype. The box defaults to the whole window. A sliding-window run folds a voxel's first and
+    last visit into this pass (so its sum needs neither a zeroing pass before nor a normalising
+    pass after): where q >= ``fresh`` on every axis the sum is assigned, not added (dst may hold
+    anything there), and where q < ``last`` on every axis it is then divided by
+    ``count[dst_off + q]`` (count: dst's spatial shape). fresh defaults to the box (add
+    everywhere), last to nothing. tuner: a ThreadTuner shared by the calls of one run (the
+    compiled kernel; otherwise large boxes use all threads).
+
+    Returns False when a value read from pred is NaN or infinite (the blended result is then
+    wrong there), True otherwise.
     """
     nd = pred.ndim - 1
     src_off = tuple(src_off) if src_off is not None else (0,) * nd
     box = tuple(box) if box is not None else tuple(pred.shape[1:])
-    _implementation(device, dst, pred).accumulate(dst, tuple(dst_off), pred, weight, src_off, box, tuner)
+    fresh = tuple(fresh) if fresh is not None else box
+    last = tuple(last) if last is not None else (0,) * nd
+    if any(int(v) < 0 for v in fresh + last) or len(fresh) != nd or len(last) != nd:
+        raise ValueError(f"accumulate: fresh and last need {nd} non-negative offsets, got {fresh} and {last}")
+    if all(last) and count is None:
+        raise ValueError("accumulate: a last box divides by the count map; pass count=")
+    return bool(_implementation(device, dst, pred).accumulate(dst, tuple(dst_off), pred, weight, src_off, box, fresh,
+                                                              last, count, tuner))
 
 
 def zeros(shape, dtype, *, device="auto"):

@@ -7,6 +7,8 @@ where the CPU kernel rounds twice: results agree to float rounding (1e-6 relativ
 for bit."""
 from __future__ import annotations
 
+import math
+
 from segrt.kernels import gpu as _gpu
 
 # the kernels refer to the module-level ``cuda`` so that Numba's simulator can stand in for it
@@ -14,7 +16,7 @@ cuda = _gpu.cuda()
 
 
 @cuda.jit
-def _fma(dst, pred, weight, d0, d1, d2, s0, s1, s2, b0, b1, b2):
+def _fma(dst, pred, weight, d0, d1, d2, s0, s1, s2, b0, b1, b2, f0, f1, f2, l0, l1, l2, count, bad):
     i = cuda.grid(1)
     per_channel = b0 * b1 * b2
     if i >= dst.shape[0] * per_channel:
@@ -24,7 +26,17 @@ def _fma(dst, pred, weight, d0, d1, d2, s0, s1, s2, b0, b1, b2):
     z = r // (b1 * b2)
     y = (r // b2) % b1
     x = r % b2
-    dst[c, d0 + z, d1 + y, d2 + x] += pred[c, s0 + z, s1 + y, s2 + x] * weight[s0 + z, s1 + y, s2 + x]
+    v = pred[c, s0 + z, s1 + y, s2 + x]
+    if not math.isfinite(v):
+        bad[0] = 1
+    term = v * weight[s0 + z, s1 + y, s2 + x]
+    if z >= f0 and y >= f1 and x >= f2:  # the voxel's first visit
+        total = term
+    else:
+        total = dst[c, d0 + z, d1 + y, d2 + x] + term
+    if z < l0 and y < l1 and x < l2:  # its last visit: the sum is complete
+        total = total / count[d0 + z, d1 + y, d2 + x]
+    dst[c, d0 + z, d1 + y, d2 + x] = total
 
 
 def _as3d(a, channels: bool):
@@ -38,14 +50,24 @@ def _pad3(t):
     return (0,) * (3 - len(t)) + tuple(int(v) for v in t)
 
 
-def accumulate(dst, dst_off, pred, weight, src_off, box, tuner=None) -> None:
+def accumulate(dst, dst_off, pred, weight, src_off, box, fresh, last, count, tuner=None) -> bool:
     xp = _gpu.array_module()
     pred, weight = _gpu.to_device(pred, xp), _gpu.to_device(weight, xp)
     d, p, w = _as3d(dst, True), _as3d(pred, True), _as3d(weight, False)
     (d0, d1, d2), (s0, s1, s2), (b0, b1, b2) = _pad3(dst_off), _pad3(src_off), (1,) * (3 - len(box)) + tuple(box)
+    f0, f1, f2 = _pad3(fresh)
+    l0, l1, l2 = (1,) * (3 - len(last)) + tuple(int(v) for v in last)
+    if not (l0 and l1 and l2):
+        l0 = l1 = l2 = 0
+        count = xp.empty((1, 1, 1), dst.dtype)  # never read: a placeholder of the right rank (not a view
+        # of dst: host arrays are copied back after a simulated launch, a view would undo the writes)
+    else:
+        count = _as3d(_gpu.to_device(count, xp), False)
+    bad = xp.zeros(1, xp.int32)
     n = d.shape[0] * b0 * b1 * b2
     if n:
-        _gpu.launch(_fma, n, d, p, w, d0, d1, d2, s0, s1, s2, b0, b1, b2)
+        _gpu.launch(_fma, n, d, p, w, d0, d1, d2, s0, s1, s2, b0, b1, b2, f0, f1, f2, l0, l1, l2, count, bad)
+    return not bool(bad[0])  # one flag read per window: the check NaN scores need
 
 
 def zeros(shape, dtype):

@@ -8,9 +8,16 @@ def _slices(off, box):
     return tuple(slice(o, o + b) for o, b in zip(off, box))
 
 
-def accumulate(dst, dst_off, pred, weight, src_off, box, tuner=None) -> None:
-    dst[(slice(None),) + _slices(dst_off, box)] += (
-        pred[(slice(None),) + _slices(src_off, box)] * weight[_slices(src_off, box)]).astype(dst.dtype)
+def accumulate(dst, dst_off, pred, weight, src_off, box, fresh, last, count, tuner=None) -> bool:
+    src = pred[(slice(None),) + _slices(src_off, box)]
+    region = dst[(slice(None),) + _slices(dst_off, box)]
+    # a first visit: the sum starts from zero there (dst may hold anything)
+    region[(slice(None),) + tuple(slice(f, None) for f in fresh)] = 0
+    region += (src * weight[_slices(src_off, box)]).astype(dst.dtype)
+    if all(last):  # a last visit: the sum is complete, normalise it
+        final = _slices((0,) * len(box), last)
+        region[(slice(None),) + final] /= count[_slices(dst_off, box)][final]
+    return bool(np.isfinite(src).all())
 
 
 def zeros(shape, dtype):
