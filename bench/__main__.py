@@ -12,6 +12,7 @@ BENCHMARKS = {
     "report": "segrt.bench.report",
     "gpu-kernels": "segrt.bench.gpu_kernels",
     "nnunet": "segrt.bench.nnunet",
+    "batch": "segrt.bench.batch",
 }
 
 

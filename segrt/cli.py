@@ -179,32 +179,11 @@ def _cmd_build(args) -> int:
     return 0
 
 
-def _default_output(source: str, suffix: str) -> str:
-    base = os.path.basename(os.path.normpath(source))
-    for ext in (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov",
-                ".mkv"):
-        if base.lower().endswith(ext):
-            base = base[: -len(ext)]
-            break
-    return f"{base}_segrt{suffix}"
-
-
-def _timing_text(backend: str, timings: dict) -> str:
-    """"openvino; 2.31 s (1.02 s of it compiling for this input size, a one-off)"."""
-    from segrt.engine.stages import COMPILE_STAGE
-
-    text = f"{backend}; {timings['total']:.2f} s"
-    if timings.get(COMPILE_STAGE):
-        text += (f" ({timings[COMPILE_STAGE]:.2f} s of it compiling the network for this input size: later runs of "
-                 "this size in the same process skip it)")
-    return text
-
-
 def _cmd_run(args) -> int:
-    from segrt.engine.model import load
-    from segrt.export import zoo
-
     from segrt.engine import io
+    from segrt.engine.model import load
+    from segrt.engine.study import segment_study
+    from segrt.export import zoo
 
     if not os.path.exists(args.input):
         raise SystemExit(f"error: {args.input}: no such file or folder")
@@ -219,54 +198,14 @@ def _cmd_run(args) -> int:
         io.check_outputs(sorted(p for p in planned if p), [args.input])
     model_path = zoo.resolve(args.model, verbose=not args.quiet)
     model = load(model_path, backend=args.backend, **({"precision": "bf16"} if args.precision == "bf16" else {}))
-    task = (model.metadata or {}).get("task")
-    if task is None:
-        raise ValueError(f"{model_path} has no segrt metadata, so segrt does not know what its outputs mean. See what "
-                         f"it declares and lacks with: segrt describe {model_path}; then attach it, e.g. segrt "
-                         f"describe {model_path} --task semantic --classes background,object --normalization "
-                         "percentile:1,99.8 -o described.onnx")
     spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
-    if task == "semantic" and (model.metadata or {}).get("spatial_dims") == 2:
-        from segrt.engine.image import ImagePipeline
-
-        pipe = ImagePipeline(model, overlap=args.overlap, verbose=not args.quiet)
-        result = pipe.run(args.input, pixel_size_mm=spacing)
-        for note in result.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        out = args.output or _default_output(args.input, ".tif")
-        labels_path, sidecar = result.save(out)
-        print(f"wrote {labels_path} and {sidecar} ({_timing_text(model.backend, result.timings)})")
-        mm2 = result.areas_mm2
-        for name, px in result.areas_px.items():
-            print(f"  {name}: {px} px" + (f" ({mm2[name] * 1e6:.1f} um^2, {mm2[name]:.4g} mm^2)" if mm2 else ""))
-        return 0
-    if task == "semantic":
-        from segrt.engine.volume import VolumePipeline
-
-        pipe = VolumePipeline(model, overlap=args.overlap, verbose=not args.quiet)
-        result = pipe.run(args.input, spacing=spacing, series=args.series)
-        for note in result.notes:
-            print(f"warning: {note}", file=sys.stderr)
-        src_kind = result.volume.kind
-        out = args.output or _default_output(args.input, {"tiff": ".tif", "npy": ".npy"}.get(src_kind, ".nii.gz"))
-        written = result.save(out, dicom_seg=args.dicom_seg)
-        print(f"wrote {', '.join(written)} ({_timing_text(model.backend, result.timings)})")
-        for name, ml in result.volumes_ml.items():
-            print(f"  {name}: {ml:.2f} mL")
-        return 0
-    from segrt.engine.instances import InstancePipeline
-
-    pipe = InstancePipeline(model, tile=args.tile, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
-                            verbose=not args.quiet)
-    if pipe.ndim == 3:
-        image = io.read_volume(args.input, spacing=spacing, series=args.series).array
-        result = pipe.run(image, source=args.input)
-    else:
-        result = pipe.run(args.input)
-    out = args.output or _default_output(args.input, ".tif")
-    written = result.save(out)
-    print(f"wrote {', '.join(written)} ({len(result.points)} objects, {result.tiles} tile(s), "
-          f"{_timing_text(model.backend, result.timings)})")
+    outcome = segment_study(model, args.input, args.output, overlap=args.overlap, spacing=spacing, series=args.series,
+                            dicom_seg=args.dicom_seg, tile=args.tile, prob_thresh=args.prob_thresh,
+                            nms_thresh=args.nms_thresh, verbose=not args.quiet)
+    for note in outcome.warnings:
+        print(f"warning: {note}", file=sys.stderr)
+    for line in outcome.lines:
+        print(line)
     return 0
 
 
@@ -284,7 +223,9 @@ def _cmd_video(args) -> int:
     elif str(args.source).isdigit() or "://" in str(args.source):
         stats_path = "stream_segrt_latency.json"
     else:
-        stats_path = _default_output(args.source, "_latency.json")
+        from segrt.engine.study import default_output
+
+        stats_path = default_output(args.source, "_latency.json")
     png_path = os.path.splitext(stats_path)[0] + ".png"
     # refused before any work: outputs that are the source, in a read-only folder, or in a
     # format the video writer cannot produce
@@ -450,21 +391,65 @@ def _add_run(sub) -> None:
     r.add_argument("input", help="NIfTI file, DICOM folder or file, TIFF, PNG / JPEG, or .npy")
     r.add_argument("-o", "--output", help="labels file (.nii.gz, .nii, .tif, .npy; .dcm: a DICOM SEG plus "
                                           "<stem>.nii.gz); default <input>_segrt.<ext> here")
-    _add_backend(r)
-    r.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
-    r.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5 (2D: row,column, "
-                                     "e.g. 0.00025,0.00025 for 0.25 um pixels)")
-    r.add_argument("--precision", choices=("f32", "bf16"), default="f32",
-                   help="bf16: OpenVINO (or torch) computes in bfloat16, several times faster on CPUs with "
-                        "bfloat16 units (AMX, AVX512-BF16); check the labels on your data first (segrt check)")
+    _add_study_options(r)
     r.add_argument("--dicom-seg", metavar="SEG.dcm", help="semantic 3D models on a DICOM series: also write a DICOM "
                                                           "Segmentation referencing it (-o seg.dcm does the same)")
     r.add_argument("--series", metavar="UID", help="SeriesInstanceUID to segment from a DICOM folder holding several")
-    r.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
-    r.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
-    r.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
     r.set_defaults(handler=_cmd_run)
+
+
+def _add_study_options(parser) -> None:
+    """How a study is segmented: the options `segrt run` and `segrt batch` share."""
+    _add_backend(parser)
+    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    parser.add_argument("--spacing", help="voxel size in mm for TIFF / .npy inputs, e.g. 1,0.5,0.5 (2D: row,column, "
+                                          "e.g. 0.00025,0.00025 for 0.25 um pixels)")
+    parser.add_argument("--precision", choices=("f32", "bf16"), default="f32",
+                        help="bf16: OpenVINO (or torch) computes in bfloat16, several times faster on CPUs with "
+                             "bfloat16 units (AMX, AVX512-BF16); check the labels on your data first (segrt check)")
+    parser.add_argument("--tile", type=int, help="star-convex models: tile size in pixels (default 512 2D, 128 3D)")
+    parser.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
+    parser.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress read-out")
+
+
+def _cmd_batch(args) -> int:
+    from segrt.engine.batch import REPORT_NAME, run_batch
+    from segrt.export import zoo
+
+    model_path = zoo.resolve(args.model, verbose=not args.quiet)
+    spacing = tuple(float(v) for v in args.spacing.split(",")) if args.spacing else None
+    options = {"overlap": args.overlap, "spacing": spacing, "tile": args.tile, "prob_thresh": args.prob_thresh,
+               "nms_thresh": args.nms_thresh}
+    report = run_batch(model_path, args.inputs, args.output, scheduler=args.scheduler, workers=args.workers,
+                       backend=args.backend, precision=args.precision, options=options, progress=not args.quiet)
+    s = report["summary"]
+    rate = f", {s['studies_per_minute']:.1f} studies/min" if s["studies_per_minute"] else ""
+    print(f"{s['done']} done, {s['failed']} failed, {s['skipped']} skipped (finished earlier) of {s['studies']} in "
+          f"{s['seconds']:.1f} s{rate}; report: {os.path.join(report['outdir'], REPORT_NAME)}")
+    for source, study in report["studies"].items():
+        if study["status"] == "failed":
+            print(f"  failed: {source}: {study['error']}", file=sys.stderr)
+    return 1 if s["failed"] else 0
+
+
+def _add_batch(sub) -> None:
+    b = sub.add_parser("batch", help="segment many studies on Dask (this machine or a cluster), resumable",
+                       description="Run `segrt run` over many inputs as Dask tasks: a local cluster of --workers "
+                                   "processes (loopback only) or the workers of --scheduler. Each worker loads the "
+                                   "model once; each study writes the files `segrt run` writes into OUTDIR, its "
+                                   "JSON summary last; a study that fails is reported and the batch goes on; a "
+                                   "rerun skips finished studies. Example: segrt batch deepbet scans/*.nii.gz -o "
+                                   "masks --workers 2")
+    b.add_argument("model", help=".onnx file exported by segrt, or a model name")
+    b.add_argument("inputs", nargs="+", help="studies: NIfTI files, DICOM folders, TIFF / PNG images, .npy")
+    b.add_argument("-o", "--output", required=True, help="output folder (created)")
+    where = b.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help="a running Dask scheduler, e.g. tcp://10.0.0.5:8786")
+    where.add_argument("--workers", type=int, help="processes of the local cluster (default 1; the cores are shared "
+                                                   "among them)")
+    _add_study_options(b)
+    b.set_defaults(handler=_cmd_batch)
 
 
 def _add_video(sub) -> None:
@@ -533,13 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="segrt", description="segrt: compiled inference engine for medical image "
                                                            "segmentation.")
     sub = ap.add_subparsers(dest="command")
-    for add in (_add_run, _add_video, _add_describe, _add_import, _add_export, _add_check, _add_build, _add_tools):
+    for add in (_add_run, _add_batch, _add_video, _add_describe, _add_import, _add_export, _add_check, _add_build, _add_tools):
         add(sub)
     return ap
 
 
 # commands whose errors are segrt's own (they name the file and the cause): printed, exit code 2
-_USER_FACING = {"build", "export", "check", "run", "video", "describe", "import"}
+_USER_FACING = {"build", "export", "check", "run", "batch", "video", "describe", "import"}
 
 
 def main(argv=None) -> int:

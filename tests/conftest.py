@@ -117,6 +117,18 @@ def fast_devices(implementations: dict) -> list:
             for d in implementations if d != "reference"]
 
 
+def described_nuclei_model(folder):
+    """``keras_like_model`` described with ``segrt describe`` as a 2D semantic model (background,
+    nucleus; percentile normalisation): (raw path, described path)."""
+    from segrt.cli import main
+
+    raw = keras_like_model(os.path.join(folder, "det.onnx"))
+    out = os.path.join(folder, "det_segrt.onnx")
+    assert main(["describe", raw, "--task", "semantic", "--classes", "background,nucleus", "--normalization",
+                 "percentile:1,99", "-o", out]) == 0
+    return raw, out
+
+
 def keras_like_model(path, *, size=64, classes=2, activation="Softmax", batch="N", meta=None):
     """A channels-last network as Keras / TensorFlow export them: (N, H, W, 1) in, per-pixel
     class probabilities (N, H, W, C) out, no segrt metadata. Its logits: a 3x3 convolution;

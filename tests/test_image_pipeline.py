@@ -13,18 +13,13 @@ pytest.importorskip("onnxruntime")
 tifffile = pytest.importorskip("tifffile")
 from scipy import ndimage  # noqa: E402
 
-from conftest import keras_like_model  # noqa: E402
+from conftest import described_nuclei_model  # noqa: E402
 from segrt.cli import main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def described(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("model")
-    raw = keras_like_model(folder / "det.onnx")
-    out = str(folder / "det_segrt.onnx")
-    assert main(["describe", raw, "--task", "semantic", "--classes", "background,nucleus", "--normalization",
-                 "percentile:1,99", "-o", out]) == 0
-    return raw, out
+    return described_nuclei_model(tmp_path_factory.mktemp("model"))
 
 
 def _blobs(shape=(150, 170), seed=0):
