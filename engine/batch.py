@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import time
+import uuid
 
 from segrt.engine.study import default_output, segment_study, sidecar_of
 
@@ -210,8 +211,11 @@ def run_batch(model, inputs, outdir, *, scheduler: str | None = None, workers: i
                 per_host[_host(address)] = per_host.get(_host(address), 0) + 1
             client.register_plugin(_as_worker_plugin(ModelPlugin(model_path, backend, precision, per_host)),
                                    name=PLUGIN_NAME)
+            # keys name the study's place in this batch, unique per batch: a client shared by
+            # batches (a notebook) must not take one batch's study for another's
+            run = uuid.uuid4().hex[:8]
             futures = {client.submit(_segment_on_worker, s, outdir, options, pure=False,
-                                     key=f"segrt-study-{i}"): s for i, s in enumerate(todo)}
+                                     key=f"segrt-study-{i}-{run}"): s for i, s in enumerate(todo)}
             bar = _Progress(len(todo), progress)
             done = failed = 0
             for fut in distributed.as_completed(list(futures)):
