@@ -33,10 +33,6 @@ def _distributed():
     return distributed
 
 
-def _plugin_base():
-    return _distributed().WorkerPlugin
-
-
 class ModelPlugin:
     """Loads the model once per worker (``setup``), with the backend's threads limited to the
     cores this worker was given, and holds it for the worker's tasks."""
@@ -52,6 +48,10 @@ class ModelPlugin:
     def setup(self, worker=None):
         from segrt.engine import backends
         from segrt.engine.model import load
+
+        if not isinstance(self.model_path, str):  # a model object (anything with infer and metadata)
+            self.model = self.model_path
+            return
 
         # this host's cores shared among the batch's workers on it (two models each taking every
         # core would fight over them: measured 14.7 against 16.9 studies/min with 2 workers)
@@ -77,7 +77,7 @@ def _host(address: str) -> str:
 
 def _as_worker_plugin(plugin: ModelPlugin):
     """The plugin as a ``distributed.WorkerPlugin`` (a subclass made here: distributed is optional)."""
-    base = _plugin_base()
+    base = _distributed().WorkerPlugin
     cls = type("SegrtModelPlugin", (ModelPlugin, base), {})
     return cls(plugin.model_path, plugin.backend, plugin.precision, plugin.workers_per_host)
 

@@ -46,7 +46,7 @@ class InstanceResult:
 
     def polygons(self) -> np.ndarray:
         """(K, n_rays, 2) polygon vertices (y, x) in pixel coordinates (pixel centres at integers)."""
-        if self.labels.ndim != 2:
+        if self.points.shape[1] != 2:
             raise ValueError("polygons exist for 2D results only")
         n_rays = self.dists.shape[1]
         phi = 2 * np.pi * np.arange(n_rays) / n_rays
@@ -63,16 +63,7 @@ class InstanceResult:
         area = np.bincount(flat, minlength=k + 1)[1:k + 1]
         coords = np.indices(self.labels.shape).reshape(nd, -1)
         sums = [np.bincount(flat, weights=c, minlength=k + 1)[1:k + 1] for c in coords]
-        rows = []
-        axes = "zyx"[-nd:]
-        for i in range(k):
-            row = {"id": i + 1}
-            for a, s in zip(axes, sums):
-                row[f"centroid_{a}"] = round(float(s[i] / area[i]), 3) if area[i] else float("nan")
-            row["area" if nd == 2 else "volume"] = int(area[i])
-            row["score"] = round(float(self.scores[i]), 6)
-            rows.append(row)
-        return rows
+        return objects_table(area, sums, self.scores, nd)
 
     def geojson(self) -> dict:
         """A GeoJSON FeatureCollection of the polygons in QuPath's pixel frame (x, y; a pixel's
@@ -96,26 +87,46 @@ class InstanceResult:
         """Writes the labels (TIFF / .npy by suffix) and beside them ``<stem>.csv``,
         ``<stem>.json`` and, for 2D, ``<stem>.geojson``; each file appears complete or not at all."""
         path = os.fspath(path)
-        stem = os.path.splitext(path)[0]
         planned = planned_outputs(path, self.labels.ndim)
         io.check_outputs(planned[:1], [self.source], suffixes=LABEL_SUFFIXES)
         io.check_outputs(planned[1:], [self.source])
         written = [io.write_labels(path, self.labels)]
-        rows = self.objects()
+        return written + self.write_tables(path, self.objects(), self.summary())
+
+    def write_tables(self, path, rows: list, summary: dict) -> list:
+        """``<stem>.csv`` (the objects table), for 2D ``<stem>.geojson``, then ``<stem>.json``
+        (the summary, last: its presence marks a finished result), each written atomically."""
+        stem = os.path.splitext(os.fspath(path))[0]
+        written = []
         with io.atomic_path(stem + ".csv") as tmp, open(tmp, "w", newline="") as f:
             fields = list(rows[0]) if rows else ["id", "score"]
             w = csv.DictWriter(f, fieldnames=fields)
             w.writeheader()
             w.writerows(rows)
         written.append(stem + ".csv")
-        if self.labels.ndim == 2:
+        if self.points.shape[1] == 2:
             with io.atomic_path(stem + ".geojson") as tmp, open(tmp, "w") as f:
                 json.dump(self.geojson(), f)
             written.append(stem + ".geojson")
         with io.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
-            json.dump(self.summary(), f, indent=2)
+            json.dump(summary, f, indent=2)
         written.append(stem + ".json")
         return written
+
+
+def objects_table(area, sums, scores, nd: int) -> list:
+    """Rows of the objects table from each object's pixel count, coordinate sums (per axis) and
+    score: id, centroid, area (2D) or volume (3D), score."""
+    rows = []
+    axes = "zyx"[-nd:]
+    for i in range(len(scores)):
+        row = {"id": i + 1}
+        for a, s in zip(axes, sums):
+            row[f"centroid_{a}"] = round(float(s[i] / area[i]), 3) if area[i] else float("nan")
+        row["area" if nd == 2 else "volume"] = int(area[i])
+        row["score"] = round(float(scores[i]), 6)
+        rows.append(row)
+    return rows
 
 
 LABEL_SUFFIXES = (".tif", ".tiff", ".npy")
@@ -213,11 +224,57 @@ class InstancePipeline:
         normalised image's own statistics (standardize, z-score without fixed mean / std)."""
         from segrt.engine import preprocess
 
-        spec = self.meta.get("normalization") or {"kind": "none"}
-        if spec.get("standardize") or (spec["kind"] == "zscore" and not ("mean" in spec and "std" in spec)):
+        if not self.crops_normalize:
             return None
-        stats = [preprocess.percentile_stats(ch, spec) for ch in x]
+        spec = self.meta.get("normalization") or {"kind": "none"}
+        return self._normalizer_of([preprocess.percentile_stats(ch, spec) for ch in x])
+
+    @property
+    def crops_normalize(self) -> bool:
+        """Whether a crop can be normalised alone, given the whole image's statistics (not when
+        the normalisation needs the normalised image's own statistics: standardize, z-score
+        without fixed mean / std)."""
+        spec = self.meta.get("normalization") or {"kind": "none"}
+        return not (spec.get("standardize") or (spec["kind"] == "zscore" and not ("mean" in spec and "std" in spec)))
+
+    def _normalizer_of(self, stats):
+        """Normalises any (C, ...) crop with per-channel statistics of the whole image."""
+        from segrt.engine import preprocess
+
+        spec = self.meta.get("normalization") or {"kind": "none"}
         return lambda crop: self._xp.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(crop, stats)])
+
+    def tile_plan(self, spatial):
+        """How an image of this size is tiled: (padded size, padding mode, whether it runs whole,
+        the first pixel of every tile per axis)."""
+        padded = tuple(-(-s // self.step) * self.step for s in spatial)
+        mode = "reflect" if all(p - s < s for p, s in zip(padded, spatial)) else "edge"
+        whole = all(p <= t for p, t in zip(padded, self.tile))
+        return padded, mode, whole, [range(0, p, t) for p, t in zip(padded, self.tile)]
+
+    def tile_windows(self, start, padded):
+        """A tile's kept core and the window of padded input it is predicted from: every tile
+        reads the same input size (one compiled shape, one set of buffers); at the image's
+        edges the window slides inwards, which only widens the context on the inner side."""
+        core = [(a, min(a + t, p)) for a, t, p in zip(start, self.tile, padded)]
+        src = []
+        for (a, b), t, p in zip(core, self.tile, padded):
+            n = min(p, t + 2 * self.context)
+            lo = min(max(0, a - self.context), p - n)
+            src.append((lo, lo + n))
+        return core, src
+
+    def _tile_hits(self, prob, dist, core, src, keep_cells):
+        """2D: the cells of a tile's core with prob >= prob_thresh inside the image, as (rows,
+        cols) image cells, their prob values and their (k, n_rays) rays."""
+        am = self._xp
+        in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
+        tile_prob = prob[(0, 0) + in_sl]
+        hits = am.nonzero(tile_prob >= np.float32(self.prob_thresh))
+        rows, cols = hits[0] + core[0][0] // self.grid[0], hits[1] + core[1][0] // self.grid[1]
+        inside = (rows < keep_cells[0]) & (cols < keep_cells[1])
+        r, c = hits[0][inside], hits[1][inside]
+        return rows[inside], cols[inside], tile_prob[r, c], dist[(0, slice(None)) + in_sl][:, r, c].T
 
     def _infer(self, batch):
         out = self.model.infer(batch)
@@ -240,16 +297,12 @@ class InstancePipeline:
         dist as (ascending flat cells, their (k, n_rays) rows) for the cells with
         prob >= prob_thresh only."""
         spatial = x.shape[1:]
-        padded = tuple(-(-s // self.step) * self.step for s in spatial)
+        padded, mode, whole, starts = self.tile_plan(spatial)
         pads = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial)]
-        mode = "reflect" if all(p - s < s for p, s in zip(padded, spatial)) else "edge"
-        whole = all(p <= t for p, t in zip(padded, self.tile))
-        src_len = [min(p, t + 2 * self.context) for p, t in zip(padded, self.tile)]
         # a tile pads itself like the whole image is padded when it holds enough image to reflect
         gpu = self.device == "cuda"
         # on the device the whole normalised image is uploaded once (tiles are cut there)
-        per_tile = normalizer is not None and not whole and not gpu and all(n > 2 * (p - s) for n, p, s in
-                                                                            zip(src_len, padded, spatial))
+        per_tile = normalizer is not None and not whole and not gpu and self.crops_pad_alone(spatial)
         if normalizer is not None and not per_tile:
             x = normalizer(x)
         am = self._xp  # the array module of x (on the device: uploaded by run), prob and dist
@@ -260,9 +313,7 @@ class InstancePipeline:
         def tile_input(src):
             if not per_tile:
                 return xp[(None, slice(None)) + tuple(slice(a, b) for a, b in src)]
-            crop = normalizer(x[(slice(None),) + tuple(slice(a, min(b, s)) for (a, b), s in zip(src, spatial))])
-            extra = [(0, 0)] + [(0, max(0, b - s)) for (_, b), s in zip(src, spatial)]
-            return (np.pad(crop, extra, mode=mode) if any(e for _, e in extra) else crop)[None]
+            return self.tile_input(lambda box: x[(slice(None),) + box], src, spatial, mode, normalizer)
 
         cells = tuple(p // g for p, g in zip(padded, self.grid))
         if whole:
@@ -277,38 +328,24 @@ class InstancePipeline:
             prob_full = am.empty(cells, np.float32)
             dist_full = None if sparse else am.empty(cells + (self.n_rays,), np.float32)
             stored_cells, stored_dists = [], []
-            starts = [range(0, p, t) for p, t in zip(padded, self.tile)]
             n_tiles = 0
             total = math.prod(len(s) for s in starts)
             keep_cells = tuple(-(-s // g) for s, g in zip(spatial, self.grid))
-            thresh = np.float32(self.prob_thresh)
             for start in itertools.product(*starts):
-                core = [(a, min(a + t, p)) for a, t, p in zip(start, self.tile, padded)]
-                src = []
-                for (a, b), t, p in zip(core, self.tile, padded):
-                    # every tile reads the same input size (one compiled shape, one set of
-                    # buffers): at the image's edges the window slides inwards, which only
-                    # widens the context on the inner side
-                    n = min(p, t + 2 * self.context)
-                    lo = min(max(0, a - self.context), p - n)
-                    src.append((lo, lo + n))
+                core, src = self.tile_windows(start, padded)
                 batch = tile_input(src)
                 with stages("infer [GPU]" if gpu else "infer"):
                     prob, dist = self._infer(batch)
                 self._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, self.grid)))
                 out_sl = tuple(slice(a // g, b // g) for (a, b), g in zip(core, self.grid))
                 in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
-                tile_prob = prob[(0, 0) + in_sl]
-                prob_full[out_sl] = tile_prob
+                prob_full[out_sl] = prob[(0, 0) + in_sl]
                 if not sparse:
                     dist_full[out_sl] = am.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
                 else:
-                    hits = am.nonzero(tile_prob >= thresh)
-                    rows, cols = hits[0] + out_sl[0].start, hits[1] + out_sl[1].start
-                    inside = (rows < keep_cells[0]) & (cols < keep_cells[1])
-                    stored_cells.append(rows[inside] * keep_cells[1] + cols[inside])
-                    tile_dist = dist[(0, slice(None)) + in_sl]
-                    stored_dists.append(tile_dist[:, hits[0][inside], hits[1][inside]].T)
+                    rows, cols, _, rays = self._tile_hits(prob, dist, core, src, keep_cells)
+                    stored_cells.append(rows * keep_cells[1] + cols)
+                    stored_dists.append(rays)
                 n_tiles += 1
                 if self.verbose:
                     print(f"\rsegrt: tiles {n_tiles}/{total}", end="" if n_tiles < total else "\n", flush=True,
@@ -323,6 +360,21 @@ class InstancePipeline:
                                    am.ascontiguousarray(dists_all, dtype=np.float32)), n_tiles
         keep = tuple(slice(0, -(-s // g)) for s, g in zip(spatial, self.grid))
         return prob_full[keep], dist_full[keep], n_tiles
+
+    def crops_pad_alone(self, spatial) -> bool:
+        """Whether every tile's crop of the image holds enough image to pad itself as the whole
+        image is padded (reflect needs more image than padding)."""
+        padded = tuple(-(-s // self.step) * self.step for s in spatial)
+        return all(min(p, t + 2 * self.context) > 2 * (p - s) for p, t, s in zip(padded, self.tile, spatial))
+
+    def tile_input(self, read, src, spatial, mode, normalizer):
+        """A tile's (1, C, ...) input from the raw image: ``read(box)`` returns the (C, ...) crop
+        of the image inside ``box`` (slices), normalised here and padded past the image's end
+        as the whole padded image would be."""
+        box = tuple(slice(a, min(b, s)) for (a, b), s in zip(src, spatial))
+        crop = normalizer(read(box))
+        extra = [(0, 0)] + [(0, max(0, b - s)) for (_, b), s in zip(src, spatial)]
+        return (np.pad(crop, extra, mode=mode) if any(e for _, e in extra) else crop)[None]
 
     def _check_outputs(self, prob, dist, cells):
         want_p = (1, 1) + cells

@@ -9,7 +9,7 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats", "labels_from_scores", "image_planes", "nonzero_box", "postprocess_labels"]
+           "percentile_stats", "percentiles_from_ranks", "luminance", "labels_from_scores", "image_planes", "nonzero_box", "postprocess_labels"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +104,32 @@ def percentile_stats(arr: np.ndarray, spec: dict) -> dict:
     if spec.get("kind") == "percentile":
         # on float32 values, as normalize sees them, whatever the input's dtype
         xp = _module_of(arr)
-        lo, hi = xp.percentile(xp.asarray(arr, np.float32), xp.asarray([spec["low"], spec["high"]], np.float64))
-        return {"low": float(lo), "high": float(hi)}
+        flat = xp.asarray(arr, np.float32).reshape(-1)
+
+        def select(ranks):
+            part = xp.partition(flat, ranks)
+            return [float(part[r]) for r in ranks]
+
+        lo, hi = percentiles_from_ranks(flat.size, [spec["low"], spec["high"]], select)
+        return {"low": lo, "high": hi}
     return {}
+
+
+def percentiles_from_ranks(n: int, qs, select) -> list:
+    """Percentiles (NumPy's default "linear" definition: position q / 100 * (n - 1) in the sorted
+    values, interpolated in float64) from ``select(ranks) -> the values at those ranks``. One
+    formula whatever finds the ranked values (a partition in memory, histograms over chunks),
+    so a whole image and its chunks get the same statistics bit for bit."""
+    if n == 0:
+        return [0.0 for _ in qs]
+    spots = []
+    for q in qs:
+        pos = float(q) / 100.0 * (n - 1)
+        k = min(max(int(np.floor(pos)), 0), n - 1)
+        spots.append((k, min(k + 1, n - 1), pos - k))
+    ranks = sorted({r for k, k1, _ in spots for r in (k, k1)})
+    value = dict(zip(ranks, select(ranks)))
+    return [value[k] + (value[k1] - value[k]) * g for k, k1, g in spots]
 
 
 def _mean_std(x: np.ndarray) -> tuple[float, float]:
@@ -236,6 +259,13 @@ def labels_from_scores(scores, device="auto", threshold=0.0):
     return labels
 
 
+def luminance(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3 or 4) colour to float32 luminance (ITU-R 601 weights), pixel by pixel in one order
+    of float32 operations, so any crop of an image gets the values of the whole."""
+    r, g, b = (rgb[..., k].astype(np.float32) for k in range(3))
+    return r * np.float32(0.299) + g * np.float32(0.587) + b * np.float32(0.114)
+
+
 def image_planes(image, ndim: int, channels: int, source: str) -> np.ndarray:
     """An image as the model's (C, *spatial) planes: (H, W) / (D, H, W) for one channel,
     channels last for several, colour to luminance for a grey 2D model. Refuses (InputFileError,
@@ -259,8 +289,7 @@ def image_planes(image, ndim: int, channels: int, source: str) -> np.ndarray:
     if x.ndim == ndim + 1 and x.shape[-1] == c:
         return np.moveaxis(x, -1, 0)
     if x.ndim == ndim + 1 and c == 1 and x.shape[-1] in (3, 4) and ndim == 2:
-        rgb = x[..., :3].astype(np.float32)
-        return (rgb @ np.array([0.299, 0.587, 0.114], np.float32))[None]  # luminance for a grey model
+        return luminance(x)[None]  # for a grey model
     raise io.InputFileError(f"{source}: an image of shape {x.shape} does not fit this {ndim}D model with "
                             f"{c} input channel(s); expected {'(H, W)' if ndim == 2 else '(D, H, W)'}"
                             + (f" with {c} channels last" if c > 1 else ""))

@@ -155,3 +155,30 @@ def keras_like_model(path, *, size=64, classes=2, activation="Softmax", batch="N
         entry.key, entry.value = "segrt", json.dumps(meta)
     onnx.save(model, str(path))
     return str(path)
+
+
+class TargetModel:
+    """A stand-in network whose prob / dist are StarDist's targets of its input (a label image):
+    what a perfect network with a receptive field of ``context`` pixels would predict."""
+
+    def __init__(self, ndim, n_rays, context, grid=None):
+        self.ndim, self.n_rays = ndim, n_rays
+        self.metadata = {"task": f"star-convex-{ndim}d", "in_channels": 1, "context": context,
+                         "star": {"n_rays": n_rays, "prob_thresh": 0.5, "nms_thresh": 0.4}, "outputs": ["prob", "dist"],
+                         "normalization": {"kind": "none"}}
+        self.backend = "targets"
+        self.calls = 0
+        if ndim == 3:
+            from stardist import Rays_GoldenSpiral
+
+            self.rays = Rays_GoldenSpiral(n_rays)
+
+    def infer(self, batch):
+        from stardist import edt_prob, star_dist, star_dist3D
+
+        self.calls += 1
+        lab = np.rint(batch[0, 0]).astype(np.uint16)
+        prob = edt_prob(lab).astype(np.float32)
+        dist = (star_dist(lab, self.n_rays, mode="cpp") if self.ndim == 2 else
+                star_dist3D(lab, self.rays, mode="cpp")).astype(np.float32)
+        return {"prob": prob[None, None], "dist": np.moveaxis(dist, -1, 0)[None]}

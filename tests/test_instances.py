@@ -9,6 +9,8 @@ import os
 import numpy as np
 import pytest
 
+from conftest import TargetModel
+
 from segrt.engine.instances import InstancePipeline
 from segrt.engine.volume import ModelTaskError
 
@@ -48,33 +50,6 @@ def test_tiled_equals_untiled(dsb, whole, backend, tile):
     np.testing.assert_array_equal(tiled.labels, ref.labels)
 
 
-class _TargetModel:
-    """A stand-in network whose prob / dist are StarDist's targets of its input (a label image):
-    what a perfect network with a receptive field of ``context`` pixels would predict."""
-
-    def __init__(self, ndim, n_rays, context, grid=None):
-        self.ndim, self.n_rays = ndim, n_rays
-        self.metadata = {"task": f"star-convex-{ndim}d", "in_channels": 1, "context": context,
-                         "star": {"n_rays": n_rays, "prob_thresh": 0.5, "nms_thresh": 0.4}, "outputs": ["prob", "dist"],
-                         "normalization": {"kind": "none"}}
-        self.backend = "targets"
-        self.calls = 0
-        if ndim == 3:
-            from stardist import Rays_GoldenSpiral
-
-            self.rays = Rays_GoldenSpiral(n_rays)
-
-    def infer(self, batch):
-        from stardist import edt_prob, star_dist, star_dist3D
-
-        self.calls += 1
-        lab = np.rint(batch[0, 0]).astype(np.uint16)
-        prob = edt_prob(lab).astype(np.float32)
-        dist = (star_dist(lab, self.n_rays, mode="cpp") if self.ndim == 2 else
-                star_dist3D(lab, self.rays, mode="cpp")).astype(np.float32)
-        return {"prob": prob[None, None], "dist": np.moveaxis(dist, -1, 0)[None]}
-
-
 def test_objects_larger_than_a_tile_are_found_once(dsb):
     from skimage.draw import ellipse
 
@@ -82,7 +57,7 @@ def test_objects_larger_than_a_tile_are_found_once(dsb):
     lab[ellipse(100, 120, 70, 95, shape=lab.shape)] = 1  # 190 px wide: several 32 px tiles
     lab[ellipse(30, 230, 15, 20, shape=lab.shape)] = 2
     lab[ellipse(170, 30, 12, 12, shape=lab.shape)] = 3
-    model = _TargetModel(2, 32, context=200)
+    model = TargetModel(2, 32, context=200)
     whole = InstancePipeline(model, tile=512).run(lab.astype(np.float32))
     tiled = InstancePipeline(model, tile=32).run(lab.astype(np.float32))
     assert tiled.tiles == 7 * 9
@@ -99,7 +74,7 @@ def test_3d_stack_tiled_equals_untiled_and_finds_every_nucleus():
     from stardist.matching import matching
 
     _, gt = test_image_nuclei_3d(return_mask=True)
-    model = _TargetModel(3, 64, context=40)
+    model = TargetModel(3, 64, context=40)
     whole = InstancePipeline(model, tile=128).run(gt.astype(np.float32))
     tiled = InstancePipeline(model, tile=(16, 32, 32)).run(gt.astype(np.float32))
     assert tiled.tiles == 2 * 2 * 2
@@ -139,7 +114,7 @@ def test_refusals(tmp_path, dsb):
     with pytest.raises(Exception, match="channel|shape"):
         InstancePipeline(NUCLEI, backend="ort").run(np.zeros((64, 64, 5), np.float32))
     with pytest.raises(ModelTaskError, match="volume pipeline"):
-        model = _TargetModel(2, 8, 0)
+        model = TargetModel(2, 8, 0)
         model.metadata = {"task": "semantic"}
         InstancePipeline(model)
     bad = tmp_path / "broken.png"

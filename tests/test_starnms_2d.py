@@ -450,3 +450,116 @@ def test_stored_rays_give_the_dense_result():
     missing = np.flatnonzero(prob > 0.6)
     with pytest.raises(ValueError, match="no stored distances"):
         nms_2d(prob, dist.reshape(-1, 32)[missing], cells=missing, prob_thresh=0.5)
+
+
+# ---- NMS over blocks of a larger image: origin, the certificate, windows ---------------------
+def _block_nms(prob, dist, block, core, reach, grid=(1, 1), device="cpu", nms_thresh=0.4):
+    """nms_2d over prob[block] as a block of the whole image; (kept points in core, uncertain in core)."""
+    (r0, r1), (c0, c1) = block
+    H, W = prob.shape
+    outside = ((reach if r0 > 0 else None, reach if r1 < H else None), (reach if c0 > 0 else None, reach if c1 < W else None))
+    border = ((2 if r0 == 0 else 0, 2 if r1 == H else 0), (2 if c0 == 0 else 0, 2 if c1 == W else 0))
+    pts, _, _, unc = nms_2d(prob[r0:r1, c0:c1], dist[r0:r1, c0:c1], origin=(r0, c0), outside=outside, border=border,
+                            grid=grid, nms_thresh=nms_thresh, device=device)
+    (k0, k1), (l0, l1) = core
+
+    def inside(p):
+        return (p[:, 0] // grid[0] >= k0) & (p[:, 0] // grid[0] < k1) & (p[:, 1] // grid[1] >= l0) & (p[:, 1] // grid[1] < l1)
+    return _as_set(pts[inside(pts)]), _as_set(unc[inside(unc)])
+
+
+@pytest.mark.parametrize("noise", ["mult", "abs"])
+@pytest.mark.parametrize("side", [40, 96, 160])
+def test_block_decisions_are_the_whole_images_where_certified(noise, side):
+    """Every block of the image (with a ring of one block around it): the kept points its
+    certificate vouches for are the whole image's, and with blocks wide enough none is doubted."""
+    _, prob, dist = dsb_targets_2d()
+    prob, dist = add_noise(prob, dist, seed=5, kind=noise)
+    whole = _as_set(nms_2d(prob, dist, device="cpu")[0])
+    reach = float(dist[prob > 0.5].max())
+    H, W = prob.shape
+    found, doubted = set(), 0
+    for y in range(0, H, side):
+        for x in range(0, W, side):
+            core = ((y, min(y + side, H)), (x, min(x + side, W)))
+            block = ((max(0, y - side), min(H, y + 2 * side)), (max(0, x - side), min(W, x + 2 * side)))
+            kept, unc = _block_nms(prob, dist, block, core, reach)
+            # an uncertain candidate may be decided either way; every other one as the whole image
+            core_whole = {p for p in whole if core[0][0] <= p[0] < core[0][1] and core[1][0] <= p[1] < core[1][1]}
+            assert kept - unc == core_whole - unc
+            found |= kept
+            doubted += len(unc)
+    if side >= 160:  # a ring wider than twice the longest ray: every decision certified
+        assert doubted == 0 and found == whole
+
+
+def test_a_suppression_chain_across_the_block_is_caught():
+    """Candidates in a row, each suppressing the next and ranked above it: the whole image keeps
+    every other one; a block that misses the first flips them all, and says so."""
+    n, step = 12, 4
+    prob = np.zeros((16, n * step + 8), np.float32)
+    dist = np.zeros(prob.shape + (16,), np.float32)
+    for i in range(n):
+        prob[8, 4 + i * step] = 0.99 - 0.03 * i
+        dist[8, 4 + i * step] = 5.0  # radius 5, 4 px apart: overlap 0.5; 8 px apart: 0.1
+    whole = _as_set(nms_2d(prob, dist, border=0, device="cpu")[0])
+    assert whole == {(8, 4 + i * step) for i in range(0, n, 2)}
+    reach = 5.0
+    block = ((0, 16), (4 + step - 2, prob.shape[1]))  # starts just past the first candidate
+    core = ((0, 16), (4 + 8 * step - 2, prob.shape[1]))
+    (r0, r1), (c0, c1) = block
+    kept_naive = _as_set(nms_2d(prob[r0:r1, c0:c1], dist[r0:r1, c0:c1], origin=(r0, c0), border=0, device="cpu")[0])
+    assert kept_naive != {p for p in whole if p[1] >= c0}  # without the certificate: wrong
+    for device in ("cpu", "reference"):
+        kept, unc = _block_nms(prob, dist, block, core, reach, device=device)
+        assert {(8, 4 + i * step) for i in range(8, n)} <= unc  # the chain reaches the core: doubted
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_certificate_matches_the_reference(seed):
+    rng = np.random.default_rng(seed)
+    size = 30
+    prob = rng.uniform(0, 1, (size, size)).astype(np.float32)
+    dist = (rng.uniform(2, 6, 8) * rng.uniform(0.7, 1.3, (size, size, 8))).astype(np.float32)
+    kw = dict(origin=(7, 3), outside=((4.0, None), (6.0, 2.0)), border=((0, 2), (0, 0)), prob_thresh=0.7, grid=(2, 1))
+    ours = nms_2d(prob, dist, device="cpu", **kw)
+    ref = nms_2d(prob, dist, device="reference", **kw)
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, b)
+    assert len(ours[3]) > 0  # exposed candidates exist on the open sides
+    # points in the larger image's pixels (the block's cells start at (7, 3), grid (2, 1))
+    assert ours[0][:, 0].min() >= 14 and ours[0][:, 0].max() < 2 * (7 + size)
+    assert ours[0][:, 1].min() >= 3 and ours[0][:, 1].max() < 3 + size
+
+
+def test_block_arguments_are_checked():
+    prob, dist = np.zeros((8, 8), np.float32), np.ones((8, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="origin"):
+        nms_2d(prob, dist, origin=(-1, 0), device="cpu")
+    with pytest.raises(ValueError, match="outside"):
+        nms_2d(prob, dist, outside=(1.0, 2.0), device="cpu")
+    with pytest.raises(ValueError, match="outside"):
+        nms_2d(prob, dist, outside=((1.0, -2.0), (None, None)), device="cpu")
+
+
+@pytest.mark.parametrize("device", ["cpu", "reference"])
+def test_render_window_and_ids(device):
+    rng = np.random.default_rng(7)
+    pts = rng.integers(-5, 80, (40, 2))
+    dists = rng.uniform(0, 14, (40, 16)).astype(np.float32)
+    scores = rng.random(40).astype(np.float32)
+    full = render_2d(dists, pts, (75, 90), scores=scores, device=device)
+    for window in [(0, 0, 75, 90), (10, 20, 30, 41), (74, 89, 1, 1), (33, 0, 0, 90)]:
+        r0, c0, h, w = window
+        np.testing.assert_array_equal(render_2d(dists, pts, (75, 90), scores=scores, window=window, device=device),
+                                      full[r0:r0 + h, c0:c0 + w])
+    # a subset with its own ids draws what the whole set draws where only the subset reaches
+    sub = np.flatnonzero(pts[:, 0] > 40)
+    part = render_2d(dists[sub], pts[sub], (75, 90), scores=scores[sub], ids=sub + 1, device=device)
+    reach = np.isin(full, sub + 1) | (part > 0)
+    others = render_2d(np.delete(dists, sub, 0), np.delete(pts, sub, 0), (75, 90), device=device) > 0
+    np.testing.assert_array_equal(part[reach & ~others], full[reach & ~others])
+    with pytest.raises(ValueError, match="window"):
+        render_2d(dists, pts, (75, 90), window=(70, 0, 10, 5), device=device)
+    with pytest.raises(ValueError, match="ids"):
+        render_2d(dists, pts, (75, 90), ids=np.zeros(40, np.int32), device=device)

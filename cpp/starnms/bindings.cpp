@@ -164,6 +164,33 @@ void bind_starnms(py::module_& m) {
         py::arg("thresh"), py::arg("n_threads") = 0);
 
     m.def(
+        "certify_2d",
+        [](carray<float> dist, carray<int64_t> order, carray<int64_t> rows, int64_t width, int gy, int gx, float thresh,
+           carray<bool> keep, carray<bool> exposed) {
+            if (dist.ndim() != 2) throw std::invalid_argument("dist must be (rows, n_rays)");
+            const int64_t n = order.size();
+            if (rows.size() != n || keep.size() != n || exposed.size() != n)
+                throw std::invalid_argument("order, rows, keep and exposed must hold one value per candidate");
+            const int64_t* r = rows.data();
+            for (int64_t i = 0; i < n; ++i)
+                if (order.data()[i] < 0 || r[i] < 0 || r[i] >= dist.shape(0))
+                    throw std::invalid_argument("candidate index out of range");
+            std::vector<uint8_t> k(n), e(n), out;
+            for (int64_t i = 0; i < n; ++i) k[i] = keep.data()[i], e[i] = exposed.data()[i];
+            {
+                py::gil_scoped_release release;
+                out = certify_2d(dist.data(), (int)dist.shape(1), order.data(), r, n, width, gy, gx, thresh, k.data(),
+                                 e.data());
+            }
+            py::array_t<bool> res(n);
+            bool* p = res.mutable_data();
+            for (int64_t i = 0; i < n; ++i) p[i] = out[i] != 0;
+            return res;
+        },
+        py::arg("dist"), py::arg("order"), py::arg("rows"), py::arg("width"), py::arg("grid_y"), py::arg("grid_x"),
+        py::arg("thresh"), py::arg("keep"), py::arg("exposed"));
+
+    m.def(
         "polygon_overlap_bounds_2d",
         [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by) {
             if (a.ndim() != 2 || a.shape(1) != 2 || b.ndim() != 2 || b.shape(1) != 2)
@@ -253,17 +280,26 @@ void bind_starnms(py::module_& m) {
 
     m.def(
         "render_2d",
-        [](carray<float> coords, carray<int32_t> labels, int64_t height, int64_t width) {
+        [](carray<float> coords, carray<int32_t> labels, int64_t height, int64_t width, py::object window) {
             if (coords.ndim() != 3 || coords.shape(1) != 2) throw std::invalid_argument("coords must be (n, 2, n_rays)");
             if (labels.size() != coords.shape(0)) throw std::invalid_argument("one label per polygon");
-            py::array_t<int32_t> out({height, width});
+            int64_t row0 = 0, col0 = 0, out_h = height, out_w = width;
+            if (!window.is_none()) {
+                const auto w = window.cast<std::vector<int64_t>>();
+                if (w.size() != 4 || w[0] < 0 || w[1] < 0 || w[2] < 0 || w[3] < 0 || w[0] + w[2] > height ||
+                    w[1] + w[3] > width)
+                    throw std::invalid_argument("window must be (row0, col0, rows, cols) inside the image");
+                row0 = w[0], col0 = w[1], out_h = w[2], out_w = w[3];
+            }
+            py::array_t<int32_t> out({out_h, out_w});
             int32_t* o = out.mutable_data();
-            std::fill(o, o + height * width, 0);
+            std::fill(o, o + out_h * out_w, 0);
             {
                 py::gil_scoped_release release;
-                render_2d(coords.data(), coords.shape(0), (int)coords.shape(2), labels.data(), o, height, width);
+                render_2d(coords.data(), coords.shape(0), (int)coords.shape(2), labels.data(), o, height, width, row0,
+                          col0, out_h, out_w);
             }
             return out;
         },
-        py::arg("coords"), py::arg("labels"), py::arg("height"), py::arg("width"));
+        py::arg("coords"), py::arg("labels"), py::arg("height"), py::arg("width"), py::arg("window") = py::none());
 }

@@ -385,99 +385,194 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     return keep;
 }
 
-// ---- pairs settled on the host for the GPU kernel -----------------------------------------
+// ---- one pair's decision, outside the loop --------------------------------------------------
 // The decision the loop above takes for one pair (kept polygon i, later candidate j), taken
 // with the same arithmetic in the same order: the lower bounds, then the exact lattice area
 // (Clipper near the threshold or for jagged pairs when it is linked), then StarDist's test.
+// One decider per thread (it owns its scratch).
+struct PairDecider {
+    const PolygonMaker& maker;
+    int n_rays;
+    float thresh;
+    bool use_clipper;
+    PairScratch s;
+    std::vector<Pt> pa, pj, rot_a, rot_j;
+    std::vector<double> key_a, rot_key_a, keys_j, rot_key_j;
+    std::vector<ClipEdge> clip_a;
+    std::vector<int16_t> rel_a, rel_j, rel_raw;
+    std::vector<int64_t> clip_buf;
+    StarProfile profile_a, profile_j;
+
+    PairDecider(const PolygonMaker& m, float t)
+        : maker(m), n_rays(m.n_rays), thresh(t), use_clipper(clipper_available()), pa(n_rays), pj(n_rays),
+          rot_a(n_rays + 1), rot_j(n_rays + 1), key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays),
+          rot_key_j(n_rays + 1), clip_a(n_rays), rel_a(2 * n_rays), rel_j(2 * n_rays), rel_raw(2 * n_rays),
+          clip_buf(4 * n_rays) {
+        s.reserve(n_rays);
+    }
+
+    // row_i / row_j: the pair's rows of dist; zi / zj: their centres
+    bool suppresses(int64_t row_i, Pt zi, int64_t row_j, Pt zj) {
+        // the kept polygon as the loop stores it: cleaned, relative vertices, star profile
+        const int na = maker.make(row_i, zi, pa.data());
+        for (int k = 0; k < na; ++k) {
+            rel_a[2 * k] = (int16_t)(pa[k].x - zi.x);
+            rel_a[2 * k + 1] = (int16_t)(pa[k].y - zi.y);
+        }
+        const int64_t sa2 = shoelace2(pa.data(), na);
+        const float area_i = (float)(0.5 * (double)(sa2 < 0 ? -sa2 : sa2));
+        const int start_a = star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data());
+        const bool a_star = start_a >= 0;
+        if (a_star) {
+            rotate_star(pa.data(), key_a.data(), na, start_a, rot_a.data(), rot_key_a.data());
+            star_profile(rot_a.data(), rot_key_a.data(), na, zi, profile_a);
+            for (int k = 0; k < na; ++k) clip_a[k] = make_clip_edge(rot_a[k], rot_a[k + 1]);
+        }
+        // the candidate: its raw path where make_simple takes it, cleaned otherwise
+        Box box_j;
+        int64_t s2;
+        bool raw_star = false;
+        int nv_j = 0;
+        const bool simple = make_simple(maker, row_j, zj, rel_raw.data(), &box_j, &s2, &raw_star);
+        if (simple) {
+            nv_j = clean_simple(rel_raw.data(), n_rays, rel_j.data());
+            for (int k = 0; k < nv_j; ++k) pj[k] = Pt{zj.x + rel_j[2 * k], zj.y + rel_j[2 * k + 1]};
+        } else {
+            nv_j = maker.make(row_j, zj, pj.data());
+            for (int k = 0; k < nv_j; ++k) {
+                rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
+                rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
+            }
+            s2 = shoelace2(pj.data(), nv_j);
+        }
+        const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
+        const double amin = std::min((double)area_i, (double)area_j);
+        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+        double lb = a_star ? star_lower_bound2(profile_a, simple ? rel_raw.data() : rel_j.data(), simple ? n_rays : nv_j,
+                                               zj.x - zi.x, zj.y - zi.y, simple ? raw_star : false)
+                           : 0;
+        if (lb >= (double)enough) return true;
+        const int start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
+        const bool j_star = start_j >= 0;
+        if (a_star && lb < 0 && j_star)
+            lb = star_lower_bound2(profile_a, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, true);
+        if (lb < (double)enough && j_star) {
+            rotate_star(pj.data(), keys_j.data(), nv_j, start_j, rot_j.data(), rot_key_j.data());
+            star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, profile_j);
+            lb = std::max(lb, star_lower_bound2(profile_j, rel_a.data(), na, zi.x - zj.x, zi.y - zj.y, a_star));
+        }
+        if (lb >= (double)enough) return true;
+        const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+        const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
+        int method = 0;
+        const int64_t i2 = intersection_area2(A, pj.data(), nv_j, zj, [&]() { return j_star; }, s, &method, 0,
+                                              use_clipper, enough, below);
+        double inter2 = (double)i2;
+        if (use_clipper && (i2 < 0 || near_threshold((double)i2, area_i, area_j, thresh))) {
+            for (int k = 0; k < na; ++k) clip_buf[2 * k] = pa[k].x, clip_buf[2 * k + 1] = pa[k].y;
+            for (int k = 0; k < nv_j; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
+            inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nv_j);
+        }
+        return overlap_exceeds(inter2, area_i, area_j, thresh);
+    }
+};
+
+// ---- pairs settled on the host for the GPU kernel -----------------------------------------
 std::vector<uint8_t> decide_pairs_2d(const float* dist, int n_rays, const int64_t* cells, int64_t width, int grid_y,
                                      int grid_x, const int64_t* pairs, int64_t n_pairs, float thresh, int n_threads) {
     std::vector<uint8_t> out(n_pairs, 0);
     if (n_pairs == 0) return out;
     if (n_rays > kMaxRays) throw std::invalid_argument("at most 255 rays are supported");
     const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
-    const bool use_clipper = clipper_available();
     parallel_for(n_pairs, effective_threads(n_threads), [&](int64_t lo, int64_t hi) {
-        PairScratch s;
-        s.reserve(n_rays);
-        std::vector<Pt> pa(n_rays), pj(n_rays), rot_a(n_rays + 1), rot_j(n_rays + 1);
-        std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays), rot_key_j(n_rays + 1);
-        std::vector<ClipEdge> clip_a(n_rays);
-        std::vector<int16_t> rel_a(2 * n_rays), rel_j(2 * n_rays), rel_raw(2 * n_rays);
-        std::vector<int64_t> clip_buf(4 * n_rays);
-        StarProfile profile_a, profile_j;
+        PairDecider decide(maker, thresh);
         for (int64_t q = lo; q < hi; ++q) {
             const int64_t i = pairs[2 * q], j = pairs[2 * q + 1];
-            const Pt zi = maker.centre(cells[i]), zj = maker.centre(cells[j]);
-            // the kept polygon as the loop stores it: cleaned, relative vertices, star profile
-            const int na = maker.make(i, zi, pa.data());
-            for (int k = 0; k < na; ++k) {
-                rel_a[2 * k] = (int16_t)(pa[k].x - zi.x);
-                rel_a[2 * k + 1] = (int16_t)(pa[k].y - zi.y);
-            }
-            const int64_t sa2 = shoelace2(pa.data(), na);
-            const float area_i = (float)(0.5 * (double)(sa2 < 0 ? -sa2 : sa2));
-            const int start_a = star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data());
-            const bool a_star = start_a >= 0;
-            if (a_star) {
-                rotate_star(pa.data(), key_a.data(), na, start_a, rot_a.data(), rot_key_a.data());
-                star_profile(rot_a.data(), rot_key_a.data(), na, zi, profile_a);
-                for (int k = 0; k < na; ++k) clip_a[k] = make_clip_edge(rot_a[k], rot_a[k + 1]);
-            }
-            // the candidate: its raw path where make_simple takes it, cleaned otherwise
-            Box box_j;
-            int64_t s2;
-            bool raw_star = false;
-            int nv_j = 0;
-            const bool simple = make_simple(maker, j, zj, rel_raw.data(), &box_j, &s2, &raw_star);
-            if (simple) {
-                nv_j = clean_simple(rel_raw.data(), n_rays, rel_j.data());
-                for (int k = 0; k < nv_j; ++k) pj[k] = Pt{zj.x + rel_j[2 * k], zj.y + rel_j[2 * k + 1]};
-            } else {
-                nv_j = maker.make(j, zj, pj.data());
-                for (int k = 0; k < nv_j; ++k) {
-                    rel_j[2 * k] = (int16_t)(pj[k].x - zj.x);
-                    rel_j[2 * k + 1] = (int16_t)(pj[k].y - zj.y);
-                }
-                s2 = shoelace2(pj.data(), nv_j);
-            }
-            const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
-            const double amin = std::min((double)area_i, (double)area_j);
-            const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-            double lb = a_star ? star_lower_bound2(profile_a, simple ? rel_raw.data() : rel_j.data(), simple ? n_rays : nv_j,
-                                                   zj.x - zi.x, zj.y - zi.y, simple ? raw_star : false)
-                               : 0;
-            if (lb >= (double)enough) {
-                out[q] = 1;
-                continue;
-            }
-            const int start_j = star_prepare(pj.data(), nv_j, Pt{2 * zj.x, 2 * zj.y}, keys_j.data());
-            const bool j_star = start_j >= 0;
-            if (a_star && lb < 0 && j_star)
-                lb = star_lower_bound2(profile_a, rel_j.data(), nv_j, zj.x - zi.x, zj.y - zi.y, true);
-            if (lb < (double)enough && j_star) {
-                rotate_star(pj.data(), keys_j.data(), nv_j, start_j, rot_j.data(), rot_key_j.data());
-                star_profile(rot_j.data(), rot_key_j.data(), nv_j, zj, profile_j);
-                lb = std::max(lb, star_lower_bound2(profile_j, rel_a.data(), na, zi.x - zj.x, zi.y - zj.y, a_star));
-            }
-            if (lb >= (double)enough) {
-                out[q] = 1;
-                continue;
-            }
-            const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
-            const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
-            int method = 0;
-            const int64_t i2 = intersection_area2(A, pj.data(), nv_j, zj, [&]() { return j_star; }, s, &method, 0,
-                                                  use_clipper, enough, below);
-            double inter2 = (double)i2;
-            if (use_clipper && (i2 < 0 || near_threshold((double)i2, area_i, area_j, thresh))) {
-                for (int k = 0; k < na; ++k) clip_buf[2 * k] = pa[k].x, clip_buf[2 * k + 1] = pa[k].y;
-                for (int k = 0; k < nv_j; ++k) clip_buf[2 * na + 2 * k] = pj[k].x, clip_buf[2 * na + 2 * k + 1] = pj[k].y;
-                inter2 = 2.0 * clipper_intersection_area(clip_buf.data(), na, clip_buf.data() + 2 * na, nv_j);
-            }
-            out[q] = overlap_exceeds(inter2, area_i, area_j, thresh) ? 1 : 0;
+            out[q] = decide.suppresses(i, maker.centre(cells[i]), j, maker.centre(cells[j])) ? 1 : 0;
         }
     });
     return out;
+}
+
+// ---- which decisions over a block are the whole image's -----------------------------------
+// One pass in visiting order. A candidate's decision follows from the decisions of the
+// higher-ranked candidates that would suppress it; those of a certain candidate are the
+// whole image's. So: a kept candidate is certain when nothing outside the block can reach it
+// and no uncertain higher-ranked candidate would suppress it (every one that would is then
+// certainly dropped, as here); a dropped candidate is certain when a certain kept candidate
+// suppresses it. Pair decisions are taken only near uncertain candidates: elsewhere every
+// higher-ranked neighbour is certain, and so is the block's decision.
+std::vector<uint8_t> certify_2d(const float* dist, int n_rays, const int64_t* order, const int64_t* rows, int64_t n,
+                                int64_t width, int grid_y, int grid_x, float thresh, const uint8_t* keep,
+                                const uint8_t* exposed) {
+    std::vector<uint8_t> certain(n, 1);
+    if (n == 0) return certain;
+    if (n_rays > kMaxRays) throw std::invalid_argument("at most 255 rays are supported");
+    const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
+    std::vector<Pt> centre(n);
+    std::vector<int64_t> reach(n);
+    int64_t reach_max = 0, x0 = std::numeric_limits<int64_t>::max(), y0 = x0, x1 = std::numeric_limits<int64_t>::min(),
+            y1 = x1;
+    for (int64_t i = 0; i < n; ++i) {
+        centre[i] = maker.centre(order[i]);
+        const float* d = dist + rows[i] * n_rays;
+        float r = 0.0f;
+        for (int k = 0; k < n_rays; ++k) {
+            if (!(d[k] >= 0.0f && d[k] <= 32766.0f)) throw std::invalid_argument("dist of a candidate holds NaN, infinite, negative or too long rays");
+            r = std::max(r, d[k]);
+        }
+        // a polygon's lattice vertices lie within its longest ray + 1 of its centre (truncation)
+        reach[i] = (int64_t)std::ceil(r) + 2;
+        reach_max = std::max(reach_max, reach[i]);
+        x0 = std::min(x0, centre[i].x), x1 = std::max(x1, centre[i].x);
+        y0 = std::min(y0, centre[i].y), y1 = std::max(y1, centre[i].y);
+    }
+    const int64_t bucket = std::max<int64_t>(16, reach_max);
+    const int64_t nbx = (x1 - x0) / bucket + 1, nby = (y1 - y0) / bucket + 1;
+    std::vector<std::vector<int64_t>> uncertain(nbx * nby), kept_certain(nbx * nby);
+    PairDecider decide(maker, thresh);
+    std::vector<int64_t> near;
+    for (int64_t i = 0; i < n; ++i) {
+        const Pt z = centre[i];
+        const int64_t span = reach[i] + reach_max;
+        const int64_t bx0 = std::max<int64_t>(0, (z.x - span - x0) / bucket),
+                      bx1 = std::min<int64_t>(nbx - 1, (z.x + span - x0) / bucket);
+        const int64_t by0 = std::max<int64_t>(0, (z.y - span - y0) / bucket),
+                      by1 = std::min<int64_t>(nby - 1, (z.y + span - y0) / bucket);
+        auto within = [&](int64_t j) {
+            const int64_t s = reach[i] + reach[j];
+            return std::abs(centre[j].x - z.x) <= s && std::abs(centre[j].y - z.y) <= s;
+        };
+        near.clear();
+        for (int64_t by = by0; by <= by1; ++by)
+            for (int64_t bx = bx0; bx <= bx1; ++bx)
+                for (int64_t j : uncertain[by * nbx + bx])
+                    if (within(j)) near.push_back(j);
+        bool ok;
+        if (keep[i]) {
+            ok = !exposed[i];
+            for (size_t q = 0; ok && q < near.size(); ++q)
+                ok = !decide.suppresses(rows[near[q]], centre[near[q]], rows[i], z);
+        } else if (near.empty() && !exposed[i]) {
+            ok = true;  // every higher-ranked candidate that could suppress it is certain
+        } else {
+            ok = false;
+            for (int64_t by = by0; !ok && by <= by1; ++by)
+                for (int64_t bx = bx0; !ok && bx <= bx1; ++bx)
+                    for (int64_t j : kept_certain[by * nbx + bx])
+                        if (within(j) && decide.suppresses(rows[j], centre[j], rows[i], z)) {
+                            ok = true;
+                            break;
+                        }
+        }
+        certain[i] = ok;
+        const int64_t b = ((z.y - y0) / bucket) * nbx + (z.x - x0) / bucket;
+        if (!ok)
+            uncertain[b].push_back(i);
+        else if (keep[i])
+            kept_certain[b].push_back(i);
+    }
+    return certain;
 }
 
 }  // namespace starnms

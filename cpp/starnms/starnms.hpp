@@ -83,6 +83,17 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
 std::vector<uint8_t> decide_pairs_2d(const float* dist, int n_rays, const int64_t* cells, int64_t width, int grid_y,
                                      int grid_x, const int64_t* pairs, int64_t n_pairs, float thresh, int n_threads);
 
+// Which decisions of nms_2d over a block of a larger image are the whole image's (StarDist's
+// greedy order is global, so a block's candidate can be decided differently only through a
+// chain of higher-ranked conflicting candidates that reaches past the block). Candidates in
+// visiting order as for nms_2d (cells with `width` columns, rows of dist), keep: the block's
+// decisions, exposed: candidates a polygon centred outside the block could overlap. A
+// candidate is certain when (kept) it is not exposed and no uncertain higher-ranked candidate
+// suppresses it, or (dropped) a certain kept candidate suppresses it. Returns 0 / 1 per candidate.
+std::vector<uint8_t> certify_2d(const float* dist, int n_rays, const int64_t* order, const int64_t* rows, int64_t n,
+                                int64_t width, int grid_y, int grid_x, float thresh, const uint8_t* keep,
+                                const uint8_t* exposed);
+
 // Intersection area (as float, StarDist's convention) and own areas of two candidate
 // polygons given by integer vertices; exposed for tests.
 struct PairOverlap {
@@ -110,9 +121,10 @@ double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y
 
 // Labels as skimage.draw.polygon fills them: pixel (r, c) is inside when a crossing test at
 // its centre says so. coords: (n, 2, n_rays) float32 rows / cols, drawn in the given order,
-// later polygons overwrite earlier ones. labels[i] is written for polygon i.
+// later polygons overwrite earlier ones. labels[i] is written for polygon i. out holds the
+// window of out_height x out_width pixels at (row0, col0) of the height x width image.
 void render_2d(const float* coords, int64_t n, int n_rays, const int32_t* labels, int32_t* out,
-               int64_t height, int64_t width);
+               int64_t height, int64_t width, int64_t row0, int64_t col0, int64_t out_height, int64_t out_width);
 
 // ---- 3D ----
 struct Nms3DStats {

@@ -24,6 +24,8 @@ are settled by the C++ kernels on the host); ``"auto"`` follows the data.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from segrt.kernels import _device
@@ -66,8 +68,8 @@ def _nms_inputs(prob, dist, ndim, prob_thresh, nms_thresh, grid, border, device,
     return impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, cells
 
 
-def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, cells=None, return_stats=False,
-           device="auto"):
+def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2, cells=None, origin=None,
+           outside=None, return_stats=False, device="auto"):
     """Star-convex polygon NMS, same result as ``stardist.nms.non_maximum_suppression``.
 
     Args:
@@ -83,6 +85,20 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         cells: None (dist holds every cell), or (k,) ascending flat cell indices whose rays
             ``dist`` holds, every cell with ``prob > prob_thresh`` among them: the same result
             with memory for the candidates only (tiled inference on large images).
+        origin: (row, col): prob is the block of a larger image's prob map whose first cell is
+            this cell of the larger map. Polygons are built in the larger image's coordinates
+            (the same float arithmetic, so the same decisions) and points are returned there.
+        outside: with a block, ((top, bottom), (left, right)): how far (pixels) polygons centred
+            beyond each side of the block reach (their longest ray), or None on a side where
+            nothing lies beyond (the image's edge). Then ``uncertain`` is also returned: the
+            points of the block's candidates whose decision may differ from the whole image's.
+            The decision of a candidate follows from those of the higher-ranked candidates that
+            would suppress it, so it can change only through a chain of such candidates that
+            starts within reach of a polygon beyond the block; the kernel follows such chains
+            from the block's edges inwards (a kept candidate is certain when nothing beyond can
+            reach it and no uncertain higher-ranked candidate suppresses it, a dropped one when
+            a certain kept candidate suppresses it). Points not listed are decided exactly as
+            the whole image decides them. CPU and reference implementations only.
         return_stats: also return the work counters (candidates, kept, pairs tested, ...).
         device: "auto", "reference", "cpu" or "cuda" (see ``segrt.kernels._device``).
 
@@ -90,24 +106,69 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
         points: (K, 2) int64 (y, x) pixel coordinates, by descending score.
         scores: (K,) prob values of the kept candidates (prob's dtype).
         dists: (K, n_rays) their ray lengths (dist's dtype).
+        uncertain: (U, 2) int64 points (only with ``outside``).
         stats: dict of work counters (only with ``return_stats``).
     """
     impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, cells = _nms_inputs(
         prob, dist, 2, prob_thresh, nms_thresh, grid, border, device, cells)
     n_rays = dist_a.shape[-1]
+    block = {}
+    if origin is not None or outside is not None:
+        if impl.__name__.endswith("_cuda"):
+            raise ValueError("origin= and outside= (NMS over a block of a larger image) run on the CPU kernels: "
+                             "pass device='cpu' with host arrays")
+        origin = (0, 0) if origin is None else tuple(int(v) for v in origin)
+        if len(origin) != 2 or min(origin) < 0:
+            raise ValueError(f"origin must be a (row, col) cell of the larger image, got {origin!r}")
+        block["origin"] = origin
+        if outside is not None:
+            block["exposed_of"] = _exposure(outside, origin, prob_a.shape, grid)
     try:
-        kept, stats, rows = impl.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, stored=cells)
+        kept, stats, rows, *uncertain = impl.nms_2d(prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi,
+                                                    stored=cells, **block)
     except ValueError as err:
         raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
     xp = _device.array_module_of(kept)
-    r, c = kept // prob_a.shape[1], kept % prob_a.shape[1]
-    points = xp.stack([r * grid[0], c * grid[1]], axis=1).astype(xp.int64).reshape(-1, 2)
+    oy, ox = block.get("origin", (0, 0))
+
+    def pixels(flat):
+        r, c = flat // prob_a.shape[1] + oy, flat % prob_a.shape[1] + ox
+        return xp.stack([r * grid[0], c * grid[1]], axis=1).astype(xp.int64).reshape(-1, 2)
+
+    points = pixels(kept)
     scores = _validate._module_array(prob).reshape(-1)[kept]
     dists = _validate._module_array(dist).reshape(-1, n_rays)[rows]
-    return (points, scores, dists, stats) if return_stats else (points, scores, dists)
+    out = (points, scores, dists) + tuple(pixels(u) for u in uncertain)
+    return (*out, stats) if return_stats else out
 
 
-def render_2d(dists, points, shape, scores=None, *, device="auto"):
+def _exposure(outside, origin, shape, grid):
+    """The test nms_2d's block certificate starts from: which candidates (centres, reach) a
+    polygon centred beyond the block's sides could overlap (two polygons meet only when their
+    centres are within the sum of their reaches on each axis)."""
+    try:
+        sides = [tuple(None if v is None else float(v) for v in pair) for pair in outside]
+    except TypeError:
+        sides = []
+    if len(sides) != 2 or any(len(p) != 2 for p in sides) or any(v is not None and v < 0 for p in sides for v in p):
+        raise ValueError(f"outside must be ((top, bottom), (left, right)) reaches in pixels or None, got {outside!r}")
+    # the nearest pixel coordinate a centre beyond each side can have
+    first = [(origin[a] - 1) * grid[a] for a in (0, 1)]
+    last = [(origin[a] + shape[a]) * grid[a] for a in (0, 1)]
+
+    def exposed(centres, reach):
+        hit = np.zeros(len(centres), bool)
+        for a in (0, 1):
+            (before, after), c = sides[a], centres[:, a]
+            if before is not None:
+                hit |= c - first[a] <= reach + math.ceil(before) + 2
+            if after is not None:
+                hit |= last[a] - c <= reach + math.ceil(after) + 2
+        return hit
+    return exposed
+
+
+def render_2d(dists, points, shape, scores=None, *, ids=None, window=None, device="auto"):
     """Label image of polygons, same as ``stardist.geometry.polygons_to_label``.
 
     Polygon i gets label i + 1. Polygons are drawn in ascending score order (stable; all
@@ -120,13 +181,29 @@ def render_2d(dists, points, shape, scores=None, *, device="auto"):
         points: (N, 2) (y, x) centres.
         shape: (H, W) of the output.
         scores: (N,) or None.
+        ids: (N,) positive labels to draw instead of i + 1 (a subset of a larger set of
+            polygons keeps its labels and, in the same relative order, its drawing order).
+        window: (row0, col0, rows, cols): return only this window of the (H, W) image, each
+            pixel decided exactly as in the whole rendering (for writing a large image in
+            chunks: pass the polygons that reach the window). CPU and reference only.
 
     Returns:
-        (H, W) int32 labels, 0 is background.
+        (H, W) int32 labels, 0 is background (the window's (rows, cols) with ``window``).
     """
     _, impl = _implementation(device, dists, points)
     dists_a, pts, scores_a = _validate.check_polygons(dists, points, 2, scores)
     shape = _validate.check_shape(shape, 2)
+    extra = {}
+    if window is not None:
+        try:
+            window = tuple(int(v) for v in window)
+        except (TypeError, ValueError):
+            window = ()
+        if len(window) != 4 or min(window) < 0 or window[0] + window[2] > shape[0] or window[1] + window[3] > shape[1]:
+            raise ValueError(f"window must be (row0, col0, rows, cols) inside the image {shape}, got {window!r}")
+        if impl.__name__.endswith("_cuda"):
+            raise ValueError("window= runs on the CPU kernels: pass device='cpu' with host arrays")
+        extra["window"] = window
     xp = _device.array_module_of(dists_a)
     if scores_a is None:
         order = xp.arange(len(pts))
@@ -134,8 +211,14 @@ def render_2d(dists, points, shape, scores=None, *, device="auto"):
         order = np.argsort(scores_a, kind="stable")
     else:  # a stable order on any device: ties by position
         order = xp.lexsort(xp.stack([xp.arange(len(pts), dtype=xp.float64), scores_a.astype(xp.float64)]))
-    labels = (order + 1).astype(xp.int32)
-    return impl.render_2d(dists_a[order], pts[order], labels, shape)
+    if ids is None:
+        labels = (order + 1).astype(xp.int32)
+    else:
+        ids_a = xp.asarray(ids)
+        if ids_a.shape != (len(pts),) or ids_a.dtype.kind not in "iu" or (len(pts) and int(ids_a.min()) < 1):
+            raise ValueError(f"ids must be ({len(pts)},) positive integers, got {ids_a.shape} {ids_a.dtype}")
+        labels = ids_a[order].astype(xp.int32)
+    return impl.render_2d(dists_a[order], pts[order], labels, shape, **extra)
 
 
 def rays_3d(n_rays: int = 96, anisotropy=None) -> Rays3D:

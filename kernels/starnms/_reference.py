@@ -88,9 +88,10 @@ def overlap_exceeds(inter: float, area_a: float, area_b: float, thresh: float) -
     return bool(np.float32(float(inter32) / denom) > np.float32(thresh))
 
 
-def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, stored=None):
+def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, stored=None, origin=(0, 0), exposed_of=None):
     """Greedy NMS over candidates in visiting order: (kept flat cell indices in order, work
-    counters, the kept candidates' rows of dist). ``stored``: as in segrt.kernels.starnms._cpu."""
+    counters, the kept candidates' rows of dist[, uncertain cells]). ``stored``, ``origin``,
+    ``exposed_of``: as in segrt.kernels.starnms._cpu."""
     order = candidates(prob, prob_thresh, lo, hi)
     n_rays = dist.shape[-1]
     tables = ray_tables_float(n_rays)
@@ -102,13 +103,21 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, stored=None):
         if any(int(f) not in rows_of for f in order):
             raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
         dist_flat = {int(f): dist[rows_of[int(f)]] for f in order}
-    polys, areas, boxes = [], [], []
+    polys, areas, boxes, centres = [], [], [], []
     for f in order:
         r, c = divmod(int(f), width)
-        p = polygon_2d(dist_flat[f], r * grid[0], c * grid[1], tables)
+        centres.append(((r + origin[0]) * grid[0], (c + origin[1]) * grid[1]))
+        p = polygon_2d(dist_flat[f], *centres[-1], tables)
         polys.append(p)
         areas.append(lattice_area(p))
         boxes.append((p[:, 0].min(), p[:, 0].max(), p[:, 1].min(), p[:, 1].max()))
+
+    def suppresses(i, j):  # kept i suppresses later candidate j
+        bi, bj = boxes[i], boxes[j]
+        if bj[0] > bi[1] or bi[0] > bj[1] or bj[2] > bi[3] or bi[2] > bj[3]:
+            return False
+        return overlap_exceeds(clipper_intersection_area(polys[i], polys[j]), areas[i], areas[j], nms_thresh)
+
     suppressed = np.zeros(len(order), bool)
     kept = []
     pairs = 0
@@ -116,20 +125,37 @@ def nms_2d(prob, dist, prob_thresh, nms_thresh, grid, lo, hi, stored=None):
         if suppressed[i]:
             continue
         kept.append(order[i])
-        bi = boxes[i]
         for j in range(i + 1, len(order)):
-            if suppressed[j]:
-                continue
-            bj = boxes[j]
-            if bj[0] > bi[1] or bi[0] > bj[1] or bj[2] > bi[3] or bi[2] > bj[3]:
-                continue
-            pairs += 1
-            inter = clipper_intersection_area(polys[i], polys[j])
-            if overlap_exceeds(inter, areas[i], areas[j], nms_thresh):
-                suppressed[j] = True
+            if not suppressed[j]:
+                pairs += 1
+                suppressed[j] = suppresses(i, j)
     kept = np.asarray(kept, np.int64)
     rows = kept if stored is None else np.searchsorted(stored, kept)
-    return kept, {"candidates": len(order), "kept": len(kept), "pairs_overlap_tested": pairs}, rows
+    stats = {"candidates": len(order), "kept": len(kept), "pairs_overlap_tested": pairs}
+    if exposed_of is None:
+        return kept, stats, rows
+    rays = np.stack([dist_flat[f] for f in order]) if len(order) else np.zeros((0, n_rays), np.float32)
+    exposed = exposed_of(np.asarray(centres, np.int64).reshape(-1, 2), reach_2d(rays))
+    certain = certify_2d(len(order), suppressed, exposed, suppresses)
+    return kept, stats, rows, order[~certain]
+
+
+def reach_2d(rows: np.ndarray) -> np.ndarray:
+    """Longest ray rounded up plus 2 (the truncation to the lattice): how far a polygon reaches."""
+    return (np.ceil(rows.max(axis=1, initial=0).astype(np.float64)) + 2).astype(np.int64)
+
+
+def certify_2d(n, suppressed, exposed, suppresses):
+    """Which of n candidates (visiting order) a block decides as the whole image does: a kept
+    one when nothing outside reaches it and no uncertain earlier candidate suppresses it, a
+    dropped one when a certain kept candidate suppresses it (see segrt.kernels.starnms.nms_2d)."""
+    certain = np.ones(n, bool)
+    for i in range(n):
+        if not suppressed[i]:
+            certain[i] = not exposed[i] and not any(suppresses(j, i) for j in range(i) if not certain[j])
+        else:
+            certain[i] = any(suppresses(j, i) for j in range(i) if certain[j] and not suppressed[j])
+    return certain
 
 
 def render_coords_2d(dists: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -141,8 +167,9 @@ def render_coords_2d(dists: np.ndarray, points: np.ndarray) -> np.ndarray:
     return coord
 
 
-def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape) -> np.ndarray:
-    """Fill polygons in order with skimage.draw.polygon's crossing test at pixel centres."""
+def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape, window=None) -> np.ndarray:
+    """Fill polygons in order with skimage.draw.polygon's crossing test at pixel centres;
+    window: (row0, col0, rows, cols) of the image to return."""
     out = np.zeros(shape, np.int32)
     for poly, lab in zip(render_coords_2d(dists, points), labels):
         rr, cc = poly[0].astype(np.float64), poly[1].astype(np.float64)
@@ -162,6 +189,8 @@ def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape) 
                 cond &= xs < (xj - xi) * (ys - yi) / (yj - yi) + xi
             inside ^= cond
         out[r0 : r1 + 1, c0 : c1 + 1][inside] = lab
+    if window is not None:
+        return out[window[0]:window[0] + window[2], window[1]:window[1] + window[3]].copy()
     return out
 
 

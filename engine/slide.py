@@ -1,0 +1,631 @@
+"""Whole-slide star-convex instances in chunks on Dask: the same result as the whole image.
+
+    slide (zarr / OME-Zarr / tiled TIFF, read lazily)
+      -> statistics of the whole slide (exact percentiles from histograms over chunks)
+      -> per chunk, a task: the network over the chunk's tiles (each with its context) ->
+         the candidate cells (prob > prob_thresh) and their rays              [inference]
+      -> per chunk, a task: NMS over the chunk and its neighbours -> the objects whose
+         centre lies in the chunk, with a certificate that the whole slide decides them
+         the same way (else the chunk is redone with a wider ring of neighbours) [NMS]
+      -> objects numbered by descending score over the slide                   [driver]
+      -> per chunk, a task: the labels of the chunk rendered and written to zarr [render]
+      -> labels .zarr, objects .csv, polygons .geojson, summary .json
+
+The rule that keeps instances exact across seams: an object belongs to the chunk that holds
+its centre, and a chunk's NMS sees every candidate within a ring of whole chunks around it.
+Greedy NMS decides a candidate from the decisions of the higher-ranked candidates that would
+suppress it, so a decision can differ from the whole slide's only through a chain of such
+candidates that starts within reach of a polygon beyond the ring (reach: the longest ray of
+the slide, measured). The NMS kernel follows those chains (``nms_2d(..., outside=...)``);
+when one reaches the chunk, the ring is widened and the chunk redone. So the labels, points,
+scores and rays are those of ``InstancePipeline(model, tile=...).run(whole image)`` bit for
+bit, whatever the size of the objects relative to the chunks (large objects cost wider rings,
+never a wrong answer).
+
+Tiles are the whole image's tiles (chunks are whole tiles), normalised with the whole slide's
+statistics: each cell's prediction is the one the whole-image run makes. Memory per task: one
+chunk's tiles and the candidates of the chunks in its ring; the driver holds one row per
+object (points, score, rays). Candidates wait in the workers' memory between the inference and
+the NMS (Dask spills them to disk when a worker's memory fills).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+import uuid
+
+import numpy as np
+
+from segrt._optional import optional_import
+from segrt.engine import io
+
+__all__ = ["LazyImage", "segment_slide", "SLIDE_SUFFIXES"]
+
+SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs")
+_HIST_BINS = 1 << 16
+PIPELINE_KEY = "segrt-slide-pipeline"
+
+
+# ---- reading ---------------------------------------------------------------------------------
+class LazyImage:
+    """A 2D image read a box at a time: a zarr array, an OME-Zarr image (its full-resolution
+    level), a tiled TIFF (its first series, full resolution) or an in-memory array. Pickles as
+    its description, so each worker opens the file itself.
+
+    Layout: (Y, X), (Y, X, C) channels last (TIFF samples, RGB) or (C, Y, X) (OME-Zarr's
+    c axis); other OME axes (t, z) must have length 1."""
+
+    def __init__(self, source, *, component: str | None = None):
+        self._array = None
+        if isinstance(source, (str, os.PathLike)):
+            self.source = os.fspath(source)
+            self.component = component
+            self.memory = None
+            if not os.path.exists(self.source):
+                raise io.InputFileError(f"{self.source}: no such file or folder")
+        else:
+            self.source, self.component, self.memory = "array", None, source
+        arr, axes = self._open()
+        self.dtype = np.dtype(arr.dtype)
+        if self.dtype.kind not in "biuf":
+            raise io.InputFileError(f"{self.source}: expected a numeric image, got dtype {self.dtype}")
+        self.axes = axes
+        self.full_shape = tuple(int(v) for v in arr.shape)
+        sizes = dict(zip(axes, self.full_shape))
+        if "y" not in sizes or "x" not in sizes:
+            raise io.InputFileError(f"{self.source}: expected an image with y and x axes, got axes {axes!r} "
+                                    f"and shape {self.full_shape}")
+        for a in axes:
+            if a not in "cyx" and sizes[a] != 1:
+                raise io.InputFileError(f"{self.source}: a slide is one 2D image; axis {a!r} has length {sizes[a]} "
+                                        "(pick one plane first)")
+        self.shape = (sizes["y"], sizes["x"])
+        self.channels = sizes.get("c", 1)
+        if min(self.shape) == 0:
+            raise io.InputFileError(f"{self.source}: the image is empty (shape {self.full_shape})")
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_array"] = None
+        return state
+
+    def _open(self):
+        if self.memory is not None:
+            arr = self.memory
+            if arr.ndim == 2:
+                return arr, "yx"
+            if arr.ndim == 3 and arr.shape[-1] <= 4:
+                return arr, "yxc"
+            raise io.InputFileError(f"array: expected (H, W) or (H, W, C) with C <= 4, got shape {arr.shape}")
+        path = self.source
+        low = path.lower().rstrip("/\\")
+        if low.endswith(".zarr") or os.path.isdir(path):
+            return self._open_zarr(path)
+        if low.endswith((".tif", ".tiff", ".svs")):
+            return self._open_tiff(path)
+        raise io.InputFileError(f"{path}: expected a zarr / OME-Zarr folder or a tiled TIFF for chunked inference")
+
+    def _open_zarr(self, path):
+        zarr = _zarr()
+        try:
+            node = zarr.open(path, mode="r")
+        except Exception as err:  # zarr raises several types for a folder that is no zarr
+            raise io.InputFileError(f"{path}: not a readable zarr store ({type(err).__name__}: {err})") from None
+        axes = None
+        if not hasattr(node, "shape"):  # a group: OME-Zarr multiscales, else the named array
+            attrs = dict(node.attrs)
+            ms = attrs.get("multiscales") or (attrs.get("ome") or {}).get("multiscales")
+            if self.component is None and ms:
+                level = ms[0]["datasets"][0]["path"]
+                axes = "".join(str(a["name"] if isinstance(a, dict) else a)[0].lower() for a in ms[0].get("axes", []))
+                node = node[level]
+            elif self.component is not None:
+                node = node[self.component]
+            else:
+                raise io.InputFileError(f"{path}: a zarr group without OME-Zarr multiscales metadata; name the array "
+                                        "inside it (component)")
+        if not axes:
+            axes = {2: "yx", 3: "yxc" if node.shape[-1] <= 4 else "cyx"}.get(len(node.shape))
+            if axes is None:
+                raise io.InputFileError(f"{path}: expected a 2D image (Y, X), (Y, X, C) or (C, Y, X), got shape "
+                                        f"{tuple(node.shape)}")
+        return node, axes
+
+    def _open_tiff(self, path):
+        tifffile = optional_import("tifffile", purpose="reading tiled TIFF slides")
+        zarr = _zarr()
+        try:
+            tif = tifffile.TiffFile(path)
+            series = tif.series[0]
+            node = zarr.open(series.aszarr(level=0), mode="r")
+        except Exception as err:
+            raise io.InputFileError(f"{path}: not a readable TIFF ({type(err).__name__}: {err})") from None
+        if hasattr(node, "shape") is False:  # a pyramid store: its full-resolution array
+            node = node["0"]
+        axes = series.axes.lower().replace("s", "c")
+        return node, axes
+
+    @property
+    def array(self):
+        if self._array is None:
+            self._array = self._open()[0]
+        return self._array
+
+    def read(self, box) -> np.ndarray:
+        """The (C, h, w) crop of the image inside ``box`` ((ys, xs) slices), in the file's dtype."""
+        index = []
+        for a in self.axes:
+            index.append(box[0] if a == "y" else box[1] if a == "x" else slice(None) if a == "c" else 0)
+        crop = np.asarray(self.array[tuple(index)])
+        kept = [a for a in self.axes if a in "cyx"]
+        if "c" not in kept:
+            return crop[None]
+        return np.moveaxis(crop, kept.index("c"), 0)
+
+
+def _zarr():
+    return optional_import("zarr", purpose="chunked slides (zarr, OME-Zarr, tiled TIFF)", extra="batch")
+
+
+def model_planes(crop: np.ndarray, channels: int, source: str) -> np.ndarray:
+    """A (C, h, w) crop as the model's planes, as ``image_planes`` makes them from the whole
+    image (colour to luminance for a grey model, pixel by pixel)."""
+    from segrt.engine.preprocess import luminance
+
+    if crop.shape[0] == channels:
+        return crop
+    if channels == 1 and crop.shape[0] in (3, 4):
+        return luminance(np.moveaxis(crop, 0, -1))[None]
+    raise io.InputFileError(f"{source}: {crop.shape[0]} channel(s) do not fit a model with {channels} input channel(s)")
+
+
+# ---- statistics of the whole slide -----------------------------------------------------------
+def _ordered_keys(values: np.ndarray) -> np.ndarray:
+    """float32 values as uint32 keys in the same order (sign flipped, negatives inverted)."""
+    bits = np.ascontiguousarray(values, np.float32).view(np.uint32)
+    return np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
+
+
+def _key_value(key: int) -> float:
+    bits = key & 0x7FFFFFFF if key & 0x80000000 else (~key) & 0xFFFFFFFF
+    return float(np.array([bits], np.uint32).view(np.float32)[0])
+
+
+def _histogram_task(image: LazyImage, box, channels: int, prefixes=None):
+    """Per channel, counts of the float32 keys' high 16 bits (``prefixes`` None) or, for each
+    given prefix, of the low 16 bits of the keys under it. Counts non-finite values too."""
+    planes = model_planes(image.read(box), channels, image.source).astype(np.float32, copy=False)
+    out, bad = [], 0
+    for c, plane in enumerate(planes):
+        flat = plane.reshape(-1)
+        bad += int(flat.size - np.count_nonzero(np.isfinite(flat)))
+        keys = _ordered_keys(flat)
+        if prefixes is None:
+            out.append(np.bincount(keys >> 16, minlength=_HIST_BINS).astype(np.int64))
+        else:
+            out.append({p: np.bincount(keys[(keys >> 16) == p] & 0xFFFF, minlength=_HIST_BINS).astype(np.int64)
+                        for p in prefixes[c]})
+    return out, bad
+
+
+def slide_statistics(pipeline, image: LazyImage, boxes, mapper) -> list:
+    """Per channel, the statistics ``percentile_stats`` takes from the whole image, computed
+    exactly from two passes of histograms over the chunks (``mapper(fn, boxes)`` runs one task
+    per box and returns the results)."""
+    from segrt.engine import preprocess
+
+    spec = pipeline.meta.get("normalization") or {"kind": "none"}
+    channels = pipeline.in_channels
+    if spec.get("kind") != "percentile":
+        return [{} for _ in range(channels)]
+    first = mapper(lambda box: _histogram_task(image, box, channels), boxes)
+    bad = sum(b for _, b in first)
+    if bad:
+        raise io.InputFileError(f"{image.source}: {bad} values are NaN or infinite; fill or mask them before "
+                                "segmenting")
+    high = [sum(h[c] for h, _ in first) for c in range(channels)]
+    n = int(high[0].sum())
+    cumulative = [np.cumsum(h) for h in high]
+
+    def prefix_of(c, rank):
+        return int(np.searchsorted(cumulative[c], rank, side="right"))
+
+    ranks = set()
+    for q in (spec["low"], spec["high"]):
+        k = min(max(int(np.floor(float(q) / 100.0 * (n - 1))), 0), n - 1)
+        ranks.update((k, min(k + 1, n - 1)))
+    wanted = [sorted({prefix_of(c, r) for r in ranks}) for c in range(channels)]
+    second = mapper(lambda box: _histogram_task(image, box, channels, wanted), boxes)
+    stats = []
+    for c in range(channels):
+        low = {p: sum(part[c][p] for part, _ in second) for p in wanted[c]}
+
+        def select(rs, c=c, low=low):
+            values = []
+            for r in rs:
+                p = prefix_of(c, r)
+                before = int(cumulative[c][p - 1]) if p else 0
+                rest = int(np.searchsorted(np.cumsum(low[p]), r - before, side="right"))
+                values.append(_key_value((p << 16) | rest))
+            return values
+
+        lo, hi = preprocess.percentiles_from_ranks(n, [spec["low"], spec["high"]], select)
+        stats.append({"low": lo, "high": hi})
+    return stats
+
+
+# ---- tasks -----------------------------------------------------------------------------------
+def _pipeline_on_worker(options: dict):
+    """The worker's InstancePipeline around the model its plugin loaded (made once per worker)."""
+    from distributed import get_worker
+
+    from segrt.engine.batch import PLUGIN_NAME
+    from segrt.engine.instances import InstancePipeline
+
+    worker = get_worker()
+    cache = getattr(worker, "_segrt_pipelines", None)
+    if cache is None:
+        cache = worker._segrt_pipelines = {}
+    key = json.dumps(options, sort_keys=True)
+    if key not in cache:
+        cache[key] = InstancePipeline(worker.plugins[PLUGIN_NAME].model, device="cpu", **options)
+    return cache[key]
+
+
+def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
+    """The network over the whole image's tiles whose cores make up this chunk: the cells with
+    prob >= prob_thresh (image cell rows / cols), their prob values and rays, and the longest ray."""
+    spatial = image.shape
+    padded, mode, _, _ = pipeline.tile_plan(spatial)
+    normalizer = pipeline._normalizer_of(stats)
+    keep_cells = tuple(-(-s // g) for s, g in zip(spatial, pipeline.grid))
+    starts = [range(a, min(b, p), t) for (a, b), p, t in zip(chunk_box, padded, pipeline.tile)]
+    rows, cols, probs, rays = [], [], [], []
+
+    def read(box):
+        return model_planes(image.read(box), pipeline.in_channels, image.source)
+
+    for start in itertools.product(*starts):
+        core, src = pipeline.tile_windows(start, padded)
+        batch = pipeline.tile_input(read, src, spatial, mode, normalizer)
+        prob, dist = pipeline._infer(batch)
+        pipeline._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, pipeline.grid)))
+        r, c, p, d = pipeline._tile_hits(prob, dist, core, src, keep_cells)
+        rows.append(r), cols.append(c), probs.append(p), rays.append(d)
+    n_rays = pipeline.n_rays
+    rays = np.concatenate(rays) if rays else np.zeros((0, n_rays), np.float32)
+    out = {"rows": np.concatenate(rows).astype(np.int64), "cols": np.concatenate(cols).astype(np.int64),
+           "probs": np.concatenate(probs).astype(np.float32), "rays": np.ascontiguousarray(rays, np.float32)}
+    cand = out["probs"] > np.float32(pipeline.prob_thresh)
+    out["longest"] = float(out["rays"][cand].max()) if cand.any() else 0.0
+    bad = ~np.isfinite(out["rays"]).all(axis=1) | (out["rays"] < 0).any(axis=1) if len(rays) else np.zeros(0, bool)
+    if bad.any():
+        raise ValueError(f"the network returned NaN, infinite or negative rays at {int(bad.sum())} candidate cells "
+                         f"of chunk {chunk_box}")
+    return out
+
+
+def _candidates_task(options, image, stats, chunk_box):
+    return candidates_of_chunk(_pipeline_on_worker(options), image, stats, chunk_box)
+
+
+def nms_of_chunk(parts, block, core, keep_cells, grid, prob_thresh, nms_thresh, reach) -> dict:
+    """NMS over the candidates of a block of chunks (``parts``: their candidates_of_chunk
+    results; ``block`` / ``core``: ((row0, row1), (col0, col1)) cells of the block and of the
+    chunk inside it). Returns the kept objects whose centre cell lies in the core, and whether
+    every decision in the core is certain (else a wider block is needed)."""
+    from segrt.kernels import starnms
+
+    (r0, r1), (c0, c1) = block
+    h, w = r1 - r0, c1 - c0
+    prob = np.full((h, w), -np.inf, np.float32)
+    n_rays = parts[0]["rays"].shape[1]
+    cells, rays = [], []
+    for part in parts:
+        local = (part["rows"] - r0) * w + (part["cols"] - c0)
+        prob.reshape(-1)[local] = part["probs"]
+        cells.append(local)
+        rays.append(part["rays"])
+    cells = np.concatenate(cells) if cells else np.zeros(0, np.int64)
+    rays = np.concatenate(rays) if rays else np.zeros((0, n_rays), np.float32)
+    order = np.argsort(cells, kind="stable")
+    # beyond the block's sides (not the image's edges) lie polygons reaching at most `reach`
+    outside = ((reach if r0 > 0 else None, reach if r1 < keep_cells[0] else None),
+               (reach if c0 > 0 else None, reach if c1 < keep_cells[1] else None))
+    # StarDist's border of 2 cells is the whole image's
+    border = ((2 if r0 == 0 else 0, 2 if r1 == keep_cells[0] else 0), (2 if c0 == 0 else 0, 2 if c1 == keep_cells[1] else 0))
+    points, scores, dists, uncertain = starnms.nms_2d(
+        prob, np.ascontiguousarray(rays[order]), cells=cells[order], origin=(r0, c0), outside=outside, border=border,
+        prob_thresh=prob_thresh, nms_thresh=nms_thresh, grid=grid, device="cpu")
+    (k0, k1), (l0, l1) = core
+
+    def in_core(p):
+        r, c = p[:, 0] // grid[0], p[:, 1] // grid[1]
+        return (r >= k0) & (r < k1) & (c >= l0) & (c < l1)
+
+    mine = in_core(points)
+    return {"points": points[mine], "scores": scores[mine], "dists": dists[mine],
+            "certain": not bool(in_core(uncertain).any()), "candidates": int(len(cells))}
+
+
+def render_chunk(window, shape, points, scores, dists, ids, labels_path=None) -> dict:
+    """The labels inside ``window`` ((row0, col0, rows, cols) pixels) from the objects that
+    reach it (their global ids), written into the zarr array at ``labels_path``; returns the
+    objects' pixel counts and coordinate sums inside the window (for the objects table)."""
+    from segrt.kernels import starnms
+
+    labels = starnms.render_2d(dists, points, shape, scores=scores, ids=ids, window=window, device="cpu")
+    if labels_path is not None:
+        arr = _zarr().open_array(labels_path, mode="r+")
+        r0, c0, h, w = window
+        arr[r0:r0 + h, c0:c0 + w] = labels
+    flat = labels.reshape(-1)
+    present, index = np.unique(flat, return_inverse=True)
+    ys, xs = np.indices(labels.shape)
+    area = np.bincount(index, minlength=len(present))
+    sy = np.bincount(index, weights=(ys + window[0]).reshape(-1).astype(np.float64), minlength=len(present))
+    sx = np.bincount(index, weights=(xs + window[1]).reshape(-1).astype(np.float64), minlength=len(present))
+    keep = present > 0
+    return {"ids": present[keep], "area": area[keep], "sum_y": sy[keep], "sum_x": sx[keep],
+            "labels": None if labels_path is not None else labels}
+
+
+# ---- the driver ------------------------------------------------------------------------------
+class _Bar:
+    def __init__(self, enabled):
+        self.enabled = enabled
+
+    def show(self, stage, n, total):
+        if self.enabled:
+            sys.stderr.write(f"\rsegrt slide: {stage} {n}/{total}" + ("\n" if n >= total else ""))
+            sys.stderr.flush()
+
+
+def _chunk_size(pipeline, chunk) -> int:
+    """Chunk side in pixels: whole tiles (so each cell is predicted by the whole image's tile)."""
+    t = max(pipeline.tile)
+    if chunk is None:
+        chunk = 4 * t
+    chunk = int(chunk)
+    if chunk < 1:
+        raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
+    if len(set(pipeline.tile)) != 1:
+        raise ValueError("chunked slides need square tiles")
+    return -(-chunk // t) * t
+
+
+def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thresh=None, nms_thresh=None,
+                  component=None, client=None, scheduler=None, workers=None, backend="auto", progress=True,
+                  return_labels=False) -> dict:
+    """Star-convex instances of a whole slide, chunk by chunk on Dask, equal to the whole-image
+    run (``InstancePipeline(model, tile=tile).run(image)``) bit for bit.
+
+    Args:
+        model: a star-convex-2d .onnx model file (loaded once per worker), or a model object
+            (``infer`` and ``metadata``) that pickles, sent to each worker once.
+        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory (H, W[, C])
+            array (tests, notebooks).
+        output: the labels' ``.zarr`` folder (int32, chunked as the slide is processed); beside
+            it ``<stem>.csv`` (objects), ``<stem>.geojson`` (polygons, QuPath's frame) and
+            ``<stem>.json`` (summary). None: nothing written (with ``return_labels``).
+        chunk: chunk side in pixels, rounded up to whole tiles (default 4 tiles).
+        tile, prob_thresh, nms_thresh: as ``InstancePipeline``.
+        component: the array inside a plain zarr group.
+        client / scheduler / workers: a ``distributed.Client``, a scheduler address, or the
+            number of LocalCluster processes on the loopback (default 1), as ``segrt batch``.
+        return_labels: also return the whole label image (small slides and tests).
+
+    Returns:
+        the summary (objects, chunks, seconds per stage, files written); with ``return_labels``
+        also "labels", "points", "scores", "dists".
+    """
+    from segrt.engine.batch import PLUGIN_NAME, ModelPlugin, _as_worker_plugin, _distributed, _host
+    from segrt.engine.instances import InstancePipeline, planned_outputs
+
+    t_all = time.perf_counter()
+    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component)
+    options = {k: v for k, v in (("tile", tile), ("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh))
+               if v is not None}
+    if hasattr(model, "infer") and hasattr(model, "metadata"):  # a model object: shipped to the workers
+        model_path, probe = model, InstancePipeline(model, device="cpu", **options)
+    else:
+        model_path = os.path.abspath(os.fspath(model))
+        # the driver's own pipeline reads the metadata only: the workers load and run the model
+        probe = InstancePipeline(_MetadataOnly(model_path), device="cpu", **options)
+    if probe.ndim != 2:
+        raise ValueError(f"{model}: chunked slides run 2D star-convex models; this one is {probe.ndim}D")
+    if image.channels not in (probe.in_channels, 3, 4) or (image.channels != probe.in_channels and probe.in_channels != 1):
+        raise io.InputFileError(f"{image.source}: {image.channels} channel(s) do not fit a model with "
+                                f"{probe.in_channels} input channel(s)")
+    if not probe.crops_normalize:
+        raise ValueError(f"{model}: its normalisation needs the normalised image's own statistics "
+                         "(standardize / z-score without fixed mean and std); chunks cannot reproduce it")
+    if not probe.crops_pad_alone(image.shape):
+        raise ValueError(f"{image.source}: too small to chunk (its tiles cannot pad themselves as the whole image "
+                         "is padded); run it whole with segrt run")
+    side = _chunk_size(probe, chunk)
+    grid = probe.grid
+    H, W = image.shape
+    keep_cells = (-(-H // grid[0]), -(-W // grid[1]))
+    n_cy, n_cx = -(-H // side), -(-W // side)
+    chunk_boxes = {(i, j): ((i * side, min((i + 1) * side, H)), (j * side, min((j + 1) * side, W)))
+                   for i in range(n_cy) for j in range(n_cx)}
+    written = []
+    if output is not None:
+        output = os.path.abspath(os.fspath(output))
+        if not output.lower().endswith(".zarr"):
+            raise io.OutputPathError(f"{output}: slide labels are written to a .zarr folder")
+        written = planned_outputs(output, 2)
+        io.check_outputs(written[1:], [] if image.source == "array" else [image.source])
+        if os.path.exists(output):
+            raise io.OutputPathError(f"{output} exists; segrt never replaces outputs: remove it or choose another name")
+
+    distributed = _distributed()
+    own_cluster = None
+    if client is None:
+        if scheduler:
+            client = distributed.Client(scheduler)
+        else:
+            own_cluster = distributed.LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None)
+            client = distributed.Client(own_cluster)
+        owns_client = True
+    else:
+        owns_client = False
+    bar = _Bar(progress)
+    seconds = {}
+    tmp = None
+    try:
+        per_host: dict = {}
+        for address in client.scheduler_info().get("workers", {}):
+            per_host[_host(address)] = per_host.get(_host(address), 0) + 1
+        client.register_plugin(_as_worker_plugin(ModelPlugin(model_path, backend, "f32", per_host)), name=PLUGIN_NAME)
+        run = uuid.uuid4().hex[:8]
+        image_f = client.scatter(image, broadcast=True) if image.memory is not None else image
+
+        def mapper(fn, boxes):
+            futs = client.map(lambda box, fn=fn: fn(box), boxes, key=[f"segrt-hist-{run}-{uuid.uuid4().hex[:6]}-{k}"
+                                                                      for k in range(len(boxes))])
+            return client.gather(futs)
+
+        t = time.perf_counter()
+        boxes = [tuple(slice(a, b) for a, b in box) for box in chunk_boxes.values()]
+        if image.memory is not None:
+            stats = [{}] * probe.in_channels
+            if (probe.meta.get("normalization") or {}).get("kind") == "percentile":
+                stats = slide_statistics(probe, image, boxes, lambda fn, bs: [fn(b) for b in bs])
+        else:
+            stats = slide_statistics(probe, image, boxes, mapper)
+        seconds["statistics"] = time.perf_counter() - t
+
+        # 1. inference: candidates per chunk
+        t = time.perf_counter()
+        cand = {k: client.submit(_candidates_task, options, image_f, stats, box, key=f"segrt-infer-{run}-{k[0]}-{k[1]}")
+                for k, box in chunk_boxes.items()}
+        done = 0
+        longest = 0.0
+        for fut in distributed.as_completed(list(cand.values())):
+            longest = max(longest, client.submit(lambda r: r["longest"], fut, pure=False).result())
+            done += 1
+            bar.show("inference", done, len(cand))
+        seconds["inference"] = time.perf_counter() - t
+
+        # 2. NMS per chunk over a ring of neighbours, widened where the certificate asks
+        t = time.perf_counter()
+        cell_side = side // grid[0], side // grid[1]
+
+        def cells_of(i0, i1, j0, j1):
+            return ((i0 * cell_side[0], min(i1 * cell_side[0], keep_cells[0])),
+                    (j0 * cell_side[1], min(j1 * cell_side[1], keep_cells[1])))
+
+        def submit_nms(k, ring):
+            i, j = k
+            i0, i1, j0, j1 = max(0, i - ring), min(n_cy, i + ring + 1), max(0, j - ring), min(n_cx, j + ring + 1)
+            parts = [cand[(a, b)] for a in range(i0, i1) for b in range(j0, j1)]
+            return client.submit(nms_of_chunk, parts, cells_of(i0, i1, j0, j1), cells_of(i, i + 1, j, j + 1),
+                                 keep_cells, grid, probe.prob_thresh, probe.nms_thresh, longest,
+                                 key=f"segrt-nms-{run}-{i}-{j}-{ring}")
+
+        pending = {submit_nms(k, 1): (k, 1) for k in chunk_boxes}
+        objects, rings = {}, {}
+        flow = distributed.as_completed(list(pending))
+        for fut in flow:
+            k, ring = pending.pop(fut)
+            res = fut.result()
+            if res["certain"] or ring >= max(n_cy, n_cx):  # the widest ring holds the whole slide
+                objects[k] = res
+                rings[k] = ring
+                bar.show("nms", len(objects), len(chunk_boxes))
+            else:
+                new = submit_nms(k, ring + 1)
+                pending[new] = (k, ring + 1)
+                flow.add(new)
+        cand.clear()  # the candidates leave the workers' memory
+        seconds["nms"] = time.perf_counter() - t
+
+        # 3. the slide's objects in the whole image's order: descending score, ties by cell
+        t = time.perf_counter()
+        pts = np.concatenate([o["points"] for o in objects.values()]) if objects else np.zeros((0, 2), np.int64)
+        scs = np.concatenate([o["scores"] for o in objects.values()]) if objects else np.zeros(0, np.float32)
+        dts = (np.concatenate([o["dists"] for o in objects.values()]) if objects
+               else np.zeros((0, probe.n_rays), np.float32))
+        flat = (pts[:, 0] // grid[0]) * keep_cells[1] + pts[:, 1] // grid[1]
+        order = np.lexsort((flat, -scs.astype(np.float64)))
+        pts, scs, dts = pts[order], scs[order], dts[order]
+        ids = np.arange(1, len(pts) + 1, dtype=np.int32)
+
+        # 4. labels per chunk, rendered and written
+        if output is not None:
+            tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.partial-{run}")
+            _zarr().open_array(tmp, mode="w-", shape=(H, W), chunks=(side, side), dtype=np.int32, fill_value=0)
+        reach = float(dts.max()) + 2 if len(dts) else 0.0
+        renders = {}
+        for k, ((y0, y1), (x0, x1)) in chunk_boxes.items():
+            near = ((pts[:, 0] >= y0 - reach) & (pts[:, 0] < y1 + reach) &
+                    (pts[:, 1] >= x0 - reach) & (pts[:, 1] < x1 + reach))
+            renders[k] = client.submit(render_chunk, (y0, x0, y1 - y0, x1 - x0), (H, W), pts[near], scs[near],
+                                       dts[near], ids[near], tmp, key=f"segrt-render-{run}-{k[0]}-{k[1]}")
+        area = np.zeros(len(pts) + 1, np.int64)
+        sum_y = np.zeros(len(pts) + 1)
+        sum_x = np.zeros(len(pts) + 1)
+        labels = np.zeros((H, W), np.int32) if return_labels and output is None else None
+        n = 0
+        for fut in distributed.as_completed(list(renders.values())):
+            res = fut.result()
+            area[res["ids"]] += res["area"]
+            sum_y[res["ids"]] += res["sum_y"]
+            sum_x[res["ids"]] += res["sum_x"]
+            n += 1
+            bar.show("labels", n, len(renders))
+        if labels is not None:
+            for k, fut in renders.items():
+                (y0, y1), (x0, x1) = chunk_boxes[k]
+                labels[y0:y1, x0:x1] = fut.result()["labels"]
+        seconds["render"] = time.perf_counter() - t
+    except BaseException:
+        if tmp is not None and os.path.exists(tmp):
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        if owns_client:
+            client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+    from segrt.engine.instances import InstanceResult, objects_table
+
+    rows = objects_table(area[1:], np.stack([sum_y[1:], sum_x[1:]]), scs, 2)
+    seconds["total"] = time.perf_counter() - t_all
+    summary = {"input": image.source, "shape": [H, W], "objects": int(len(pts)), "backend": backend,
+               "chunk": side, "chunks": len(chunk_boxes), "tile": list(probe.tile),
+               "nms_rings": {str(r): sum(1 for v in rings.values() if v == r) for r in sorted(set(rings.values()))},
+               "longest_ray": longest, "timings_s": seconds, "outputs": written}
+    if output is not None:
+        result = InstanceResult(None, pts, scs, dts, image.source, seconds, backend, len(chunk_boxes), [],
+                                probe.class_name)
+        result.write_tables(output, rows, summary)
+        os.replace(tmp, output)
+    if return_labels:
+        summary.update(labels=labels if labels is not None else np.asarray(_zarr().open_array(output, mode="r")[:]),
+                       points=pts, scores=scs, dists=dts, rows=rows)
+    return summary
+
+
+class _MetadataOnly:
+    """A model file's metadata without a runtime (the driver plans; workers run the network)."""
+
+    backend = "none"
+
+    def __init__(self, path):
+        from segrt.engine.model_file import inspect_model_file
+
+        self.path = path
+        self.metadata = inspect_model_file(path)[3]
+
+    def infer(self, batch):
+        raise RuntimeError("the driver does not run the network")
