@@ -13,6 +13,7 @@ BENCHMARKS = {
     "gpu-kernels": "segrt.bench.gpu_kernels",
     "nnunet": "segrt.bench.nnunet",
     "batch": "segrt.bench.batch",
+    "slide": "segrt.bench.slide",
 }
 
 

@@ -6,25 +6,25 @@
          the candidate cells (prob > prob_thresh) and their rays              [inference]
       -> per chunk, a task: NMS over the chunk and its neighbours -> the objects whose
          centre lies in the chunk, with a certificate that the whole slide decides them
-         the same way (else the chunk is redone with a wider ring of neighbours) [NMS]
+         the same way (else the chunk is redone with a wider margin)              [NMS]
       -> objects numbered by descending score over the slide                   [driver]
       -> per chunk, a task: the labels of the chunk rendered and written to zarr [render]
       -> labels .zarr, objects .csv, polygons .geojson, summary .json
 
 The rule that keeps instances exact across seams: an object belongs to the chunk that holds
-its centre, and a chunk's NMS sees every candidate within a ring of whole chunks around it.
+its centre, and a chunk's NMS sees every candidate within a margin around it.
 Greedy NMS decides a candidate from the decisions of the higher-ranked candidates that would
 suppress it, so a decision can differ from the whole slide's only through a chain of such
-candidates that starts within reach of a polygon beyond the ring (reach: the longest ray of
+candidates that starts within reach of a polygon beyond the margin (reach: the longest ray of
 the slide, measured). The NMS kernel follows those chains (``nms_2d(..., outside=...)``);
-when one reaches the chunk, the ring is widened and the chunk redone. So the labels, points,
+when one reaches the chunk, the margin is doubled and the chunk redone. So the labels, points,
 scores and rays are those of ``InstancePipeline(model, tile=...).run(whole image)`` bit for
-bit, whatever the size of the objects relative to the chunks (large objects cost wider rings,
+bit, whatever the size of the objects relative to the chunks (large objects cost wider margins,
 never a wrong answer).
 
 Tiles are the whole image's tiles (chunks are whole tiles), normalised with the whole slide's
 statistics: each cell's prediction is the one the whole-image run makes. Memory per task: one
-chunk's tiles and the candidates of the chunks in its ring; the driver holds one row per
+chunk's tiles and the candidates within its margin; the driver holds one row per
 object (points, score, rays). Candidates wait in the workers' memory between the inference and
 the NMS (Dask spills them to disk when a worker's memory fills).
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import sys
 import time
@@ -74,6 +75,9 @@ class LazyImage:
             raise io.InputFileError(f"{self.source}: expected a numeric image, got dtype {self.dtype}")
         self.axes = axes
         self.full_shape = tuple(int(v) for v in arr.shape)
+        if len(axes) != len(self.full_shape):
+            raise io.InputFileError(f"{self.source}: its metadata names {len(axes)} axes ({axes!r}) for an array of "
+                                    f"shape {self.full_shape}")
         sizes = dict(zip(axes, self.full_shape))
         if "y" not in sizes or "x" not in sizes:
             raise io.InputFileError(f"{self.source}: expected an image with y and x axes, got axes {axes!r} "
@@ -265,13 +269,12 @@ def _pipeline_on_worker(options: dict):
     from segrt.engine.batch import PLUGIN_NAME
     from segrt.engine.instances import InstancePipeline
 
-    worker = get_worker()
-    cache = getattr(worker, "_segrt_pipelines", None)
-    if cache is None:
-        cache = worker._segrt_pipelines = {}
+    plugin = get_worker().plugins[PLUGIN_NAME]
+    # kept on the plugin: a run that registers another model replaces the plugin and its pipelines
+    cache = plugin.__dict__.setdefault("pipelines", {})
     key = json.dumps(options, sort_keys=True)
     if key not in cache:
-        cache[key] = InstancePipeline(worker.plugins[PLUGIN_NAME].model, device="cpu", **options)
+        cache[key] = InstancePipeline(plugin.model, device="cpu", **options)
     return cache[key]
 
 
@@ -308,14 +311,35 @@ def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
     return out
 
 
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def _candidates_task(options, image, stats, chunk_box):
-    return candidates_of_chunk(_pipeline_on_worker(options), image, stats, chunk_box)
+    out = candidates_of_chunk(_pipeline_on_worker(options), image, stats, chunk_box)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _nms_task(*args):
+    out = nms_of_chunk(*args)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def _render_task(*args):
+    out = render_chunk(*args)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    return out
 
 
 def nms_of_chunk(parts, block, core, keep_cells, grid, prob_thresh, nms_thresh, reach) -> dict:
-    """NMS over the candidates of a block of chunks (``parts``: their candidates_of_chunk
-    results; ``block`` / ``core``: ((row0, row1), (col0, col1)) cells of the block and of the
-    chunk inside it). Returns the kept objects whose centre cell lies in the core, and whether
+    """NMS over the candidates inside a block (``parts``: candidates_of_chunk results of the
+    chunks it meets; ``block`` / ``core``: ((row0, row1), (col0, col1)) cells of the block and
+    of the chunk inside it). Returns the kept objects whose centre cell lies in the core, and whether
     every decision in the core is certain (else a wider block is needed)."""
     from segrt.kernels import starnms
 
@@ -325,10 +349,11 @@ def nms_of_chunk(parts, block, core, keep_cells, grid, prob_thresh, nms_thresh, 
     n_rays = parts[0]["rays"].shape[1]
     cells, rays = [], []
     for part in parts:
-        local = (part["rows"] - r0) * w + (part["cols"] - c0)
-        prob.reshape(-1)[local] = part["probs"]
+        inside = (part["rows"] >= r0) & (part["rows"] < r1) & (part["cols"] >= c0) & (part["cols"] < c1)
+        local = (part["rows"][inside] - r0) * w + (part["cols"][inside] - c0)
+        prob.reshape(-1)[local] = part["probs"][inside]
         cells.append(local)
-        rays.append(part["rays"])
+        rays.append(part["rays"][inside])
     cells = np.concatenate(cells) if cells else np.zeros(0, np.int64)
     rays = np.concatenate(rays) if rays else np.zeros((0, n_rays), np.float32)
     order = np.argsort(cells, kind="stable")
@@ -362,14 +387,23 @@ def render_chunk(window, shape, points, scores, dists, ids, labels_path=None) ->
         arr = _zarr().open_array(labels_path, mode="r+")
         r0, c0, h, w = window
         arr[r0:r0 + h, c0:c0 + w] = labels
-    flat = labels.reshape(-1)
-    present, index = np.unique(flat, return_inverse=True)
-    ys, xs = np.indices(labels.shape)
-    area = np.bincount(index, minlength=len(present))
-    sy = np.bincount(index, weights=(ys + window[0]).reshape(-1).astype(np.float64), minlength=len(present))
-    sx = np.bincount(index, weights=(xs + window[1]).reshape(-1).astype(np.float64), minlength=len(present))
-    keep = present > 0
-    return {"ids": present[keep], "area": area[keep], "sum_y": sy[keep], "sum_x": sx[keep],
+    # pixel counts and coordinate sums per object, a band of rows at a time (bounded temporaries)
+    present = np.unique(ids) if len(ids) else np.zeros(0, np.int32)
+    lookup = np.concatenate([[0], present]).astype(np.int64)
+    area = np.zeros(len(present) + 1, np.int64)
+    sy = np.zeros(len(present) + 1)
+    sx = np.zeros(len(present) + 1)
+    band = 256
+    for y0 in range(0, labels.shape[0], band):
+        part = labels[y0:y0 + band]
+        index = np.searchsorted(lookup, part).reshape(-1)  # 0: background
+        area += np.bincount(index, minlength=len(lookup))
+        rows = np.repeat(np.arange(y0, y0 + part.shape[0], dtype=np.float64) + window[0], part.shape[1])
+        sy += np.bincount(index, weights=rows, minlength=len(lookup))
+        cols = np.tile(np.arange(part.shape[1], dtype=np.float64) + window[1], part.shape[0])
+        sx += np.bincount(index, weights=cols, minlength=len(lookup))
+    keep = (lookup > 0) & (area > 0)
+    return {"ids": lookup[keep], "area": area[keep], "sum_y": sy[keep], "sum_x": sx[keep],
             "labels": None if labels_path is not None else labels}
 
 
@@ -399,7 +433,7 @@ def _chunk_size(pipeline, chunk) -> int:
 
 def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thresh=None, nms_thresh=None,
                   component=None, client=None, scheduler=None, workers=None, backend="auto", progress=True,
-                  return_labels=False) -> dict:
+                  nms_margin=None, return_labels=False) -> dict:
     """Star-convex instances of a whole slide, chunk by chunk on Dask, equal to the whole-image
     run (``InstancePipeline(model, tile=tile).run(image)``) bit for bit.
 
@@ -416,6 +450,8 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         component: the array inside a plain zarr group.
         client / scheduler / workers: a ``distributed.Client``, a scheduler address, or the
             number of LocalCluster processes on the loopback (default 1), as ``segrt batch``.
+        nms_margin: the first margin (pixels) around a chunk its NMS sees; default four longest
+            rays plus 24 px. Doubled for a chunk whose certificate doubts a decision.
         return_labels: also return the whole label image (small slides and tests).
 
     Returns:
@@ -484,7 +520,6 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
             per_host[_host(address)] = per_host.get(_host(address), 0) + 1
         client.register_plugin(_as_worker_plugin(ModelPlugin(model_path, backend, "f32", per_host)), name=PLUGIN_NAME)
         run = uuid.uuid4().hex[:8]
-        image_f = client.scatter(image, broadcast=True) if image.memory is not None else image
 
         def mapper(fn, boxes):
             futs = client.map(lambda box, fn=fn: fn(box), boxes, key=[f"segrt-hist-{run}-{uuid.uuid4().hex[:6]}-{k}"
@@ -503,45 +538,51 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
 
         # 1. inference: candidates per chunk
         t = time.perf_counter()
-        cand = {k: client.submit(_candidates_task, options, image_f, stats, box, key=f"segrt-infer-{run}-{k[0]}-{k[1]}")
+        cand = {k: client.submit(_candidates_task, options, image, stats, box, key=f"segrt-infer-{run}-{k[0]}-{k[1]}")
                 for k, box in chunk_boxes.items()}
         done = 0
         longest = 0.0
+        peak = 0.0
         for fut in distributed.as_completed(list(cand.values())):
-            longest = max(longest, client.submit(lambda r: r["longest"], fut, pure=False).result())
+            head = client.submit(lambda r: (r["longest"], r["peak_rss_mb"]), fut, pure=False).result()
+            longest, peak = max(longest, head[0]), max(peak, head[1])
             done += 1
             bar.show("inference", done, len(cand))
         seconds["inference"] = time.perf_counter() - t
 
-        # 2. NMS per chunk over a ring of neighbours, widened where the certificate asks
+        # 2. NMS per chunk over the chunk and a margin around it, widened where the certificate asks
         t = time.perf_counter()
         cell_side = side // grid[0], side // grid[1]
 
-        def cells_of(i0, i1, j0, j1):
-            return ((i0 * cell_side[0], min(i1 * cell_side[0], keep_cells[0])),
-                    (j0 * cell_side[1], min(j1 * cell_side[1], keep_cells[1])))
-
-        def submit_nms(k, ring):
+        def submit_nms(k, margin):
             i, j = k
-            i0, i1, j0, j1 = max(0, i - ring), min(n_cy, i + ring + 1), max(0, j - ring), min(n_cx, j + ring + 1)
-            parts = [cand[(a, b)] for a in range(i0, i1) for b in range(j0, j1)]
-            return client.submit(nms_of_chunk, parts, cells_of(i0, i1, j0, j1), cells_of(i, i + 1, j, j + 1),
-                                 keep_cells, grid, probe.prob_thresh, probe.nms_thresh, longest,
-                                 key=f"segrt-nms-{run}-{i}-{j}-{ring}")
+            core = ((i * cell_side[0], min((i + 1) * cell_side[0], keep_cells[0])),
+                    (j * cell_side[1], min((j + 1) * cell_side[1], keep_cells[1])))
+            block = tuple((max(0, a - -(-margin // g)), min(n, b + -(-margin // g)))
+                          for (a, b), g, n in zip(core, grid, keep_cells))
+            parts = [cand[(a, b)] for a in range(block[0][0] // cell_side[0], -(-block[0][1] // cell_side[0]))
+                     for b in range(block[1][0] // cell_side[1], -(-block[1][1] // cell_side[1]))]
+            return client.submit(_nms_task, parts, block, core, keep_cells, grid, probe.prob_thresh, probe.nms_thresh,
+                                 longest, key=f"segrt-nms-{run}-{i}-{j}-{margin}")
 
-        pending = {submit_nms(k, 1): (k, 1) for k in chunk_boxes}
-        objects, rings = {}, {}
+        # the first margin: the band a polygon beyond it can reach (twice the longest ray) and as
+        # much again for chains of overlapping candidates; doubled while the chunk is in doubt
+        first = 4 * (int(math.ceil(longest)) + 2) + 16 if nms_margin is None else max(1, int(nms_margin))
+        widest = max(H, W)
+        pending = {submit_nms(k, first): (k, first) for k in chunk_boxes}
+        objects, margins = {}, {}
         flow = distributed.as_completed(list(pending))
         for fut in flow:
-            k, ring = pending.pop(fut)
+            k, margin = pending.pop(fut)
             res = fut.result()
-            if res["certain"] or ring >= max(n_cy, n_cx):  # the widest ring holds the whole slide
+            peak = max(peak, res["peak_rss_mb"])
+            if res["certain"] or margin >= widest:  # a margin as wide as the slide leaves nothing outside
                 objects[k] = res
-                rings[k] = ring
+                margins[k] = margin
                 bar.show("nms", len(objects), len(chunk_boxes))
             else:
-                new = submit_nms(k, ring + 1)
-                pending[new] = (k, ring + 1)
+                new = submit_nms(k, min(2 * margin, widest))
+                pending[new] = (k, min(2 * margin, widest))
                 flow.add(new)
         cand.clear()  # the candidates leave the workers' memory
         seconds["nms"] = time.perf_counter() - t
@@ -566,7 +607,7 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         for k, ((y0, y1), (x0, x1)) in chunk_boxes.items():
             near = ((pts[:, 0] >= y0 - reach) & (pts[:, 0] < y1 + reach) &
                     (pts[:, 1] >= x0 - reach) & (pts[:, 1] < x1 + reach))
-            renders[k] = client.submit(render_chunk, (y0, x0, y1 - y0, x1 - x0), (H, W), pts[near], scs[near],
+            renders[k] = client.submit(_render_task, (y0, x0, y1 - y0, x1 - x0), (H, W), pts[near], scs[near],
                                        dts[near], ids[near], tmp, key=f"segrt-render-{run}-{k[0]}-{k[1]}")
         area = np.zeros(len(pts) + 1, np.int64)
         sum_y = np.zeros(len(pts) + 1)
@@ -575,6 +616,7 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         n = 0
         for fut in distributed.as_completed(list(renders.values())):
             res = fut.result()
+            peak = max(peak, res["peak_rss_mb"])
             area[res["ids"]] += res["area"]
             sum_y[res["ids"]] += res["sum_y"]
             sum_x[res["ids"]] += res["sum_x"]
@@ -603,8 +645,9 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
     seconds["total"] = time.perf_counter() - t_all
     summary = {"input": image.source, "shape": [H, W], "objects": int(len(pts)), "backend": backend,
                "chunk": side, "chunks": len(chunk_boxes), "tile": list(probe.tile),
-               "nms_rings": {str(r): sum(1 for v in rings.values() if v == r) for r in sorted(set(rings.values()))},
-               "longest_ray": longest, "timings_s": seconds, "outputs": written}
+               "nms_margins_px": {str(m): sum(1 for v in margins.values() if v == m) for m in sorted(set(margins.values()))},
+               "longest_ray": longest, "timings_s": seconds, "worker_peak_rss_mb": peak,
+               "driver_peak_rss_mb": _peak_rss_mb(), "outputs": written}
     if output is not None:
         result = InstanceResult(None, pts, scs, dts, image.source, seconds, backend, len(chunk_boxes), [],
                                 probe.class_name)

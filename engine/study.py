@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 
 __all__ = ["StudyOutcome", "default_output", "sidecar_of", "segment_study"]
 
-_INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg", ".mp4", ".avi", ".mov",
-                   ".mkv")
+_INPUT_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".ome.tiff", ".ome.tif", ".tiff", ".tif", ".npy", ".png", ".jpg", ".jpeg",
+                   ".mp4", ".avi", ".mov", ".mkv", ".ome.zarr", ".zarr", ".svs")
 
 
 def default_output(source: str, suffix: str) -> str:

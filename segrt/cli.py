@@ -187,6 +187,11 @@ def _cmd_run(args) -> int:
 
     if not os.path.exists(args.input):
         raise SystemExit(f"error: {args.input}: no such file or folder")
+    if _is_zarr(args.input) or _is_zarr(args.output or ""):
+        return _run_slide(args)
+    if args.chunk or args.workers or args.scheduler:
+        raise ValueError("--chunk, --workers and --scheduler run a slide in chunks: give a zarr / OME-Zarr input or "
+                         "a .zarr output (-o labels.zarr)")
     if args.output or args.dicom_seg:  # refused before any work: an output that is the input, or unwritable
         from segrt.engine.image import planned_outputs as image_outputs
         from segrt.engine.instances import planned_outputs as instance_outputs
@@ -206,6 +211,32 @@ def _cmd_run(args) -> int:
         print(f"warning: {note}", file=sys.stderr)
     for line in outcome.lines:
         print(line)
+    return 0
+
+
+def _is_zarr(path) -> bool:
+    path = os.fspath(path).rstrip("/\\")
+    return path.lower().endswith(".zarr") or (os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, name)) for name in ("zarr.json", ".zarray", ".zgroup")))
+
+
+def _run_slide(args) -> int:
+    """A slide in chunks on Dask: zarr / OME-Zarr / tiled TIFF in, labels .zarr out."""
+    from segrt.engine.slide import segment_slide
+    from segrt.engine.study import default_output
+    from segrt.export import zoo
+
+    if args.dicom_seg or args.series or args.spacing:
+        raise ValueError("--dicom-seg, --series and --spacing do not apply to slides in chunks")
+    output = args.output or default_output(args.input, ".zarr")
+    model_path = zoo.resolve(args.model, verbose=not args.quiet)
+    summary = segment_slide(model_path, args.input, output, chunk=args.chunk, tile=args.tile,
+                            prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, workers=args.workers,
+                            scheduler=args.scheduler, backend=args.backend, progress=not args.quiet)
+    t = summary["timings_s"]
+    print(f"wrote {', '.join(summary['outputs'])} ({summary['objects']} objects, {summary['chunks']} chunks of "
+          f"{summary['chunk']} px; {t['total']:.1f} s: inference {t['inference']:.1f} s, NMS {t['nms']:.1f} s, "
+          f"labels {t['render']:.1f} s; peak memory per worker {summary['worker_peak_rss_mb']:.0f} MB)")
     return 0
 
 
@@ -395,6 +426,12 @@ def _add_run(sub) -> None:
     r.add_argument("--dicom-seg", metavar="SEG.dcm", help="semantic 3D models on a DICOM series: also write a DICOM "
                                                           "Segmentation referencing it (-o seg.dcm does the same)")
     r.add_argument("--series", metavar="UID", help="SeriesInstanceUID to segment from a DICOM folder holding several")
+    slide = r.add_argument_group("slides in chunks (2D star-convex models; a zarr / OME-Zarr input or a .zarr output)",
+                                 "The slide is read lazily and processed as Dask tasks, with the same result as "
+                                 "the whole image; labels go to a .zarr folder, polygons to GeoJSON.")
+    slide.add_argument("--chunk", type=int, help="chunk side in pixels, whole tiles (default 4 tiles)")
+    slide.add_argument("--workers", type=int, help="local Dask worker processes (default 1)")
+    slide.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to run on (tcp://host:8786)")
     r.set_defaults(handler=_cmd_run)
 
 

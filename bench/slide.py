@@ -1,0 +1,148 @@
+"""Whole slides in chunks: `segrt run` on a zarr slide with 1 and 2 Dask workers against the
+whole image in one process (InstancePipeline, the same tiles), seconds and peak memory per
+process, the labels compared bit for bit.
+
+The slides are generated (fluorescence-like nuclei, one on every chunk corner and rows of
+them along every seam, uint8, written to zarr in 512 px chunks) and segmented by the demo
+nuclei model through ONNX Runtime with 512 px tiles and 2048 px chunks. The whole-image run
+reads the slide into memory first (its time includes that read); the chunked runs read it
+lazily. Each run is a fresh process (peak memory is the process's own: `ru_maxrss`); the
+chunked runs' figure is the largest worker's and the driver's apart. The cluster's start-up
+is timed apart.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from segrt.bench.harness import Report, package_version
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "nuclei.onnx")
+CHUNK, TILE = 2048, 512
+
+
+def seam_slide(path: str, side: int, seam: int = CHUNK, seed: int = 0) -> None:
+    """A side x side uint8 zarr slide of nuclei, written band by band (never whole in memory)."""
+    import zarr
+
+    rng = np.random.default_rng(seed)
+    arr = zarr.open_array(path, mode="w", shape=(side, side), chunks=(512, 512), dtype=np.uint8)
+    centres = [(y, x) for y in range(0, side + 1, seam) for x in range(0, side + 1, seam)]
+    centres += [(y, x) for y in range(seam, side, seam) for x in range(32, side, 64)]
+    centres += [(y, x) for x in range(seam, side, seam) for y in range(32, side, 64)]
+    centres += [tuple(v) for v in rng.uniform(0, side, (side * side // 6000, 2))]  # about 1 nucleus per 6000 px
+    centres = np.asarray(centres, np.float64) + rng.normal(0, 2, (len(centres), 2))
+    shapes = np.column_stack([rng.uniform(6, 12, len(centres)), rng.uniform(5, 10, len(centres)),
+                              rng.uniform(0, np.pi, len(centres))])
+    band = 512
+    for y0 in range(0, side, band):
+        img = rng.normal(20, 4, (band, side))
+        yy, xx = np.mgrid[y0:y0 + band, 0:side]
+        near = np.flatnonzero((centres[:, 0] > y0 - 40) & (centres[:, 0] < y0 + band + 40))
+        for k in near:
+            (cy, cx), (a, b, t) = centres[k], shapes[k]
+            r0, r1 = int(max(y0, cy - 40)), int(min(y0 + band, cy + 40))
+            c0, c1 = int(max(0, cx - 40)), int(min(side, cx + 40))
+            if r1 <= r0 or c1 <= c0:
+                continue
+            dy, dx = yy[r0 - y0:r1 - y0, c0:c1] - cy, xx[r0 - y0:r1 - y0, c0:c1] - cx
+            u = (dy * np.cos(t) + dx * np.sin(t)) / a
+            v = (-dy * np.sin(t) + dx * np.cos(t)) / b
+            img[r0 - y0:r1 - y0, c0:c1] += 150 * np.exp(-0.5 * (u * u + v * v) ** 2)
+        arr[y0:y0 + band] = np.clip(img, 0, 255).astype(np.uint8)
+
+
+_WHOLE = """
+import json, resource, sys, time
+import numpy as np, zarr
+from segrt.engine.instances import InstancePipeline
+slide, out = sys.argv[1], sys.argv[2]
+t = time.perf_counter()
+image = zarr.open_array(slide, mode="r")[:]
+res = InstancePipeline(sys.argv[3], backend="ort", tile=int(sys.argv[4])).run(image)
+seconds = time.perf_counter() - t
+np.save(out, res.labels)
+print(json.dumps({"seconds": seconds, "objects": int(len(res.points)), "timings": res.timings,
+                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+_CHUNKED = """
+import json, sys, time
+import distributed
+from segrt.engine.slide import segment_slide
+if __name__ == "__main__":
+    slide, out, model, tile, chunk, workers = sys.argv[1:7]
+    t = time.perf_counter()
+    with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        startup = time.perf_counter() - t
+        s = segment_slide(model, slide, out, chunk=int(chunk), tile=int(tile), client=client, backend="ort",
+                          progress=False)
+    print(json.dumps({"startup_s": startup, "seconds": s["timings_s"]["total"], "objects": s["objects"],
+                      "timings": s["timings_s"], "worker_peak_rss_mb": s["worker_peak_rss_mb"],
+                      "driver_peak_rss_mb": s["driver_peak_rss_mb"], "nms_rings": s["nms_rings"]}))
+"""
+
+
+def _python(code: str, *args) -> dict:
+    done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr[-3000:])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> Report:
+    import zarr
+
+    ap = argparse.ArgumentParser(prog="python -m segrt.bench slide", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sides", default="2048,4096", help="slide sides in pixels (comma-separated)")
+    ap.add_argument("--out", default=None, help="results JSON (default bench/results/slide.json)")
+    args = ap.parse_args(argv)
+    args.out = args.out or os.path.join(RESULTS, "slide.json")
+    report = Report("slide", path=args.out)
+    for p in ("dask", "distributed", "zarr", "onnxruntime"):
+        report.machine["versions"][p] = package_version(p)
+    report.notes.append(f"Demo nuclei model (ONNX Runtime), tiles {TILE} px, chunks {CHUNK} px. 'seconds': the whole "
+                        "run (the whole-image row includes reading the slide into memory; chunked rows exclude the "
+                        "cluster's start-up, in 'startup_s'). Peak memory: ru_maxrss of each process; for chunked "
+                        "runs the largest worker's and the driver's. 'identical': labels equal to the whole "
+                        "image's bit for bit.")
+    print("whole slides in chunks", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in (int(v) for v in args.sides.split(",")):
+            slide = os.path.join(tmp, f"slide{side}.zarr")
+            seam_slide(slide, side)
+            whole = _python(_WHOLE, slide, os.path.join(tmp, "whole.npy"), MODEL, TILE)
+            ref = np.load(os.path.join(tmp, "whole.npy"))
+            report.add(case=f"{side} x {side}, whole image", side=side, workers=0, objects=whole["objects"],
+                       seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"],
+                       driver_peak_rss_mb=None, identical=True)
+            print(f"  {side}^2 whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
+            for workers in (1, 2):
+                out = os.path.join(tmp, f"labels{side}_{workers}.zarr")
+                res = _python(_CHUNKED, slide, out, MODEL, TILE, CHUNK, workers)
+                same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
+                report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", side=side, workers=workers,
+                           objects=res["objects"], seconds=res["seconds"], startup_s=res["startup_s"],
+                           peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
+                           identical=same, timings=res["timings"], nms_rings=res["nms_rings"])
+                print(f"  {side}^2 chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
+                      f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, "
+                      f"identical {same}", flush=True)
+                if not same:
+                    raise RuntimeError("chunked labels differ from the whole image's")
+    report.finish()
+    print(f"\nwritten: {args.out}")
+    return report
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Chunked whole-slide inference on Dask: equal to the whole image bit for bit (objects on every
+seam and corner, objects wider than a chunk), lazy zarr / OME-Zarr / tiled TIFF reading, exact
+statistics, outputs and refusals. All traffic on the loopback."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import numpy as np
+import pytest
+from conftest import TargetModel
+
+from segrt.engine import io
+from segrt.engine.instances import InstancePipeline
+
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+NUCLEI = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "nuclei.onnx")
+SEAM = 256  # the chunk side these tests use (two 128 px tiles)
+
+
+def seam_image(shape=(768, 1024), seam=SEAM, seed=0) -> np.ndarray:
+    """Fluorescence-like nuclei, uint8: one on every chunk corner, a row of them along every
+    seam, and some anywhere."""
+    rng = np.random.default_rng(seed)
+    H, W = shape
+    yy, xx = np.mgrid[:H, :W]
+    img = rng.normal(20, 4, shape)
+    centres = [(y, x) for y in range(0, H + 1, seam) for x in range(0, W + 1, seam)]
+    centres += [(y, x) for y in range(seam, H, seam) for x in range(32, W, 64)]
+    centres += [(y, x) for x in range(seam, W, seam) for y in range(32, H, 64)]
+    centres += [tuple(v) for v in rng.uniform(0, 1, (60, 2)) * (H, W)]
+    for cy, cx in centres:
+        cy, cx = cy + rng.normal(0, 2), cx + rng.normal(0, 2)
+        a, b, t = rng.uniform(6, 12), rng.uniform(5, 10), rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dy * np.cos(t) + dx * np.sin(t)) / a
+        v = (-dy * np.sin(t) + dx * np.cos(t)) / b
+        img += 150 * np.exp(-0.5 * (u * u + v * v) ** 2)
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def client():
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                       dashboard_address=None)
+    c = distributed.Client(cluster)
+    yield c
+    c.close()
+    cluster.close()
+
+
+@pytest.fixture(scope="module")
+def image():
+    return seam_image()
+
+
+@pytest.fixture(scope="module")
+def whole(image):
+    return InstancePipeline(NUCLEI, backend="ort", tile=128).run(image)
+
+
+def _same(result, reference):
+    np.testing.assert_array_equal(result["points"], reference.points)
+    np.testing.assert_array_equal(result["scores"], reference.scores)
+    np.testing.assert_array_equal(result["dists"], reference.dists)
+    np.testing.assert_array_equal(result["labels"], reference.labels)
+
+
+def test_chunks_equal_the_whole_image_with_objects_on_every_seam(tmp_path, client, image, whole):
+    from segrt.engine.slide import segment_slide
+
+    out = tmp_path / "nuclei.zarr"
+    res = segment_slide(NUCLEI, image, out, chunk=SEAM, tile=128, client=client, backend="ort", progress=False,
+                        return_labels=True)
+    assert res["chunks"] == 3 * 4 and res["objects"] == len(whole.points) > 100
+    _same(res, whole)
+    # every seam and corner has objects, labelled as the whole image labels them
+    for y in range(SEAM, 768, SEAM):
+        assert len(np.unique(whole.labels[y - 1:y + 1])) > 8
+    for x in range(SEAM, 1024, SEAM):
+        assert len(np.unique(whole.labels[:, x - 1:x + 1])) > 6
+    assert whole.labels[SEAM - 1:SEAM + 1, SEAM - 1:SEAM + 1].any()
+    # every chunk certified at the first margin (4 longest rays + 24 px)
+    assert list(res["nms_margins_px"].values()) == [12]
+    # the files: labels in zarr, and the tables the whole image's save writes, byte for byte
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], whole.labels)
+    whole.save(tmp_path / "whole.tif")
+    for suffix in (".csv", ".geojson"):
+        assert (tmp_path / f"nuclei{suffix}").read_bytes() == (tmp_path / f"whole{suffix}").read_bytes()
+    summary = json.loads((tmp_path / "nuclei.json").read_text())
+    assert summary["objects"] == len(whole.points) and summary["chunk"] == SEAM
+    assert set(summary["timings_s"]) >= {"statistics", "inference", "nms", "render", "total"}
+    assert not [p for p in os.listdir(tmp_path) if ".partial" in p]
+
+
+def test_objects_wider_than_a_chunk_widen_the_margin(client):
+    """A perfect network (StarDist's targets of the labels) on objects up to 190 px wide in
+    32 px chunks: the certificate sends the chunks near the big object to wider margins, and
+    the result is still the whole image's."""
+    from skimage.draw import ellipse
+
+    from segrt.engine.slide import segment_slide
+
+    lab = np.zeros((200, 260), np.uint16)
+    lab[ellipse(100, 120, 70, 95, shape=lab.shape)] = 1
+    lab[ellipse(30, 230, 15, 20, shape=lab.shape)] = 2
+    lab[ellipse(170, 30, 12, 12, shape=lab.shape)] = 3
+    lab[ellipse(185, 230, 9, 14, shape=lab.shape)] = 4
+    model = TargetModel(2, 32, context=200)
+    img = lab.astype(np.float32)
+    whole = InstancePipeline(model, tile=32).run(img)
+    res = segment_slide(model, img, None, chunk=32, tile=32, client=client, progress=False, return_labels=True)
+    _same(res, whole)
+    assert len(whole.points) == 4
+    # a first margin far too small: the certificate doubts the chunks near the big object
+    res = segment_slide(model, img, None, chunk=32, tile=32, client=client, progress=False, return_labels=True,
+                        nms_margin=8)
+    _same(res, whole)
+    margins = sorted(int(m) for m in res["nms_margins_px"])
+    assert len(margins) > 1  # some chunks needed a wider margin than the first
+
+
+def _write_ome_zarr(path, img, axes=("c", "y", "x")):
+    root = zarr.open_group(str(path), mode="w")
+    data = img if img.ndim == len(axes) else img[None]
+    root.create_array("0", shape=data.shape, chunks=(1,) * (data.ndim - 2) + (200, 200), dtype=data.dtype)[:] = data
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a} for a in axes],
+                                  "datasets": [{"path": "0"}]}]
+
+
+def test_ome_zarr_and_tiled_tiff_read_lazily(tmp_path, client):
+    import tifffile
+
+    from segrt.engine.slide import LazyImage, segment_slide
+
+    img = seam_image((512, 640), seed=3)
+    ref = InstancePipeline(NUCLEI, backend="ort", tile=128).run(img)
+    _write_ome_zarr(tmp_path / "slide.ome.zarr", img)
+    tifffile.imwrite(tmp_path / "slide.tif", img, tile=(128, 128))
+    zarr.open_array(str(tmp_path / "plain.zarr"), mode="w", shape=img.shape, chunks=(100, 300), dtype=img.dtype)[:] = img
+    for source in ("slide.ome.zarr", "slide.tif", "plain.zarr"):
+        lazy = LazyImage(tmp_path / source)
+        assert lazy.shape == img.shape and lazy.channels == 1
+        np.testing.assert_array_equal(lazy.read((slice(10, 50), slice(600, 640)))[0], img[10:50, 600:640])
+        res = segment_slide(NUCLEI, tmp_path / source, None, chunk=SEAM, tile=128, client=client, backend="ort",
+                            progress=False, return_labels=True)
+        _same(res, ref)
+
+
+def test_slide_statistics_are_the_whole_images():
+    from segrt.engine import preprocess
+    from segrt.engine.slide import LazyImage, slide_statistics
+
+    rng = np.random.default_rng(1)
+
+    class Probe:
+        in_channels = 1
+        meta = {"normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}}
+
+    images = [rng.normal(0, 3, (97, 131)).astype(np.float32), rng.integers(0, 4000, (97, 131)).astype(np.uint16),
+              np.full((97, 131), 7, np.uint8), rng.integers(0, 255, (97, 131, 3)).astype(np.uint8)]
+    for img in images:
+        lazy = LazyImage(img)
+        boxes = [(slice(y, y + 40), slice(x, x + 50)) for y in range(0, 97, 40) for x in range(0, 131, 50)]
+        stats = slide_statistics(Probe, lazy, boxes, lambda fn, bs: [fn(b) for b in bs])
+        plane = preprocess.image_planes(img, 2, 1, "array")[0]
+        assert stats == [preprocess.percentile_stats(plane, Probe.meta["normalization"])]
+        assert stats[0]["low"] == pytest.approx(np.percentile(plane, 1.0), abs=1e-6)
+        assert stats[0]["high"] == pytest.approx(np.percentile(plane, 99.8), abs=1e-6)
+
+
+def test_refusals(tmp_path, client, image):
+    from segrt.engine.slide import LazyImage, segment_slide
+
+    with pytest.raises(io.InputFileError, match="no such file"):
+        LazyImage(tmp_path / "missing.zarr")
+    (tmp_path / "empty.zarr").mkdir()
+    with pytest.raises(io.InputFileError, match="zarr"):
+        LazyImage(tmp_path / "empty.zarr")
+    _write_ome_zarr(tmp_path / "movie.ome.zarr", np.zeros((2, 64, 64), np.uint8), axes=("t", "y", "x"))
+    with pytest.raises(io.InputFileError, match="axis 't' has length 2"):
+        LazyImage(tmp_path / "movie.ome.zarr")
+    with pytest.raises(io.OutputPathError, match=".zarr"):
+        segment_slide(NUCLEI, image, tmp_path / "labels.tif", client=client, progress=False)
+    (tmp_path / "taken.zarr").mkdir()
+    with pytest.raises(io.OutputPathError, match="exists"):
+        segment_slide(NUCLEI, image, tmp_path / "taken.zarr", client=client, progress=False)
+    assert os.listdir(tmp_path / "taken.zarr") == []
+    with pytest.raises(ValueError, match="2D star-convex"):
+        segment_slide(TargetModel(3, 16, context=8), np.zeros((64, 64), np.float32), None, client=client,
+                      progress=False)
+    with pytest.raises(io.InputFileError, match="channel"):
+        segment_slide(NUCLEI, np.zeros((300, 300, 2), np.uint8), None, client=client, progress=False)
+    with pytest.raises(ValueError, match="chunk"):
+        segment_slide(NUCLEI, image, None, chunk=0, client=client, progress=False)
+
+
+def test_a_failing_chunk_fails_the_slide_and_leaves_no_output(tmp_path, client):
+    from segrt.engine.slide import segment_slide
+
+    class Broken(TargetModel):
+        def infer(self, batch):
+            out = super().infer(batch)
+            out["dist"][...] = np.nan
+            return out
+
+    lab = np.zeros((96, 96), np.uint16)
+    lab[40:60, 40:60] = 1
+    with pytest.raises(ValueError, match="NaN"):
+        segment_slide(Broken(2, 8, context=16), lab.astype(np.float32), tmp_path / "out.zarr", chunk=32, tile=32,
+                      client=client, progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_objects_csv_counts_every_pixel(tmp_path, client, image, whole):
+    """The objects table's areas and centroids come from the rendered chunks: they add up."""
+    from segrt.engine.slide import segment_slide
+
+    segment_slide(NUCLEI, image, tmp_path / "n.zarr", chunk=512, tile=128, client=client, backend="ort",
+                  progress=False)
+    with open(tmp_path / "n.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert sum(int(r["area"]) for r in rows) == int((whole.labels > 0).sum())
+
+
+def test_segrt_run_on_a_zarr_slide(tmp_path, capsys):
+    """`segrt run MODEL slide.zarr` chunks the slide on its own local cluster (2 workers)."""
+    from segrt.cli import main
+
+    img = seam_image((512, 512), seed=4)
+    zarr.open_array(str(tmp_path / "slide.zarr"), mode="w", shape=img.shape, chunks=(256, 256), dtype=img.dtype)[:] = img
+    out = tmp_path / "labels.zarr"
+    assert main(["run", NUCLEI, str(tmp_path / "slide.zarr"), "-o", str(out), "--chunk", "256", "--tile", "128",
+                 "--workers", "2", "--backend", "ort", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "4 chunks of 256 px" in text and "peak memory per worker" in text
+    ref = InstancePipeline(NUCLEI, backend="ort", tile=128).run(img)
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], ref.labels)
+    summary = json.loads((tmp_path / "labels.json").read_text())
+    assert summary["worker_peak_rss_mb"] > 50 and summary["objects"] == len(ref.points)
+    assert main(["run", NUCLEI, str(tmp_path / "labels.csv"), "--chunk", "256"]) != 0
+    assert "--chunk, --workers and --scheduler run a slide in chunks" in capsys.readouterr().err
