@@ -14,6 +14,7 @@ BENCHMARKS = {
     "nnunet": "segrt.bench.nnunet",
     "batch": "segrt.bench.batch",
     "slide": "segrt.bench.slide",
+    "serve": "segrt.bench.serve",
 }
 
 

@@ -6,7 +6,7 @@ The slides are generated (fluorescence-like nuclei, one on every chunk corner an
 them along every seam, uint8, written to zarr in 512 px chunks) and segmented by the demo
 nuclei model through ONNX Runtime with 512 px tiles and 2048 px chunks. The whole-image run
 reads the slide into memory first (its time includes that read); the chunked runs read it
-lazily. Each run is a fresh process (peak memory is the process's own: `ru_maxrss`); the
+lazily. Each run is a fresh process (peak memory is the process's own: Linux's VmHWM); the
 chunked runs' figure is the largest worker's and the driver's apart. The cluster's start-up
 is timed apart.
 """
@@ -61,9 +61,10 @@ def seam_slide(path: str, side: int, seam: int = CHUNK, seed: int = 0) -> None:
 
 
 _WHOLE = """
-import json, resource, sys, time
+import json, sys, time
 import numpy as np, zarr
 from segrt.engine.instances import InstancePipeline
+from segrt.engine.slide import _peak_rss_mb
 slide, out = sys.argv[1], sys.argv[2]
 t = time.perf_counter()
 image = zarr.open_array(slide, mode="r")[:]
@@ -71,7 +72,7 @@ res = InstancePipeline(sys.argv[3], backend="ort", tile=int(sys.argv[4])).run(im
 seconds = time.perf_counter() - t
 np.save(out, res.labels)
 print(json.dumps({"seconds": seconds, "objects": int(len(res.points)), "timings": res.timings,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                  "peak_rss_mb": _peak_rss_mb()}))
 """
 
 _CHUNKED = """
@@ -88,7 +89,7 @@ if __name__ == "__main__":
                           progress=False)
     print(json.dumps({"startup_s": startup, "seconds": s["timings_s"]["total"], "objects": s["objects"],
                       "timings": s["timings_s"], "worker_peak_rss_mb": s["worker_peak_rss_mb"],
-                      "driver_peak_rss_mb": s["driver_peak_rss_mb"], "nms_rings": s["nms_rings"]}))
+                      "driver_peak_rss_mb": s["driver_peak_rss_mb"], "nms_margins_px": s["nms_margins_px"]}))
 """
 
 
@@ -112,7 +113,7 @@ def main(argv=None) -> Report:
         report.machine["versions"][p] = package_version(p)
     report.notes.append(f"Demo nuclei model (ONNX Runtime), tiles {TILE} px, chunks {CHUNK} px. 'seconds': the whole "
                         "run (the whole-image row includes reading the slide into memory; chunked rows exclude the "
-                        "cluster's start-up, in 'startup_s'). Peak memory: ru_maxrss of each process; for chunked "
+                        "cluster's start-up, in 'startup_s'). Peak memory: VmHWM of each process; for chunked "
                         "runs the largest worker's and the driver's. 'identical': labels equal to the whole "
                         "image's bit for bit.")
     print("whole slides in chunks", flush=True)
@@ -133,7 +134,7 @@ def main(argv=None) -> Report:
                 report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", side=side, workers=workers,
                            objects=res["objects"], seconds=res["seconds"], startup_s=res["startup_s"],
                            peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
-                           identical=same, timings=res["timings"], nms_rings=res["nms_rings"])
+                           identical=same, timings=res["timings"], nms_margins_px=res["nms_margins_px"])
                 print(f"  {side}^2 chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
                       f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, "
                       f"identical {same}", flush=True)

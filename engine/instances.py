@@ -68,16 +68,25 @@ class InstanceResult:
     def geojson(self) -> dict:
         """A GeoJSON FeatureCollection of the polygons in QuPath's pixel frame (x, y; a pixel's
         centre at +0.5), one detection per object: QuPath opens it with File > Import objects."""
-        features = []
-        for i, poly in enumerate(self.polygons()):
+        return {"type": "FeatureCollection", "features": list(self._features())}
+
+    def _features(self, block: int = 4096):
+        for start in range(0, len(self.points), block):  # polygons a block at a time
+            part = InstanceResult(self.labels, self.points[start:start + block], self.scores[start:start + block],
+                                  self.dists[start:start + block], self.source, {}, self.backend, 0, [],
+                                  self.class_name)
+            yield from part._block_features(start)
+
+    def _block_features(self, offset: int):
+        for k, poly in enumerate(self.polygons()):
+            i = offset + k
             ring = [[round(float(x) + 0.5, 3), round(float(y) + 0.5, 3)] for y, x in poly]
             ring.append(ring[0])
-            features.append({"type": "Feature", "id": str(i + 1),
-                             "geometry": {"type": "Polygon", "coordinates": [ring]},
-                             "properties": {"objectType": "detection", "name": str(i + 1),
-                                            "classification": {"name": self.class_name},
-                                            "measurements": {"score": round(float(self.scores[i]), 6)}}})
-        return {"type": "FeatureCollection", "features": features}
+            yield {"type": "Feature", "id": str(i + 1),
+                   "geometry": {"type": "Polygon", "coordinates": [ring]},
+                   "properties": {"objectType": "detection", "name": str(i + 1),
+                                  "classification": {"name": self.class_name},
+                                  "measurements": {"score": round(float(self.scores[k]), 6)}}}
 
     def summary(self) -> dict:
         return {"input": self.source, "shape": list(self.labels.shape), "objects": int(len(self.points)),
@@ -106,7 +115,12 @@ class InstanceResult:
         written.append(stem + ".csv")
         if self.points.shape[1] == 2:
             with io.atomic_path(stem + ".geojson") as tmp, open(tmp, "w") as f:
-                json.dump(self.geojson(), f)
+                # feature by feature (a slide's million polygons are never one document in memory);
+                # the same text json.dump(self.geojson()) writes
+                f.write('{"type": "FeatureCollection", "features": [')
+                for k, feature in enumerate(self._features()):
+                    f.write((", " if k else "") + json.dumps(feature))
+                f.write("]}")
             written.append(stem + ".geojson")
         with io.atomic_path(stem + ".json") as tmp, open(tmp, "w") as f:
             json.dump(summary, f, indent=2)

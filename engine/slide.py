@@ -171,7 +171,7 @@ class LazyImage:
 
 
 def _zarr():
-    return optional_import("zarr", purpose="chunked slides (zarr, OME-Zarr, tiled TIFF)", extra="batch")
+    return optional_import("zarr", purpose="chunked slides (zarr, OME-Zarr, tiled TIFF)")
 
 
 def model_planes(crop: np.ndarray, channels: int, source: str) -> np.ndarray:
@@ -312,15 +312,25 @@ def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
 
 
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (MB)."""
+    """This process's peak resident memory so far (MB): Linux's VmHWM, which counts this program
+    only (ru_maxrss also keeps the peak of a parent that forked it before exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def _candidates_task(options, image, stats, chunk_box):
-    out = candidates_of_chunk(_pipeline_on_worker(options), image, stats, chunk_box)
+    pipeline = _pipeline_on_worker(options)
+    out = candidates_of_chunk(pipeline, image, stats, chunk_box)
     out["peak_rss_mb"] = _peak_rss_mb()
+    out["backend"] = getattr(pipeline.model, "backend", "?")
     return out
 
 
@@ -543,9 +553,10 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         done = 0
         longest = 0.0
         peak = 0.0
+        ran_on = backend
         for fut in distributed.as_completed(list(cand.values())):
-            head = client.submit(lambda r: (r["longest"], r["peak_rss_mb"]), fut, pure=False).result()
-            longest, peak = max(longest, head[0]), max(peak, head[1])
+            head = client.submit(lambda r: (r["longest"], r["peak_rss_mb"], r["backend"]), fut, pure=False).result()
+            longest, peak, ran_on = max(longest, head[0]), max(peak, head[1]), head[2]
             done += 1
             bar.show("inference", done, len(cand))
         seconds["inference"] = time.perf_counter() - t
@@ -643,13 +654,13 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
 
     rows = objects_table(area[1:], np.stack([sum_y[1:], sum_x[1:]]), scs, 2)
     seconds["total"] = time.perf_counter() - t_all
-    summary = {"input": image.source, "shape": [H, W], "objects": int(len(pts)), "backend": backend,
+    summary = {"input": image.source, "shape": [H, W], "objects": int(len(pts)), "backend": ran_on,
                "chunk": side, "chunks": len(chunk_boxes), "tile": list(probe.tile),
                "nms_margins_px": {str(m): sum(1 for v in margins.values() if v == m) for m in sorted(set(margins.values()))},
                "longest_ray": longest, "timings_s": seconds, "worker_peak_rss_mb": peak,
                "driver_peak_rss_mb": _peak_rss_mb(), "outputs": written}
     if output is not None:
-        result = InstanceResult(None, pts, scs, dts, image.source, seconds, backend, len(chunk_boxes), [],
+        result = InstanceResult(None, pts, scs, dts, image.source, seconds, ran_on, len(chunk_boxes), [],
                                 probe.class_name)
         result.write_tables(output, rows, summary)
         os.replace(tmp, output)

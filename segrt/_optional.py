@@ -36,6 +36,8 @@ PACKAGES = {
     "skimage": ("scikit-image", "peers"),
     "monai": ("monai", "peers"),
     "nnunetv2": ("nnunetv2", "import"),
+    "zarr": ("zarr", "batch"),
+    "pytriton": ("nvidia-pytriton", "serve"),
 }
 
 _cache: dict[str, ModuleType] = {}

@@ -42,6 +42,21 @@ def _cmd_export(args) -> int:
 
     from segrt.export import ExportVerificationError, MetadataError, to_onnx
 
+    if args.triton:
+        from segrt.export import zoo
+        from segrt.export.triton import write_model_repository
+
+        if args.output:
+            raise ValueError("with --triton the repository is the output: drop the second argument")
+        written = write_model_repository(zoo.resolve(args.model), args.triton, name=args.name, network=args.network,
+                                         plan=args.plan, max_batch_size=args.max_batch_size)
+        print(f"wrote a Triton model repository into {os.path.abspath(args.triton)}:")
+        for path in written:
+            print(f"  {os.path.relpath(path, os.path.abspath(args.triton))}")
+        return 0
+    if not args.output or args.input_shape is None:
+        raise ValueError("segrt export needs the .onnx file to write and --input-shape (or --triton REPO)")
+
     meta = None
     if args.metadata:
         with open(args.metadata) as f:
@@ -304,9 +319,21 @@ def _add_export(sub) -> None:
                                    "against torch on the example and on a bigger input; the metadata is stored "
                                    "inside the file. Example: segrt export model.pt model.onnx --input-shape "
                                    "1,1,96,96,96 --task semantic")
-    e.add_argument("model", help="TorchScript file, or package.module:factory returning a torch module")
-    e.add_argument("output", help="the .onnx file to write")
-    e.add_argument("--input-shape", type=_shape, required=True, help="example input, e.g. 1,1,96,96,96")
+    e.add_argument("model", help="TorchScript file, or package.module:factory returning a torch module; with "
+                                 "--triton: a segrt .onnx file or a model name")
+    e.add_argument("output", nargs="?", help="the .onnx file to write")
+    e.add_argument("--input-shape", type=_shape, help="example input, e.g. 1,1,96,96,96 (required for torch models)")
+    t = e.add_argument_group("Triton model repository (--triton REPO)",
+                             "Write MODEL (a segrt .onnx) as a Triton Inference Server model repository: the network "
+                             "as <name>_net, the segrt pipeline as <name> (Python backend, dynamic batching), the "
+                             "same inputs and outputs as segrt serve. The server's Python needs segrt installed.")
+    t.add_argument("--triton", metavar="REPO", help="the repository folder to write into")
+    t.add_argument("--name", help="the pipeline model's name (default: the file's stem)")
+    t.add_argument("--network", choices=("onnxruntime", "tensorrt", "python"), default="onnxruntime",
+                   help="how Triton runs the network: its ONNX Runtime backend (default), a TensorRT plan (--plan), "
+                        "or ONNX Runtime inside the Python backend (servers without the ONNX Runtime backend)")
+    t.add_argument("--plan", help="with --network tensorrt: the engine file built for the server's GPU")
+    t.add_argument("--max-batch-size", type=int, default=8, help="the pipeline's dynamic batcher (default 8)")
     e.add_argument("--metadata", help="JSON file with segrt metadata (task, window, class_names, ...)")
     e.add_argument("--task", choices=("semantic", "star-convex-2d", "star-convex-3d"),
                    help="shortcut for metadata {'task': TASK}")
@@ -402,6 +429,46 @@ def _add_describe(sub) -> None:
     d.add_argument("--metadata", help="a JSON file of metadata fields")
     d.add_argument("--json", action="store_true", help="print the description as JSON")
     d.set_defaults(handler=_cmd_describe)
+
+
+def _cmd_serve(args) -> int:
+    from segrt.engine.serve import serve
+    from segrt.export import zoo
+
+    model_path = zoo.resolve(args.model, verbose=True)
+    print(f"segrt serve: {args.name or os.path.splitext(os.path.basename(model_path))[0]} on Triton, HTTP "
+          f"{args.address}:{args.http_port}, gRPC {args.address}:{args.grpc_port}, metrics {args.metrics_port} "
+          "(Ctrl-C stops)", flush=True)
+    serve(model_path, name=args.name, address=args.address, http_port=args.http_port, grpc_port=args.grpc_port,
+          metrics_port=args.metrics_port, max_batch_size=args.max_batch_size, queue_delay_us=args.queue_delay_us,
+          backend=args.backend, tile=args.tile, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+          overlap=args.overlap)
+    return 0
+
+
+def _add_serve(sub) -> None:
+    v = sub.add_parser("serve", help="serve a model with its whole pipeline on NVIDIA Triton Inference Server",
+                       description="Serve MODEL (pre-processing, inference, stitching or NMS, clean-up) through NVIDIA "
+                                   "Triton Inference Server (PyTriton: pip install 'segrt[serve]'). Input 'image' "
+                                   "FP32 as segrt run reads it ((H, W), (H, W, C) or (D, H, W)), optional 'spacing'; "
+                                   "outputs 'labels' INT32 and 'summary' (JSON bytes). Health and metadata: Triton's "
+                                   "/v2/health/ready and /v2/models/NAME. Example: segrt serve nuclei --http-port 8000")
+    v.add_argument("model", help=".onnx file or a model name (served under its stem: nuclei, ...)")
+    v.add_argument("--name", help="the served model name (default: the file's stem)")
+    v.add_argument("--address", default="127.0.0.1", help="interface to listen on (default the loopback only; "
+                                                           "0.0.0.0 serves other machines)")
+    v.add_argument("--http-port", type=int, default=8000)
+    v.add_argument("--grpc-port", type=int, default=8001)
+    v.add_argument("--metrics-port", type=int, default=8002)
+    v.add_argument("--max-batch-size", type=int, default=8, help="dynamic batching: requests gathered (default 8)")
+    v.add_argument("--queue-delay-us", type=int, default=2000, help="dynamic batching: the longest wait for more "
+                                                                    "requests (default 2000 us)")
+    _add_backend(v)
+    v.add_argument("--tile", type=int, help="star-convex models: tile size in pixels")
+    v.add_argument("--prob-thresh", type=float, help="star-convex models: override the model's prob threshold")
+    v.add_argument("--nms-thresh", type=float, help="star-convex models: override the model's NMS threshold")
+    v.add_argument("--overlap", type=float, default=0.5, help="semantic models: sliding-window overlap")
+    v.set_defaults(handler=_cmd_serve)
 
 
 def _add_run(sub) -> None:
@@ -555,7 +622,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="segrt", description="segrt: compiled inference engine for medical image "
                                                            "segmentation.")
     sub = ap.add_subparsers(dest="command")
-    for add in (_add_run, _add_batch, _add_video, _add_describe, _add_import, _add_export, _add_check, _add_build, _add_tools):
+    for add in (_add_run, _add_batch, _add_serve, _add_video, _add_describe, _add_import, _add_export, _add_check,
+                _add_build, _add_tools):
         add(sub)
     return ap
 

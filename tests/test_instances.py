@@ -93,6 +93,7 @@ def test_outputs_labels_geojson_csv(tmp_path, whole):
     assert sorted(os.path.basename(p) for p in written) == ["nuclei.csv", "nuclei.geojson", "nuclei.json",
                                                             "nuclei.tif"]
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "nuclei.tif"), whole.labels)
+    assert (tmp_path / "nuclei.geojson").read_text() == json.dumps(whole.geojson())  # written feature by feature
     gj = json.loads((tmp_path / "nuclei.geojson").read_text())
     assert gj["type"] == "FeatureCollection" and len(gj["features"]) == len(whole.points)
     ring = gj["features"][0]["geometry"]["coordinates"][0]

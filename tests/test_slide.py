@@ -242,3 +242,38 @@ def test_segrt_run_on_a_zarr_slide(tmp_path, capsys):
     assert summary["worker_peak_rss_mb"] > 50 and summary["objects"] == len(ref.points)
     assert main(["run", NUCLEI, str(tmp_path / "labels.csv"), "--chunk", "256"]) != 0
     assert "--chunk, --workers and --scheduler run a slide in chunks" in capsys.readouterr().err
+
+
+def test_a_worker_killed_mid_slide_changes_nothing(tmp_path, image, whole):
+    """A worker SIGKILLed while it infers a chunk: Dask recomputes what it held (every task's
+    inputs are the slide on disk and held results), the labels are still the whole image's."""
+    import signal
+    import threading
+    import time
+
+    from segrt.engine.slide import segment_slide
+
+    zarr.open_array(str(tmp_path / "s.zarr"), mode="w", shape=image.shape, chunks=(256, 256),
+                    dtype=image.dtype)[:] = image
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        result = {}
+        runner = threading.Thread(target=lambda: result.update(segment_slide(
+            NUCLEI, tmp_path / "s.zarr", tmp_path / "out.zarr", chunk=SEAM, tile=128, client=client, backend="ort",
+            progress=False)))
+        runner.start()
+        killed = None
+        deadline = time.monotonic() + 120
+        while killed is None and time.monotonic() < deadline and runner.is_alive():
+            for address, keys in client.processing().items():
+                if any(str(k).startswith("segrt-infer-") for k in keys):
+                    killed = address
+            time.sleep(0.05)
+        assert killed is not None, "no chunk was ever inferred"
+        pid = client.run(os.getpid, workers=[killed])[killed]
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        runner.join(timeout=300)
+        assert not runner.is_alive()
+    assert result["objects"] == len(whole.points)
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[:], whole.labels)
