@@ -23,17 +23,19 @@ RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MODEL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "nuclei.onnx")
 
 
-def _image(shape=(256, 256), seed=0) -> np.ndarray:
+def nuclei_image(shape=(256, 256), seed=0, count=35) -> np.ndarray:
+    """Fluorescence-like nuclei (float values in 0..255; the tests take them as uint8)."""
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:shape[0], :shape[1]]
     img = rng.normal(20, 4, shape)
-    for cy, cx in rng.uniform(0, 1, (35, 2)) * shape:
+    for cy, cx in rng.uniform(0, 1, (count, 2)) * shape:
         a, b = rng.uniform(6, 11, 2)
         img += 150 * np.exp(-0.5 * (((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2) ** 2)
     return np.clip(img, 0, 255).astype(np.float32)
 
 
-def _ports(n):
+def free_ports(n: int) -> list:
+    """n TCP ports free on the loopback now."""
     socks = [socket.socket() for _ in range(n)]
     for s in socks:
         s.bind(("127.0.0.1", 0))
@@ -64,7 +66,7 @@ def main(argv=None) -> Report:
     report.notes.append(f"{args.requests} timed requests per client after 5 warm-up requests each; latency: from "
                         "the client's call to its decoded answer (labels and summary); in-process: "
                         "ServedModel.run on the same image in the benchmark's process, no server.")
-    image = _image()
+    image = nuclei_image()
     print("segrt serve latency", flush=True)
     served = ServedModel(load(MODEL, backend="ort"))
     for _ in range(5):
@@ -80,7 +82,7 @@ def main(argv=None) -> Report:
     print(f"  in-process: p50 {p50:.1f} ms, p99 {p99:.1f} ms", flush=True)
     del served
 
-    http_port, grpc_port, metrics_port = _ports(3)
+    http_port, grpc_port, metrics_port = free_ports(3)
     triton = serve(MODEL, http_port=http_port, grpc_port=grpc_port, metrics_port=metrics_port, backend="ort",
                    block=False, max_batch_size=8, queue_delay_us=2000)
     try:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -16,6 +15,8 @@ import time
 
 import numpy as np
 import pytest
+
+from segrt.bench.serve import free_ports
 
 pytest.importorskip("pytriton")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -26,24 +27,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUCLEI = os.path.join(ROOT, "models", "nuclei.onnx")
 
 
-def free_ports(n):
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def nuclei_image(shape=(256, 320), seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:shape[0], :shape[1]]
-    img = rng.normal(20, 4, shape)
-    for cy, cx in rng.uniform(0, 1, (40, 2)) * shape:
-        a, b = rng.uniform(6, 11, 2)
-        img += 150 * np.exp(-0.5 * (((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2) ** 2)
-    return np.clip(img, 0, 255).astype(np.uint8)
+    from segrt.bench.serve import nuclei_image as generated
+
+    return generated(shape, seed, count=40).astype(np.uint8)
 
 
 def request(image, spacing=None, module=httpclient) -> dict:
