@@ -26,16 +26,17 @@ inline int effective_threads(int requested) {
 #endif
 }
 
-// fn(begin, end, thread_id) over [0, n) in dynamically handed-out chunks.
+// fn(begin, end, thread_id) over [0, n) in dynamically handed-out chunks (of `chunk` items;
+// 0: about eight per thread).
 template <typename F>
-void parallel_for_tid(int64_t n, int threads, F&& fn) {
+void parallel_for_tid(int64_t n, int threads, F&& fn, int64_t chunk = 0) {
     threads = effective_threads(threads);
     if (threads <= 1 || n < 2) {
         fn(0, n, 0);
         return;
     }
 #if SEGRT_HAVE_OPENMP
-    const int64_t chunk = std::max<int64_t>(1, n / (int64_t)(threads * 8));
+    if (chunk <= 0) chunk = std::max<int64_t>(1, n / (int64_t)(threads * 8));
     std::atomic<int64_t> next(0);
 #pragma omp parallel num_threads(threads)
     {

@@ -22,6 +22,7 @@
 // nearest face plane from i's row sums, and tests the rest from j's centre outward, so a
 // pair past the threshold stops after few tests.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -595,7 +596,7 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
     make(i0, i1, i3);
     make(i0, i2, i3);
     make(i1, i2, i3);
-    std::vector<std::pair<int, int>> horizon;
+    std::vector<std::pair<int, int>> horizon, vis_edges;
     std::vector<uint8_t> visible;
     for (int i = 0; i < n; ++i) {
         if (i == i0 || i == i1 || i == i2 || i == i3) continue;
@@ -605,19 +606,25 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
         for (size_t f = 0; f < nf; ++f)
             if (dot(faces[f].n, p[i]) + faces[f].d > eps) visible[f] = 1, any = true;
         if (!any) continue;
-        horizon.clear();
-        for (size_t f = 0; f < nf; ++f) {
-            if (!visible[f]) continue;
-            const int e[3][2] = {{faces[f].a, faces[f].b}, {faces[f].b, faces[f].c}, {faces[f].c, faces[f].a}};
-            for (auto& ed : e) {
-                bool shared = false;
-                for (size_t g = 0; g < nf && !shared; ++g) {
-                    if (g == f || !visible[g]) continue;
-                    const Face& G = faces[g];
-                    shared = (G.a == ed[1] && G.b == ed[0]) || (G.b == ed[1] && G.c == ed[0]) || (G.c == ed[1] && G.a == ed[0]);
-                }
-                if (!shared) horizon.push_back({ed[0], ed[1]});
+        // an edge of a visible face is on the horizon unless its reverse is an edge of another
+        // visible face (every edge of the closed hull has one reverse): compared within the
+        // few visible faces' edges, not against every face
+        vis_edges.clear();
+        for (size_t f = 0; f < nf; ++f)
+            if (visible[f]) {
+                vis_edges.push_back({faces[f].a, faces[f].b});
+                vis_edges.push_back({faces[f].b, faces[f].c});
+                vis_edges.push_back({faces[f].c, faces[f].a});
             }
+        horizon.clear();
+        for (const auto& ed : vis_edges) {
+            bool shared = false;
+            for (const auto& other : vis_edges)
+                if (other.first == ed.second && other.second == ed.first) {
+                    shared = true;
+                    break;
+                }
+            if (!shared) horizon.push_back(ed);
         }
         // drop the visible faces (keep order irrelevant), then close the hole from the horizon
         size_t w = 0;
@@ -784,29 +791,29 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     std::vector<int64_t> cursor(bstart.begin(), bstart.end() - 1);
     std::vector<uint8_t> suppressed(n, 0);
 
-    // per-thread scratch
-    struct Scratch {
+    // per-thread scratch and work counters (one cache line apart: counters change per pair)
+    struct alignas(64) Scratch {
         std::vector<float> polyverts;
         std::vector<double> hs, hull_j;
         Polytope P;
         std::vector<double> inside;
         std::vector<float> radii;
+        int64_t cnt[6] = {0, 0, 0, 0, 0, 0};
+        double secs[4] = {0, 0, 0, 0};  // kernel, hull, voxel count, hull building
     };
     std::vector<Scratch> scratch(threads);
     for (auto& s : scratch) s.polyverts.resize(3 * n_rays);
     std::vector<float> polyverts_i(3 * n_rays);
     std::vector<double> kernel_i, hull_i;
-    bool hull_i_ok = false, hull_i_done = false, kernel_poly_done = false;
+    bool hull_i_ok = false;
     Polytope kernel_poly, hull_poly;
     double kernel_vol_i = 0;
-    std::mutex cache_mutex, render_mutex;  // the kept polyhedron's kernel / hull, its voxels
+    std::atomic<bool> kernel_poly_done{false};
+    std::mutex kernel_mutex;
     std::vector<uint8_t> rendered;
     std::vector<int32_t> rendered_prefix;  // per row of i's box: voxels of i before each x
     std::vector<float> radii_i;
-    bool rendered_done = false;
-    std::vector<int64_t> todo;
-    std::vector<int64_t> cnt(6 * threads, 0);
-    std::vector<double> secs(4 * threads, 0.0);  // kernel, hull, render, infeasible-count
+    std::vector<int64_t> todo, hard;
     using clock = std::chrono::steady_clock;
 
     for (int64_t i = 0; i < n - 1; ++i) {
@@ -815,15 +822,6 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         ++st.kept;
         const Cand& ci = cand[i];
         const float* di = dist + i * n_rays;
-        polyhedron_polyverts(di, ci.center, verts, n_rays, polyverts_i.data());
-        kernel_i.resize(4 * n_faces);
-        for (int f = 0; f < n_faces; ++f)
-            kernel_halfspace(&polyverts_i[3 * faces[3 * f]], &polyverts_i[3 * faces[3 * f + 1]],
-                             &polyverts_i[3 * faces[3 * f + 2]], &kernel_i[4 * f]);
-        hull_i_done = false;
-        kernel_poly_done = false;
-        rendered_done = false;
-        const int Nz = ci.bbox[1] - ci.bbox[0] + 1, Ny = ci.bbox[3] - ci.bbox[2] + 1, Nx = ci.bbox[5] - ci.bbox[4] + 1;
 
         // neighbours whose centres lie within the two longest rays
         const float reach = ci.r_outer + rmax_all;
@@ -846,9 +844,42 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 }
         st.pairs_considered += (int64_t)todo.size();
 
-        auto ensure_hull_i = [&]() {
-            std::lock_guard<std::mutex> lock(cache_mutex);
-            if (hull_i_done) return;
+        // steps 1 and 2 (spheres and boxes: cheap, here); the pairs they leave go to the team
+        hard.clear();
+        for (const int64_t j : todo) {
+            const Cand& cj = cand[j];
+            const float A_min = std::fmin(ci.volume, cj.volume);
+            // 1. upper bound
+            float A_inter = std::fmin(intersect_sphere_isotropic(ci.r_outer_iso, ci.center, cj.r_outer_iso, cj.center, aniso),
+                                      intersect_bbox(ci.bbox, cj.bbox));
+            float iou = std::fmin(1.f, A_inter / (A_min + 1e-10));
+            if (A_inter < 1.e-10 || iou <= thresh) {
+                ++scratch[0].cnt[0];
+                continue;
+            }
+            // 2. inner spheres
+            A_inter = intersect_sphere_isotropic(ci.r_inner_iso, ci.center, cj.r_inner_iso, cj.center, aniso);
+            iou = std::fmax(0.f, A_inter / (A_min + 1e-10));
+            if (iou > thresh) {
+                ++scratch[0].cnt[1];
+                suppressed[j] = 1;
+                continue;
+            }
+            hard.push_back(j);
+        }
+        if (hard.empty()) continue;
+
+        // what the remaining tests need of i, built before the team starts (a lazily built
+        // piece under a lock would keep the other threads waiting): its kernel planes, hull,
+        // and voxels (StarDist's inside test) with their running count along every row
+        polyhedron_polyverts(di, ci.center, verts, n_rays, polyverts_i.data());
+        kernel_i.resize(4 * n_faces);
+        for (int f = 0; f < n_faces; ++f)
+            kernel_halfspace(&polyverts_i[3 * faces[3 * f]], &polyverts_i[3 * faces[3 * f + 1]],
+                             &polyverts_i[3 * faces[3 * f + 2]], &kernel_i[4 * f]);
+        kernel_poly_done.store(false, std::memory_order_relaxed);
+        {
+            const auto t0 = clock::now();
             hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
             if (hull_i_ok) {
                 double blo[3], bhi[3];
@@ -856,47 +887,41 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 hull_poly.box(blo, bhi);
                 for (size_t f = 0; f < hull_i.size() / 4; ++f) hull_poly.clip(&hull_i[4 * f]);
             }
-            hull_i_done = true;
-        };
-        // i's voxels (StarDist's inside test) and their running count along every row
-        auto ensure_rendered = [&]() {
-            std::lock_guard<std::mutex> lock(render_mutex);
-            if (rendered_done) return;
+            scratch[0].secs[3] += std::chrono::duration<double>(clock::now() - t0).count();
+        }
+        const int Nz = ci.bbox[1] - ci.bbox[0] + 1, Ny = ci.bbox[3] - ci.bbox[2] + 1, Nx = ci.bbox[5] - ci.bbox[4] + 1;
+        {
             rendered.assign((size_t)Nz * Ny * Nx, 0);
+            rendered_prefix.resize((size_t)Nz * Ny * (Nx + 1));
             const bool full_i = has_short_ray(di, n_rays);
             face_radii(ci.center, polyverts_i.data(), faces, n_faces, radii_i);
             // within i's inner radius every voxel is inside, beyond its outer one none is
             float inner2, outer2;
             radius_bounds(radii_i, n_faces, inner2, outer2);
-            for (int z = 0; z < Nz; ++z)
-                for (int y = 0; y < Ny; ++y) {
-                    uint8_t* row = &rendered[(size_t)y * Nx + (size_t)z * Nx * Ny];
+            parallel_for(Nz * Ny, threads, [&](int64_t r0, int64_t r1) {
+                for (int64_t r = r0; r < r1; ++r) {
+                    const int z = (int)(r / Ny), y = (int)(r % Ny);
+                    uint8_t* row = &rendered[(size_t)r * Nx];
                     int x0 = 0, x1 = Nx - 1, xa = 1, xb = 0;
-                    if (!full_i && !row_span(ci.center, inner2, outer2, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], 0,
-                                             Nx - 1, x0, x1, xa, xb))
-                        continue;
-                    for (int x = x0; x <= x1; ++x) {
-                        if (x >= xa && x <= xb) {
-                            row[x] = 1;
-                            continue;
+                    if (full_i || row_span(ci.center, inner2, outer2, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], 0,
+                                           Nx - 1, x0, x1, xa, xb))
+                        for (int x = x0; x <= x1; ++x) {
+                            if (x >= xa && x <= xb) {
+                                row[x] = 1;
+                                continue;
+                            }
+                            row[x] = inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
+                                                            (float)(x + ci.bbox[4]), ci.center, polyverts_i.data(),
+                                                            faces, n_faces, locator, full_i, radii_i.data());
                         }
-                        row[x] = inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
-                                                        (float)(x + ci.bbox[4]), ci.center, polyverts_i.data(), faces,
-                                                        n_faces, locator, full_i, radii_i.data());
-                    }
+                    int32_t* pre = &rendered_prefix[(size_t)r * (Nx + 1)];
+                    pre[0] = 0;
+                    for (int x = 0; x < Nx; ++x) pre[x + 1] = pre[x] + row[x];
                 }
-            rendered_prefix.resize((size_t)Nz * Ny * (Nx + 1));
-            for (size_t r = 0; r < (size_t)Nz * Ny; ++r) {
-                int32_t* pre = &rendered_prefix[r * (Nx + 1)];
-                const uint8_t* row = &rendered[r * Nx];
-                pre[0] = 0;
-                for (int x = 0; x < Nx; ++x) pre[x + 1] = pre[x] + row[x];
-            }
-            rendered_done = true;
-        };
+            });
+        }
         // step 5: voxels of i's box inside i and j, counted until past the threshold
         auto count_voxels = [&](const Cand& cj, const float* dj, Scratch& S) -> int {
-            ensure_rendered();
             const float A_min = std::fmin(ci.volume, cj.volume);
             const float overlap_maximal = (A_min + 1e-10) * thresh;
             const bool full_j = has_short_ray(dj, n_rays);
@@ -967,28 +992,15 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             }
             return res;
         };
-        auto work = [&](int64_t t0, int64_t t1, int tid) {
+        // steps 3-5 for the pairs left, one at a time to whichever thread is free (their
+        // costs differ by orders of magnitude)
+        auto work = [&](int64_t t0_, int64_t t1_, int tid) {
             Scratch& S = scratch[tid];
-            for (int64_t t = t0; t < t1; ++t) {
-                const int64_t j = todo[t];
+            for (int64_t t = t0_; t < t1_; ++t) {
+                const int64_t j = hard[t];
                 const Cand& cj = cand[j];
                 const float A_min = std::fmin(ci.volume, cj.volume);
-                // 1. upper bound
-                float A_inter = std::fmin(intersect_sphere_isotropic(ci.r_outer_iso, ci.center, cj.r_outer_iso, cj.center, aniso),
-                                          intersect_bbox(ci.bbox, cj.bbox));
-                float iou = std::fmin(1.f, A_inter / (A_min + 1e-10));
-                if (A_inter < 1.e-10 || iou <= thresh) {
-                    ++cnt[6 * tid + 0];
-                    continue;
-                }
-                // 2. inner spheres
-                A_inter = intersect_sphere_isotropic(ci.r_inner_iso, ci.center, cj.r_inner_iso, cj.center, aniso);
-                iou = std::fmax(0.f, A_inter / (A_min + 1e-10));
-                if (iou > thresh) {
-                    ++cnt[6 * tid + 1];
-                    suppressed[j] = 1;
-                    continue;
-                }
+                float iou;
                 const float* dj = dist + j * n_rays;
                 polyhedron_polyverts(dj, cj.center, verts, n_rays, S.polyverts.data());
                 const double mid[3] = {.5 * ((double)ci.center[0] + (double)cj.center[0]),
@@ -998,17 +1010,16 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 // "suppressed by 3" and step 5's voxel count: count first (cheaper than the
                 // kernels), and build the kernels only when the count alone would keep j.
                 auto t0 = clock::now();
-                ensure_hull_i();
                 const bool hull_cannot_keep =
                     !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside) >
                                       (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
                 int voxels = -1;
                 if (hull_cannot_keep) {
-                    ++cnt[6 * tid + 5];
+                    ++S.cnt[5];
                     voxels = count_voxels(cj, dj, S);
-                    secs[4 * tid + 2] += std::chrono::duration<double>(clock::now() - t0).count();
-                        if ((float)voxels / (A_min + 1e-10) > thresh) {
-                        ++cnt[6 * tid + 4];
+                    S.secs[2] += std::chrono::duration<double>(clock::now() - t0).count();
+                    if ((float)voxels / (A_min + 1e-10) > thresh) {
+                        ++S.cnt[4];
                         suppressed[j] = 1;
                         continue;
                     }
@@ -1021,15 +1032,15 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 t0 = clock::now();
                 float A_kernel = 0.f;
                 if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
-                    {
-                        std::lock_guard<std::mutex> lock(cache_mutex);
-                        if (!kernel_poly_done) {
+                    if (!kernel_poly_done.load(std::memory_order_acquire)) {
+                        std::lock_guard<std::mutex> lock(kernel_mutex);
+                        if (!kernel_poly_done.load(std::memory_order_relaxed)) {
                             double blo[3], bhi[3];
                             for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
                             kernel_poly.box(blo, bhi);
                             for (int f = 0; f < n_faces; ++f) kernel_poly.clip(&kernel_i[4 * f]);
                             kernel_vol_i = kernel_poly.volume();
-                            kernel_poly_done = true;
+                            kernel_poly_done.store(true, std::memory_order_release);
                         }
                     }
                     // kernel_i n kernel_j lies in kernel_i: when that alone cannot pass the
@@ -1056,67 +1067,62 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                     }
                 }
                 auto t1 = clock::now();
-                secs[4 * tid] += std::chrono::duration<double>(t1 - t0).count();
+                S.secs[0] += std::chrono::duration<double>(t1 - t0).count();
                 iou = A_kernel / (A_min + 1e-10);
                 if (iou > thresh) {
-                    ++cnt[6 * tid + 2];
+                    ++S.cnt[2];
                     suppressed[j] = 1;
                     continue;
                 }
                 if (voxels >= 0) {  // step 5 already counted, below the threshold: kept
-                    ++cnt[6 * tid + 4];
+                    ++S.cnt[4];
                     continue;
                 }
                 // 4. convex hulls (an upper bound)
                 t0 = clock::now();
-                ensure_hull_i();
                 float A_hull = 1.e10f;
-                {
-                const auto th = clock::now();
                 const bool hull_j_ok = hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j);
-                secs[4 * tid + 3] += std::chrono::duration<double>(clock::now() - th).count();
-                if (hull_j_ok &&
-                    strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
+                S.secs[3] += std::chrono::duration<double>(clock::now() - t0).count();
+                if (hull_j_ok && strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
                     strictly_inside(S.hull_j.data(), S.hull_j.size() / 4, mid)) {
                     S.P = hull_poly;
                     for (size_t f = 0; f < S.hull_j.size() / 4 && !S.P.empty(); ++f) S.P.clip(&S.hull_j[4 * f]);
                     A_hull = (float)S.P.volume();
                 }
                 t1 = clock::now();
-                secs[4 * tid + 1] += std::chrono::duration<double>(t1 - t0).count();
+                S.secs[1] += std::chrono::duration<double>(t1 - t0).count();
                 iou = A_hull / (A_min + 1e-10);
                 if (iou <= thresh) {
-                    ++cnt[6 * tid + 3];
+                    ++S.cnt[3];
                     continue;
-                }
                 }
                 // 5. voxels of i's box inside both
                 const int res = count_voxels(cj, dj, S);
-                ++cnt[6 * tid + 4];
-                secs[4 * tid + 2] += std::chrono::duration<double>(clock::now() - t1).count();
+                ++S.cnt[4];
+                S.secs[2] += std::chrono::duration<double>(clock::now() - t1).count();
                 iou = (float)res / (A_min + 1e-10);
                 if (iou > thresh) suppressed[j] = 1;
             }
         };
-        const int64_t nt = (int64_t)todo.size();
-        if (threads > 1 && nt >= 4) parallel_for_tid(nt, threads, work);
+        const int64_t nt = (int64_t)hard.size();
+        if (threads > 1 && nt >= 2) parallel_for_tid(nt, threads, work, 1);
         else work(0, nt, 0);
     }
     if (n > 0 && !suppressed[n - 1]) {
         keep[n - 1] = 1;
         ++st.kept;
     }
-    for (int t = 0; t < threads; ++t) {
-        st.decided_upper_bound += cnt[6 * t + 0];
-        st.decided_inner_sphere += cnt[6 * t + 1];
-        st.decided_kernel += cnt[6 * t + 2];
-        st.decided_hull += cnt[6 * t + 3];
-        st.decided_render += cnt[6 * t + 4];
-        st.hull_skipped += cnt[6 * t + 5];
-        st.seconds_kernel += secs[4 * t];
-        st.seconds_hull += secs[4 * t + 1];
-        st.seconds_render += secs[4 * t + 2];
-        st.seconds_hull_build += secs[4 * t + 3];
+    for (const Scratch& S : scratch) {
+        st.decided_upper_bound += S.cnt[0];
+        st.decided_inner_sphere += S.cnt[1];
+        st.decided_kernel += S.cnt[2];
+        st.decided_hull += S.cnt[3];
+        st.decided_render += S.cnt[4];
+        st.hull_skipped += S.cnt[5];
+        st.seconds_kernel += S.secs[0];
+        st.seconds_hull += S.secs[1];
+        st.seconds_render += S.secs[2];
+        st.seconds_hull_build += S.secs[3];
     }
     if (stats) *stats = st;
     return keep;
