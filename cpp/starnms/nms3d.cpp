@@ -341,38 +341,149 @@ inline bool has_short_ray(const float* d, int n_rays) {
     return false;
 }
 
+// Spheres about a polyhedron's centre, in voxels and in a metric scaled per axis (the
+// candidates' box anisotropy, where the polyhedra are about round, so the spheres hug
+// them; in voxels an anisotropic polyhedron's inner sphere holds a small part of it):
+// points nearer than an inner radius (in either metric) are nearer than every face plane,
+// so inside; points beyond an outer radius (in either) are farther than every corner, so
+// outside. A linear map keeps the centre's tetrahedra tetrahedra, so both hold. Pulled far
+// past float rounding, as face_radii's.
+struct ShapeBounds {
+    double scale[2][3];
+    float inner2[2], outer2[2];
+};
+
+inline void shape_bounds(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
+                         const std::vector<float>& radii, const float* scale, ShapeBounds& out) {
+    out.inner2[0] = std::numeric_limits<float>::infinity(), out.outer2[0] = 0;
+    for (int f = 0; f < n_faces; ++f) {
+        out.inner2[0] = std::min(out.inner2[0], radii[2 * f]);
+        out.outer2[0] = std::max(out.outer2[0], radii[2 * f + 1]);
+    }
+    double smax = 0;
+    for (int k = 0; k < 3; ++k) {
+        out.scale[0][k] = 1.0;
+        out.scale[1][k] = scale[k];
+        smax = std::max(smax, (double)scale[k]);
+    }
+    double near_min = std::numeric_limits<double>::infinity(), far2 = 0;
+    for (int f = 0; f < n_faces; ++f) {
+        double P[3][3];
+        for (int k = 0; k < 3; ++k) {
+            for (int q = 0; q < 3; ++q)
+                P[k][q] = ((double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q]) * scale[q];
+            far2 = std::max(far2, P[k][0] * P[k][0] + P[k][1] * P[k][1] + P[k][2] * P[k][2]);
+        }
+        const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
+        const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
+        const double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2],
+                     nx = e1[0] * e2[1] - e1[1] * e2[0];
+        const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
+        near_min = std::min(near_min, len > 0 ? std::fabs(nz * P[0][0] + ny * P[0][1] + nx * P[0][2]) / len : 0.0);
+    }
+    const double lo = std::max(0.0, near_min * (1.0 - 1e-4) - 1e-3 * smax);
+    const double hi = std::sqrt(far2) * (1.0 + 1e-4) + 1e-3 * smax;
+    out.inner2[1] = (float)(lo * lo * (1.0 - 1e-5));
+    out.outer2[1] = (float)(hi * hi * (1.0 + 1e-5));
+}
+
 // A row (z, y) of a box whose x runs over [x_lo, x_hi] (box coordinates; the box starts at
-// x_origin), against a polyhedron about `center` whose points nearer than sqrt(inner2) are
-// inside and farther than sqrt(outer2) outside (face_radii's bounds over all faces): [x0, x1]
-// holds the voxels that can test inside (false: none), [xa, xb] those certainly inside
-// (empty: xa > xb; never on the row through the centre, whose centre voxel takes the full loop).
-inline bool row_span(const float* center, float inner2, float outer2, int z, int y, int x_origin, int x_lo, int x_hi,
+// x_origin), against a polyhedron about `center` with bounds `b`: [x0, x1] holds the voxels
+// that can test inside (false: none), [xa, xb] those certainly inside (empty: xa > xb; never
+// on the row through the centre, whose centre voxel takes the full loop).
+inline bool row_span(const float* center, const ShapeBounds& b, int z, int y, int x_origin, int x_lo, int x_hi,
                      int& x0, int& x1, int& xa, int& xb) {
     xa = 1, xb = 0;
-    const double dz = (double)z - center[0], dy = (double)y - center[1];
-    const double rest = (double)outer2 - dz * dz - dy * dy;
-    if (rest < 0) return false;
-    const double r = std::sqrt(rest) + 1e-3;
-    x0 = std::max(x_lo, (int)std::floor(center[2] - r) - x_origin);
-    x1 = std::min(x_hi, (int)std::ceil(center[2] + r) - x_origin);
-    const double rest_in = (double)inner2 * (1 - 1e-6) - dz * dz - dy * dy;
-    if (rest_in > 0 && (dz != 0 || dy != 0)) {
-        const double ri = std::sqrt(rest_in) - 1e-3;
-        xa = std::max(x0, (int)std::ceil(center[2] - ri) - x_origin);
-        xb = std::min(x1, (int)std::floor(center[2] + ri) - x_origin);
+    x0 = x_lo, x1 = x_hi;
+    const bool centre_row = (double)z == center[0] && (double)y == center[1];
+    double inner = -1;  // the widest half-width certainly inside
+    for (int m = 0; m < 2; ++m) {
+        const double* s = b.scale[m];
+        const double dz = s[0] * ((double)z - center[0]), dy = s[1] * ((double)y - center[1]);
+        const double rest = (double)b.outer2[m] - dz * dz - dy * dy;
+        if (rest < 0) return false;
+        const double r = std::sqrt(rest) / s[2] + 1e-3;
+        x0 = std::max(x0, (int)std::floor(center[2] - r) - x_origin);
+        x1 = std::min(x1, (int)std::ceil(center[2] + r) - x_origin);
+        const double rest_in = (double)b.inner2[m] * (1 - 1e-6) - dz * dz - dy * dy;
+        if (rest_in > 0 && !centre_row) inner = std::max(inner, std::sqrt(rest_in) / s[2] - 1e-3);
+    }
+    if (inner > 0) {
+        xa = std::max(x0, (int)std::ceil(center[2] - inner) - x_origin);
+        xb = std::min(x1, (int)std::floor(center[2] + inner) - x_origin);
     }
     return x0 <= x1;
 }
 
-// The smallest and largest of face_radii's bounds: within the first every point is inside,
-// beyond the second none is.
-inline void radius_bounds(const std::vector<float>& radii, int n_faces, float& inner2, float& outer2) {
-    inner2 = std::numeric_limits<float>::infinity(), outer2 = 0;
-    for (int f = 0; f < n_faces; ++f) {
-        inner2 = std::min(inner2, radii[2 * f]);
-        outer2 = std::max(outer2, radii[2 * f + 1]);
+// The kernel of a polyhedron (the points on the centre's side of every face plane) row by
+// row: a kernel point lies in the cone of some face and on the centre's side of its plane,
+// so in its tetrahedron, i.e. inside. For a candidate near an object's edge the kernel holds
+// most of the polyhedron where its inner spheres hold little. Planes in double, each pulled
+// towards the centre by face_radii's margin; a face plane nz dz + ny dy + nx dx <= e about
+// the centre bounds dx by E - Z dz - Y dy from above (nx > 0) or below (nx < 0).
+struct KernelRows {
+    // per face, by coordinate (the row loops vectorise): bounds from above, from below, and
+    // the planes nearly parallel to x (they pass a whole row or none of it)
+    std::vector<double> up_e, up_z, up_y, down_e, down_z, down_y, flat_e, flat_z, flat_y;
+    bool empty = true;
+
+    void build(const float* center, const float* polyverts, const int32_t* faces, int n_faces) {
+        for (auto* v : {&up_e, &up_z, &up_y, &down_e, &down_z, &down_y, &flat_e, &flat_z, &flat_y}) v->clear();
+        empty = false;
+        for (int f = 0; f < n_faces; ++f) {
+            double P[3][3];
+            for (int k = 0; k < 3; ++k)
+                for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q];
+            const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
+            const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
+            double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2], nx = e1[0] * e2[1] - e1[1] * e2[0];
+            const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
+            if (!(len > 0)) {
+                empty = true;
+                return;
+            }
+            nz /= len, ny /= len, nx /= len;
+            double e = nz * P[0][0] + ny * P[0][1] + nx * P[0][2];
+            if (e < 0) nz = -nz, ny = -ny, nx = -nx, e = -e;
+            e = e * (1.0 - 1e-4) - 1e-3;
+            if (!(e > 0)) {
+                empty = true;
+                return;
+            }
+            if (std::fabs(nx) < 1e-9) {
+                flat_e.push_back(e), flat_z.push_back(nz), flat_y.push_back(ny);
+            } else if (nx > 0) {
+                up_e.push_back(e / nx), up_z.push_back(nz / nx), up_y.push_back(ny / nx);
+            } else {
+                down_e.push_back(e / nx), down_z.push_back(nz / nx), down_y.push_back(ny / nx);
+            }
+        }
     }
-}
+
+    // [xa, xb] (box coordinates) of the row (z, y) in the kernel, within [x0, x1]; false: none
+    bool span(const float* center, int z, int y, int x_origin, int x0, int x1, int& xa, int& xb) const {
+        if (empty) return false;
+        const double dz = (double)z - center[0], dy = (double)y - center[1];
+        for (size_t k = 0; k < flat_e.size(); ++k)
+            if (flat_z[k] * dz + flat_y[k] * dy > flat_e[k]) return false;
+        double hi = std::numeric_limits<double>::infinity(), lo = -hi;
+        const size_t nu = up_e.size(), nd = down_e.size();
+        const double* __restrict ue = up_e.data();
+        const double* __restrict uz = up_z.data();
+        const double* __restrict uy = up_y.data();
+        const double* __restrict de = down_e.data();
+        const double* __restrict dzp = down_z.data();
+        const double* __restrict dyp = down_y.data();
+#pragma omp simd reduction(min : hi)
+        for (size_t k = 0; k < nu; ++k) hi = std::min(hi, ue[k] - uz[k] * dz - uy[k] * dy);
+#pragma omp simd reduction(max : lo)
+        for (size_t k = 0; k < nd; ++k) lo = std::max(lo, de[k] - dzp[k] * dz - dyp[k] * dy);
+        if (!(lo <= hi)) return false;
+        xa = std::max(x0, (int)std::ceil(center[2] + lo) - x_origin);
+        xb = std::min(x1, (int)std::floor(center[2] + hi) - x_origin);
+        return xa <= xb;
+    }
+};
 
 // ---- convex volumes without qhull -----------------------------------------------------
 
@@ -598,6 +709,8 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
     make(i1, i2, i3);
     std::vector<std::pair<int, int>> horizon, vis_edges;
     std::vector<uint8_t> visible;
+    std::vector<int> edge_stamp((size_t)n * n, 0);
+    int stamp = 0;
     for (int i = 0; i < n; ++i) {
         if (i == i0 || i == i1 || i == i2 || i == i3) continue;
         const size_t nf = faces.size();
@@ -607,25 +720,21 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
             if (dot(faces[f].n, p[i]) + faces[f].d > eps) visible[f] = 1, any = true;
         if (!any) continue;
         // an edge of a visible face is on the horizon unless its reverse is an edge of another
-        // visible face (every edge of the closed hull has one reverse): compared within the
-        // few visible faces' edges, not against every face
+        // visible face (every edge of the closed hull has one reverse): the visible faces'
+        // edges are stamped in an n x n table, then each edge looks its reverse up
+        ++stamp;
         vis_edges.clear();
         for (size_t f = 0; f < nf; ++f)
             if (visible[f]) {
-                vis_edges.push_back({faces[f].a, faces[f].b});
-                vis_edges.push_back({faces[f].b, faces[f].c});
-                vis_edges.push_back({faces[f].c, faces[f].a});
+                const int e[3][2] = {{faces[f].a, faces[f].b}, {faces[f].b, faces[f].c}, {faces[f].c, faces[f].a}};
+                for (const auto& ed : e) {
+                    vis_edges.push_back({ed[0], ed[1]});
+                    edge_stamp[(size_t)ed[0] * n + ed[1]] = stamp;
+                }
             }
         horizon.clear();
-        for (const auto& ed : vis_edges) {
-            bool shared = false;
-            for (const auto& other : vis_edges)
-                if (other.first == ed.second && other.second == ed.first) {
-                    shared = true;
-                    break;
-                }
-            if (!shared) horizon.push_back(ed);
-        }
+        for (const auto& ed : vis_edges)
+            if (edge_stamp[(size_t)ed.second * n + ed.first] != stamp) horizon.push_back(ed);
         // drop the visible faces (keep order irrelevant), then close the hole from the horizon
         size_t w = 0;
         for (size_t f = 0; f < nf; ++f)
@@ -656,42 +765,50 @@ bool strictly_inside(const double* hs, size_t count, const double* p) {
 // A lower bound of vol(region n polyhedron) for a convex region {h . p <= 0} holding the
 // centre: each tetrahedron (centre, face) shrunk about the centre until its corners are in the
 // region lies in both. 0 unless every tetrahedron is positively oriented (then they do not
-// overlap).
+// overlap). The sum stops once past `stop_above` (the caller's question is whether it is);
+// a vertex's reach is found only when a face needs it.
 double fan_inside_volume(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
-                         const std::vector<double>& hs, std::vector<double>& reach) {
+                         const std::vector<double>& hs, std::vector<double>& work, double stop_above) {
     const size_t m = hs.size() / 4;
     const double c[3] = {center[0], center[1], center[2]};
-    for (size_t k = 0; k < m; ++k)
-        if (hs[4 * k] * c[0] + hs[4 * k + 1] * c[1] + hs[4 * k + 2] * c[2] + hs[4 * k + 3] >= 0) return 0;
     int n_verts = 0;
     for (int f = 0; f < 3 * n_faces; ++f) n_verts = std::max(n_verts, faces[f] + 1);
-    // how far along centre -> vertex the region reaches (1: the whole way)
-    reach.assign(n_verts, 1.0);
-    for (int a = 0; a < n_verts; ++a) {
-        const double dz = polyverts[3 * a] - c[0], dy = polyverts[3 * a + 1] - c[1], dx = polyverts[3 * a + 2] - c[2];
-        double s = 1.0;
-        for (size_t k = 0; k < m; ++k) {
-            const double* h = &hs[4 * k];
-            const double along = h[0] * dz + h[1] * dy + h[2] * dx;
-            if (along > 0) s = std::min(s, -(h[0] * c[0] + h[1] * c[1] + h[2] * c[2] + h[3]) / along);
-        }
-        reach[a] = std::max(0.0, s);
+    work.resize(m + (size_t)n_verts + (size_t)n_faces);
+    double* gap = work.data();           // how far inside each half-space the centre lies
+    double* reach = gap + m;             // how far along centre -> vertex the region reaches
+    double* vol6 = reach + n_verts;      // 6 x each tetrahedron's volume
+    for (size_t k = 0; k < m; ++k) {
+        gap[k] = -(hs[4 * k] * c[0] + hs[4 * k + 1] * c[1] + hs[4 * k + 2] * c[2] + hs[4 * k + 3]);
+        if (!(gap[k] > 0)) return 0;
     }
-    double vol = 0;
     for (int f = 0; f < n_faces; ++f) {
         double P[3][3];
-        double s = 1.0;
-        for (int k = 0; k < 3; ++k) {
-            const int a = faces[3 * f + k];
-            for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * a + q] - c[q];
-            s = std::min(s, reach[a]);
-        }
+        for (int k = 0; k < 3; ++k)
+            for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * faces[3 * f + k] + q] - c[q];
         // StarDist's faces are oriented so that det(A, B, C) about the centre is negative
         const double det = P[0][0] * (P[1][1] * P[2][2] - P[1][2] * P[2][1]) -
                            P[0][1] * (P[1][0] * P[2][2] - P[1][2] * P[2][0]) +
                            P[0][2] * (P[1][0] * P[2][1] - P[1][1] * P[2][0]);
         if (!(det < 0)) return 0;
-        vol += s * s * s * (-det / 6.0);
+        vol6[f] = -det;
+    }
+    for (int a = 0; a < n_verts; ++a) reach[a] = -1;
+    auto reach_of = [&](int a) {
+        if (reach[a] >= 0) return reach[a];
+        const double dz = polyverts[3 * a] - c[0], dy = polyverts[3 * a + 1] - c[1], dx = polyverts[3 * a + 2] - c[2];
+        double s = 1.0;
+        for (size_t k = 0; k < m; ++k) {
+            const double* h = &hs[4 * k];
+            const double along = h[0] * dz + h[1] * dy + h[2] * dx;
+            if (along > 0 && gap[k] < s * along) s = gap[k] / along;
+        }
+        return reach[a] = std::max(0.0, s);
+    };
+    double vol = 0;
+    for (int f = 0; f < n_faces; ++f) {
+        const double s = std::min({reach_of(faces[3 * f]), reach_of(faces[3 * f + 1]), reach_of(faces[3 * f + 2])});
+        vol += s * s * s * (vol6[f] / 6.0);
+        if (vol * (1 - 1e-9) > stop_above) break;
     }
     return vol * (1 - 1e-9);
 }
@@ -798,6 +915,9 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         Polytope P;
         std::vector<double> inside;
         std::vector<float> radii;
+        KernelRows kernel_rows;
+        std::vector<int> rows;      // i's box rows (z * Ny + y), j's centre outward
+        std::vector<int> spans;     // per visited row: x0, x1, xa, xb (xa > xb: no certain run)
         int64_t cnt[6] = {0, 0, 0, 0, 0, 0};
         double secs[4] = {0, 0, 0, 0};  // kernel, hull, voxel count, hull building
     };
@@ -895,15 +1015,15 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             rendered_prefix.resize((size_t)Nz * Ny * (Nx + 1));
             const bool full_i = has_short_ray(di, n_rays);
             face_radii(ci.center, polyverts_i.data(), faces, n_faces, radii_i);
-            // within i's inner radius every voxel is inside, beyond its outer one none is
-            float inner2, outer2;
-            radius_bounds(radii_i, n_faces, inner2, outer2);
+            // within i's inner spheres every voxel is inside, beyond its outer ones none is
+            ShapeBounds bounds_i;
+            shape_bounds(ci.center, polyverts_i.data(), faces, n_faces, radii_i, aniso, bounds_i);
             parallel_for(Nz * Ny, threads, [&](int64_t r0, int64_t r1) {
                 for (int64_t r = r0; r < r1; ++r) {
                     const int z = (int)(r / Ny), y = (int)(r % Ny);
                     uint8_t* row = &rendered[(size_t)r * Nx];
                     int x0 = 0, x1 = Nx - 1, xa = 1, xb = 0;
-                    if (full_i || row_span(ci.center, inner2, outer2, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], 0,
+                    if (full_i || row_span(ci.center, bounds_i, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], 0,
                                            Nx - 1, x0, x1, xa, xb))
                         for (int x = x0; x <= x1; ++x) {
                             if (x >= xa && x <= xb) {
@@ -926,44 +1046,80 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             const float overlap_maximal = (A_min + 1e-10) * thresh;
             const bool full_j = has_short_ray(dj, n_rays);
             face_radii(cj.center, S.polyverts.data(), faces, n_faces, S.radii);
-            // In a row of i's box only voxels within j's outer radius can test inside j (the
-            // largest face bound, far past rounding, the one inside_polyhedron_fast applies).
+            // In a row of i's box only voxels within j's outer spheres can test inside j (far
+            // past rounding: inside_polyhedron_fast's bounds per face lie within them).
             // Not j's box: StarDist's float test takes a few voxels outside the rounded box of
             // jagged polyhedra (a measured mismatch when the count was limited to it).
             const int lo[3] = {0, 0, 0}, hi[3] = {Nz - 1, Ny - 1, Nx - 1};
-            // j's inner radius: nearer than every face plane (far past rounding) is inside j,
-            // so there i's voxels are counted from i's row sums without a test; per row of i's
-            // box: [x0, x1] within j's outer sphere, [xa, xb] within its inner one. Pass 1
-            // counts the inner runs, pass 2 tests the rest.
-            float inner2, outer2;
-            radius_bounds(S.radii, n_faces, inner2, outer2);
+            // Within j's inner spheres (shape_bounds) every voxel is inside j, so there i's
+            // voxels are counted from i's row sums without a test; per row of i's box: [x0, x1]
+            // within j's outer spheres, [xa, xb] within an inner one. Pass 1 counts the inner
+            // runs, pass 2 tests the rest.
+            ShapeBounds bounds_j;
+            shape_bounds(cj.center, S.polyverts.data(), faces, n_faces, S.radii, aniso, bounds_j);
             auto row_ranges = [&](int z, int y, int& x0, int& x1, int& xa, int& xb) -> bool {
                 x0 = lo[2], x1 = hi[2], xa = 1, xb = 0;
-                return full_j || row_span(cj.center, inner2, outer2, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], lo[2],
+                return full_j || row_span(cj.center, bounds_j, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], lo[2],
                                           hi[2], x0, x1, xa, xb);
             };
-            int res = 0;
-            for (int z = lo[0]; z <= hi[0] && res <= overlap_maximal; ++z)
-                for (int y = lo[1]; y <= hi[1]; ++y) {
-                    int x0, x1, xa, xb;
-                    if (row_ranges(z, y, x0, x1, xa, xb) && xa <= xb) {
-                        const int32_t* pre = &rendered_prefix[((size_t)z * Ny + y) * (Nx + 1)];
-                        res += pre[xb + 1] - pre[xa];
+            // j's centre row keeps its centre voxel out of every certain run (full loop there)
+            if (!full_j) S.kernel_rows.build(cj.center, S.polyverts.data(), faces, n_faces);
+            // rows nearest j's centre first (rings of growing max(|dz|, |dy|)): a pair that
+            // passes the threshold is decided after few rows
+            const int cz = (int)std::lrint(cj.center[0]) - ci.bbox[0], cy = (int)std::lrint(cj.center[1]) - ci.bbox[2];
+            const int rings = std::max(std::max(cz - lo[0], hi[0] - cz), std::max(cy - lo[1], hi[1] - cy));
+            S.rows.clear();
+            for (int k = 0; k <= rings; ++k)
+                for (int z = std::max(lo[0], cz - k); z <= std::min(hi[0], cz + k); ++z) {
+                    if (z == cz - k || z == cz + k) {  // a whole edge of the ring
+                        for (int y = std::max(lo[1], cy - k); y <= std::min(hi[1], cy + k); ++y) S.rows.push_back(z * Ny + y);
+                    } else {  // its two sides
+                        if (cy - k >= lo[1] && cy - k <= hi[1]) S.rows.push_back(z * Ny + cy - k);
+                        if (k > 0 && cy + k >= lo[1] && cy + k <= hi[1]) S.rows.push_back(z * Ny + cy + k);
                     }
                 }
-            // pass 2: the rest, rows nearest j's centre first (rings of growing max(|dz|, |dy|)),
-            // and in a row outward from the centre: voxels inside j come first, so a pair that
-            // passes the threshold is decided after few tests (a count below it visits all)
+            // pass 1: i's voxels in j's certain runs (kernel, else inner spheres) from i's row sums
+            int res = 0;
+            S.spans.resize(4 * S.rows.size());
+            size_t visited = 0;
+            for (; visited < S.rows.size() && res <= overlap_maximal; ++visited) {
+                const int r = S.rows[visited], z = r / Ny, y = r % Ny;
+                int* sp = &S.spans[4 * visited];
+                int x0, x1, xa, xb;
+                if (!row_ranges(z, y, x0, x1, xa, xb)) {
+                    sp[0] = 1, sp[1] = 0;
+                    continue;
+                }
+                const int32_t* pre = &rendered_prefix[(size_t)r * (Nx + 1)];
+                const int in_row = pre[x1 + 1] - pre[x0];
+                if (in_row == 0) {  // none of i's voxels here: nothing to count or test
+                    sp[0] = 1, sp[1] = 0;
+                    continue;
+                }
+                int run = xa <= xb ? pre[xb + 1] - pre[xa] : 0;
+                int ka, kb;
+                if (run < in_row && !full_j && !(z == cz && y == cy) &&
+                    S.kernel_rows.span(cj.center, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], x0, x1, ka, kb) &&
+                    pre[kb + 1] - pre[ka] > run)
+                    xa = ka, xb = kb, run = pre[kb + 1] - pre[ka];
+                sp[0] = x0, sp[1] = x1, sp[2] = xa, sp[3] = xb;
+                res += run;
+            }
+            if (res > overlap_maximal) return res;
+            // pass 2: the rest tested, in the same row order and in a row outward from the run
+            // (or from j's centre column): voxels inside j come first
             auto test = [&](const uint8_t* row, int z, int y, int x) {
                 if (row[x])
                     res += inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
                                                   (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
                                                   n_faces, locator, full_j, S.radii.data());
             };
-            auto test_row = [&](int z, int y) {
-                int x0, x1, xa, xb;
-                if (!row_ranges(z, y, x0, x1, xa, xb)) return;
-                const uint8_t* row = &rendered[(size_t)y * Nx + (size_t)z * Nx * Ny];
+            for (size_t v = 0; v < S.rows.size() && res <= overlap_maximal; ++v) {
+                const int r = S.rows[v], z = r / Ny, y = r % Ny;
+                const int* sp = &S.spans[4 * v];
+                const int x0 = sp[0], x1 = sp[1], xa = sp[2], xb = sp[3];
+                if (x0 > x1) continue;
+                const uint8_t* row = &rendered[(size_t)r * Nx];
                 int left, right;  // the run already counted lies between them
                 if (xa <= xb) {
                     left = xa - 1, right = xb + 1;
@@ -974,20 +1130,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 for (; left >= x0 || right <= x1;) {
                     if (left >= x0) test(row, z, y, left--);
                     if (right <= x1) test(row, z, y, right++);
-                    if (res > overlap_maximal) return;
-                }
-            };
-            const int cz = (int)std::lrint(cj.center[0]) - ci.bbox[0], cy = (int)std::lrint(cj.center[1]) - ci.bbox[2];
-            const int rings = std::max(std::max(cz - lo[0], hi[0] - cz), std::max(cy - lo[1], hi[1] - cy));
-            for (int k = 0; k <= rings && res <= overlap_maximal; ++k) {
-                for (int z = std::max(lo[0], cz - k); z <= std::min(hi[0], cz + k) && res <= overlap_maximal; ++z) {
-                    if (z == cz - k || z == cz + k) {  // a whole edge of the ring
-                        for (int y = std::max(lo[1], cy - k); y <= std::min(hi[1], cy + k) && res <= overlap_maximal; ++y)
-                            test_row(z, y);
-                    } else {  // its two sides
-                        if (cy - k >= lo[1] && cy - k <= hi[1]) test_row(z, cy - k);
-                        if (k > 0 && cy + k >= lo[1] && cy + k <= hi[1] && res <= overlap_maximal) test_row(z, cy + k);
-                    }
+                    if (res > overlap_maximal) break;
                 }
             }
             return res;
@@ -1010,9 +1153,10 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 // "suppressed by 3" and step 5's voxel count: count first (cheaper than the
                 // kernels), and build the kernels only when the count alone would keep j.
                 auto t0 = clock::now();
+                const double hull_keeps_below = (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
                 const bool hull_cannot_keep =
-                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside) >
-                                      (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
+                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside,
+                                                    hull_keeps_below) > hull_keeps_below;
                 int voxels = -1;
                 if (hull_cannot_keep) {
                     ++S.cnt[5];
