@@ -423,12 +423,18 @@ inline bool row_span(const float* center, const ShapeBounds& b, int z, int y, in
 // the centre bounds dx by E - Z dz - Y dy from above (nx > 0) or below (nx < 0).
 struct KernelRows {
     // per face, by coordinate (the row loops vectorise): bounds from above, from below, and
-    // the planes nearly parallel to x (they pass a whole row or none of it)
-    std::vector<double> up_e, up_z, up_y, down_e, down_z, down_y, flat_e, flat_z, flat_y;
+    // the planes nearly parallel to x (they pass a whole row or none of it). The row loops run
+    // in float: their rounding (about 1e-7 of |E| + |Z dz| + |Y dy|, a few 1e-5 / |nx| within
+    // 100 voxels of the centre) stays far inside the margin (over 1e-3 / |nx|); rows farther
+    // than kFloatReach take the double loop.
+    static constexpr double kFloatReach = 100.0;
+    std::vector<float> up_e, up_z, up_y, down_e, down_z, down_y;
+    std::vector<double> up_d, down_d, flat;  // the same planes in double; flat: (e, nz, ny)
     bool empty = true;
 
     void build(const float* center, const float* polyverts, const int32_t* faces, int n_faces) {
-        for (auto* v : {&up_e, &up_z, &up_y, &down_e, &down_z, &down_y, &flat_e, &flat_z, &flat_y}) v->clear();
+        for (auto* v : {&up_e, &up_z, &up_y, &down_e, &down_z, &down_y}) v->clear();
+        up_d.clear(), down_d.clear(), flat.clear();
         empty = false;
         for (int f = 0; f < n_faces; ++f) {
             double P[3][3];
@@ -451,12 +457,14 @@ struct KernelRows {
                 return;
             }
             if (std::fabs(nx) < 1e-9) {
-                flat_e.push_back(e), flat_z.push_back(nz), flat_y.push_back(ny);
-            } else if (nx > 0) {
-                up_e.push_back(e / nx), up_z.push_back(nz / nx), up_y.push_back(ny / nx);
-            } else {
-                down_e.push_back(e / nx), down_z.push_back(nz / nx), down_y.push_back(ny / nx);
+                flat.insert(flat.end(), {e, nz, ny});
+                continue;
             }
+            const double E = e / nx, Z = nz / nx, Y = ny / nx;
+            auto& d = nx > 0 ? up_d : down_d;
+            d.insert(d.end(), {E, Z, Y});
+            if (nx > 0) up_e.push_back((float)E), up_z.push_back((float)Z), up_y.push_back((float)Y);
+            else down_e.push_back((float)E), down_z.push_back((float)Z), down_y.push_back((float)Y);
         }
     }
 
@@ -464,24 +472,40 @@ struct KernelRows {
     bool span(const float* center, int z, int y, int x_origin, int x0, int x1, int& xa, int& xb) const {
         if (empty) return false;
         const double dz = (double)z - center[0], dy = (double)y - center[1];
-        for (size_t k = 0; k < flat_e.size(); ++k)
-            if (flat_z[k] * dz + flat_y[k] * dy > flat_e[k]) return false;
-        double hi = std::numeric_limits<double>::infinity(), lo = -hi;
-        const size_t nu = up_e.size(), nd = down_e.size();
-        const double* __restrict ue = up_e.data();
-        const double* __restrict uz = up_z.data();
-        const double* __restrict uy = up_y.data();
-        const double* __restrict de = down_e.data();
-        const double* __restrict dzp = down_z.data();
-        const double* __restrict dyp = down_y.data();
-#pragma omp simd reduction(min : hi)
-        for (size_t k = 0; k < nu; ++k) hi = std::min(hi, ue[k] - uz[k] * dz - uy[k] * dy);
-#pragma omp simd reduction(max : lo)
-        for (size_t k = 0; k < nd; ++k) lo = std::max(lo, de[k] - dzp[k] * dz - dyp[k] * dy);
+        for (size_t k = 0; k < flat.size(); k += 3)
+            if (flat[k + 1] * dz + flat[k + 2] * dy > flat[k]) return false;
+        double lo, hi;
+        if (std::fabs(dz) <= kFloatReach && std::fabs(dy) <= kFloatReach) {
+            float flo, fhi;
+            envelope((float)dz, (float)dy, flo, fhi);
+            lo = flo, hi = fhi;
+        } else {
+            hi = std::numeric_limits<double>::infinity(), lo = -hi;
+            for (size_t k = 0; k < up_d.size(); k += 3) hi = std::min(hi, up_d[k] - up_d[k + 1] * dz - up_d[k + 2] * dy);
+            for (size_t k = 0; k < down_d.size(); k += 3)
+                lo = std::max(lo, down_d[k] - down_d[k + 1] * dz - down_d[k + 2] * dy);
+        }
         if (!(lo <= hi)) return false;
         xa = std::max(x0, (int)std::ceil(center[2] + lo) - x_origin);
         xb = std::min(x1, (int)std::floor(center[2] + hi) - x_origin);
         return xa <= xb;
+    }
+
+    // the tightest bounds of the row's dx; AVX2 where the CPU has it
+    SEGRT_AVX2_CLONES void envelope(float dz, float dy, float& lo, float& hi) const {
+        const size_t nu = up_e.size(), nd = down_e.size();
+        const float* __restrict ue = up_e.data();
+        const float* __restrict uz = up_z.data();
+        const float* __restrict uy = up_y.data();
+        const float* __restrict de = down_e.data();
+        const float* __restrict dzp = down_z.data();
+        const float* __restrict dyp = down_y.data();
+        float h = std::numeric_limits<float>::infinity(), l = -h;
+#pragma omp simd reduction(min : h)
+        for (size_t k = 0; k < nu; ++k) h = std::min(h, ue[k] - uz[k] * dz - uy[k] * dy);
+#pragma omp simd reduction(max : l)
+        for (size_t k = 0; k < nd; ++k) l = std::max(l, de[k] - dzp[k] * dz - dyp[k] * dy);
+        lo = l, hi = h;
     }
 };
 
@@ -767,9 +791,20 @@ bool strictly_inside(const double* hs, size_t count, const double* p) {
 // region lies in both. 0 unless every tetrahedron is positively oriented (then they do not
 // overlap). The sum stops once past `stop_above` (the caller's question is whether it is);
 // a vertex's reach is found only when a face needs it.
+// Half-spaces by coordinate (h_z, h_y, h_x, d), for loops that vectorise.
+struct HalfSpaces {
+    std::vector<double> z, y, x, d;
+    void assign(const std::vector<double>& hs) {
+        const size_t m = hs.size() / 4;
+        z.resize(m), y.resize(m), x.resize(m), d.resize(m);
+        for (size_t k = 0; k < m; ++k) z[k] = hs[4 * k], y[k] = hs[4 * k + 1], x[k] = hs[4 * k + 2], d[k] = hs[4 * k + 3];
+    }
+    size_t size() const { return z.size(); }
+};
+
 double fan_inside_volume(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
-                         const std::vector<double>& hs, std::vector<double>& work, double stop_above) {
-    const size_t m = hs.size() / 4;
+                         const HalfSpaces& hs, std::vector<double>& work, double stop_above) {
+    const size_t m = hs.size();
     const double c[3] = {center[0], center[1], center[2]};
     int n_verts = 0;
     for (int f = 0; f < 3 * n_faces; ++f) n_verts = std::max(n_verts, faces[f] + 1);
@@ -778,7 +813,7 @@ double fan_inside_volume(const float* center, const float* polyverts, const int3
     double* reach = gap + m;             // how far along centre -> vertex the region reaches
     double* vol6 = reach + n_verts;      // 6 x each tetrahedron's volume
     for (size_t k = 0; k < m; ++k) {
-        gap[k] = -(hs[4 * k] * c[0] + hs[4 * k + 1] * c[1] + hs[4 * k + 2] * c[2] + hs[4 * k + 3]);
+        gap[k] = -(hs.z[k] * c[0] + hs.y[k] * c[1] + hs.x[k] * c[2] + hs.d[k]);
         if (!(gap[k] > 0)) return 0;
     }
     for (int f = 0; f < n_faces; ++f) {
@@ -796,11 +831,16 @@ double fan_inside_volume(const float* center, const float* polyverts, const int3
     auto reach_of = [&](int a) {
         if (reach[a] >= 0) return reach[a];
         const double dz = polyverts[3 * a] - c[0], dy = polyverts[3 * a + 1] - c[1], dx = polyverts[3 * a + 2] - c[2];
+        // only a half-space the vertex lies beyond (along > gap > 0) shortens the reach below 1
         double s = 1.0;
+        const double* __restrict hz = hs.z.data();
+        const double* __restrict hy = hs.y.data();
+        const double* __restrict hx = hs.x.data();
+        const double* __restrict g = gap;
+#pragma omp simd reduction(min : s)
         for (size_t k = 0; k < m; ++k) {
-            const double* h = &hs[4 * k];
-            const double along = h[0] * dz + h[1] * dy + h[2] * dx;
-            if (along > 0 && gap[k] < s * along) s = gap[k] / along;
+            const double along = hz[k] * dz + hy[k] * dy + hx[k] * dx;
+            s = std::min(s, along > g[k] ? g[k] / along : 1.0);
         }
         return reach[a] = std::max(0.0, s);
     };
@@ -918,6 +958,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         KernelRows kernel_rows;
         std::vector<int> rows;      // i's box rows (z * Ny + y), j's centre outward
         std::vector<int> spans;     // per visited row: x0, x1, xa, xb (xa > xb: no certain run)
+        std::vector<int64_t> hard;  // pairs steps 1-2 left undecided
         int64_t cnt[6] = {0, 0, 0, 0, 0, 0};
         double secs[4] = {0, 0, 0, 0};  // kernel, hull, voxel count, hull building
     };
@@ -925,6 +966,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     for (auto& s : scratch) s.polyverts.resize(3 * n_rays);
     std::vector<float> polyverts_i(3 * n_rays);
     std::vector<double> kernel_i, hull_i;
+    HalfSpaces hull_i_soa;
     bool hull_i_ok = false;
     Polytope kernel_poly, hull_poly;
     double kernel_vol_i = 0;
@@ -964,29 +1006,42 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 }
         st.pairs_considered += (int64_t)todo.size();
 
-        // steps 1 and 2 (spheres and boxes: cheap, here); the pairs they leave go to the team
+        // steps 1 and 2 (boxes and spheres: cheap); the pairs they leave go on to the team
+        auto bounds = [&](int64_t t0_, int64_t t1_, int tid) {
+            Scratch& S = scratch[tid];
+            for (int64_t t = t0_; t < t1_; ++t) {
+                const int64_t j = todo[t];
+                const Cand& cj = cand[j];
+                // 1. upper bound (boxes apart: no overlap whatever the spheres say)
+                const float A_box = intersect_bbox(ci.bbox, cj.bbox);
+                if (A_box < 1.e-10f) {
+                    ++S.cnt[0];
+                    continue;
+                }
+                const float A_min = std::fmin(ci.volume, cj.volume);
+                float A_inter = std::fmin(intersect_sphere_isotropic(ci.r_outer_iso, ci.center, cj.r_outer_iso, cj.center, aniso),
+                                          A_box);
+                float iou = std::fmin(1.f, A_inter / (A_min + 1e-10));
+                if (A_inter < 1.e-10 || iou <= thresh) {
+                    ++S.cnt[0];
+                    continue;
+                }
+                // 2. inner spheres
+                A_inter = intersect_sphere_isotropic(ci.r_inner_iso, ci.center, cj.r_inner_iso, cj.center, aniso);
+                iou = std::fmax(0.f, A_inter / (A_min + 1e-10));
+                if (iou > thresh) {
+                    ++S.cnt[1];
+                    suppressed[j] = 1;
+                    continue;
+                }
+                S.hard.push_back(j);
+            }
+        };
+        for (auto& S : scratch) S.hard.clear();
+        if (threads > 1 && todo.size() >= 4096) parallel_for_tid((int64_t)todo.size(), threads, bounds);
+        else bounds(0, (int64_t)todo.size(), 0);
         hard.clear();
-        for (const int64_t j : todo) {
-            const Cand& cj = cand[j];
-            const float A_min = std::fmin(ci.volume, cj.volume);
-            // 1. upper bound
-            float A_inter = std::fmin(intersect_sphere_isotropic(ci.r_outer_iso, ci.center, cj.r_outer_iso, cj.center, aniso),
-                                      intersect_bbox(ci.bbox, cj.bbox));
-            float iou = std::fmin(1.f, A_inter / (A_min + 1e-10));
-            if (A_inter < 1.e-10 || iou <= thresh) {
-                ++scratch[0].cnt[0];
-                continue;
-            }
-            // 2. inner spheres
-            A_inter = intersect_sphere_isotropic(ci.r_inner_iso, ci.center, cj.r_inner_iso, cj.center, aniso);
-            iou = std::fmax(0.f, A_inter / (A_min + 1e-10));
-            if (iou > thresh) {
-                ++scratch[0].cnt[1];
-                suppressed[j] = 1;
-                continue;
-            }
-            hard.push_back(j);
-        }
+        for (const auto& S : scratch) hard.insert(hard.end(), S.hard.begin(), S.hard.end());
         if (hard.empty()) continue;
 
         // what the remaining tests need of i, built before the team starts (a lazily built
@@ -1002,6 +1057,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             const auto t0 = clock::now();
             hull_i_ok = convex_hull_halfspaces(polyverts_i.data(), n_rays, hull_i);
             if (hull_i_ok) {
+                hull_i_soa.assign(hull_i);
                 double blo[3], bhi[3];
                 for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
                 hull_poly.box(blo, bhi);
@@ -1155,7 +1211,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 auto t0 = clock::now();
                 const double hull_keeps_below = (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
                 const bool hull_cannot_keep =
-                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i, S.inside,
+                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i_soa, S.inside,
                                                     hull_keeps_below) > hull_keeps_below;
                 int voxels = -1;
                 if (hull_cannot_keep) {
@@ -1229,9 +1285,33 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 S.secs[3] += std::chrono::duration<double>(clock::now() - t0).count();
                 if (hull_j_ok && strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
                     strictly_inside(S.hull_j.data(), S.hull_j.size() / 4, mid)) {
+                    // clipping only shrinks the volume: j's corners' box first, then j's facets
+                    // in a strided order, stopping once the volume is below the threshold
+                    // (j is kept whatever the rest would cut)
+                    const double keep_below = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
                     S.P = hull_poly;
-                    for (size_t f = 0; f < S.hull_j.size() / 4 && !S.P.empty(); ++f) S.P.clip(&S.hull_j[4 * f]);
-                    A_hull = (float)S.P.volume();
+                    double jlo[3], jhi[3];
+                    for (int k = 0; k < 3; ++k) jlo[k] = INFINITY, jhi[k] = -INFINITY;
+                    for (int a = 0; a < n_rays; ++a)
+                        for (int k = 0; k < 3; ++k) {
+                            jlo[k] = std::min(jlo[k], (double)S.polyverts[3 * a + k]);
+                            jhi[k] = std::max(jhi[k], (double)S.polyverts[3 * a + k]);
+                        }
+                    for (int k = 0; k < 3; ++k) {
+                        double h[4] = {0, 0, 0, 0};
+                        h[k] = 1, h[3] = -(jhi[k] + 1e-3);
+                        S.P.clip(h);
+                        h[k] = -1, h[3] = jlo[k] - 1e-3;
+                        S.P.clip(h);
+                    }
+                    const size_t nh = S.hull_j.size() / 4;
+                    const size_t stride = 16;
+                    bool below = S.P.volume() <= keep_below;
+                    for (size_t r = 0; r < stride && !below && !S.P.empty(); ++r) {
+                        for (size_t f = r; f < nh && !S.P.empty(); f += stride) S.P.clip(&S.hull_j[4 * f]);
+                        if (r + 1 < stride && S.P.volume() <= keep_below) below = true;
+                    }
+                    A_hull = below ? 0.f : (float)S.P.volume();
                 }
                 t1 = clock::now();
                 S.secs[1] += std::chrono::duration<double>(t1 - t0).count();

@@ -31,6 +31,14 @@
 #include <cstdint>
 #include <vector>
 
+// A function compiled twice, for AVX2 and for the baseline, the loader picking one for the
+// CPU (ifunc: GCC / Clang on x86-64 ELF); elsewhere the baseline only.
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+#define SEGRT_AVX2_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SEGRT_AVX2_CLONES
+#endif
+
 namespace segrt {
 namespace starnms {
 
