@@ -15,12 +15,12 @@
 // checks the neighbours of a kept polyhedron on all cores. Two shortcuts change only the
 // work, never the answer: a certified lower bound on the hull overlap (the candidate's
 // tetrahedra shrunk into i's hull) shows when test 4 cannot keep j, and then test 5 runs
-// first and test 3 only if 5 would keep; and the voxel test brackets each voxel's distance
-// from the centre between the nearest face plane and the farthest face corner of the few
-// faces whose cones meet its direction, so most voxels need no tetrahedron test. The voxel
-// count skips, per row, the voxels beyond j's farthest corner, takes those nearer than j's
-// nearest face plane from i's row sums, and tests the rest from j's centre outward, so a
-// pair past the threshold stops after few tests.
+// first and test 3 only if 5 would keep; and test 5 counts row by row: j's voxels in a row
+// lie between the row's crossings of j's face triangles (parity), counted from i's row sums,
+// so only voxels near a crossing take StarDist's float test; rows nearest j's centre go
+// first, so a pair past the threshold stops early. Kept polyhedra are rendered with the
+// float test, each voxel's distance from the centre bracketed between the nearest face
+// plane and the farthest corner of the few faces whose cones meet its direction.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -415,98 +415,108 @@ inline bool row_span(const float* center, const ShapeBounds& b, int z, int y, in
     return x0 <= x1;
 }
 
-// The kernel of a polyhedron (the points on the centre's side of every face plane) row by
-// row: a kernel point lies in the cone of some face and on the centre's side of its plane,
-// so in its tetrahedron, i.e. inside. For a candidate near an object's edge the kernel holds
-// most of the polyhedron where its inner spheres hold little. Planes in double, each pulled
-// towards the centre by face_radii's margin; a face plane nz dz + ny dy + nx dx <= e about
-// the centre bounds dx by E - Z dz - Y dy from above (nx > 0) or below (nx < 0).
-struct KernelRows {
-    // per face, by coordinate (the row loops vectorise): bounds from above, from below, and
-    // the planes nearly parallel to x (they pass a whole row or none of it). The row loops run
-    // in float: their rounding (about 1e-7 of |E| + |Z dz| + |Y dy|, a few 1e-5 / |nx| within
-    // 100 voxels of the centre) stays far inside the margin (over 1e-3 / |nx|); rows farther
-    // than kFloatReach take the double loop.
-    static constexpr double kFloatReach = 100.0;
-    std::vector<float> up_e, up_z, up_y, down_e, down_z, down_y;
-    std::vector<double> up_d, down_d, flat;  // the same planes in double; flat: (e, nz, ny)
-    bool empty = true;
+// A polyhedron's voxels row by row. A row (a line along x) enters and leaves the polyhedron
+// where it crosses a face triangle (the faces close around the centre: the union of the
+// centre's tetrahedra is the inside), so between crossings its voxels are inside or outside
+// by parity, and only voxels near a crossing need StarDist's float test. A crossing is
+// found only far past rounding: a row within 1e-4 of a triangle's edge (seen along x), or
+// along a triangle's plane, is "uncertain" and its voxels are all tested; a voxel is "near"
+// a crossing within 1e-3 of the face's plane (along x: 1e-3 / |n_x| of the unit normal).
+struct RowCrossings {
+    static constexpr double kEdge = 1e-4, kPlane = 1e-3;
+    struct Face {
+        double az, ay, ax, bz, by, bx, cz, cy, cx;
+        double inv_l0, inv_l1, inv_l2;  // edge lengths seen along x (a-b, b-c, c-a), inverted
+        double sign, inv_area2, margin_x;
+        float ylo, yhi;
+        bool edge_on;  // seen edge-on along x: a row near it is uncertain
+    };
+    std::vector<Face> face;
+    int z0 = 0;                          // the first integer dz listed
+    std::vector<int> zstart, zlist;      // faces whose z extent holds each integer dz
+    std::vector<float> band_ylo, band_yhi;  // their y extents, in the same order
+    std::vector<std::pair<double, double>> xs;  // the row's crossings (dx about the centre, margin along x)
 
     void build(const float* center, const float* polyverts, const int32_t* faces, int n_faces) {
-        for (auto* v : {&up_e, &up_z, &up_y, &down_e, &down_z, &down_y}) v->clear();
-        up_d.clear(), down_d.clear(), flat.clear();
-        empty = false;
+        face.resize(n_faces);
+        double zmin = INFINITY, zmax = -INFINITY;
+        std::vector<double>& zr = zrange;
+        zr.resize(2 * (size_t)n_faces);
         for (int f = 0; f < n_faces; ++f) {
-            double P[3][3];
+            double T[9];
             for (int k = 0; k < 3; ++k)
-                for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q];
-            const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
-            const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
-            double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2], nx = e1[0] * e2[1] - e1[1] * e2[0];
-            const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
-            if (!(len > 0)) {
-                empty = true;
-                return;
-            }
-            nz /= len, ny /= len, nx /= len;
-            double e = nz * P[0][0] + ny * P[0][1] + nx * P[0][2];
-            if (e < 0) nz = -nz, ny = -ny, nx = -nx, e = -e;
-            e = e * (1.0 - 1e-4) - 1e-3;
-            if (!(e > 0)) {
-                empty = true;
-                return;
-            }
-            if (std::fabs(nx) < 1e-9) {
-                flat.insert(flat.end(), {e, nz, ny});
-                continue;
-            }
-            const double E = e / nx, Z = nz / nx, Y = ny / nx;
-            auto& d = nx > 0 ? up_d : down_d;
-            d.insert(d.end(), {E, Z, Y});
-            if (nx > 0) up_e.push_back((float)E), up_z.push_back((float)Z), up_y.push_back((float)Y);
-            else down_e.push_back((float)E), down_z.push_back((float)Z), down_y.push_back((float)Y);
+                for (int q = 0; q < 3; ++q) T[3 * k + q] = (double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q];
+            Face& F = face[f];
+            F.az = T[0], F.ay = T[1], F.ax = T[2], F.bz = T[3], F.by = T[4], F.bx = T[5], F.cz = T[6], F.cy = T[7], F.cx = T[8];
+            const double l0 = std::sqrt((F.bz - F.az) * (F.bz - F.az) + (F.by - F.ay) * (F.by - F.ay));
+            const double l1 = std::sqrt((F.cz - F.bz) * (F.cz - F.bz) + (F.cy - F.by) * (F.cy - F.by));
+            const double l2 = std::sqrt((F.az - F.cz) * (F.az - F.cz) + (F.ay - F.cy) * (F.ay - F.cy));
+            const double area2 = (F.bz - F.az) * (F.cy - F.ay) - (F.by - F.ay) * (F.cz - F.az);
+            F.edge_on = !(std::fabs(area2) > 1e-9 * (l0 * l1 + l1 * l2 + l2 * l0)) || !(l0 > 0 && l1 > 0 && l2 > 0);
+            F.inv_l0 = F.edge_on ? 0 : 1 / l0, F.inv_l1 = F.edge_on ? 0 : 1 / l1, F.inv_l2 = F.edge_on ? 0 : 1 / l2;
+            F.sign = area2 > 0 ? 1.0 : -1.0;
+            F.inv_area2 = F.edge_on ? 0 : 1 / area2;
+            const double ez[3] = {F.bz - F.az, F.by - F.ay, F.bx - F.ax}, ey[3] = {F.cz - F.az, F.cy - F.ay, F.cx - F.ax};
+            const double nz = ez[1] * ey[2] - ez[2] * ey[1], ny = ez[2] * ey[0] - ez[0] * ey[2];
+            F.margin_x = F.edge_on ? 0 : kPlane * std::sqrt(nz * nz + ny * ny + area2 * area2) / std::fabs(area2);
+            const double lo_z = std::min({F.az, F.bz, F.cz}), hi_z = std::max({F.az, F.bz, F.cz});
+            const double lo_y = std::min({F.ay, F.by, F.cy}), hi_y = std::max({F.ay, F.by, F.cy});
+            const double w = 1e-3 + 1e-6 * std::max({std::fabs(lo_z), std::fabs(hi_z), std::fabs(lo_y), std::fabs(hi_y)});
+            F.ylo = (float)(lo_y - w), F.yhi = (float)(hi_y + w);
+            zr[2 * f] = lo_z - w, zr[2 * f + 1] = hi_z + w;
+            zmin = std::min(zmin, zr[2 * f]), zmax = std::max(zmax, zr[2 * f + 1]);
         }
+        z0 = (int)std::floor(zmin);
+        const int nz = (int)std::ceil(zmax) - z0 + 1;
+        zstart.assign(nz + 1, 0);
+        for (int f = 0; f < n_faces; ++f)
+            for (int z = (int)std::ceil(zr[2 * f]); z <= (int)std::floor(zr[2 * f + 1]); ++z) ++zstart[z - z0 + 1];
+        for (int k = 0; k < nz; ++k) zstart[k + 1] += zstart[k];
+        zlist.resize(zstart[nz]), band_ylo.resize(zstart[nz]), band_yhi.resize(zstart[nz]);
+        fill.assign(zstart.begin(), zstart.end() - 1);
+        for (int f = 0; f < n_faces; ++f)
+            for (int z = (int)std::ceil(zr[2 * f]); z <= (int)std::floor(zr[2 * f + 1]); ++z) {
+                const int t = fill[z - z0]++;
+                zlist[t] = f, band_ylo[t] = face[f].ylo, band_yhi[t] = face[f].yhi;
+            }
     }
 
-    // [xa, xb] (box coordinates) of the row (z, y) in the kernel, within [x0, x1]; false: none
-    bool span(const float* center, int z, int y, int x_origin, int x0, int x1, int& xa, int& xb) const {
-        if (empty) return false;
-        const double dz = (double)z - center[0], dy = (double)y - center[1];
-        for (size_t k = 0; k < flat.size(); k += 3)
-            if (flat[k + 1] * dz + flat[k + 2] * dy > flat[k]) return false;
-        double lo, hi;
-        if (std::fabs(dz) <= kFloatReach && std::fabs(dy) <= kFloatReach) {
-            float flo, fhi;
-            envelope((float)dz, (float)dy, flo, fhi);
-            lo = flo, hi = fhi;
+    // the crossings of the row at integer offsets (dz, dy) from the centre, sorted; false:
+    // uncertain (the centre lies on the lattice, so the offsets are integers)
+    bool row(int dz, int dy) {
+        xs.clear();
+        const int k = dz - z0;
+        if (k < 0 || k + 1 >= (int)zstart.size()) return true;  // beyond every face: no crossing
+        const double z = dz, y = dy;
+        const float fy = (float)dy;
+        const float* ylo = band_ylo.data();
+        const float* yhi = band_yhi.data();
+        for (int t = zstart[k]; t < zstart[k + 1]; ++t) {
+            if (fy < ylo[t] || fy > yhi[t]) continue;
+            const Face& F = face[zlist[t]];
+            if (F.edge_on) return false;
+            // edge functions of (z, y) against the triangle seen along x, as distances (> 0 inside)
+            const double w0 = (F.bz - F.az) * (y - F.ay) - (F.by - F.ay) * (z - F.az);  // a-b: weight of c
+            const double w1 = (F.cz - F.bz) * (y - F.by) - (F.cy - F.by) * (z - F.bz);  // b-c: weight of a
+            const double w2 = (F.az - F.cz) * (y - F.cy) - (F.ay - F.cy) * (z - F.cz);  // c-a: weight of b
+            const double d0 = F.sign * w0 * F.inv_l0, d1 = F.sign * w1 * F.inv_l1, d2 = F.sign * w2 * F.inv_l2;
+            if (d0 < -kEdge || d1 < -kEdge || d2 < -kEdge) continue;  // the row misses it
+            if (d0 <= kEdge || d1 <= kEdge || d2 <= kEdge) return false;  // too near an edge
+            const double x = (w1 * F.ax + w2 * F.bx + w0 * F.cx) * F.inv_area2;
+            xs.push_back({x, F.margin_x + 1e-9 * std::fabs(x)});
+        }
+        if (xs.size() % 2) return false;
+        if (xs.size() == 2) {
+            if (xs[1].first < xs[0].first) std::swap(xs[0], xs[1]);
         } else {
-            hi = std::numeric_limits<double>::infinity(), lo = -hi;
-            for (size_t k = 0; k < up_d.size(); k += 3) hi = std::min(hi, up_d[k] - up_d[k + 1] * dz - up_d[k + 2] * dy);
-            for (size_t k = 0; k < down_d.size(); k += 3)
-                lo = std::max(lo, down_d[k] - down_d[k + 1] * dz - down_d[k + 2] * dy);
+            std::sort(xs.begin(), xs.end());
         }
-        if (!(lo <= hi)) return false;
-        xa = std::max(x0, (int)std::ceil(center[2] + lo) - x_origin);
-        xb = std::min(x1, (int)std::floor(center[2] + hi) - x_origin);
-        return xa <= xb;
+        return true;
     }
 
-    // the tightest bounds of the row's dx; AVX2 where the CPU has it
-    SEGRT_AVX2_CLONES void envelope(float dz, float dy, float& lo, float& hi) const {
-        const size_t nu = up_e.size(), nd = down_e.size();
-        const float* __restrict ue = up_e.data();
-        const float* __restrict uz = up_z.data();
-        const float* __restrict uy = up_y.data();
-        const float* __restrict de = down_e.data();
-        const float* __restrict dzp = down_z.data();
-        const float* __restrict dyp = down_y.data();
-        float h = std::numeric_limits<float>::infinity(), l = -h;
-#pragma omp simd reduction(min : h)
-        for (size_t k = 0; k < nu; ++k) h = std::min(h, ue[k] - uz[k] * dz - uy[k] * dy);
-#pragma omp simd reduction(max : l)
-        for (size_t k = 0; k < nd; ++k) l = std::max(l, de[k] - dzp[k] * dz - dyp[k] * dy);
-        lo = l, hi = h;
-    }
+  private:
+    std::vector<double> zrange;
+    std::vector<int> fill;
 };
 
 // ---- convex volumes without qhull -----------------------------------------------------
@@ -954,10 +964,9 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         std::vector<double> hs, hull_j;
         Polytope P;
         std::vector<double> inside;
-        std::vector<float> radii;
-        KernelRows kernel_rows;
+        RowCrossings crossings;
         std::vector<int> rows;      // i's box rows (z * Ny + y), j's centre outward
-        std::vector<int> spans;     // per visited row: x0, x1, xa, xb (xa > xb: no certain run)
+        std::vector<int> near;      // a row's voxels near a crossing
         std::vector<int64_t> hard;  // pairs steps 1-2 left undecided
         int64_t cnt[6] = {0, 0, 0, 0, 0, 0};
         double secs[4] = {0, 0, 0, 0};  // kernel, hull, voxel count, hull building
@@ -1101,25 +1110,17 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             const float A_min = std::fmin(ci.volume, cj.volume);
             const float overlap_maximal = (A_min + 1e-10) * thresh;
             const bool full_j = has_short_ray(dj, n_rays);
-            face_radii(cj.center, S.polyverts.data(), faces, n_faces, S.radii);
-            // In a row of i's box only voxels within j's outer spheres can test inside j (far
-            // past rounding: inside_polyhedron_fast's bounds per face lie within them).
-            // Not j's box: StarDist's float test takes a few voxels outside the rounded box of
-            // jagged polyhedra (a measured mismatch when the count was limited to it).
+            // Every row of i's box, not only j's box: StarDist's float test takes a few voxels
+            // outside the rounded box of jagged polyhedra (a measured mismatch when the count
+            // was limited to it). j's voxels in a row from its crossings (RowCrossings), i's
+            // counted from i's row sums; the voxels near a crossing, j's centre voxel (the full
+            // loop) and uncertain rows by StarDist's test.
+            // (rows meet j's centre at integer offsets: the centre lies on the voxel lattice, as
+            // every candidate's does; a centre off it takes StarDist's test for every voxel)
+            const bool on_lattice = cj.center[0] == std::floor(cj.center[0]) && cj.center[1] == std::floor(cj.center[1]);
+            const bool rows_by_test = full_j || !on_lattice;
+            if (!rows_by_test) S.crossings.build(cj.center, S.polyverts.data(), faces, n_faces);
             const int lo[3] = {0, 0, 0}, hi[3] = {Nz - 1, Ny - 1, Nx - 1};
-            // Within j's inner spheres (shape_bounds) every voxel is inside j, so there i's
-            // voxels are counted from i's row sums without a test; per row of i's box: [x0, x1]
-            // within j's outer spheres, [xa, xb] within an inner one. Pass 1 counts the inner
-            // runs, pass 2 tests the rest.
-            ShapeBounds bounds_j;
-            shape_bounds(cj.center, S.polyverts.data(), faces, n_faces, S.radii, aniso, bounds_j);
-            auto row_ranges = [&](int z, int y, int& x0, int& x1, int& xa, int& xb) -> bool {
-                x0 = lo[2], x1 = hi[2], xa = 1, xb = 0;
-                return full_j || row_span(cj.center, bounds_j, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], lo[2],
-                                          hi[2], x0, x1, xa, xb);
-            };
-            // j's centre row keeps its centre voxel out of every certain run (full loop there)
-            if (!full_j) S.kernel_rows.build(cj.center, S.polyverts.data(), faces, n_faces);
             // rows nearest j's centre first (rings of growing max(|dz|, |dy|)): a pair that
             // passes the threshold is decided after few rows
             const int cz = (int)std::lrint(cj.center[0]) - ci.bbox[0], cy = (int)std::lrint(cj.center[1]) - ci.bbox[2];
@@ -1134,60 +1135,51 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                         if (k > 0 && cy + k >= lo[1] && cy + k <= hi[1]) S.rows.push_back(z * Ny + cy + k);
                     }
                 }
-            // pass 1: i's voxels in j's certain runs (kernel, else inner spheres) from i's row sums
             int res = 0;
-            S.spans.resize(4 * S.rows.size());
-            size_t visited = 0;
-            for (; visited < S.rows.size() && res <= overlap_maximal; ++visited) {
-                const int r = S.rows[visited], z = r / Ny, y = r % Ny;
-                int* sp = &S.spans[4 * visited];
-                int x0, x1, xa, xb;
-                if (!row_ranges(z, y, x0, x1, xa, xb)) {
-                    sp[0] = 1, sp[1] = 0;
-                    continue;
-                }
-                const int32_t* pre = &rendered_prefix[(size_t)r * (Nx + 1)];
-                const int in_row = pre[x1 + 1] - pre[x0];
-                if (in_row == 0) {  // none of i's voxels here: nothing to count or test
-                    sp[0] = 1, sp[1] = 0;
-                    continue;
-                }
-                int run = xa <= xb ? pre[xb + 1] - pre[xa] : 0;
-                int ka, kb;
-                if (run < in_row && !full_j && !(z == cz && y == cy) &&
-                    S.kernel_rows.span(cj.center, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], x0, x1, ka, kb) &&
-                    pre[kb + 1] - pre[ka] > run)
-                    xa = ka, xb = kb, run = pre[kb + 1] - pre[ka];
-                sp[0] = x0, sp[1] = x1, sp[2] = xa, sp[3] = xb;
-                res += run;
-            }
-            if (res > overlap_maximal) return res;
-            // pass 2: the rest tested, in the same row order and in a row outward from the run
-            // (or from j's centre column): voxels inside j come first
-            auto test = [&](const uint8_t* row, int z, int y, int x) {
-                if (row[x])
-                    res += inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
-                                                  (float)(x + ci.bbox[4]), cj.center, S.polyverts.data(), faces,
-                                                  n_faces, locator, full_j, S.radii.data());
+            auto test = [&](int z, int y, int x) {
+                return inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]), (float)(x + ci.bbox[4]),
+                                              cj.center, S.polyverts.data(), faces, n_faces, locator, full_j);
             };
+            const double cxj = cj.center[2] - ci.bbox[4];  // j's centre column in box coordinates
             for (size_t v = 0; v < S.rows.size() && res <= overlap_maximal; ++v) {
                 const int r = S.rows[v], z = r / Ny, y = r % Ny;
-                const int* sp = &S.spans[4 * v];
-                const int x0 = sp[0], x1 = sp[1], xa = sp[2], xb = sp[3];
-                if (x0 > x1) continue;
+                const int32_t* pre = &rendered_prefix[(size_t)r * (Nx + 1)];
+                if (pre[Nx] == 0) continue;  // none of i's voxels here
                 const uint8_t* row = &rendered[(size_t)r * Nx];
-                int left, right;  // the run already counted lies between them
-                if (xa <= xb) {
-                    left = xa - 1, right = xb + 1;
-                } else {
-                    const int c = std::min(std::max((int)std::lrint(cj.center[2]) - ci.bbox[4], x0), x1);
-                    left = c, right = c + 1;
+                const int dz = z + ci.bbox[0] - (int)cj.center[0], dy = y + ci.bbox[2] - (int)cj.center[1];
+                if (rows_by_test || !S.crossings.row(dz, dy)) {
+                    for (int x = 0; x < Nx; ++x)
+                        if (row[x]) res += test(z, y, x);
+                    continue;
                 }
-                for (; left >= x0 || right <= x1;) {
-                    if (left >= x0) test(row, z, y, left--);
-                    if (right <= x1) test(row, z, y, right++);
-                    if (res > overlap_maximal) break;
+                // voxels near a crossing (and j's centre voxel) are tested, the rest counted
+                S.near.clear();
+                for (const auto& c : S.crossings.xs) {
+                    const int a = std::max(0, (int)std::ceil(cxj + c.first - c.second));
+                    const int b = std::min(Nx - 1, (int)std::floor(cxj + c.first + c.second));
+                    for (int x = a; x <= b; ++x) S.near.push_back(x);
                 }
+                if (dz == 0 && dy == 0) {
+                    const int c = (int)std::lrint(cxj);
+                    if (c >= 0 && c < Nx) S.near.push_back(c);
+                }
+                if (S.near.size() > 1) {
+                    std::sort(S.near.begin(), S.near.end());
+                    S.near.erase(std::unique(S.near.begin(), S.near.end()), S.near.end());
+                }
+                const auto& xs = S.crossings.xs;
+                size_t q = 0;  // the first near voxel not yet passed
+                for (size_t k = 0; k + 1 < xs.size(); k += 2) {
+                    const int a = std::max(0, (int)std::floor(cxj + xs[k].first) + 1);
+                    const int b = std::min(Nx - 1, (int)std::ceil(cxj + xs[k + 1].first) - 1);
+                    if (a > b) continue;
+                    res += pre[b + 1] - pre[a];
+                    // near voxels inside this run were counted: their test decides instead
+                    while (q < S.near.size() && S.near[q] < a) ++q;
+                    for (size_t u = q; u < S.near.size() && S.near[u] <= b; ++u) res -= row[S.near[u]];
+                }
+                for (const int x : S.near)
+                    if (row[x]) res += test(z, y, x);
             }
             return res;
         };
