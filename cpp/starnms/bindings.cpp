@@ -79,6 +79,8 @@ py::dict stats_3d(const Nms3DStats& s) {
     d["decided_hull"] = s.decided_hull;
     d["decided_render"] = s.decided_render;
     d["hull_skipped"] = s.hull_skipped;
+    d["kernel_tested"] = s.kernel_tested;
+    d["hull_tested"] = s.hull_tested;
     d["seconds_kernel"] = s.seconds_kernel;
     d["seconds_hull"] = s.seconds_hull;
     d["seconds_render"] = s.seconds_render;

@@ -13,9 +13,11 @@
 // same set, but computes the convex volumes by clipping a box with the half-spaces (no
 // qhull), renders each kept polyhedron once, finds neighbours through spatial buckets and
 // checks the neighbours of a kept polyhedron on all cores. Two shortcuts change only the
-// work, never the answer: a certified lower bound on the hull overlap (the candidate's
-// tetrahedra shrunk into i's hull) shows when test 4 cannot keep j, and then test 5 runs
-// first and test 3 only if 5 would keep; and test 5 counts row by row: j's voxels in a row
+// work, never the answer: tests 3-5 amount to "suppressed by 3, else by 5 unless 4 keeps",
+// so test 5 runs first (3 follows only where 5 would keep; where 5 suppresses, a certified
+// lower bound on the hull overlap, the candidate's tetrahedra shrunk into i's hull, mostly
+// shows that 4 cannot keep j, and the hulls are built only for the rest); and test 5
+// counts row by row: j's voxels in a row
 // lie between the row's crossings of j's face triangles (parity), counted from i's row sums,
 // so only voxels near a crossing take StarDist's float test; rows nearest j's centre go
 // first, so a pair past the threshold stops early. Kept polyhedra are rendered with the
@@ -717,70 +719,98 @@ bool convex_hull_halfspaces(const float* pts, int n, std::vector<double>& out) {
         if (s > best) best = s, i3 = i;
     }
     if (i3 < 0 || best / std::sqrt(dot(n012, n012)) <= eps) return false;
-    struct Face {
-        int a, b, c;
-        V3 n;  // unit outward normal
-        double d;
-    };
-    std::vector<Face> faces;
-    faces.reserve(4 * n);
+    // faces by coordinate (the visibility test over all faces vectorises); a face that a
+    // point sees is marked dead rather than removed, and the dead are swept out only once
+    // they are the majority: the living keep their order, so the facets come out as an eager
+    // removal would give them
+    struct Faces {
+        std::vector<int> a, b, c;
+        std::vector<double> nz, ny, nx, d, side;
+        std::vector<uint8_t> alive;
+        size_t dead = 0;
+        size_t size() const { return a.size(); }
+    } F;
     const V3 inner{(p[i0].z + p[i1].z + p[i2].z + p[i3].z) / 4, (p[i0].y + p[i1].y + p[i2].y + p[i3].y) / 4,
                    (p[i0].x + p[i1].x + p[i2].x + p[i3].x) / 4};
     auto add_face = [&](int a, int b, int c) {
         V3 nn = cross(sub(p[b], p[a]), sub(p[c], p[a]));
         const double len = std::sqrt(dot(nn, nn));
         if (len > 0) nn = {nn.z / len, nn.y / len, nn.x / len};
-        faces.push_back({a, b, c, nn, -dot(nn, p[a])});
+        F.a.push_back(a), F.b.push_back(b), F.c.push_back(c);
+        F.nz.push_back(nn.z), F.ny.push_back(nn.y), F.nx.push_back(nn.x), F.d.push_back(-dot(nn, p[a]));
+        F.alive.push_back(1);
     };
     auto make = [&](int a, int b, int c) {
         const V3 nn = cross(sub(p[b], p[a]), sub(p[c], p[a]));
         if (dot(nn, sub(inner, p[a])) > 0) std::swap(b, c);
         add_face(a, b, c);
     };
+    auto sweep = [&]() {
+        size_t w = 0;
+        for (size_t f = 0; f < F.size(); ++f)
+            if (F.alive[f]) {
+                F.a[w] = F.a[f], F.b[w] = F.b[f], F.c[w] = F.c[f];
+                F.nz[w] = F.nz[f], F.ny[w] = F.ny[f], F.nx[w] = F.nx[f], F.d[w] = F.d[f], F.alive[w] = 1;
+                ++w;
+            }
+        for (auto* v : {&F.a, &F.b, &F.c}) v->resize(w);
+        for (auto* v : {&F.nz, &F.ny, &F.nx, &F.d}) v->resize(w);
+        F.alive.resize(w);
+        F.dead = 0;
+    };
     make(i0, i1, i2);
     make(i0, i1, i3);
     make(i0, i2, i3);
     make(i1, i2, i3);
     std::vector<std::pair<int, int>> horizon, vis_edges;
-    std::vector<uint8_t> visible;
+    std::vector<int> visible;
     std::vector<int> edge_stamp((size_t)n * n, 0);
     int stamp = 0;
     for (int i = 0; i < n; ++i) {
         if (i == i0 || i == i1 || i == i2 || i == i3) continue;
-        const size_t nf = faces.size();
-        visible.assign(nf, 0);
-        bool any = false;
+        const size_t nf = F.size();
+        F.side.resize(nf);
+        {
+            const double pz = p[i].z, py = p[i].y, px = p[i].x;
+            const double* __restrict nz = F.nz.data();
+            const double* __restrict ny = F.ny.data();
+            const double* __restrict nx = F.nx.data();
+            const double* __restrict dd = F.d.data();
+            double* __restrict side = F.side.data();
+#pragma omp simd
+            for (size_t f = 0; f < nf; ++f) side[f] = nz[f] * pz + ny[f] * py + nx[f] * px + dd[f];
+        }
+        visible.clear();
         for (size_t f = 0; f < nf; ++f)
-            if (dot(faces[f].n, p[i]) + faces[f].d > eps) visible[f] = 1, any = true;
-        if (!any) continue;
+            if (F.side[f] > eps && F.alive[f]) visible.push_back((int)f);
+        if (visible.empty()) continue;
         // an edge of a visible face is on the horizon unless its reverse is an edge of another
         // visible face (every edge of the closed hull has one reverse): the visible faces'
         // edges are stamped in an n x n table, then each edge looks its reverse up
         ++stamp;
         vis_edges.clear();
-        for (size_t f = 0; f < nf; ++f)
-            if (visible[f]) {
-                const int e[3][2] = {{faces[f].a, faces[f].b}, {faces[f].b, faces[f].c}, {faces[f].c, faces[f].a}};
-                for (const auto& ed : e) {
-                    vis_edges.push_back({ed[0], ed[1]});
-                    edge_stamp[(size_t)ed[0] * n + ed[1]] = stamp;
-                }
+        for (const int f : visible) {
+            const int e[3][2] = {{F.a[f], F.b[f]}, {F.b[f], F.c[f]}, {F.c[f], F.a[f]}};
+            for (const auto& ed : e) {
+                vis_edges.push_back({ed[0], ed[1]});
+                edge_stamp[(size_t)ed[0] * n + ed[1]] = stamp;
             }
+        }
         horizon.clear();
         for (const auto& ed : vis_edges)
             if (edge_stamp[(size_t)ed.second * n + ed.first] != stamp) horizon.push_back(ed);
-        // drop the visible faces (keep order irrelevant), then close the hole from the horizon
-        size_t w = 0;
-        for (size_t f = 0; f < nf; ++f)
-            if (!visible[f]) faces[w++] = faces[f];
-        faces.resize(w);
+        // the visible faces go, the hole closes from the horizon
+        for (const int f : visible) F.alive[f] = 0;
+        F.dead += visible.size();
+        if (2 * F.dead > F.size()) sweep();
         for (const auto& ed : horizon) add_face(ed.first, ed.second, i);
     }
-    for (const Face& f : faces) {
-        out.push_back(f.n.z);
-        out.push_back(f.n.y);
-        out.push_back(f.n.x);
-        out.push_back(f.d);
+    for (size_t f = 0; f < F.size(); ++f) {
+        if (!F.alive[f]) continue;
+        out.push_back(F.nz[f]);
+        out.push_back(F.ny[f]);
+        out.push_back(F.nx[f]);
+        out.push_back(F.d[f]);
     }
     return out.size() >= 16;
 }
@@ -968,7 +998,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         std::vector<int> rows;      // i's box rows (z * Ny + y), j's centre outward
         std::vector<int> near;      // a row's voxels near a crossing
         std::vector<int64_t> hard;  // pairs steps 1-2 left undecided
-        int64_t cnt[6] = {0, 0, 0, 0, 0, 0};
+        int64_t cnt[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         double secs[4] = {0, 0, 0, 0};  // kernel, hull, voxel count, hull building
     };
     std::vector<Scratch> scratch(threads);
@@ -1191,133 +1221,128 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 const int64_t j = hard[t];
                 const Cand& cj = cand[j];
                 const float A_min = std::fmin(ci.volume, cj.volume);
-                float iou;
                 const float* dj = dist + j * n_rays;
                 polyhedron_polyverts(dj, cj.center, verts, n_rays, S.polyverts.data());
                 const double mid[3] = {.5 * ((double)ci.center[0] + (double)cj.center[0]),
                                        .5 * ((double)ci.center[1] + (double)cj.center[1]),
                                        .5 * ((double)ci.center[2] + (double)cj.center[2])};
-                // When the fan bound shows step 4 cannot keep j, steps 3-5 only choose between
-                // "suppressed by 3" and step 5's voxel count: count first (cheaper than the
-                // kernels), and build the kernels only when the count alone would keep j.
-                auto t0 = clock::now();
-                const double hull_keeps_below = (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
-                const bool hull_cannot_keep =
-                    !hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i_soa, S.inside,
-                                                    hull_keeps_below) > hull_keeps_below;
-                int voxels = -1;
-                if (hull_cannot_keep) {
-                    ++S.cnt[5];
-                    voxels = count_voxels(cj, dj, S);
-                    S.secs[2] += std::chrono::duration<double>(clock::now() - t0).count();
-                    if ((float)voxels / (A_min + 1e-10) > thresh) {
-                        ++S.cnt[4];
-                        suppressed[j] = 1;
-                        continue;
-                    }
-                }
-                // 3. kernels (a lower bound)
-                S.hs.resize(4 * n_faces);
-                for (int f = 0; f < n_faces; ++f)
-                    kernel_halfspace(&S.polyverts[3 * faces[3 * f]], &S.polyverts[3 * faces[3 * f + 1]],
-                                     &S.polyverts[3 * faces[3 * f + 2]], &S.hs[4 * f]);
-                t0 = clock::now();
-                float A_kernel = 0.f;
-                if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
-                    if (!kernel_poly_done.load(std::memory_order_acquire)) {
-                        std::lock_guard<std::mutex> lock(kernel_mutex);
-                        if (!kernel_poly_done.load(std::memory_order_relaxed)) {
-                            double blo[3], bhi[3];
-                            for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
-                            kernel_poly.box(blo, bhi);
-                            for (int f = 0; f < n_faces; ++f) kernel_poly.clip(&kernel_i[4 * f]);
-                            kernel_vol_i = kernel_poly.volume();
-                            kernel_poly_done.store(true, std::memory_order_release);
+                // The outcome of steps 3-5 is: suppressed by 3, or else by 5 unless 4 keeps. So
+                // the voxel count (5, cheap by rows) goes first: below the threshold only 3 can
+                // still suppress; past it, j is suppressed unless 4 keeps it (and 3 does not
+                // suppress), and the fan bound often shows that 4 cannot keep it, so that the
+                // hulls are built only for the rest.
+                auto kernel_suppresses = [&]() -> bool {
+                    ++S.cnt[6];
+                    // 3. kernels (a lower bound)
+                    S.hs.resize(4 * n_faces);
+                    for (int f = 0; f < n_faces; ++f)
+                        kernel_halfspace(&S.polyverts[3 * faces[3 * f]], &S.polyverts[3 * faces[3 * f + 1]],
+                                         &S.polyverts[3 * faces[3 * f + 2]], &S.hs[4 * f]);
+                    const auto t0 = clock::now();
+                    float A_kernel = 0.f;
+                    if (strictly_inside(kernel_i.data(), n_faces, mid) && strictly_inside(S.hs.data(), n_faces, mid)) {
+                        if (!kernel_poly_done.load(std::memory_order_acquire)) {
+                            std::lock_guard<std::mutex> lock(kernel_mutex);
+                            if (!kernel_poly_done.load(std::memory_order_relaxed)) {
+                                double blo[3], bhi[3];
+                                for (int k = 0; k < 3; ++k) blo[k] = ci.bbox[2 * k] - 1.0, bhi[k] = ci.bbox[2 * k + 1] + 1.0;
+                                kernel_poly.box(blo, bhi);
+                                for (int f = 0; f < n_faces; ++f) kernel_poly.clip(&kernel_i[4 * f]);
+                                kernel_vol_i = kernel_poly.volume();
+                                kernel_poly_done.store(true, std::memory_order_release);
+                            }
+                        }
+                        // kernel_i n kernel_j lies in kernel_i: when that alone cannot pass the
+                        // threshold, the exact volume cannot either
+                        const double floor_vol = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
+                        if (kernel_vol_i > floor_vol) {
+                            // clipping only shrinks the volume: j's box first, then j's planes in a
+                            // strided order, stopping once the volume cannot pass the threshold
+                            S.P = kernel_poly;
+                            for (int k = 0; k < 3; ++k) {
+                                double h[4] = {0, 0, 0, 0};
+                                h[k] = 1, h[3] = -(cj.bbox[2 * k + 1] + 1.0);
+                                S.P.clip(h);
+                                h[k] = -1, h[3] = cj.bbox[2 * k] - 1.0;
+                                S.P.clip(h);
+                            }
+                            bool below = S.P.volume() <= floor_vol;
+                            const int stride = 16;
+                            for (int r = 0; r < stride && !below && !S.P.empty(); ++r) {
+                                for (int f = r; f < n_faces && !S.P.empty(); f += stride) S.P.clip(&S.hs[4 * f]);
+                                if (r + 1 < stride && S.P.volume() <= floor_vol) below = true;
+                            }
+                            if (!below) A_kernel = (float)S.P.volume();
                         }
                     }
-                    // kernel_i n kernel_j lies in kernel_i: when that alone cannot pass the
-                    // threshold, the exact volume cannot either
-                    const double floor_vol = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
-                    if (kernel_vol_i > floor_vol) {
-                        // clipping only shrinks the volume: j's box first, then j's planes in a
-                        // strided order, stopping once the volume cannot pass the threshold
-                        S.P = kernel_poly;
+                    S.secs[0] += std::chrono::duration<double>(clock::now() - t0).count();
+                    const float iou = A_kernel / (A_min + 1e-10);
+                    return iou > thresh;
+                };
+                auto hull_keeps = [&]() -> bool {
+                    ++S.cnt[7];
+                    // 4. convex hulls (an upper bound)
+                    const auto t0 = clock::now();
+                    float A_hull = 1.e10f;
+                    const bool hull_j_ok = hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j);
+                    S.secs[3] += std::chrono::duration<double>(clock::now() - t0).count();
+                    if (hull_j_ok && strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
+                        strictly_inside(S.hull_j.data(), S.hull_j.size() / 4, mid)) {
+                        // clipping only shrinks the volume: j's corners' box first, then j's facets
+                        // in a strided order, stopping once the volume is below the threshold
+                        // (j is kept whatever the rest would cut)
+                        const double keep_below = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
+                        S.P = hull_poly;
+                        double jlo[3], jhi[3];
+                        for (int k = 0; k < 3; ++k) jlo[k] = INFINITY, jhi[k] = -INFINITY;
+                        for (int a = 0; a < n_rays; ++a)
+                            for (int k = 0; k < 3; ++k) {
+                                jlo[k] = std::min(jlo[k], (double)S.polyverts[3 * a + k]);
+                                jhi[k] = std::max(jhi[k], (double)S.polyverts[3 * a + k]);
+                            }
                         for (int k = 0; k < 3; ++k) {
                             double h[4] = {0, 0, 0, 0};
-                            h[k] = 1, h[3] = -(cj.bbox[2 * k + 1] + 1.0);
+                            h[k] = 1, h[3] = -(jhi[k] + 1e-3);
                             S.P.clip(h);
-                            h[k] = -1, h[3] = cj.bbox[2 * k] - 1.0;
+                            h[k] = -1, h[3] = jlo[k] - 1e-3;
                             S.P.clip(h);
                         }
-                        bool below = S.P.volume() <= floor_vol;
-                        const int stride = 16;
-                        for (int r = 0; r < stride && !below && !S.P.empty(); ++r) {
-                            for (int f = r; f < n_faces && !S.P.empty(); f += stride) S.P.clip(&S.hs[4 * f]);
-                            if (r + 1 < stride && S.P.volume() <= floor_vol) below = true;
+                        const size_t nh = S.hull_j.size() / 4;
+                        const size_t stride = 16;
+                        bool below = S.P.volume() <= keep_below;
+                        for (size_t r = 0; r < stride && !below && !S.P.empty(); ++r) {
+                            for (size_t f = r; f < nh && !S.P.empty(); f += stride) S.P.clip(&S.hull_j[4 * f]);
+                            if (r + 1 < stride && S.P.volume() <= keep_below) below = true;
                         }
-                        if (!below) A_kernel = (float)S.P.volume();
+                        A_hull = below ? 0.f : (float)S.P.volume();
                     }
+                    S.secs[1] += std::chrono::duration<double>(clock::now() - t0).count();
+                    const float iou = A_hull / (A_min + 1e-10);  // StarDist's float ratio
+                    return iou <= thresh;
+                };
+                auto t0 = clock::now();
+                const int voxels = count_voxels(cj, dj, S);
+                S.secs[2] += std::chrono::duration<double>(clock::now() - t0).count();
+                const float iou = (float)voxels / (A_min + 1e-10);
+                if (!(iou > thresh)) {
+                    if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1;
+                    else ++S.cnt[4];
+                    continue;
                 }
-                auto t1 = clock::now();
-                S.secs[0] += std::chrono::duration<double>(t1 - t0).count();
-                iou = A_kernel / (A_min + 1e-10);
-                if (iou > thresh) {
-                    ++S.cnt[2];
+                const double hull_keeps_below = (double)thresh * ((double)A_min + 1e-10) * (1 + 1e-6) + 1e-9;
+                if (!hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i_soa, S.inside,
+                                                    hull_keeps_below) > hull_keeps_below) {
+                    ++S.cnt[5], ++S.cnt[4];
                     suppressed[j] = 1;
                     continue;
                 }
-                if (voxels >= 0) {  // step 5 already counted, below the threshold: kept
+                if (!hull_keeps()) {
                     ++S.cnt[4];
+                    suppressed[j] = 1;
                     continue;
                 }
-                // 4. convex hulls (an upper bound)
-                t0 = clock::now();
-                float A_hull = 1.e10f;
-                const bool hull_j_ok = hull_i_ok && convex_hull_halfspaces(S.polyverts.data(), n_rays, S.hull_j);
-                S.secs[3] += std::chrono::duration<double>(clock::now() - t0).count();
-                if (hull_j_ok && strictly_inside(hull_i.data(), hull_i.size() / 4, mid) &&
-                    strictly_inside(S.hull_j.data(), S.hull_j.size() / 4, mid)) {
-                    // clipping only shrinks the volume: j's corners' box first, then j's facets
-                    // in a strided order, stopping once the volume is below the threshold
-                    // (j is kept whatever the rest would cut)
-                    const double keep_below = (double)thresh * ((double)A_min + 1e-10) * (1 - 1e-6);
-                    S.P = hull_poly;
-                    double jlo[3], jhi[3];
-                    for (int k = 0; k < 3; ++k) jlo[k] = INFINITY, jhi[k] = -INFINITY;
-                    for (int a = 0; a < n_rays; ++a)
-                        for (int k = 0; k < 3; ++k) {
-                            jlo[k] = std::min(jlo[k], (double)S.polyverts[3 * a + k]);
-                            jhi[k] = std::max(jhi[k], (double)S.polyverts[3 * a + k]);
-                        }
-                    for (int k = 0; k < 3; ++k) {
-                        double h[4] = {0, 0, 0, 0};
-                        h[k] = 1, h[3] = -(jhi[k] + 1e-3);
-                        S.P.clip(h);
-                        h[k] = -1, h[3] = jlo[k] - 1e-3;
-                        S.P.clip(h);
-                    }
-                    const size_t nh = S.hull_j.size() / 4;
-                    const size_t stride = 16;
-                    bool below = S.P.volume() <= keep_below;
-                    for (size_t r = 0; r < stride && !below && !S.P.empty(); ++r) {
-                        for (size_t f = r; f < nh && !S.P.empty(); f += stride) S.P.clip(&S.hull_j[4 * f]);
-                        if (r + 1 < stride && S.P.volume() <= keep_below) below = true;
-                    }
-                    A_hull = below ? 0.f : (float)S.P.volume();
-                }
-                t1 = clock::now();
-                S.secs[1] += std::chrono::duration<double>(t1 - t0).count();
-                iou = A_hull / (A_min + 1e-10);
-                if (iou <= thresh) {
-                    ++S.cnt[3];
-                    continue;
-                }
-                // 5. voxels of i's box inside both
-                const int res = count_voxels(cj, dj, S);
-                ++S.cnt[4];
-                S.secs[2] += std::chrono::duration<double>(clock::now() - t1).count();
-                iou = (float)res / (A_min + 1e-10);
-                if (iou > thresh) suppressed[j] = 1;
+                if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1;
+                else ++S.cnt[3];
             }
         };
         const int64_t nt = (int64_t)hard.size();
@@ -1335,6 +1360,8 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         st.decided_hull += S.cnt[3];
         st.decided_render += S.cnt[4];
         st.hull_skipped += S.cnt[5];
+        st.kernel_tested += S.cnt[6];
+        st.hull_tested += S.cnt[7];
         st.seconds_kernel += S.secs[0];
         st.seconds_hull += S.secs[1];
         st.seconds_render += S.secs[2];

@@ -145,6 +145,8 @@ struct Nms3DStats {
     int64_t decided_hull = 0;
     int64_t decided_render = 0;
     int64_t hull_skipped = 0;  // hull volume not needed (a lower bound passed the threshold)
+    int64_t kernel_tested = 0;  // pairs whose kernel / hull intersection was measured
+    int64_t hull_tested = 0;
     double seconds_kernel = 0;  // summed over threads
     double seconds_hull = 0;
     double seconds_render = 0;
