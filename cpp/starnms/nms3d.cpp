@@ -290,21 +290,30 @@ struct FaceLocator {
 // the face's cone: below lo2 a point is nearer than the face's plane (inside its
 // tetrahedron), above hi2 it is farther than all three corners (outside it). Both are
 // pulled away from the boundary far past float rounding.
+// Face f's plane distance from the centre and its farthest corner's squared distance, in a
+// metric scaled per axis (scale: null for voxels).
+inline void face_near_far(const float* center, const float* polyverts, const int32_t* face, const float* scale,
+                          double& near, double& far2) {
+    double P[3][3];
+    far2 = 0;
+    for (int k = 0; k < 3; ++k) {
+        for (int q = 0; q < 3; ++q)
+            P[k][q] = ((double)polyverts[3 * face[k] + q] - (double)center[q]) * (scale ? (double)scale[q] : 1.0);
+        far2 = std::max(far2, P[k][0] * P[k][0] + P[k][1] * P[k][1] + P[k][2] * P[k][2]);
+    }
+    const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
+    const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
+    const double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2], nx = e1[0] * e2[1] - e1[1] * e2[0];
+    const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
+    near = len > 0 ? std::fabs(nz * P[0][0] + ny * P[0][1] + nx * P[0][2]) / len : 0.0;
+}
+
 void face_radii(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
                 std::vector<float>& out) {
     out.resize(2 * (size_t)n_faces);
     for (int f = 0; f < n_faces; ++f) {
-        double P[3][3], far2 = 0;
-        for (int k = 0; k < 3; ++k) {
-            for (int q = 0; q < 3; ++q) P[k][q] = (double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q];
-            far2 = std::max(far2, P[k][0] * P[k][0] + P[k][1] * P[k][1] + P[k][2] * P[k][2]);
-        }
-        const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
-        const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
-        const double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2],
-                     nx = e1[0] * e2[1] - e1[1] * e2[0];
-        const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
-        const double near = len > 0 ? std::fabs(nz * P[0][0] + ny * P[0][1] + nx * P[0][2]) / len : 0.0;
+        double near, far2;
+        face_near_far(center, polyverts, faces + 3 * f, nullptr, near, far2);
         const double lo = std::max(0.0, near * (1.0 - 1e-4) - 1e-3);
         const double hi = std::sqrt(far2) * (1.0 + 1e-4) + 1e-3;
         out[2 * f] = (float)(lo * lo * (1.0 - 1e-5));
@@ -370,18 +379,10 @@ inline void shape_bounds(const float* center, const float* polyverts, const int3
     }
     double near_min = std::numeric_limits<double>::infinity(), far2 = 0;
     for (int f = 0; f < n_faces; ++f) {
-        double P[3][3];
-        for (int k = 0; k < 3; ++k) {
-            for (int q = 0; q < 3; ++q)
-                P[k][q] = ((double)polyverts[3 * faces[3 * f + k] + q] - (double)center[q]) * scale[q];
-            far2 = std::max(far2, P[k][0] * P[k][0] + P[k][1] * P[k][1] + P[k][2] * P[k][2]);
-        }
-        const double e1[3] = {P[1][0] - P[0][0], P[1][1] - P[0][1], P[1][2] - P[0][2]};
-        const double e2[3] = {P[2][0] - P[0][0], P[2][1] - P[0][1], P[2][2] - P[0][2]};
-        const double nz = e1[1] * e2[2] - e1[2] * e2[1], ny = e1[2] * e2[0] - e1[0] * e2[2],
-                     nx = e1[0] * e2[1] - e1[1] * e2[0];
-        const double len = std::sqrt(nz * nz + ny * ny + nx * nx);
-        near_min = std::min(near_min, len > 0 ? std::fabs(nz * P[0][0] + ny * P[0][1] + nx * P[0][2]) / len : 0.0);
+        double near, f2;
+        face_near_far(center, polyverts, faces + 3 * f, scale, near, f2);
+        near_min = std::min(near_min, near);
+        far2 = std::max(far2, f2);
     }
     const double lo = std::max(0.0, near_min * (1.0 - 1e-4) - 1e-3 * smax);
     const double hi = std::sqrt(far2) * (1.0 + 1e-4) + 1e-3 * smax;
