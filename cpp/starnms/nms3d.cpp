@@ -20,9 +20,8 @@
 // counts row by row: j's voxels in a row
 // lie between the row's crossings of j's face triangles (parity), counted from i's row sums,
 // so only voxels near a crossing take StarDist's float test; rows nearest j's centre go
-// first, so a pair past the threshold stops early. Kept polyhedra are rendered with the
-// float test, each voxel's distance from the centre bracketed between the nearest face
-// plane and the farthest corner of the few faces whose cones meet its direction.
+// first, so a pair past the threshold stops early. Kept polyhedra are rendered by the same
+// row crossings.
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -352,72 +351,6 @@ inline bool has_short_ray(const float* d, int n_rays) {
     return false;
 }
 
-// Spheres about a polyhedron's centre, in voxels and in a metric scaled per axis (the
-// candidates' box anisotropy, where the polyhedra are about round, so the spheres hug
-// them; in voxels an anisotropic polyhedron's inner sphere holds a small part of it):
-// points nearer than an inner radius (in either metric) are nearer than every face plane,
-// so inside; points beyond an outer radius (in either) are farther than every corner, so
-// outside. A linear map keeps the centre's tetrahedra tetrahedra, so both hold. Pulled far
-// past float rounding, as face_radii's.
-struct ShapeBounds {
-    double scale[2][3];
-    float inner2[2], outer2[2];
-};
-
-inline void shape_bounds(const float* center, const float* polyverts, const int32_t* faces, int n_faces,
-                         const std::vector<float>& radii, const float* scale, ShapeBounds& out) {
-    out.inner2[0] = std::numeric_limits<float>::infinity(), out.outer2[0] = 0;
-    for (int f = 0; f < n_faces; ++f) {
-        out.inner2[0] = std::min(out.inner2[0], radii[2 * f]);
-        out.outer2[0] = std::max(out.outer2[0], radii[2 * f + 1]);
-    }
-    double smax = 0;
-    for (int k = 0; k < 3; ++k) {
-        out.scale[0][k] = 1.0;
-        out.scale[1][k] = scale[k];
-        smax = std::max(smax, (double)scale[k]);
-    }
-    double near_min = std::numeric_limits<double>::infinity(), far2 = 0;
-    for (int f = 0; f < n_faces; ++f) {
-        double near, f2;
-        face_near_far(center, polyverts, faces + 3 * f, scale, near, f2);
-        near_min = std::min(near_min, near);
-        far2 = std::max(far2, f2);
-    }
-    const double lo = std::max(0.0, near_min * (1.0 - 1e-4) - 1e-3 * smax);
-    const double hi = std::sqrt(far2) * (1.0 + 1e-4) + 1e-3 * smax;
-    out.inner2[1] = (float)(lo * lo * (1.0 - 1e-5));
-    out.outer2[1] = (float)(hi * hi * (1.0 + 1e-5));
-}
-
-// A row (z, y) of a box whose x runs over [x_lo, x_hi] (box coordinates; the box starts at
-// x_origin), against a polyhedron about `center` with bounds `b`: [x0, x1] holds the voxels
-// that can test inside (false: none), [xa, xb] those certainly inside (empty: xa > xb; never
-// on the row through the centre, whose centre voxel takes the full loop).
-inline bool row_span(const float* center, const ShapeBounds& b, int z, int y, int x_origin, int x_lo, int x_hi,
-                     int& x0, int& x1, int& xa, int& xb) {
-    xa = 1, xb = 0;
-    x0 = x_lo, x1 = x_hi;
-    const bool centre_row = (double)z == center[0] && (double)y == center[1];
-    double inner = -1;  // the widest half-width certainly inside
-    for (int m = 0; m < 2; ++m) {
-        const double* s = b.scale[m];
-        const double dz = s[0] * ((double)z - center[0]), dy = s[1] * ((double)y - center[1]);
-        const double rest = (double)b.outer2[m] - dz * dz - dy * dy;
-        if (rest < 0) return false;
-        const double r = std::sqrt(rest) / s[2] + 1e-3;
-        x0 = std::max(x0, (int)std::floor(center[2] - r) - x_origin);
-        x1 = std::min(x1, (int)std::ceil(center[2] + r) - x_origin);
-        const double rest_in = (double)b.inner2[m] * (1 - 1e-6) - dz * dz - dy * dy;
-        if (rest_in > 0 && !centre_row) inner = std::max(inner, std::sqrt(rest_in) / s[2] - 1e-3);
-    }
-    if (inner > 0) {
-        xa = std::max(x0, (int)std::ceil(center[2] - inner) - x_origin);
-        xb = std::min(x1, (int)std::floor(center[2] + inner) - x_origin);
-    }
-    return x0 <= x1;
-}
-
 // A polyhedron's voxels row by row. A row (a line along x) enters and leaves the polyhedron
 // where it crosses a face triangle (the faces close around the centre: the union of the
 // centre's tetrahedra is the inside), so between crossings its voxels are inside or outside
@@ -438,7 +371,7 @@ struct RowCrossings {
     int z0 = 0;                          // the first integer dz listed
     std::vector<int> zstart, zlist;      // faces whose z extent holds each integer dz
     std::vector<float> band_ylo, band_yhi;  // their y extents, in the same order
-    std::vector<std::pair<double, double>> xs;  // the row's crossings (dx about the centre, margin along x)
+    using Crossings = std::vector<std::pair<double, double>>;  // dx about the centre, margin along x
 
     void build(const float* center, const float* polyverts, const int32_t* faces, int n_faces) {
         face.resize(n_faces);
@@ -486,7 +419,7 @@ struct RowCrossings {
 
     // the crossings of the row at integer offsets (dz, dy) from the centre, sorted; false:
     // uncertain (the centre lies on the lattice, so the offsets are integers)
-    bool row(int dz, int dy) {
+    bool row(int dz, int dy, Crossings& xs) const {
         xs.clear();
         const int k = dz - z0;
         if (k < 0 || k + 1 >= (int)zstart.size()) return true;  // beyond every face: no crossing
@@ -515,6 +448,33 @@ struct RowCrossings {
             std::sort(xs.begin(), xs.end());
         }
         return true;
+    }
+
+    // the k-th run of a row of n voxels whose centre column is cx: [a, b] strictly between
+    // crossings k and k + 1 (false: empty)
+    static bool run(const Crossings& xs, size_t k, double cx, int n, int& a, int& b) {
+        a = std::max(0, (int)std::floor(cx + xs[k].first) + 1);
+        b = std::min(n - 1, (int)std::ceil(cx + xs[k + 1].first) - 1);
+        return a <= b;
+    }
+
+    // the voxels of a row near a crossing (and on the centre's row, the centre's voxel),
+    // which take StarDist's test; sorted, without repeats
+    static void near_voxels(const Crossings& xs, double cx, int n, bool centre_row, std::vector<int>& near) {
+        near.clear();
+        for (const auto& c : xs) {
+            const int a = std::max(0, (int)std::ceil(cx + c.first - c.second));
+            const int b = std::min(n - 1, (int)std::floor(cx + c.first + c.second));
+            for (int x = a; x <= b; ++x) near.push_back(x);
+        }
+        if (centre_row) {
+            const int c = (int)std::lrint(cx);
+            if (c >= 0 && c < n) near.push_back(c);
+        }
+        if (near.size() > 1) {
+            std::sort(near.begin(), near.end());
+            near.erase(std::unique(near.begin(), near.end()), near.end());
+        }
     }
 
   private:
@@ -996,6 +956,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         Polytope P;
         std::vector<double> inside;
         RowCrossings crossings;
+        RowCrossings::Crossings xs;  // a row's crossings
         std::vector<int> rows;      // i's box rows (z * Ny + y), j's centre outward
         std::vector<int> near;      // a row's voxels near a crossing
         std::vector<int64_t> hard;  // pairs steps 1-2 left undecided
@@ -1014,7 +975,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     std::mutex kernel_mutex;
     std::vector<uint8_t> rendered;
     std::vector<int32_t> rendered_prefix;  // per row of i's box: voxels of i before each x
-    std::vector<float> radii_i;
+    RowCrossings crossings_i;
     std::vector<int64_t> todo, hard;
     using clock = std::chrono::steady_clock;
 
@@ -1110,26 +1071,32 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
             rendered.assign((size_t)Nz * Ny * Nx, 0);
             rendered_prefix.resize((size_t)Nz * Ny * (Nx + 1));
             const bool full_i = has_short_ray(di, n_rays);
-            face_radii(ci.center, polyverts_i.data(), faces, n_faces, radii_i);
-            // within i's inner spheres every voxel is inside, beyond its outer ones none is
-            ShapeBounds bounds_i;
-            shape_bounds(ci.center, polyverts_i.data(), faces, n_faces, radii_i, aniso, bounds_i);
-            parallel_for(Nz * Ny, threads, [&](int64_t r0, int64_t r1) {
+            // by crossings, as the count below (i's centre on the lattice, no short ray), else
+            // every voxel by StarDist's test
+            const bool on_lattice = ci.center[0] == std::floor(ci.center[0]) && ci.center[1] == std::floor(ci.center[1]);
+            const bool rows_by_test = full_i || !on_lattice;
+            if (!rows_by_test) crossings_i.build(ci.center, polyverts_i.data(), faces, n_faces);
+            const double cxi = ci.center[2] - ci.bbox[4];
+            parallel_for_tid(Nz * Ny, threads, [&](int64_t r0, int64_t r1, int tid) {
+                Scratch& S = scratch[tid];
                 for (int64_t r = r0; r < r1; ++r) {
                     const int z = (int)(r / Ny), y = (int)(r % Ny);
                     uint8_t* row = &rendered[(size_t)r * Nx];
-                    int x0 = 0, x1 = Nx - 1, xa = 1, xb = 0;
-                    if (full_i || row_span(ci.center, bounds_i, z + ci.bbox[0], y + ci.bbox[2], ci.bbox[4], 0,
-                                           Nx - 1, x0, x1, xa, xb))
-                        for (int x = x0; x <= x1; ++x) {
-                            if (x >= xa && x <= xb) {
-                                row[x] = 1;
-                                continue;
-                            }
-                            row[x] = inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
-                                                            (float)(x + ci.bbox[4]), ci.center, polyverts_i.data(),
-                                                            faces, n_faces, locator, full_i, radii_i.data());
-                        }
+                    auto test = [&](int x) {
+                        return inside_polyhedron_fast((float)(z + ci.bbox[0]), (float)(y + ci.bbox[2]),
+                                                      (float)(x + ci.bbox[4]), ci.center, polyverts_i.data(), faces,
+                                                      n_faces, locator, full_i);
+                    };
+                    const int dz = z + ci.bbox[0] - (int)ci.center[0], dy = y + ci.bbox[2] - (int)ci.center[1];
+                    if (rows_by_test || !crossings_i.row(dz, dy, S.xs)) {
+                        for (int x = 0; x < Nx; ++x) row[x] = test(x);
+                    } else {
+                        int a, b;
+                        for (size_t k = 0; k + 1 < S.xs.size(); k += 2)
+                            if (RowCrossings::run(S.xs, k, cxi, Nx, a, b)) std::fill(row + a, row + b + 1, 1);
+                        RowCrossings::near_voxels(S.xs, cxi, Nx, dz == 0 && dy == 0, S.near);
+                        for (const int x : S.near) row[x] = test(x);
+                    }
                     int32_t* pre = &rendered_prefix[(size_t)r * (Nx + 1)];
                     pre[0] = 0;
                     for (int x = 0; x < Nx; ++x) pre[x + 1] = pre[x] + row[x];
@@ -1178,32 +1145,17 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 if (pre[Nx] == 0) continue;  // none of i's voxels here
                 const uint8_t* row = &rendered[(size_t)r * Nx];
                 const int dz = z + ci.bbox[0] - (int)cj.center[0], dy = y + ci.bbox[2] - (int)cj.center[1];
-                if (rows_by_test || !S.crossings.row(dz, dy)) {
+                if (rows_by_test || !S.crossings.row(dz, dy, S.xs)) {
                     for (int x = 0; x < Nx; ++x)
                         if (row[x]) res += test(z, y, x);
                     continue;
                 }
                 // voxels near a crossing (and j's centre voxel) are tested, the rest counted
-                S.near.clear();
-                for (const auto& c : S.crossings.xs) {
-                    const int a = std::max(0, (int)std::ceil(cxj + c.first - c.second));
-                    const int b = std::min(Nx - 1, (int)std::floor(cxj + c.first + c.second));
-                    for (int x = a; x <= b; ++x) S.near.push_back(x);
-                }
-                if (dz == 0 && dy == 0) {
-                    const int c = (int)std::lrint(cxj);
-                    if (c >= 0 && c < Nx) S.near.push_back(c);
-                }
-                if (S.near.size() > 1) {
-                    std::sort(S.near.begin(), S.near.end());
-                    S.near.erase(std::unique(S.near.begin(), S.near.end()), S.near.end());
-                }
-                const auto& xs = S.crossings.xs;
+                RowCrossings::near_voxels(S.xs, cxj, Nx, dz == 0 && dy == 0, S.near);
                 size_t q = 0;  // the first near voxel not yet passed
-                for (size_t k = 0; k + 1 < xs.size(); k += 2) {
-                    const int a = std::max(0, (int)std::floor(cxj + xs[k].first) + 1);
-                    const int b = std::min(Nx - 1, (int)std::ceil(cxj + xs[k + 1].first) - 1);
-                    if (a > b) continue;
+                for (size_t k = 0; k + 1 < S.xs.size(); k += 2) {
+                    int a, b;
+                    if (!RowCrossings::run(S.xs, k, cxj, Nx, a, b)) continue;
                     res += pre[b + 1] - pre[a];
                     // near voxels inside this run were counted: their test decides instead
                     while (q < S.near.size() && S.near[q] < a) ++q;
