@@ -57,6 +57,69 @@ void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
         vals.swap(v2);
     }
 }
+
+// Items (32-bit key << 32 | position) sorted by key, stably (positions are unique and
+// ascending, so this is also their full order): LSD radix over the key's bits in 11-bit
+// digits, each pass's histogram and scatter split over the threads in order (stable).
+void radix_sort_packed(std::vector<uint64_t>& items, int threads) {
+    const int64_t n = (int64_t)items.size();
+    constexpr int kBits = 11, kDigits = 1 << kBits;
+    threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, n / 65536));
+    std::vector<uint64_t> other(n);
+    std::vector<int64_t> count((size_t)threads * kDigits);
+    for (int shift = 32; shift < 64; shift += kBits) {
+        std::fill(count.begin(), count.end(), 0);
+        auto part = [&](int t) { return std::make_pair(n * t / threads, n * (t + 1) / threads); };
+        parallel_for(threads, threads, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                int64_t* c = &count[(size_t)t * kDigits];
+                const auto r = part((int)t);
+                for (int64_t i = r.first; i < r.second; ++i) ++c[(items[i] >> shift) & (kDigits - 1)];
+            }
+        });
+        // offsets: by digit, then by thread (each thread's items of a digit follow the
+        // previous thread's)
+        int64_t sum = 0;
+        bool single = false;
+        for (int d = 0; d < kDigits; ++d) {
+            int64_t digit_total = 0;
+            for (int t = 0; t < threads; ++t) {
+                const int64_t c = count[(size_t)t * kDigits + d];
+                count[(size_t)t * kDigits + d] = sum;
+                sum += c;
+                digit_total += c;
+            }
+            if (digit_total == n) single = true;
+        }
+        if (single) continue;  // every key has this digit: the pass would not move anything
+        parallel_for(threads, threads, [&](int64_t t0, int64_t t1) {
+            for (int64_t t = t0; t < t1; ++t) {
+                int64_t* c = &count[(size_t)t * kDigits];
+                const auto r = part((int)t);
+                for (int64_t i = r.first; i < r.second; ++i) {
+                    const uint64_t v = items[i];
+                    other[c[(v >> shift) & (kDigits - 1)]++] = v;
+                }
+            }
+        });
+        items.swap(other);
+    }
+}
+
+// a growable buffer written past its end without bounds checks (room is made per row)
+template <typename V>
+struct Collected {
+    std::unique_ptr<V[]> data;
+    size_t size = 0, capacity = 0;
+    void room(size_t more) {
+        if (size + more <= capacity) return;
+        const size_t cap = std::max(size + more, 2 * capacity);
+        std::unique_ptr<V[]> bigger(new V[cap]);
+        std::copy(data.get(), data.get() + size, bigger.get());
+        data.swap(bigger);
+        capacity = cap;
+    }
+};
 }  // namespace
 
 template <typename T>
@@ -74,15 +137,16 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
     // ascending, which the stable sort turns into the tie order
     const int64_t first = hi[0] - lo[0];
     const int parts = (int)std::min<int64_t>(effective_threads(0), first);
-    std::vector<std::vector<K>> part_keys(parts);
-    std::vector<std::vector<int64_t>> part_idx(parts);
+    std::vector<Collected<K>> part_keys(parts);
+    std::vector<Collected<int64_t>> part_idx(parts);
     std::vector<int64_t> part_nan(parts, 0);
     std::vector<float> part_longest(parts, 0.0f);
     std::vector<uint8_t> part_bad(parts, 0);
+    const int64_t row_len = hi[nd - 1] - lo[nd - 1];
     parallel_for(parts, parts, [&](int64_t p0, int64_t p1) {
         for (int64_t part = p0; part < p1; ++part) {
-            std::vector<K>& keys = part_keys[part];
-            std::vector<int64_t>& idx = part_idx[part];
+            Collected<K>& keys = part_keys[part];
+            Collected<int64_t>& idx = part_idx[part];
             int64_t nans = 0;
             // walk the rows of the last axis inside the border
             std::vector<int64_t> pos(lo.begin(), lo.end()), end(hi.begin(), hi.end());
@@ -92,19 +156,38 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
             // regrowth copies
             int64_t cells = end[0] - pos[0];
             for (int d = 1; d < nd; ++d) cells *= hi[d] - lo[d];
-            keys.reserve(cells / 16);
-            idx.reserve(cells / 16);
+            keys.room(cells / 16 + row_len);
+            idx.room(cells / 16 + row_len);
             while (true) {
                 int64_t base = 0;
                 for (int d = 0; d < nd - 1; ++d) base += pos[d] * strides[d];
-                for (int64_t x = lo[nd - 1]; x < hi[nd - 1]; ++x) {
-                    const T v = prob[base + x];
-                    if (v > thresh) {
-                        keys.push_back(order_key(v));
-                        idx.push_back(base + x);
+                // branch-free: every cell is written, the count advances past candidates only
+                // (which cells pass is unpredictable on noisy maps)
+                keys.room(row_len);
+                idx.room(row_len);
+                const T* row = prob + base;
+                K* kp = keys.data.get() + keys.size;
+                int64_t* ip = idx.data.get() + idx.size;
+                size_t c = 0;
+                int64_t row_nans = 0;
+                constexpr int64_t kBlock = 16;
+                for (int64_t x0 = lo[nd - 1]; x0 < hi[nd - 1]; x0 += kBlock) {
+                    const int64_t x1 = std::min(hi[nd - 1], x0 + kBlock);
+                    // most blocks hold no candidate (and no NaN): one vectorised look skips them
+                    bool any = false;
+                    for (int64_t x = x0; x < x1; ++x) any |= !(row[x] <= thresh);
+                    if (!any) continue;
+                    for (int64_t x = x0; x < x1; ++x) {
+                        const T v = row[x];
+                        kp[c] = order_key(v);
+                        ip[c] = base + x;
+                        c += (v > thresh);
+                        row_nans += (v != v);
                     }
-                    nans += (v != v);
                 }
+                keys.size += c;
+                idx.size += c;
+                nans += row_nans;
                 int d = nd - 2;
                 while (d >= 0) {
                     if (++pos[d] < end[d]) break;
@@ -120,26 +203,49 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                 const size_t row_bytes = sizeof(float) * (size_t)n_rays;
                 float longest = 0.0f;
                 int32_t bad = 0;
-                for (size_t c = 0; c < idx.size(); ++c) {
-                    if (c + 8 < idx.size()) fetch_row(dist + idx[c + 8] * n_rays, row_bytes);
-                    scan_rays(dist + idx[c] * n_rays, n_rays, &longest, &bad);
+                const int64_t* ids = idx.data.get();
+                for (size_t c = 0; c < idx.size; ++c) {
+                    if (c + 8 < idx.size) fetch_row(dist + ids[c + 8] * n_rays, row_bytes);
+                    scan_rays(dist + ids[c] * n_rays, n_rays, &longest, &bad);
                 }
                 part_longest[part] = longest;
                 part_bad[part] = (uint8_t)bad;
             }
         }
     });
-    std::vector<K> keys;
-    std::vector<int64_t> idx;
+    size_t total = 0;
     for (int part = 0; part < parts; ++part) {
-        keys.insert(keys.end(), part_keys[part].begin(), part_keys[part].end());
-        idx.insert(idx.end(), part_idx[part].begin(), part_idx[part].end());
+        total += part_idx[part].size;
         nan_count += part_nan[part];
         if (rays) {
             rays->longest = std::max(rays->longest, part_longest[part]);
             rays->bad = rays->bad || part_bad[part];
         }
     }
+    std::vector<int64_t> idx;
+    idx.reserve(total);
+    for (int part = 0; part < parts; ++part)
+        idx.insert(idx.end(), part_idx[part].data.get(), part_idx[part].data.get() + part_idx[part].size);
+    if (sizeof(K) == 4 && total < ((size_t)1 << 32)) {
+        // (key, position) in one word: the sort moves 8 bytes an item, and positions restore
+        // the flat indices after it
+        std::vector<uint64_t> items(total);
+        size_t at = 0;
+        for (int part = 0; part < parts; ++part) {
+            const K* k = part_keys[part].data.get();
+            for (size_t c = 0; c < part_keys[part].size; ++c, ++at) items[at] = (uint64_t)k[c] << 32 | at;
+            part_keys[part] = Collected<K>();
+            part_idx[part] = Collected<int64_t>();
+        }
+        radix_sort_packed(items, effective_threads(0));
+        std::vector<int64_t> out(total);
+        for (size_t c = 0; c < total; ++c) out[c] = idx[items[c] & 0xFFFFFFFFu];
+        return out;
+    }
+    std::vector<K> keys;
+    keys.reserve(total);
+    for (int part = 0; part < parts; ++part)
+        keys.insert(keys.end(), part_keys[part].data.get(), part_keys[part].data.get() + part_keys[part].size);
     radix_sort_stable(keys, idx);
     return idx;
 }
