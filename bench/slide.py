@@ -1,12 +1,13 @@
 """Whole slides in chunks: `segrt run` on a zarr slide with 1 and 2 Dask workers against the
-whole image in one process (InstancePipeline, the same tiles), seconds and peak memory per
-process, the labels compared bit for bit.
+whole image in one process (InstancePipeline, the same tiles; ImagePipeline for a semantic
+model), seconds and peak memory per process, the labels compared bit for bit.
 
 The slides are generated (fluorescence-like nuclei, one on every chunk corner and rows of
 them along every seam, uint8, written to zarr in 512 px chunks) and segmented by the demo
 nuclei model through ONNX Runtime with 512 px tiles and 2048 px chunks. The whole-image run
 reads the slide into memory first (its time includes that read); the chunked runs read it
-lazily. Each run is a fresh process (peak memory is the process's own: Linux's VmHWM); the
+lazily. The semantic rows run a small 2D UNet (random weights, 256 px window, overlap 0.5,
+gaussian blending; made here) over the same slides. Each run is a fresh process (peak memory is the process's own: Linux's VmHWM); the
 chunked runs' figure is the largest worker's and the driver's apart. The cluster's start-up
 is timed apart.
 """
@@ -93,11 +94,100 @@ if __name__ == "__main__":
 """
 
 
+_WHOLE_SEMANTIC = """
+import json, sys, time
+import zarr
+from segrt.engine.image import ImagePipeline
+from segrt.engine.slide import _peak_rss_mb
+import numpy as np
+slide, out, model = sys.argv[1:4]
+t = time.perf_counter()
+image = zarr.open_array(slide, mode="r")[:]
+res = ImagePipeline(model, backend="ort").run(image)
+seconds = time.perf_counter() - t
+np.save(out, res.labels)
+print(json.dumps({"seconds": seconds, "timings": res.timings, "peak_rss_mb": _peak_rss_mb()}))
+"""
+
+_CHUNKED_SEMANTIC = """
+import json, sys, time
+import distributed
+from segrt.engine.slide import segment_slide_semantic
+if __name__ == "__main__":
+    slide, out, model, chunk, workers = sys.argv[1:6]
+    t = time.perf_counter()
+    with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        startup = time.perf_counter() - t
+        s = segment_slide_semantic(model, slide, out, chunk=int(chunk), client=client, backend="ort", progress=False)
+    print(json.dumps({"startup_s": startup, "seconds": s["timings_s"]["total"], "timings": s["timings_s"],
+                      "worker_peak_rss_mb": s["worker_peak_rss_mb"], "driver_peak_rss_mb": s["driver_peak_rss_mb"]}))
+"""
+
+
+def semantic_unet(path: str, window: int = 256, seed: int = 0) -> str:
+    """A small 2D UNet (8 / 16 channels, one pooling), random weights, exported with segrt
+    metadata (semantic, background / nucleus, percentile normalisation)."""
+    import torch
+    from torch import nn
+
+    from segrt.export import to_onnx
+
+    torch.manual_seed(seed)
+
+    def block(a, b):
+        return nn.Sequential(nn.Conv2d(a, b, 3, padding=1), nn.ReLU(), nn.Conv2d(b, b, 3, padding=1), nn.ReLU())
+
+    class UNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.e0, self.e1 = block(1, 8), block(8, 16)
+            self.up, self.d0 = nn.ConvTranspose2d(16, 8, 2, 2), block(16, 8)
+            self.head = nn.Conv2d(8, 2, 1)
+
+        def forward(self, x):
+            x0 = self.e0(x)
+            x1 = self.e1(nn.functional.max_pool2d(x0, 2))
+            return self.head(self.d0(torch.cat([self.up(x1), x0], 1)))
+
+    meta = {"task": "semantic", "window": [window, window], "class_names": ["background", "nucleus"],
+            "normalization": {"kind": "percentile", "low": 1.0, "high": 99.8}}
+    return to_onnx(UNet().eval(), np.zeros((1, 1, window, window), np.float32), path, metadata=meta,
+                   check_shapes=[]).path
+
+
 def _python(code: str, *args) -> dict:
     done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr[-3000:])
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _semantic_rows(report: Report, tmp: str, slide: str, side: int) -> None:
+    import zarr
+
+    model = os.path.join(tmp, "unet2d.onnx")
+    if not os.path.exists(model):
+        semantic_unet(model)
+    whole = _python(_WHOLE_SEMANTIC, slide, os.path.join(tmp, "whole_sem.npy"), model)
+    ref = np.load(os.path.join(tmp, "whole_sem.npy"))
+    report.add(case=f"{side} x {side}, whole image", model="2D UNet (semantic)", side=side, workers=0,
+               seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"], driver_peak_rss_mb=None,
+               identical=True)
+    print(f"  {side}^2 semantic whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
+    for workers in (1, 2):
+        out = os.path.join(tmp, f"sem{side}_{workers}.zarr")
+        res = _python(_CHUNKED_SEMANTIC, slide, out, model, CHUNK, workers)
+        same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
+        report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", model="2D UNet (semantic)", side=side,
+                   workers=workers, seconds=res["seconds"], startup_s=res["startup_s"],
+                   peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
+                   identical=same, timings=res["timings"])
+        print(f"  {side}^2 semantic chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
+              f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, identical {same}",
+              flush=True)
+        if not same:
+            raise RuntimeError("chunked semantic labels differ from the whole image's")
 
 
 def main(argv=None) -> Report:
@@ -123,7 +213,8 @@ def main(argv=None) -> Report:
             seam_slide(slide, side)
             whole = _python(_WHOLE, slide, os.path.join(tmp, "whole.npy"), MODEL, TILE)
             ref = np.load(os.path.join(tmp, "whole.npy"))
-            report.add(case=f"{side} x {side}, whole image", side=side, workers=0, objects=whole["objects"],
+            report.add(case=f"{side} x {side}, whole image", model="nuclei (star-convex)", side=side, workers=0,
+                       objects=whole["objects"],
                        seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"],
                        driver_peak_rss_mb=None, identical=True)
             print(f"  {side}^2 whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
@@ -131,7 +222,8 @@ def main(argv=None) -> Report:
                 out = os.path.join(tmp, f"labels{side}_{workers}.zarr")
                 res = _python(_CHUNKED, slide, out, MODEL, TILE, CHUNK, workers)
                 same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
-                report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", side=side, workers=workers,
+                report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", model="nuclei (star-convex)",
+                           side=side, workers=workers,
                            objects=res["objects"], seconds=res["seconds"], startup_s=res["startup_s"],
                            peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
                            identical=same, timings=res["timings"], nms_margins_px=res["nms_margins_px"])
@@ -140,6 +232,7 @@ def main(argv=None) -> Report:
                       f"identical {same}", flush=True)
                 if not same:
                     raise RuntimeError("chunked labels differ from the whole image's")
+            _semantic_rows(report, tmp, slide, side)
     report.finish()
     print(f"\nwritten: {args.out}")
     return report

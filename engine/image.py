@@ -95,7 +95,7 @@ class ImagePipeline:
             raise ModelTaskError(f"{path}: the image pipeline needs a 2D model with a window [H, W] in its metadata, "
                                  f"got window {window}; add it: segrt describe {path} --window H,W -o described.onnx")
         self.window = tuple(window)
-        self.channels = meta.get("in_channels", 1)
+        self.in_channels = meta.get("in_channels", 1)
         self.overlap, self.mode, self.sw_batch_size, self.verbose = overlap, mode, sw_batch_size, verbose
         self.class_names = meta.get("class_names") or []
         self.device, self._xp = pipeline_device(device, [self.model], path)
@@ -105,7 +105,7 @@ class ImagePipeline:
         gpu = self.device == "cuda"
         where = " [GPU]" if gpu else ""
         with stages("planes"):
-            x = preprocess.image_planes(image, 2, self.channels, source).astype(np.float32, copy=False)
+            x = preprocess.image_planes(image, 2, self.in_channels, source).astype(np.float32, copy=False)
         shape = x.shape[1:]
         if gpu:
             from segrt.kernels import gpu as _gpu
@@ -169,8 +169,8 @@ class ImagePipeline:
                 notes.append(f"pixel size {read_size[0] * 1e3:g} x {read_size[1] * 1e3:g} um read from the file")
         else:
             image = np.asarray(image)
-            colour = image.ndim == 3 and (image.shape[-1] == self.channels or
-                                          (self.channels == 1 and image.shape[-1] in (3, 4)))
+            colour = image.ndim == 3 and (image.shape[-1] == self.in_channels or
+                                          (self.in_channels == 1 and image.shape[-1] in (3, 4)))
             pages = image.ndim == 3 and not colour
         source = source or "array"
         if pixel_size_mm is not None:

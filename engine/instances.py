@@ -248,8 +248,9 @@ class InstancePipeline:
         """Whether a crop can be normalised alone, given the whole image's statistics (not when
         the normalisation needs the normalised image's own statistics: standardize, z-score
         without fixed mean / std)."""
-        spec = self.meta.get("normalization") or {"kind": "none"}
-        return not (spec.get("standardize") or (spec["kind"] == "zscore" and not ("mean" in spec and "std" in spec)))
+        from segrt.engine.preprocess import normalizes_crops
+
+        return normalizes_crops(self.meta.get("normalization"))
 
     def _normalizer_of(self, stats):
         """Normalises any (C, ...) crop with per-channel statistics of the whole image."""

@@ -9,7 +9,8 @@ import numpy as np
 from segrt._optional import optional_import
 
 __all__ = ["Orientation", "to_canonical", "resize_nearest", "resize_linear", "normalize", "foreground_box",
-           "percentile_stats", "percentiles_from_ranks", "luminance", "labels_from_scores", "image_planes", "nonzero_box", "postprocess_labels"]
+           "percentile_stats", "percentiles_from_ranks", "normalizes_crops", "luminance", "labels_from_scores",
+           "image_planes", "nonzero_box", "postprocess_labels"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -150,6 +151,16 @@ def _mean_std(x: np.ndarray) -> tuple[float, float]:
         xp.subtract(flat[i:i + block], np.float32(mean), out=part)
         sq += float(xp.dot(part, part))
     return mean, (sq / n) ** 0.5
+
+
+def normalizes_crops(spec: dict | None) -> bool:
+    """Whether a crop can be normalised alone, given the whole image's statistics (not when the
+    normalisation needs the normalised image's own: standardize, z-score without fixed mean and
+    std, z-score over the non-zero region)."""
+    spec = spec or {"kind": "none"}
+    if spec.get("standardize"):
+        return False
+    return spec.get("kind") != "zscore" or (spec.get("mask") != "nonzero" and "mean" in spec and "std" in spec)
 
 
 def normalize(x: np.ndarray, spec: dict | None, stats: dict | None = None) -> np.ndarray:

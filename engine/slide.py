@@ -30,6 +30,7 @@ the NMS (Dask spills them to disk when a worker's memory fills).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -43,7 +44,7 @@ import numpy as np
 from segrt._optional import optional_import
 from segrt.engine import io
 
-__all__ = ["LazyImage", "segment_slide", "SLIDE_SUFFIXES"]
+__all__ = ["LazyImage", "segment_slide", "segment_slide_semantic", "SLIDE_SUFFIXES"]
 
 SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs")
 _HIST_BINS = 1 << 16
@@ -262,19 +263,23 @@ def slide_statistics(pipeline, image: LazyImage, boxes, mapper) -> list:
 
 
 # ---- tasks -----------------------------------------------------------------------------------
-def _pipeline_on_worker(options: dict):
-    """The worker's InstancePipeline around the model its plugin loaded (made once per worker)."""
+def _pipeline_on_worker(options: dict, kind: str = "instances"):
+    """The worker's pipeline (InstancePipeline, or ImagePipeline for kind "semantic") around the
+    model its plugin loaded (made once per worker and options)."""
     from distributed import get_worker
 
     from segrt.engine.batch import PLUGIN_NAME
-    from segrt.engine.instances import InstancePipeline
 
+    if kind == "semantic":
+        from segrt.engine.image import ImagePipeline as Pipeline
+    else:
+        from segrt.engine.instances import InstancePipeline as Pipeline
     plugin = get_worker().plugins[PLUGIN_NAME]
     # kept on the plugin: a run that registers another model replaces the plugin and its pipelines
     cache = plugin.__dict__.setdefault("pipelines", {})
-    key = json.dumps(options, sort_keys=True)
+    key = kind + json.dumps(options, sort_keys=True)
     if key not in cache:
-        cache[key] = InstancePipeline(plugin.model, device="cpu", **options)
+        cache[key] = Pipeline(plugin.model, device="cpu", **options)
     return cache[key]
 
 
@@ -417,6 +422,104 @@ def render_chunk(window, shape, points, scores, dists, ids, labels_path=None) ->
             "labels": None if labels_path is not None else labels}
 
 
+# ---- shared by the instance and semantic drivers ---------------------------------------------
+@contextlib.contextmanager
+def dask_session(model_path, backend, client=None, scheduler=None, workers=None):
+    """(client, the distributed module, a run id) with the model's worker plugin registered
+    (each worker loads the model once): the caller's client, one on ``scheduler``, or a
+    LocalCluster of ``workers`` single-threaded processes on the loopback (closed after)."""
+    from segrt.engine.batch import PLUGIN_NAME, ModelPlugin, _as_worker_plugin, _distributed, _host
+
+    distributed = _distributed()
+    own_cluster = None
+    owns_client = client is None
+    if client is None:
+        if scheduler:
+            client = distributed.Client(scheduler)
+        else:
+            own_cluster = distributed.LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
+                                                   host="127.0.0.1", dashboard_address=None)
+            client = distributed.Client(own_cluster)
+    try:
+        per_host: dict = {}
+        for address in client.scheduler_info().get("workers", {}):
+            per_host[_host(address)] = per_host.get(_host(address), 0) + 1
+        client.register_plugin(_as_worker_plugin(ModelPlugin(model_path, backend, "f32", per_host)), name=PLUGIN_NAME)
+        yield client, distributed, uuid.uuid4().hex[:8]
+    finally:
+        if owns_client:
+            client.close()
+        if own_cluster is not None:
+            own_cluster.close()
+
+
+@contextlib.contextmanager
+def _removed_on_failure():
+    """``partial(path)`` registers a folder being written; on failure it is removed (nothing half
+    written is left where a complete output would go)."""
+    paths = []
+
+    def partial(path):
+        paths.append(path)
+        return path
+
+    try:
+        yield partial
+    except BaseException:
+        import shutil
+
+        for path in paths:
+            if os.path.exists(path):
+                shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _partial_labels(output, run, shape, side, dtype) -> str:
+    """A hidden zarr array beside ``output`` that the chunks write into; renamed into place
+    once complete."""
+    tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.partial-{run}")
+    _zarr().open_array(tmp, mode="w-", shape=shape, chunks=(side, side), dtype=dtype, fill_value=0)
+    return tmp
+
+
+def _chunk_boxes(shape, side) -> dict:
+    """(i, j) -> ((y0, y1), (x0, x1)): the slide cut into side x side chunks."""
+    H, W = shape
+    return {(i, j): ((i * side, min((i + 1) * side, H)), (j * side, min((j + 1) * side, W)))
+            for i in range(-(-H // side)) for j in range(-(-W // side))}
+
+
+def _planned_slide_outputs(output, planned, image) -> list:
+    """The files a run writes (``planned()``: the labels folder first), refused before any work
+    when one exists, is the input, or the labels are not a .zarr folder; [] without output."""
+    if output is None:
+        return []
+    if not output.lower().endswith(".zarr"):
+        raise io.OutputPathError(f"{output}: slide labels are written to a .zarr folder")
+    written = list(planned())
+    io.check_outputs(written[1:], [] if image.source == "array" else [image.source])
+    if os.path.exists(output):
+        raise io.OutputPathError(f"{output} exists; segrt never replaces outputs: remove it or choose another name")
+    return written
+
+
+def _statistics(probe, image, chunk_boxes, client, run) -> list:
+    """The whole slide's normalisation statistics (histogram passes as tasks; on the driver for
+    an in-memory image, which would otherwise be shipped to every task)."""
+    boxes = [tuple(slice(a, b) for a, b in box) for box in chunk_boxes.values()]
+    if image.memory is not None:
+        if (probe.meta.get("normalization") or {}).get("kind") != "percentile":
+            return [{}] * probe.in_channels
+        return slide_statistics(probe, image, boxes, lambda fn, bs: [fn(b) for b in bs])
+
+    def mapper(fn, boxes):
+        futs = client.map(lambda box, fn=fn: fn(box), boxes, key=[f"segrt-hist-{run}-{uuid.uuid4().hex[:6]}-{k}"
+                                                                  for k in range(len(boxes))])
+        return client.gather(futs)
+
+    return slide_statistics(probe, image, boxes, mapper)
+
+
 # ---- the driver ------------------------------------------------------------------------------
 class _Bar:
     def __init__(self, enabled):
@@ -468,7 +571,6 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         the summary (objects, chunks, seconds per stage, files written); with ``return_labels``
         also "labels", "points", "scores", "dists".
     """
-    from segrt.engine.batch import PLUGIN_NAME, ModelPlugin, _as_worker_plugin, _distributed, _host
     from segrt.engine.instances import InstancePipeline, planned_outputs
 
     t_all = time.perf_counter()
@@ -496,54 +598,18 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
     grid = probe.grid
     H, W = image.shape
     keep_cells = (-(-H // grid[0]), -(-W // grid[1]))
-    n_cy, n_cx = -(-H // side), -(-W // side)
-    chunk_boxes = {(i, j): ((i * side, min((i + 1) * side, H)), (j * side, min((j + 1) * side, W)))
-                   for i in range(n_cy) for j in range(n_cx)}
-    written = []
+    chunk_boxes = _chunk_boxes((H, W), side)
     if output is not None:
         output = os.path.abspath(os.fspath(output))
-        if not output.lower().endswith(".zarr"):
-            raise io.OutputPathError(f"{output}: slide labels are written to a .zarr folder")
-        written = planned_outputs(output, 2)
-        io.check_outputs(written[1:], [] if image.source == "array" else [image.source])
-        if os.path.exists(output):
-            raise io.OutputPathError(f"{output} exists; segrt never replaces outputs: remove it or choose another name")
+    written = _planned_slide_outputs(output, lambda: planned_outputs(output, 2), image)
 
-    distributed = _distributed()
-    own_cluster = None
-    if client is None:
-        if scheduler:
-            client = distributed.Client(scheduler)
-        else:
-            own_cluster = distributed.LocalCluster(n_workers=workers or 1, threads_per_worker=1, processes=True,
-                                                   host="127.0.0.1", dashboard_address=None)
-            client = distributed.Client(own_cluster)
-        owns_client = True
-    else:
-        owns_client = False
     bar = _Bar(progress)
     seconds = {}
     tmp = None
-    try:
-        per_host: dict = {}
-        for address in client.scheduler_info().get("workers", {}):
-            per_host[_host(address)] = per_host.get(_host(address), 0) + 1
-        client.register_plugin(_as_worker_plugin(ModelPlugin(model_path, backend, "f32", per_host)), name=PLUGIN_NAME)
-        run = uuid.uuid4().hex[:8]
-
-        def mapper(fn, boxes):
-            futs = client.map(lambda box, fn=fn: fn(box), boxes, key=[f"segrt-hist-{run}-{uuid.uuid4().hex[:6]}-{k}"
-                                                                      for k in range(len(boxes))])
-            return client.gather(futs)
-
+    with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
+            _removed_on_failure() as partial:
         t = time.perf_counter()
-        boxes = [tuple(slice(a, b) for a, b in box) for box in chunk_boxes.values()]
-        if image.memory is not None:
-            stats = [{}] * probe.in_channels
-            if (probe.meta.get("normalization") or {}).get("kind") == "percentile":
-                stats = slide_statistics(probe, image, boxes, lambda fn, bs: [fn(b) for b in bs])
-        else:
-            stats = slide_statistics(probe, image, boxes, mapper)
+        stats = _statistics(probe, image, chunk_boxes, client, run)
         seconds["statistics"] = time.perf_counter() - t
 
         # 1. inference: candidates per chunk
@@ -611,8 +677,7 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
 
         # 4. labels per chunk, rendered and written
         if output is not None:
-            tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.partial-{run}")
-            _zarr().open_array(tmp, mode="w-", shape=(H, W), chunks=(side, side), dtype=np.int32, fill_value=0)
+            tmp = partial(_partial_labels(output, run, (H, W), side, np.int32))
         reach = float(dts.max()) + 2 if len(dts) else 0.0
         renders = {}
         for k, ((y0, y1), (x0, x1)) in chunk_boxes.items():
@@ -638,17 +703,6 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
                 (y0, y1), (x0, x1) = chunk_boxes[k]
                 labels[y0:y1, x0:x1] = fut.result()["labels"]
         seconds["render"] = time.perf_counter() - t
-    except BaseException:
-        if tmp is not None and os.path.exists(tmp):
-            import shutil
-
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if owns_client:
-            client.close()
-        if own_cluster is not None:
-            own_cluster.close()
 
     from segrt.engine.instances import InstanceResult, objects_table
 
@@ -667,6 +721,157 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
     if return_labels:
         summary.update(labels=labels if labels is not None else np.asarray(_zarr().open_array(output, mode="r")[:]),
                        points=pts, scores=scs, dists=dts, rows=rows)
+    return summary
+
+
+# ---- 2D semantic models -----------------------------------------------------------------------
+def semantic_labels_of_chunk(pipeline, image: LazyImage, stats, chunk_box, labels_path=None) -> dict:
+    """The labels of one chunk ((y0, y1), (x0, x1)) as ``ImagePipeline.run`` labels the whole
+    image: the whole image's windows that meet the chunk (their context read around it),
+    normalised with the whole image's statistics, blended in the whole-image run's order.
+    Written into the zarr array at ``labels_path``; returns the pixels per class."""
+    from segrt.engine import preprocess
+    from segrt.engine.metadata import foreground_threshold
+    from segrt.engine.sliding_window import argmax_region
+
+    spec = pipeline.meta.get("normalization")
+
+    def read(box):
+        planes = model_planes(image.read(box), pipeline.in_channels, image.source).astype(np.float32, copy=False)
+        return np.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(planes, stats)])
+
+    labels = argmax_region(read, image.shape, pipeline.window, pipeline.model.infer, chunk_box,
+                           overlap=pipeline.overlap, mode=pipeline.mode, threshold=foreground_threshold(pipeline.meta))
+    if labels_path is not None:
+        (y0, y1), (x0, x1) = chunk_box
+        _zarr().open_array(labels_path, mode="r+")[y0:y1, x0:x1] = labels
+    return {"counts": np.bincount(labels.reshape(-1)), "labels": None if labels_path is not None else labels}
+
+
+def _semantic_task(options, image, stats, chunk_box, labels_path):
+    pipeline = _pipeline_on_worker(options, "semantic")
+    out = semantic_labels_of_chunk(pipeline, image, stats, chunk_box, labels_path)
+    out["peak_rss_mb"] = _peak_rss_mb()
+    out["backend"] = getattr(pipeline.model, "backend", "?")
+    return out
+
+
+def segment_slide_semantic(model, source, output=None, *, chunk=None, overlap=None, mode=None, component=None,
+                           client=None, scheduler=None, workers=None, backend="auto", progress=True,
+                           return_labels=False) -> dict:
+    """Class labels of a whole slide with a 2D semantic model, chunk by chunk on Dask, equal to
+    the whole-image run (``ImagePipeline(model).run(image)``, the image at its own resolution)
+    bit for bit.
+
+    Each chunk runs the whole image's sliding windows that meet it (reading the context they
+    see around the chunk: up to one window less a pixel on each side), normalised with the
+    whole slide's statistics, and blends them in the whole-image run's order; so every pixel
+    sums the same predictions in the same order. Windows across a seam run once per chunk they
+    meet (the cost of chunking: about (chunk + window) / chunk per axis).
+
+    Args:
+        model: a 2D semantic .onnx model file (loaded once per worker), or a model object
+            (``infer`` and ``metadata``) that pickles.
+        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory (H, W[, C])
+            array.
+        output: the labels' ``.zarr`` folder (uint8, or uint16 past 256 classes), with
+            ``<stem>.json`` (summary: pixels per class) beside it. None: nothing written (with
+            ``return_labels``).
+        chunk: chunk side in pixels (default 16 windows: windows across a seam run once per
+            chunk they meet, about (chunk + window) / chunk more work per axis).
+        overlap, mode: as ``ImagePipeline`` (default 0.5, "gaussian").
+        component, client, scheduler, workers, backend, progress: as ``segrt_slide``.
+        return_labels: also return the whole label image (small slides and tests).
+
+    Models that fit the whole image to their window, or whose clean-up (``postprocess``) or
+    normalisation needs the whole image at once, are refused: run those whole.
+    """
+    from segrt.engine.image import ImagePipeline
+    from segrt.engine.image import planned_outputs as image_outputs
+
+    t_all = time.perf_counter()
+    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component)
+    options = {k: v for k, v in (("overlap", overlap), ("mode", mode)) if v is not None}
+    if hasattr(model, "infer") and hasattr(model, "metadata"):
+        model_path, probe = model, ImagePipeline(model, device="cpu", **options)
+    else:
+        model_path = os.path.abspath(os.fspath(model))
+        probe = ImagePipeline(_MetadataOnly(model_path), device="cpu", **options)
+    meta = probe.meta
+    name = getattr(probe.model, "path", "the model")
+    if meta.get("resize") == "fit":
+        raise ValueError(f"{name}: it fits the whole image to its window; chunks cannot reproduce that: run it whole")
+    if any(meta.get("postprocess") or {}):
+        raise ValueError(f"{name}: its clean-up ({', '.join(sorted(meta['postprocess']))}) looks at the whole image's "
+                         "regions at once, which chunks do not yet reproduce: run it whole")
+    from segrt.engine.preprocess import normalizes_crops
+
+    if not normalizes_crops(meta.get("normalization")):
+        raise ValueError(f"{name}: its normalisation needs the normalised image's own statistics (standardize / "
+                         "z-score without fixed mean and std); chunks cannot reproduce it")
+    if image.channels not in (probe.in_channels, 3, 4) or (image.channels != probe.in_channels and probe.in_channels != 1):
+        raise io.InputFileError(f"{image.source}: {image.channels} channel(s) do not fit a model with "
+                                f"{probe.in_channels} input channel(s)")
+    H, W = image.shape
+    if H < probe.window[0] or W < probe.window[1] or (H, W) == probe.window:
+        raise ValueError(f"{image.source}: {H} x {W} is not larger than the model's window {probe.window} (the "
+                         "whole-image run pads it or runs one window); run it whole with segrt run")
+    side = int(chunk) if chunk is not None else 16 * max(probe.window)
+    if side < 1:
+        raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
+    n_classes = len(probe.class_names) or int(meta.get("out_channels", 0) or 0)
+    dtype = np.uint8 if 0 < n_classes <= 256 else np.uint16
+    chunk_boxes = _chunk_boxes((H, W), side)
+    if output is not None:
+        output = os.path.abspath(os.fspath(output))
+    written = _planned_slide_outputs(output, lambda: list(image_outputs(output)), image)
+
+    bar = _Bar(progress)
+    seconds = {}
+    tmp = None
+    counts = np.zeros(0, np.int64)
+    peak = 0.0
+    ran_on = backend
+    labels = np.zeros((H, W), dtype) if return_labels and output is None else None
+    with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
+            _removed_on_failure() as partial:
+        t = time.perf_counter()
+        stats = _statistics(probe, image, chunk_boxes, client, run)
+        seconds["statistics"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if output is not None:
+            tmp = partial(_partial_labels(output, run, (H, W), side, dtype))
+        futures = {client.submit(_semantic_task, options, image, stats, box, tmp,
+                                 key=f"segrt-semantic-{run}-{k[0]}-{k[1]}"): k for k, box in chunk_boxes.items()}
+        for n, fut in enumerate(distributed.as_completed(list(futures)), 1):
+            res = fut.result()
+            if res["counts"].size > np.iinfo(dtype).max + 1:
+                raise ValueError(f"the model returned {res['counts'].size} classes, more than its metadata's "
+                                 f"{n_classes}; describe its classes (segrt describe --classes)")
+            counts = np.pad(counts, (0, max(0, res["counts"].size - counts.size)))
+            counts[:res["counts"].size] += res["counts"]
+            peak, ran_on = max(peak, res["peak_rss_mb"]), res["backend"]
+            if labels is not None:
+                (y0, y1), (x0, x1) = chunk_boxes[futures[fut]]
+                labels[y0:y1, x0:x1] = res["labels"]
+            bar.show("labels", n, len(futures))
+        seconds["inference"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - t_all
+    names = probe.class_names or [f"class {c}" for c in range(max(len(counts), 1))]
+    pixels = {(names[c] if c < len(names) else f"class {c}"): int(counts[c]) for c in range(1, len(counts))}
+    notes = []
+    if meta.get("spacing"):
+        notes.append(f"ran at the slide's own resolution (the model was trained at {meta['spacing']} mm per pixel): "
+                     "give a pyramid level at that resolution where the slide has one")
+    summary = {"input": image.source, "shape": [H, W], "classes": names, "pixels": pixels, "backend": ran_on,
+               "chunk": side, "chunks": len(chunk_boxes), "window": list(probe.window), "timings_s": seconds,
+               "worker_peak_rss_mb": peak, "driver_peak_rss_mb": _peak_rss_mb(), "notes": notes, "outputs": written}
+    if output is not None:
+        with io.atomic_path(written[1]) as part, open(part, "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(tmp, output)
+    if return_labels:
+        summary["labels"] = labels if labels is not None else np.asarray(_zarr().open_array(output, mode="r")[:])
     return summary
 
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from segrt.kernels import stitch
 
-__all__ = ["sliding_window"]
+__all__ = ["sliding_window", "argmax_region"]
 
 PADDING_MODES = {"constant": "constant", "reflect": "reflect", "replicate": "edge", "circular": "wrap"}
 
@@ -220,6 +220,21 @@ def _stitch_batch(pred, chunk, out, labels, cells, imp, device, tuner, xp=np, pl
         _raise_non_finite(pred)
 
 
+def _with_background(pred, threshold, xp=np):
+    """One score channel: a constant background score beside it. Blending is linear, so the
+    argmax of the blended pair is exactly "blended score > threshold" (ties go to the
+    background)."""
+    if pred.shape[1] != 1:
+        return pred
+    return xp.concatenate([xp.full_like(pred, threshold), pred], axis=1)
+
+
+def _label_dtype(n_classes: int):
+    if n_classes > 65536:
+        raise ValueError(f"reduce='argmax' supports up to 65536 classes, the predictor returned {n_classes}")
+    return np.uint8 if n_classes <= 256 else np.uint16
+
+
 def _check_output_memory(shape, dtype) -> None:
     """The blended scores are (N, C_out, *image): refuse, before allocating, a result that does
     not fit the memory budget (a model read with the wrong axes can ask for tens of GiB)."""
@@ -336,19 +351,15 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
         for b in range(len(chunk), sw_batch_size):  # keep the shape fixed
             batch[b] = batch[len(chunk) - 1]
         pred = _as_prediction(predictor(batch), batch, roi, xp)
-        if streaming and pred.shape[1] == 1:
-            # a constant background score: blending is linear, so the argmax of the blended pair is
-            # exactly "blended score > threshold" (ties go to the background)
-            pred = xp.concatenate([xp.full_like(pred, threshold), pred], axis=1)
+        if streaming:
+            pred = _with_background(pred, threshold, xp)
         n_out = pred.shape[1]
         if n_classes is not None and n_out != n_classes:
             raise ValueError(f"the predictor returned {n_out} channels after returning {n_classes}")
         if n_classes is None:
             n_classes = n_out
             if streaming:
-                if n_out > 65536:
-                    raise ValueError(f"reduce='argmax' supports up to 65536 classes, the predictor returned {n_out}")
-                labels = xp.zeros((n_img,) + size, np.uint8 if n_out <= 256 else np.uint16)
+                labels = xp.zeros((n_img,) + size, _label_dtype(n_out))
                 cells = [_Cells(grid, roi, size) for _ in range(n_img)]
             else:
                 _check_output_memory((n_img, n_out) + size, x.dtype)
@@ -364,3 +375,74 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     if streaming:
         return labels[(slice(None),) + crop]
     return out[(slice(None), slice(None)) + crop]
+
+
+def argmax_region(read, size, roi_size, predictor, region, *, overlap=0.25, mode="constant", sigma_scale=0.125,
+                  threshold=0.0, placement="monai"):
+    """The labels ``sliding_window(x, roi_size, predictor, reduce="argmax", ...)`` gives inside
+    ``region`` of an image of spatial ``size``, from the windows that meet the region only
+    (chunked whole slides and volumes: the image is never whole in memory).
+
+    Every voxel of the region sums the same windows' predictions in the same order as the
+    whole-image run (windows in its visit order, restricted to those meeting the region), so
+    the labels are the same bit for bit, given a predictor that returns the same scores for
+    the same window (one window per call, as ``sw_batch_size=1``).
+
+    Args:
+        read: ``read(box) -> (C, *box)`` float32 array of x[0, :, box] for a tuple of slices.
+        size: the whole image's spatial size; at least the window on every axis (a smaller
+            image is padded as a whole: run it whole).
+        region: per axis (lo, hi) inside ``size``.
+        overlap, mode, sigma_scale, threshold, placement: as ``sliding_window``.
+
+    Returns:
+        (*region shape) labels, uint8 up to 256 classes, else uint16.
+    """
+    size = tuple(int(s) for s in size)
+    nd = len(size)
+    roi = _check_roi(roi_size, nd)
+    if any(s < r for s, r in zip(size, roi)):
+        raise ValueError(f"an image of {size} is smaller than the window {roi} along some axis: the whole-image run "
+                         "pads it, which a region cannot reproduce; run it whole")
+    region = tuple((int(lo), int(hi)) for lo, hi in region)
+    if len(region) != nd or any(not 0 <= lo < hi <= s for (lo, hi), s in zip(region, size)):
+        raise ValueError(f"region must be {nd} (lo, hi) ranges inside {size}, got {region}")
+    ov = _per_axis(overlap, nd, "overlap")
+    sig = _per_axis(sigma_scale, nd, "sigma_scale")
+    grid = stitch.window_grid(size, roi, ov, placement)
+    imp = stitch.importance_map(roi, mode, sig, np.float32)
+    order = _visit_order(grid, roi, size)
+    inverse = [order.index(a) for a in range(nd)]
+    meet = [[i for i, a in enumerate(g) if a < hi and a + r > lo] for g, r, (lo, hi) in zip(grid, roi, region)]
+    todo = [tuple(p[i] for i in inverse) for p in itertools.product(*(meet[a] for a in order))]
+    # the input under those windows: the region and the context they see around it
+    span_lo = [grid[a][meet[a][0]] for a in range(nd)]
+    span_hi = [grid[a][meet[a][-1]] + roi[a] for a in range(nd)]
+    x = np.asarray(read(tuple(slice(lo, hi) for lo, hi in zip(span_lo, span_hi))))
+    want = tuple(h - lo for lo, h in zip(span_lo, span_hi))
+    if x.ndim != nd + 1 or tuple(x.shape[1:]) != want:
+        raise ValueError(f"read returned shape {x.shape} for a box of {want}: expected (C, {', '.join(map(str, want))})")
+    x = x.astype(np.float32, copy=False)
+    shape = tuple(hi - lo for lo, hi in region)
+    batch = np.empty((1, x.shape[0]) + roi, np.float32)
+    acc = None
+    finite = True
+    for w in todo:
+        start = tuple(grid[a][w[a]] for a in range(nd))
+        batch[0] = x[(slice(None),) + tuple(slice(s - lo, s - lo + r) for s, lo, r in zip(start, span_lo, roi))]
+        pred = _with_background(_as_prediction(predictor(batch), batch, roi), threshold)
+        if acc is None:
+            _label_dtype(pred.shape[1])
+            acc = np.zeros((pred.shape[1],) + shape, np.float32)
+        elif pred.shape[1] != acc.shape[0]:
+            raise ValueError(f"the predictor returned {pred.shape[1]} channels after returning {acc.shape[0]}")
+        a0 = [max(s, lo) for s, (lo, _) in zip(start, region)]
+        a1 = [min(s + r, hi) for s, r, (_, hi) in zip(start, roi, region)]
+        finite &= stitch.accumulate(acc, tuple(a - lo for a, (lo, _) in zip(a0, region)), pred[0], imp,
+                                    src_off=tuple(a - s for a, s in zip(a0, start)),
+                                    box=tuple(b - a for a, b in zip(a0, a1)))
+    if not finite:
+        _raise_non_finite(pred)
+    labels = np.zeros(shape, _label_dtype(acc.shape[0]))
+    stitch.argmax_block(acc, labels, (0,) * nd)
+    return labels

@@ -277,3 +277,105 @@ def test_a_worker_killed_mid_slide_changes_nothing(tmp_path, image, whole):
         assert not runner.is_alive()
     assert result["objects"] == len(whole.points)
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "out.zarr"), mode="r")[:], whole.labels)
+
+
+# ---- 2D semantic models -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def semantic_model(tmp_path_factory):
+    """A 2D semantic model (64 px window, percentile normalisation, a 3x3 convolution with zero
+    padding, so every window's edge shows in its scores)."""
+    from conftest import described_nuclei_model
+
+    return described_nuclei_model(tmp_path_factory.mktemp("semantic"))[1]
+
+
+def test_semantic_chunks_equal_the_whole_image(tmp_path, client, image, semantic_model):
+    """Chunks that are no multiple of the window (so windows straddle every seam): labels, zarr
+    output and pixel counts equal ImagePipeline on the whole image, bit for bit."""
+    from segrt.engine.image import ImagePipeline
+    from segrt.engine.slide import segment_slide_semantic
+
+    whole = ImagePipeline(semantic_model, backend="ort").run(image)
+    assert 0 < (whole.labels == 1).mean() < 0.5
+    got = segment_slide_semantic(semantic_model, image, None, chunk=200, client=client, backend="ort", progress=False,
+                                 return_labels=True)
+    np.testing.assert_array_equal(got["labels"], whole.labels)
+    assert got["chunks"] == 4 * 6 and got["labels"].dtype == whole.labels.dtype
+    src = tmp_path / "slide.zarr"
+    zarr.open_array(str(src), mode="w", shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
+    out = tmp_path / "classes.zarr"
+    summary = segment_slide_semantic(semantic_model, str(src), out, chunk=300, client=client, backend="ort",
+                                     progress=False)
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], whole.labels)
+    written = json.loads((tmp_path / "classes.json").read_text())
+    assert written["pixels"] == {"nucleus": int((whole.labels == 1).sum())} == summary["pixels"]
+    assert written["worker_peak_rss_mb"] > 50 and sorted(os.listdir(tmp_path)) == ["classes.json", "classes.zarr",
+                                                                                   "slide.zarr"]
+
+
+def test_semantic_refusals(tmp_path, client, image, semantic_model):
+    import onnx
+
+    from segrt.engine.slide import segment_slide_semantic
+
+    def with_meta(name, **changes):
+        model = onnx.load(semantic_model)
+        entry = next(p for p in model.metadata_props if p.key == "segrt")
+        entry.value = json.dumps({**json.loads(entry.value), **changes})
+        path = str(tmp_path / name)
+        onnx.save(model, path)
+        return path
+
+    with pytest.raises(ValueError, match="clean-up .*keep_largest.* run it whole"):
+        segment_slide_semantic(with_meta("post.onnx", postprocess={"keep_largest": {"1": 1}}), image, None,
+                               client=client, progress=False)
+    with pytest.raises(ValueError, match="fits the whole image"):
+        segment_slide_semantic(with_meta("fit.onnx", resize="fit"), image, None, client=client, progress=False)
+    with pytest.raises(ValueError, match="own statistics"):
+        segment_slide_semantic(with_meta("z.onnx", normalization={"kind": "zscore"}), image, None, client=client,
+                               progress=False)
+    with pytest.raises(ValueError, match="not larger than the model's window"):
+        segment_slide_semantic(semantic_model, image[:64, :64], None, client=client, progress=False)
+    with pytest.raises(io.OutputPathError, match=".zarr"):
+        segment_slide_semantic(semantic_model, image, tmp_path / "labels.tif", client=client, progress=False)
+    with pytest.raises(io.InputFileError, match="channel"):
+        segment_slide_semantic(semantic_model, np.zeros((300, 300, 2), np.uint8), None, client=client,
+                               progress=False)
+    assert sorted(os.listdir(tmp_path)) == ["fit.onnx", "post.onnx", "z.onnx"]
+
+
+def test_segrt_run_on_a_zarr_slide_with_a_semantic_model(tmp_path, capsys, semantic_model):
+    from segrt.cli import main
+    from segrt.engine.image import ImagePipeline
+
+    img = seam_image((320, 400), seed=5)
+    zarr.open_array(str(tmp_path / "slide.zarr"), mode="w", shape=img.shape, chunks=(160, 200),
+                    dtype=img.dtype)[:] = img
+    out = tmp_path / "labels.zarr"
+    assert main(["run", semantic_model, str(tmp_path / "slide.zarr"), "-o", str(out), "--chunk", "150",
+                 "--backend", "ort", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "nucleus" in text and "9 chunks of 150 px" in text
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:],
+                                  ImagePipeline(semantic_model, backend="ort").run(img).labels)
+    assert main(["run", semantic_model, str(tmp_path / "slide.zarr"), "-o", str(tmp_path / "b.zarr"), "--tile",
+                 "64"]) != 0
+    assert "apply to star-convex models" in capsys.readouterr().err
+
+
+def test_a_failing_semantic_chunk_fails_the_slide_and_leaves_no_output(tmp_path, client):
+    from segrt.engine.slide import segment_slide_semantic
+
+    class NaNScores:
+        metadata = {"task": "semantic", "window": [32, 32], "class_names": ["background", "cell"]}
+        backend = "test"
+
+        def infer(self, batch):
+            out = np.zeros((batch.shape[0], 2) + batch.shape[2:], np.float32)
+            out[:, 1, 5, 5] = np.nan
+            return out
+
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        segment_slide_semantic(NaNScores(), np.zeros((80, 100), np.float32), tmp_path / "out.zarr", chunk=40,
+                               client=client, progress=False)
+    assert os.listdir(tmp_path) == []

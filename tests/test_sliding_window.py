@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segrt.engine import sliding_window
+from segrt.engine.sliding_window import argmax_region
 from segrt.kernels import stitch
 
 W = np.random.default_rng(0).standard_normal((3, 2)).astype(np.float32)
@@ -287,3 +288,61 @@ def test_the_whole_run_on_the_gpu_equals_the_cpu(shape, roi, overlap, mode, padd
     np.testing.assert_array_equal(labels, sliding_window(x, roi, mix, device="cpu", reduce="argmax", **kw))
     with pytest.raises(ValueError, match="NaN or infinite score"):
         sliding_window(x, roi, lambda b: mix(b) * np.float32("nan"), device="cuda", **kw)
+
+
+def _positional_predictor(batch):
+    """Three scores per voxel that depend on the voxel's place in the window (so a window's
+    placement shows in the result) and on its input."""
+    x = batch[:, :1]
+    ramp = np.linspace(0.0, 1.0, batch.shape[2], dtype=np.float32).reshape((1, 1, -1) + (1,) * (batch.ndim - 3))
+    return np.concatenate([2 * x + ramp, np.sin(3 * x), x * x - 0.5], axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("shape, roi, overlap, mode, side", [
+    ((97, 131), (32, 40), 0.5, "gaussian", 17),
+    ((97, 131), (32, 40), 0.5, "gaussian", 60),
+    ((50, 77), (16, 16), 0.3, "constant", 23),
+    ((64, 64), (64, 64), 0.25, "gaussian", 20),
+    ((20, 30, 26), (8, 12, 10), 0.5, "gaussian", 9),
+])
+def test_argmax_region_tiles_equal_the_whole_run(shape, roi, overlap, mode, side):
+    """Regions of any size (no multiple of the window, so windows straddle every seam) give the
+    whole run's labels bit for bit: each voxel sums the same windows in the same order."""
+    x = np.random.default_rng(0).standard_normal((1, 1) + shape).astype(np.float32)
+    whole = sliding_window(x, roi, _positional_predictor, overlap=overlap, mode=mode, reduce="argmax")[0]
+    out = np.full(shape, 255, whole.dtype)
+    reads = []
+
+    def read(box):
+        reads.append(box)
+        return x[0][(slice(None),) + box]
+
+    for lo in np.ndindex(*(-(-s // side) for s in shape)):
+        region = tuple((i * side, min((i + 1) * side, s)) for i, s in zip(lo, shape))
+        out[tuple(slice(a, b) for a, b in region)] = argmax_region(read, shape, roi, _positional_predictor, region,
+                                                                   overlap=overlap, mode=mode)
+        # the context read: the windows meeting the region, less than a window beyond it
+        box = reads[-1]
+        assert all(b.start > a - r and b.stop < z + r for b, (a, z), r in zip(box, region, roi))
+    np.testing.assert_array_equal(out, whole)
+
+
+def test_argmax_region_one_channel_threshold_and_refusals():
+    x = np.random.default_rng(1).standard_normal((1, 1, 70, 90)).astype(np.float32)
+
+    def one(batch):
+        return 0.7 * batch[:, :1]
+
+    whole = sliding_window(x, 32, one, overlap=0.5, mode="gaussian", reduce="argmax", threshold=0.1)[0]
+    assert 0.2 < whole.mean() < 0.8
+    read = lambda box: x[0][(slice(None),) + box]  # noqa: E731
+    part = argmax_region(read, (70, 90), 32, one, ((30, 55), (0, 90)), overlap=0.5, mode="gaussian", threshold=0.1)
+    np.testing.assert_array_equal(part, whole[30:55])
+    with pytest.raises(ValueError, match="smaller than the window"):
+        argmax_region(read, (70, 90), 80, one, ((0, 10), (0, 10)))
+    with pytest.raises(ValueError, match="region must be 2"):
+        argmax_region(read, (70, 90), 32, one, ((0, 71), (0, 10)))
+    with pytest.raises(ValueError, match="read returned shape"):
+        argmax_region(lambda box: x[0], (70, 90), 32, one, ((0, 10), (0, 10)))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        argmax_region(read, (70, 90), 32, lambda b: b[:, :1] * np.inf, ((0, 10), (0, 10)))
