@@ -7,9 +7,9 @@ them along every seam, uint8, written to zarr in 512 px chunks) and segmented by
 nuclei model through ONNX Runtime with 512 px tiles and 2048 px chunks. The whole-image run
 reads the slide into memory first (its time includes that read); the chunked runs read it
 lazily. The semantic rows run a small 2D UNet (random weights, 256 px window, overlap 0.5,
-gaussian blending; made here) over the same slides. Each run is a fresh process (peak memory is the process's own: Linux's VmHWM); the
-chunked runs' figure is the largest worker's and the driver's apart. The cluster's start-up
-is timed apart.
+gaussian blending; made here) over the same slides. Each run is a fresh process (peak memory
+is the process's own: Linux's VmHWM); the chunked runs' figure is the largest worker's and the
+driver's apart. The cluster's start-up is timed apart.
 """
 from __future__ import annotations
 
@@ -112,14 +112,14 @@ print(json.dumps({"seconds": seconds, "timings": res.timings, "peak_rss_mb": _pe
 _CHUNKED_SEMANTIC = """
 import json, sys, time
 import distributed
-from segrt.engine.slide import segment_slide_semantic
+from segrt.engine.slide import segment_semantic_chunked
 if __name__ == "__main__":
     slide, out, model, chunk, workers = sys.argv[1:6]
     t = time.perf_counter()
     with distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True, host="127.0.0.1",
                                   dashboard_address=None) as cluster, distributed.Client(cluster) as client:
         startup = time.perf_counter() - t
-        s = segment_slide_semantic(model, slide, out, chunk=int(chunk), client=client, backend="ort", progress=False)
+        s = segment_semantic_chunked(model, slide, out, chunk=int(chunk), client=client, backend="ort", progress=False)
     print(json.dumps({"startup_s": startup, "seconds": s["timings_s"]["total"], "timings": s["timings_s"],
                       "worker_peak_rss_mb": s["worker_peak_rss_mb"], "driver_peak_rss_mb": s["driver_peak_rss_mb"]}))
 """

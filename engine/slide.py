@@ -44,7 +44,7 @@ import numpy as np
 from segrt._optional import optional_import
 from segrt.engine import io
 
-__all__ = ["LazyImage", "segment_slide", "segment_slide_semantic", "SLIDE_SUFFIXES"]
+__all__ = ["LazyImage", "segment_slide", "segment_semantic_chunked", "SLIDE_SUFFIXES"]
 
 SLIDE_SUFFIXES = (".zarr", ".ome.zarr", ".tif", ".tiff", ".ome.tif", ".ome.tiff", ".svs")
 _HIST_BINS = 1 << 16
@@ -53,14 +53,19 @@ PIPELINE_KEY = "segrt-slide-pipeline"
 
 # ---- reading ---------------------------------------------------------------------------------
 class LazyImage:
-    """A 2D image read a box at a time: a zarr array, an OME-Zarr image (its full-resolution
-    level), a tiled TIFF (its first series, full resolution) or an in-memory array. Pickles as
-    its description, so each worker opens the file itself.
+    """A 2D image (or, with ``spatial_dims=3``, a volume) read a box at a time: a zarr array, an
+    OME-Zarr image (its full-resolution level), a tiled TIFF (its first series, full
+    resolution) or an in-memory array. Pickles as its description, so each worker opens the
+    file itself.
 
-    Layout: (Y, X), (Y, X, C) channels last (TIFF samples, RGB) or (C, Y, X) (OME-Zarr's
-    c axis); other OME axes (t, z) must have length 1."""
+    Layout: (Y, X), (Y, X, C) channels last (TIFF samples, RGB) or (C, Y, X) (OME-Zarr's c
+    axis); volumes (Z, Y, X), (C, Z, Y, X) or (Z, Y, X, C). Other OME axes (t, and z for a 2D
+    image) must have length 1."""
 
-    def __init__(self, source, *, component: str | None = None):
+    def __init__(self, source, *, component: str | None = None, spatial_dims: int = 2):
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+        self.spatial = "yx" if spatial_dims == 2 else "zyx"
         self._array = None
         if isinstance(source, (str, os.PathLike)):
             self.source = os.fspath(source)
@@ -80,14 +85,15 @@ class LazyImage:
             raise io.InputFileError(f"{self.source}: its metadata names {len(axes)} axes ({axes!r}) for an array of "
                                     f"shape {self.full_shape}")
         sizes = dict(zip(axes, self.full_shape))
-        if "y" not in sizes or "x" not in sizes:
-            raise io.InputFileError(f"{self.source}: expected an image with y and x axes, got axes {axes!r} "
-                                    f"and shape {self.full_shape}")
+        if any(a not in sizes for a in self.spatial) or [a for a in axes if a in self.spatial] != list(self.spatial):
+            raise io.InputFileError(f"{self.source}: expected an image with {', '.join(self.spatial)} axes in that "
+                                    f"order, got axes {axes!r} and shape {self.full_shape}")
         for a in axes:
-            if a not in "cyx" and sizes[a] != 1:
-                raise io.InputFileError(f"{self.source}: a slide is one 2D image; axis {a!r} has length {sizes[a]} "
-                                        "(pick one plane first)")
-        self.shape = (sizes["y"], sizes["x"])
+            if a not in "c" + self.spatial and sizes[a] != 1:
+                what = "a slide is one 2D image" if len(self.spatial) == 2 else "a volume is one 3D image"
+                raise io.InputFileError(f"{self.source}: {what}; axis {a!r} has length {sizes[a]} "
+                                        f"(pick one {'plane' if len(self.spatial) == 2 else 'volume'} first)")
+        self.shape = tuple(sizes[a] for a in self.spatial)
         self.channels = sizes.get("c", 1)
         if min(self.shape) == 0:
             raise io.InputFileError(f"{self.source}: the image is empty (shape {self.full_shape})")
@@ -98,13 +104,15 @@ class LazyImage:
         return state
 
     def _open(self):
+        n = len(self.spatial)
         if self.memory is not None:
             arr = self.memory
-            if arr.ndim == 2:
-                return arr, "yx"
-            if arr.ndim == 3 and arr.shape[-1] <= 4:
-                return arr, "yxc"
-            raise io.InputFileError(f"array: expected (H, W) or (H, W, C) with C <= 4, got shape {arr.shape}")
+            if arr.ndim == n:
+                return arr, self.spatial
+            if arr.ndim == n + 1 and arr.shape[-1] <= 4:
+                return arr, self.spatial + "c"
+            want = "(H, W) or (H, W, C)" if n == 2 else "(D, H, W) or (D, H, W, C)"
+            raise io.InputFileError(f"array: expected {want} with C <= 4, got shape {arr.shape}")
         path = self.source
         low = path.lower().rstrip("/\\")
         if low.endswith(".zarr") or os.path.isdir(path):
@@ -133,10 +141,14 @@ class LazyImage:
                 raise io.InputFileError(f"{path}: a zarr group without OME-Zarr multiscales metadata; name the array "
                                         "inside it (component)")
         if not axes:
-            axes = {2: "yx", 3: "yxc" if node.shape[-1] <= 4 else "cyx"}.get(len(node.shape))
+            sp, n = self.spatial, len(self.spatial)
+            axes = sp if len(node.shape) == n else None
+            if len(node.shape) == n + 1:  # channels last where the last axis is short, else first
+                axes = sp + "c" if node.shape[-1] <= 4 else "c" + sp
             if axes is None:
-                raise io.InputFileError(f"{path}: expected a 2D image (Y, X), (Y, X, C) or (C, Y, X), got shape "
-                                        f"{tuple(node.shape)}")
+                want = "a 2D image (Y, X), (Y, X, C) or (C, Y, X)" if n == 2 else \
+                    "a volume (Z, Y, X), (C, Z, Y, X) or (Z, Y, X, C)"
+                raise io.InputFileError(f"{path}: expected {want}, got shape {tuple(node.shape)}")
         return node, axes
 
     def _open_tiff(self, path):
@@ -160,12 +172,13 @@ class LazyImage:
         return self._array
 
     def read(self, box) -> np.ndarray:
-        """The (C, h, w) crop of the image inside ``box`` ((ys, xs) slices), in the file's dtype."""
+        """The (C, h, w) crop (volumes: (C, d, h, w)) of the image inside ``box`` (one slice per
+        spatial axis), in the file's dtype."""
         index = []
         for a in self.axes:
-            index.append(box[0] if a == "y" else box[1] if a == "x" else slice(None) if a == "c" else 0)
+            index.append(box[self.spatial.index(a)] if a in self.spatial else slice(None) if a == "c" else 0)
         crop = np.asarray(self.array[tuple(index)])
-        kept = [a for a in self.axes if a in "cyx"]
+        kept = [a for a in self.axes if a in "c" + self.spatial]
         if "c" not in kept:
             return crop[None]
         return np.moveaxis(crop, kept.index("c"), 0)
@@ -264,7 +277,8 @@ def slide_statistics(pipeline, image: LazyImage, boxes, mapper) -> list:
 
 # ---- tasks -----------------------------------------------------------------------------------
 def _pipeline_on_worker(options: dict, kind: str = "instances"):
-    """The worker's pipeline (InstancePipeline, or ImagePipeline for kind "semantic") around the
+    """The worker's pipeline (InstancePipeline; ImagePipeline for kind "semantic", VolumePipeline
+    for "semantic3d") around the
     model its plugin loaded (made once per worker and options)."""
     from distributed import get_worker
 
@@ -272,6 +286,8 @@ def _pipeline_on_worker(options: dict, kind: str = "instances"):
 
     if kind == "semantic":
         from segrt.engine.image import ImagePipeline as Pipeline
+    elif kind == "semantic3d":
+        from segrt.engine.volume import VolumePipeline as Pipeline
     else:
         from segrt.engine.instances import InstancePipeline as Pipeline
     plugin = get_worker().plugins[PLUGIN_NAME]
@@ -478,15 +494,14 @@ def _partial_labels(output, run, shape, side, dtype) -> str:
     """A hidden zarr array beside ``output`` that the chunks write into; renamed into place
     once complete."""
     tmp = os.path.join(os.path.dirname(output), f".{os.path.basename(output)}.partial-{run}")
-    _zarr().open_array(tmp, mode="w-", shape=shape, chunks=(side, side), dtype=dtype, fill_value=0)
+    _zarr().open_array(tmp, mode="w-", shape=shape, chunks=(side,) * len(shape), dtype=dtype, fill_value=0)
     return tmp
 
 
 def _chunk_boxes(shape, side) -> dict:
-    """(i, j) -> ((y0, y1), (x0, x1)): the slide cut into side x side chunks."""
-    H, W = shape
-    return {(i, j): ((i * side, min((i + 1) * side, H)), (j * side, min((j + 1) * side, W)))
-            for i in range(-(-H // side)) for j in range(-(-W // side))}
+    """(i, j[, k]) -> per axis (lo, hi): the image cut into chunks of ``side`` along every axis."""
+    return {k: tuple((i * side, min((i + 1) * side, n)) for i, n in zip(k, shape))
+            for k in itertools.product(*(range(-(-n // side)) for n in shape))}
 
 
 def _planned_slide_outputs(output, planned, image) -> list:
@@ -726,113 +741,166 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
 
 # ---- 2D semantic models -----------------------------------------------------------------------
 def semantic_labels_of_chunk(pipeline, image: LazyImage, stats, chunk_box, labels_path=None) -> dict:
-    """The labels of one chunk ((y0, y1), (x0, x1)) as ``ImagePipeline.run`` labels the whole
-    image: the whole image's windows that meet the chunk (their context read around it),
-    normalised with the whole image's statistics, blended in the whole-image run's order.
-    Written into the zarr array at ``labels_path``; returns the pixels per class."""
+    """The labels of one chunk (per spatial axis (lo, hi)) as the whole-image run labels them
+    (``ImagePipeline.run``; for a volume, ``VolumePipeline.run`` on the voxels as stored): the
+    whole image's windows that meet the chunk (their context read around it), normalised with
+    the whole image's statistics, blended in the whole-image run's order. Written into the zarr
+    array at ``labels_path``; returns the pixels (voxels) per class and the non-finite input
+    values set to 0 (as the volume pipeline does)."""
     from segrt.engine import preprocess
     from segrt.engine.metadata import foreground_threshold
     from segrt.engine.sliding_window import argmax_region
+    from segrt.engine.volume import _mirrored
 
-    spec = pipeline.meta.get("normalization")
+    meta = pipeline.meta
+    spec = meta.get("normalization")
+    volume = len(image.shape) == 3
+    bad = [0]
 
     def read(box):
         planes = model_planes(image.read(box), pipeline.in_channels, image.source).astype(np.float32, copy=False)
+        if volume:
+            finite = np.isfinite(planes)
+            if not finite.all():
+                bad[0] += int(finite.size - np.count_nonzero(finite))
+                planes = np.where(finite, planes, np.float32(0))
         return np.stack([preprocess.normalize(ch, spec, st) for ch, st in zip(planes, stats)])
 
-    labels = argmax_region(read, image.shape, pipeline.window, pipeline.model.infer, chunk_box,
-                           overlap=pipeline.overlap, mode=pipeline.mode, threshold=foreground_threshold(pipeline.meta))
+    predictor = _mirrored(pipeline.model.infer, pipeline.mirror_axes) if volume else pipeline.model.infer
+    labels = argmax_region(read, image.shape, pipeline.window, predictor, chunk_box, overlap=pipeline.overlap,
+                           mode=pipeline.mode, threshold=foreground_threshold(meta),
+                           placement=getattr(pipeline, "placement", "monai"))
     if labels_path is not None:
-        (y0, y1), (x0, x1) = chunk_box
-        _zarr().open_array(labels_path, mode="r+")[y0:y1, x0:x1] = labels
-    return {"counts": np.bincount(labels.reshape(-1)), "labels": None if labels_path is not None else labels}
+        _zarr().open_array(labels_path, mode="r+")[tuple(slice(lo, hi) for lo, hi in chunk_box)] = labels
+    return {"counts": np.bincount(labels.reshape(-1)), "non_finite": bad[0],
+            "labels": None if labels_path is not None else labels}
 
 
-def _semantic_task(options, image, stats, chunk_box, labels_path):
-    pipeline = _pipeline_on_worker(options, "semantic")
+def _semantic_task(kind, options, image, stats, chunk_box, labels_path):
+    pipeline = _pipeline_on_worker(options, kind)
     out = semantic_labels_of_chunk(pipeline, image, stats, chunk_box, labels_path)
     out["peak_rss_mb"] = _peak_rss_mb()
     out["backend"] = getattr(pipeline.model, "backend", "?")
     return out
 
 
-def segment_slide_semantic(model, source, output=None, *, chunk=None, overlap=None, mode=None, component=None,
-                           client=None, scheduler=None, workers=None, backend="auto", progress=True,
-                           return_labels=False) -> dict:
-    """Class labels of a whole slide with a 2D semantic model, chunk by chunk on Dask, equal to
-    the whole-image run (``ImagePipeline(model).run(image)``, the image at its own resolution)
-    bit for bit.
+def _semantic_probe(model, options):
+    """(what the workers load, the driver's pipeline, its kind) for a 2D or 3D semantic model,
+    refusing what chunks cannot reproduce before anything is loaded."""
+    from segrt.engine.preprocess import normalizes_crops
 
-    Each chunk runs the whole image's sliding windows that meet it (reading the context they
-    see around the chunk: up to one window less a pixel on each side), normalised with the
-    whole slide's statistics, and blends them in the whole-image run's order; so every pixel
-    sums the same predictions in the same order. Windows across a seam run once per chunk they
-    meet (the cost of chunking: about (chunk + window) / chunk per axis).
-
-    Args:
-        model: a 2D semantic .onnx model file (loaded once per worker), or a model object
-            (``infer`` and ``metadata``) that pickles.
-        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory (H, W[, C])
-            array.
-        output: the labels' ``.zarr`` folder (uint8, or uint16 past 256 classes), with
-            ``<stem>.json`` (summary: pixels per class) beside it. None: nothing written (with
-            ``return_labels``).
-        chunk: chunk side in pixels (default 16 windows: windows across a seam run once per
-            chunk they meet, about (chunk + window) / chunk more work per axis).
-        overlap, mode: as ``ImagePipeline`` (default 0.5, "gaussian").
-        component, client, scheduler, workers, backend, progress: as ``segrt_slide``.
-        return_labels: also return the whole label image (small slides and tests).
-
-    Models that fit the whole image to their window, or whose clean-up (``postprocess``) or
-    normalisation needs the whole image at once, are refused: run those whole.
-    """
-    from segrt.engine.image import ImagePipeline
-    from segrt.engine.image import planned_outputs as image_outputs
-
-    t_all = time.perf_counter()
-    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component)
-    options = {k: v for k, v in (("overlap", overlap), ("mode", mode)) if v is not None}
-    if hasattr(model, "infer") and hasattr(model, "metadata"):
-        model_path, probe = model, ImagePipeline(model, device="cpu", **options)
+    if hasattr(model, "infer") and hasattr(model, "metadata"):  # a model object: shipped to the workers
+        shipped, meta_model, name = model, model, "the model"
     else:
-        model_path = os.path.abspath(os.fspath(model))
-        probe = ImagePipeline(_MetadataOnly(model_path), device="cpu", **options)
-    meta = probe.meta
-    name = getattr(probe.model, "path", "the model")
+        shipped = os.path.abspath(os.fspath(model))
+        meta_model, name = _MetadataOnly(shipped), shipped
+    meta = meta_model.metadata or {}
+    if meta.get("task") != "semantic":
+        raise ValueError(f"{name}: chunked semantic segmentation runs semantic models; this one's task is "
+                         f"{meta.get('task')!r}")
     if meta.get("resize") == "fit":
         raise ValueError(f"{name}: it fits the whole image to its window; chunks cannot reproduce that: run it whole")
     if any(meta.get("postprocess") or {}):
         raise ValueError(f"{name}: its clean-up ({', '.join(sorted(meta['postprocess']))}) looks at the whole image's "
                          "regions at once, which chunks do not yet reproduce: run it whole")
-    from segrt.engine.preprocess import normalizes_crops
-
+    if meta.get("crop"):
+        raise ValueError(f"{name}: it crops the study to a box found on the whole of it ({meta['crop'].get('kind')}); "
+                         "chunks cannot reproduce that: run it whole")
     if not normalizes_crops(meta.get("normalization")):
         raise ValueError(f"{name}: its normalisation needs the normalised image's own statistics (standardize / "
                          "z-score without fixed mean and std); chunks cannot reproduce it")
-    if image.channels not in (probe.in_channels, 3, 4) or (image.channels != probe.in_channels and probe.in_channels != 1):
+    if len(meta.get("window") or []) == 3:
+        from segrt.engine.volume import VolumePipeline
+
+        return shipped, VolumePipeline(meta_model, device="cpu", **options), "semantic3d"
+    from segrt.engine.image import ImagePipeline
+
+    return shipped, ImagePipeline(meta_model, device="cpu", **options), "semantic"
+
+
+def segment_semantic_chunked(model, source, output=None, *, chunk=None, overlap=None, mode=None, component=None,
+                             client=None, scheduler=None, workers=None, backend="auto", progress=True,
+                             return_labels=False) -> dict:
+    """Class labels of a whole slide (2D semantic model) or a large volume (3D semantic model),
+    chunk by chunk on Dask, equal to the whole-image run bit for bit: ``ImagePipeline(model).
+    run(image)`` (the image at its own resolution), for a volume ``VolumePipeline(model).run``
+    on the voxels as stored (a zarr volume is read as (Z, Y, X), the network's own order, at
+    its own voxel grid).
+
+    Each chunk runs the whole image's sliding windows that meet it (reading the context they
+    see around the chunk: up to one window less a pixel on each side), normalised with the
+    whole image's statistics, and blends them in the whole-image run's order; so every pixel
+    sums the same predictions in the same order. Windows across a seam run once per chunk they
+    meet (the cost of chunking: about (chunk + window) / chunk per axis).
+
+    Args:
+        model: a semantic .onnx model file (loaded once per worker), or a model object
+            (``infer`` and ``metadata``) that pickles.
+        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory array
+            ((H, W[, C]); volumes (D, H, W)).
+        output: the labels' ``.zarr`` folder (uint8, or uint16 past 256 classes), with
+            ``<stem>.json`` (summary: pixels or voxels per class) beside it. None: nothing
+            written (with ``return_labels``).
+        chunk: chunk side in pixels (default 16 windows in 2D, 4 in 3D; memory per worker:
+            one float32 score per class and chunk pixel besides the input).
+        overlap, mode: as ``ImagePipeline`` / ``VolumePipeline`` (default: the metadata's,
+            else 0.5 and "gaussian"); a volume model's window placement and test-time
+            mirroring come from its metadata.
+        component, client, scheduler, workers, backend, progress: as ``segment_slide``.
+        return_labels: also return the whole label image (small inputs and tests).
+
+    Refused, because chunks cannot reproduce them: models that fit the whole image to their
+    window, crop it to a box found on the whole image, clean up regions (``postprocess``) or
+    normalise with the normalised image's own statistics; images no larger than the window.
+    """
+    t_all = time.perf_counter()
+    options = {k: v for k, v in (("overlap", overlap), ("mode", mode)) if v is not None}
+    model_path, probe, kind = _semantic_probe(model, options)
+    meta = probe.meta
+    nd = len(probe.window) if kind == "semantic" else 3
+    window = tuple(meta["window"])
+    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component, spatial_dims=nd)
+    if len(image.shape) != nd:
+        raise io.InputFileError(f"{image.source}: a {len(image.shape)}D image for a {nd}D model")
+    in_channels = meta.get("in_channels", 1)
+    if kind == "semantic3d" and image.channels != 1:
+        raise io.InputFileError(f"{image.source}: {image.channels} channels; the volume pipeline takes one")
+    if image.channels not in (in_channels, 3, 4) or (image.channels != in_channels and in_channels != 1):
         raise io.InputFileError(f"{image.source}: {image.channels} channel(s) do not fit a model with "
-                                f"{probe.in_channels} input channel(s)")
-    H, W = image.shape
-    if H < probe.window[0] or W < probe.window[1] or (H, W) == probe.window:
-        raise ValueError(f"{image.source}: {H} x {W} is not larger than the model's window {probe.window} (the "
-                         "whole-image run pads it or runs one window); run it whole with segrt run")
-    side = int(chunk) if chunk is not None else 16 * max(probe.window)
+                                f"{in_channels} input channel(s)")
+    if any(s < w for s, w in zip(image.shape, window)) or tuple(image.shape) == window:
+        raise ValueError(f"{image.source}: {' x '.join(map(str, image.shape))} is not larger than the model's window "
+                         f"{window} (the whole-image run pads it or runs one window); run it whole with segrt run")
+    side = int(chunk) if chunk is not None else (16 if nd == 2 else 4) * max(window)
     if side < 1:
         raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
-    n_classes = len(probe.class_names) or int(meta.get("out_channels", 0) or 0)
+    names = list(meta.get("class_names") or [])
+    n_classes = len(names) or int(meta.get("out_channels", 0) or 0)
     dtype = np.uint8 if 0 < n_classes <= 256 else np.uint16
-    chunk_boxes = _chunk_boxes((H, W), side)
+    chunk_boxes = _chunk_boxes(image.shape, side)
     if output is not None:
         output = os.path.abspath(os.fspath(output))
-    written = _planned_slide_outputs(output, lambda: list(image_outputs(output)), image)
+    written = _planned_slide_outputs(output, lambda: [output, os.path.splitext(output)[0] + ".json"], image)
 
     bar = _Bar(progress)
     seconds = {}
     tmp = None
     counts = np.zeros(0, np.int64)
-    peak = 0.0
+    peak, non_finite = 0.0, 0
     ran_on = backend
-    labels = np.zeros((H, W), dtype) if return_labels and output is None else None
+    labels = np.zeros(image.shape, dtype) if return_labels and output is None else None
+
+    def _add_chunk(res, box):
+        nonlocal counts, peak, ran_on, non_finite
+        if res["counts"].size > np.iinfo(dtype).max + 1:
+            raise ValueError(f"the model returned {res['counts'].size} classes, more than its metadata's "
+                             f"{n_classes}; describe its classes (segrt describe --classes)")
+        counts = np.pad(counts, (0, max(0, res["counts"].size - counts.size)))
+        counts[:res["counts"].size] += res["counts"]
+        peak, ran_on, non_finite = max(peak, res["peak_rss_mb"]), res["backend"], non_finite + res["non_finite"]
+        if labels is not None:
+            labels[tuple(slice(lo, hi) for lo, hi in box)] = res["labels"]
+
     with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
             _removed_on_failure() as partial:
         t = time.perf_counter()
@@ -840,32 +908,32 @@ def segment_slide_semantic(model, source, output=None, *, chunk=None, overlap=No
         seconds["statistics"] = time.perf_counter() - t
         t = time.perf_counter()
         if output is not None:
-            tmp = partial(_partial_labels(output, run, (H, W), side, dtype))
-        futures = {client.submit(_semantic_task, options, image, stats, box, tmp,
-                                 key=f"segrt-semantic-{run}-{k[0]}-{k[1]}"): k for k, box in chunk_boxes.items()}
-        for n, fut in enumerate(distributed.as_completed(list(futures)), 1):
-            res = fut.result()
-            if res["counts"].size > np.iinfo(dtype).max + 1:
-                raise ValueError(f"the model returned {res['counts'].size} classes, more than its metadata's "
-                                 f"{n_classes}; describe its classes (segrt describe --classes)")
-            counts = np.pad(counts, (0, max(0, res["counts"].size - counts.size)))
-            counts[:res["counts"].size] += res["counts"]
-            peak, ran_on = max(peak, res["peak_rss_mb"]), res["backend"]
-            if labels is not None:
-                (y0, y1), (x0, x1) = chunk_boxes[futures[fut]]
-                labels[y0:y1, x0:x1] = res["labels"]
-            bar.show("labels", n, len(futures))
+            tmp = partial(_partial_labels(output, run, image.shape, side, dtype))
+        futures = {client.submit(_semantic_task, kind, options, image, stats, box, tmp,
+                                 key=f"segrt-semantic-{run}-{'-'.join(map(str, k))}"): k
+                   for k, box in chunk_boxes.items()}
+        try:
+            for n, fut in enumerate(distributed.as_completed(list(futures)), 1):
+                res = fut.result()
+                _add_chunk(res, chunk_boxes[futures[fut]])
+                bar.show("labels", n, len(futures))
+        except BaseException:
+            client.cancel(list(futures))  # the other chunks stop writing into the partial output
+            raise
         seconds["inference"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t_all
-    names = probe.class_names or [f"class {c}" for c in range(max(len(counts), 1))]
-    pixels = {(names[c] if c < len(names) else f"class {c}"): int(counts[c]) for c in range(1, len(counts))}
+    names = names or [f"class {c}" for c in range(max(len(counts), 1))]
+    per_class = {(names[c] if c < len(names) else f"class {c}"): int(counts[c]) for c in range(1, len(counts))}
     notes = []
     if meta.get("spacing"):
-        notes.append(f"ran at the slide's own resolution (the model was trained at {meta['spacing']} mm per pixel): "
-                     "give a pyramid level at that resolution where the slide has one")
-    summary = {"input": image.source, "shape": [H, W], "classes": names, "pixels": pixels, "backend": ran_on,
-               "chunk": side, "chunks": len(chunk_boxes), "window": list(probe.window), "timings_s": seconds,
-               "worker_peak_rss_mb": peak, "driver_peak_rss_mb": _peak_rss_mb(), "notes": notes, "outputs": written}
+        notes.append(f"ran at the input's own {'pixel' if nd == 2 else 'voxel'} size (the model was trained at "
+                     f"{meta['spacing']} mm): give a pyramid level or a volume at that resolution where there is one")
+    if non_finite:
+        notes.append(f"{non_finite} NaN / infinite voxel(s) set to 0")
+    summary = {"input": image.source, "shape": list(image.shape), "classes": names,
+               ("pixels" if nd == 2 else "voxels"): per_class, "backend": ran_on, "chunk": side,
+               "chunks": len(chunk_boxes), "window": list(window), "timings_s": seconds, "worker_peak_rss_mb": peak,
+               "driver_peak_rss_mb": _peak_rss_mb(), "notes": notes, "outputs": written}
     if output is not None:
         with io.atomic_path(written[1]) as part, open(part, "w") as f:
             json.dump(summary, f, indent=2)

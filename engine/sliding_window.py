@@ -421,7 +421,8 @@ def argmax_region(read, size, roi_size, predictor, region, *, overlap=0.25, mode
     x = np.asarray(read(tuple(slice(lo, hi) for lo, hi in zip(span_lo, span_hi))))
     want = tuple(h - lo for lo, h in zip(span_lo, span_hi))
     if x.ndim != nd + 1 or tuple(x.shape[1:]) != want:
-        raise ValueError(f"read returned shape {x.shape} for a box of {want}: expected (C, {', '.join(map(str, want))})")
+        raise ValueError(f"read returned shape {x.shape} for a box of {want}: expected "
+                         f"(C, {', '.join(map(str, want))})")
     x = x.astype(np.float32, copy=False)
     shape = tuple(hi - lo for lo, hi in region)
     batch = np.empty((1, x.shape[0]) + roi, np.float32)

@@ -121,6 +121,8 @@ class VolumePipeline:
                                  "{'window': [D, H, W], ...}")
         # one window's input and scores must fit the memory budget before anything runs
         io.check_input_size([meta.get("in_channels", 1) + 1] + list(meta["window"]), f"{path}: its metadata window")
+        self.window = tuple(meta["window"])
+        self.in_channels = 1  # the network sees the study's one channel
         sw = meta.get("sliding_window") or {}
         self.overlap = sw.get("overlap", 0.5) if overlap is None else overlap
         self.mode = sw.get("mode", "gaussian") if mode is None else mode

@@ -238,7 +238,7 @@ def _is_zarr(path) -> bool:
 def _run_slide(args) -> int:
     """A slide in chunks on Dask: zarr / OME-Zarr / tiled TIFF in, labels .zarr out."""
     from segrt.engine.model_file import inspect_model_file
-    from segrt.engine.slide import segment_slide, segment_slide_semantic
+    from segrt.engine.slide import segment_semantic_chunked, segment_slide
     from segrt.engine.study import default_output
     from segrt.export import zoo
 
@@ -249,12 +249,13 @@ def _run_slide(args) -> int:
     if (inspect_model_file(model_path)[3] or {}).get("task") == "semantic":
         if args.tile or args.prob_thresh is not None or args.nms_thresh is not None:
             raise ValueError("--tile, --prob-thresh and --nms-thresh apply to star-convex models; this one is semantic")
-        summary = segment_slide_semantic(model_path, args.input, output, chunk=args.chunk, overlap=args.overlap,
-                                         workers=args.workers, scheduler=args.scheduler, backend=args.backend,
-                                         progress=not args.quiet)
+        summary = segment_semantic_chunked(model_path, args.input, output, chunk=args.chunk, overlap=args.overlap,
+                                           workers=args.workers, scheduler=args.scheduler, backend=args.backend,
+                                           progress=not args.quiet)
         t = summary["timings_s"]
-        pixels = ", ".join(f"{k} {v}" for k, v in summary["pixels"].items()) or "no foreground"
-        print(f"wrote {', '.join(summary['outputs'])} ({pixels} pixels; {summary['chunks']} chunks of "
+        unit = "pixels" if "pixels" in summary else "voxels"
+        counts = ", ".join(f"{k} {v}" for k, v in summary[unit].items()) or "no foreground"
+        print(f"wrote {', '.join(summary['outputs'])} ({counts} {unit}; {summary['chunks']} chunks of "
               f"{summary['chunk']} px; {t['total']:.1f} s: inference {t['inference']:.1f} s; peak memory per worker "
               f"{summary['worker_peak_rss_mb']:.0f} MB)")
         for note in summary["notes"]:
@@ -508,12 +509,12 @@ def _add_run(sub) -> None:
     r.add_argument("--dicom-seg", metavar="SEG.dcm", help="semantic 3D models on a DICOM series: also write a DICOM "
                                                           "Segmentation referencing it (-o seg.dcm does the same)")
     r.add_argument("--series", metavar="UID", help="SeriesInstanceUID to segment from a DICOM folder holding several")
-    slide = r.add_argument_group("slides in chunks (2D star-convex and 2D semantic models; a zarr / OME-Zarr "
-                                 "input or a .zarr output)",
+    slide = r.add_argument_group("slides and volumes in chunks (2D star-convex models, 2D and 3D semantic models; "
+                                 "a zarr / OME-Zarr input or a .zarr output)",
                                  "The slide is read lazily and processed as Dask tasks, with the same result as "
                                  "the whole image; labels go to a .zarr folder, star-convex polygons to GeoJSON.")
     slide.add_argument("--chunk", type=int, help="chunk side in pixels (star-convex: whole tiles, default 4 tiles; "
-                                                 "semantic: default 16 windows)")
+                                                 "semantic: default 16 windows, 4 in 3D)")
     slide.add_argument("--workers", type=int, help="local Dask worker processes (default 1)")
     slide.add_argument("--scheduler", metavar="ADDRESS", help="a Dask scheduler to run on (tcp://host:8786)")
     r.set_defaults(handler=_cmd_run)

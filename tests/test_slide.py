@@ -293,18 +293,18 @@ def test_semantic_chunks_equal_the_whole_image(tmp_path, client, image, semantic
     """Chunks that are no multiple of the window (so windows straddle every seam): labels, zarr
     output and pixel counts equal ImagePipeline on the whole image, bit for bit."""
     from segrt.engine.image import ImagePipeline
-    from segrt.engine.slide import segment_slide_semantic
+    from segrt.engine.slide import segment_semantic_chunked
 
     whole = ImagePipeline(semantic_model, backend="ort").run(image)
     assert 0 < (whole.labels == 1).mean() < 0.5
-    got = segment_slide_semantic(semantic_model, image, None, chunk=200, client=client, backend="ort", progress=False,
+    got = segment_semantic_chunked(semantic_model, image, None, chunk=200, client=client, backend="ort", progress=False,
                                  return_labels=True)
     np.testing.assert_array_equal(got["labels"], whole.labels)
     assert got["chunks"] == 4 * 6 and got["labels"].dtype == whole.labels.dtype
     src = tmp_path / "slide.zarr"
     zarr.open_array(str(src), mode="w", shape=image.shape, chunks=(128, 128), dtype=image.dtype)[:] = image
     out = tmp_path / "classes.zarr"
-    summary = segment_slide_semantic(semantic_model, str(src), out, chunk=300, client=client, backend="ort",
+    summary = segment_semantic_chunked(semantic_model, str(src), out, chunk=300, client=client, backend="ort",
                                      progress=False)
     np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], whole.labels)
     written = json.loads((tmp_path / "classes.json").read_text())
@@ -316,7 +316,7 @@ def test_semantic_chunks_equal_the_whole_image(tmp_path, client, image, semantic
 def test_semantic_refusals(tmp_path, client, image, semantic_model):
     import onnx
 
-    from segrt.engine.slide import segment_slide_semantic
+    from segrt.engine.slide import segment_semantic_chunked
 
     def with_meta(name, **changes):
         model = onnx.load(semantic_model)
@@ -327,19 +327,19 @@ def test_semantic_refusals(tmp_path, client, image, semantic_model):
         return path
 
     with pytest.raises(ValueError, match="clean-up .*keep_largest.* run it whole"):
-        segment_slide_semantic(with_meta("post.onnx", postprocess={"keep_largest": {"1": 1}}), image, None,
+        segment_semantic_chunked(with_meta("post.onnx", postprocess={"keep_largest": {"1": 1}}), image, None,
                                client=client, progress=False)
     with pytest.raises(ValueError, match="fits the whole image"):
-        segment_slide_semantic(with_meta("fit.onnx", resize="fit"), image, None, client=client, progress=False)
+        segment_semantic_chunked(with_meta("fit.onnx", resize="fit"), image, None, client=client, progress=False)
     with pytest.raises(ValueError, match="own statistics"):
-        segment_slide_semantic(with_meta("z.onnx", normalization={"kind": "zscore"}), image, None, client=client,
+        segment_semantic_chunked(with_meta("z.onnx", normalization={"kind": "zscore"}), image, None, client=client,
                                progress=False)
     with pytest.raises(ValueError, match="not larger than the model's window"):
-        segment_slide_semantic(semantic_model, image[:64, :64], None, client=client, progress=False)
+        segment_semantic_chunked(semantic_model, image[:64, :64], None, client=client, progress=False)
     with pytest.raises(io.OutputPathError, match=".zarr"):
-        segment_slide_semantic(semantic_model, image, tmp_path / "labels.tif", client=client, progress=False)
+        segment_semantic_chunked(semantic_model, image, tmp_path / "labels.tif", client=client, progress=False)
     with pytest.raises(io.InputFileError, match="channel"):
-        segment_slide_semantic(semantic_model, np.zeros((300, 300, 2), np.uint8), None, client=client,
+        segment_semantic_chunked(semantic_model, np.zeros((300, 300, 2), np.uint8), None, client=client,
                                progress=False)
     assert sorted(os.listdir(tmp_path)) == ["fit.onnx", "post.onnx", "z.onnx"]
 
@@ -364,7 +364,7 @@ def test_segrt_run_on_a_zarr_slide_with_a_semantic_model(tmp_path, capsys, seman
 
 
 def test_a_failing_semantic_chunk_fails_the_slide_and_leaves_no_output(tmp_path, client):
-    from segrt.engine.slide import segment_slide_semantic
+    from segrt.engine.slide import segment_semantic_chunked
 
     class NaNScores:
         metadata = {"task": "semantic", "window": [32, 32], "class_names": ["background", "cell"]}
@@ -376,6 +376,73 @@ def test_a_failing_semantic_chunk_fails_the_slide_and_leaves_no_output(tmp_path,
             return out
 
     with pytest.raises(ValueError, match="NaN or infinite"):
-        segment_slide_semantic(NaNScores(), np.zeros((80, 100), np.float32), tmp_path / "out.zarr", chunk=40,
+        segment_semantic_chunked(NaNScores(), np.zeros((80, 100), np.float32), tmp_path / "out.zarr", chunk=40,
                                client=client, progress=False)
     assert os.listdir(tmp_path) == []
+
+
+def _conv3d_model(path, window=(16, 20, 24), mirror=False):
+    """A 3D semantic ONNX model: class 1 where the 3x3x3 mean (zero padding, so each window's
+    edge shows) of the normalised input exceeds 0.5; percentile normalisation."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from segrt.engine import metadata as md
+
+    w = np.zeros((2, 1, 3, 3, 3), np.float32)
+    w[1] = 1 / 27
+    b = np.array([0.0, -0.5], np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w", "b"], ["scores"], pads=[1] * 6)], "conv3d",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["n", 1, "d", "h", "w"])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["n", 2, "d", "h", "w"])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    sw = {"overlap": 0.5, "mode": "gaussian", **({"placement": "nnunet", "mirror_axes": [0, 2]} if mirror else {})}
+    meta = {"task": "semantic", "window": list(window), "class_names": ["background", "cell"],
+            "normalization": {"kind": "percentile", "low": 1.0, "high": 99.0}, "sliding_window": sw}
+    entry = model.metadata_props.add()
+    entry.key, entry.value = md.KEY, md.to_json(meta)
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def _blobs_3d(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    vol = rng.normal(20, 4, shape)
+    zz, yy, xx = np.mgrid[tuple(slice(0, n) for n in shape)]
+    for _ in range(25):
+        c, r = rng.uniform(0, 1, 3) * shape, rng.uniform(2, 5)
+        vol += 120 * (((zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2) < r * r)
+    return vol.astype(np.float32)
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_semantic_volume_chunks_equal_the_whole_volume(tmp_path, client, mirror):
+    """A 3D semantic model over a zarr volume in chunks (no multiple of the window, windows on
+    every seam and corner; nnU-Net's placement and mirroring too): the labels of VolumePipeline
+    on the whole volume, bit for bit."""
+    from segrt.cli import main
+    from segrt.engine.slide import segment_semantic_chunked
+    from segrt.engine.volume import VolumePipeline
+
+    model = _conv3d_model(tmp_path / "conv3d.onnx", mirror=mirror)
+    vol = _blobs_3d((40, 50, 45))
+    whole = VolumePipeline(model, backend="ort").run(vol)
+    assert 0.01 < (whole.labels == 1).mean() < 0.5
+    got = segment_semantic_chunked(model, vol, None, chunk=18, client=client, backend="ort", progress=False,
+                                   return_labels=True)
+    assert got["chunks"] == 3 * 3 * 3 and got["voxels"] == {"cell": int((whole.labels == 1).sum())}
+    np.testing.assert_array_equal(got["labels"], whole.labels)
+    if mirror:
+        return
+    zarr.open_array(str(tmp_path / "vol.zarr"), mode="w", shape=vol.shape, chunks=(16, 16, 16),
+                    dtype=vol.dtype)[:] = vol
+    out = tmp_path / "cells.zarr"
+    assert main(["run", model, str(tmp_path / "vol.zarr"), "-o", str(out), "--chunk", "25", "--backend", "ort",
+                 "-q"]) == 0
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], whole.labels)
+    assert json.loads((tmp_path / "cells.json").read_text())["voxels"] == got["voxels"]
+    zarr.open_array(str(tmp_path / "plane.zarr"), mode="w", shape=(60, 60), dtype=np.float32)[:] = 1
+    with pytest.raises(io.InputFileError, match="expected a volume"):
+        segment_semantic_chunked(model, str(tmp_path / "plane.zarr"), None, client=client, progress=False)
