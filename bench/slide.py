@@ -205,7 +205,9 @@ def main(argv=None) -> Report:
                         "run (the whole-image row includes reading the slide into memory; chunked rows exclude the "
                         "cluster's start-up, in 'startup_s'). Peak memory: VmHWM of each process; for chunked "
                         "runs the largest worker's and the driver's. 'identical': labels equal to the whole "
-                        "image's bit for bit.")
+                        "image's bit for bit. Semantic rows ('2D UNet (semantic)'): a small 2D UNet made here (random "
+                        "weights, 256 px window, overlap 0.5, gaussian), whole image = ImagePipeline, chunked = "
+                        "segment_semantic_chunked with the same 2048 px chunks.")
     print("whole slides in chunks", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         for side in (int(v) for v in args.sides.split(",")):
