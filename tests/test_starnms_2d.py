@@ -253,10 +253,27 @@ def configurations(draw):
     return prob, dist, thresh
 
 
-@pytest.mark.parametrize("device", fast_devices(starnms.IMPLEMENTATIONS))
+def _fast(on_device: bool) -> list:
+    """The fast implementations run on the device (cuda) or not."""
+    return [d for d in fast_devices(starnms.IMPLEMENTATIONS) if (getattr(d, "values", (d,))[0] == "cuda") == on_device]
+
+
+@pytest.mark.parametrize("device", _fast(on_device=False))
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(configurations())
 def test_matches_reference(device, cfg):
+    _check_against_reference(device, cfg)
+
+
+# fewer examples: under the simulator every GPU thread runs in Python (a second an example)
+@pytest.mark.parametrize("device", _fast(on_device=True))
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configurations())
+def test_matches_reference_on_the_device(device, cfg):
+    _check_against_reference(device, cfg)
+
+
+def _check_against_reference(device, cfg):
     prob, dist, thresh = cfg
     if device == "cuda":  # the simulator runs every GPU thread in Python: a corner of the case
         prob, dist = np.ascontiguousarray(prob[:10, :10]), np.ascontiguousarray(dist[:10, :10])
