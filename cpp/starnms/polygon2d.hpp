@@ -902,9 +902,12 @@ struct Box {
 constexpr float kSimpleRay = 2000.0f;  // int32 products below: coordinates under 2^11
 
 // AVX2 where the CPU has it, chosen at load time (the build stays portable): same values
-__attribute__((target_clones("avx2", "default"))) bool make_simple(const PolygonMaker& M, int64_t cell, const Pt& c, int16_t* rel, Box* box, int64_t* area2,
-                 bool* own_star) {
+// (unused in some translation units that include this header)
+__attribute__((target_clones("avx2", "default"), unused)) bool make_simple(const PolygonMaker& M, int64_t cell,
+                                                                           const Pt& c, int16_t* rel, Box* box,
+                                                                           int64_t* area2, bool* own_star) {
     const int n = M.n_rays;
+    if (n < 3) return false;  // polygons have at least 3 rays (checked at the entry points)
     const float* d = M.dist + cell * n;
     const float* cos_t = M.cos_t.data();
     const float* sin_t = M.sin_t.data();
