@@ -96,19 +96,19 @@ def test_chunks_equal_the_whole_image_with_objects_on_every_seam(tmp_path, clien
 
 
 def test_objects_wider_than_a_chunk_widen_the_margin(client):
-    """A perfect network (StarDist's targets of the labels) on objects up to 190 px wide in
+    """A perfect network (StarDist's targets of the labels) on objects up to 114 px wide in
     32 px chunks: the certificate sends the chunks near the big object to wider margins, and
     the result is still the whole image's."""
     from skimage.draw import ellipse
 
     from segrt.engine.slide import segment_slide
 
-    lab = np.zeros((200, 260), np.uint16)
-    lab[ellipse(100, 120, 70, 95, shape=lab.shape)] = 1
-    lab[ellipse(30, 230, 15, 20, shape=lab.shape)] = 2
-    lab[ellipse(170, 30, 12, 12, shape=lab.shape)] = 3
-    lab[ellipse(185, 230, 9, 14, shape=lab.shape)] = 4
-    model = TargetModel(2, 32, context=200)
+    lab = np.zeros((120, 156), np.uint16)
+    lab[ellipse(60, 72, 42, 57, shape=lab.shape)] = 1
+    lab[ellipse(18, 138, 9, 12, shape=lab.shape)] = 2
+    lab[ellipse(102, 18, 8, 8, shape=lab.shape)] = 3
+    lab[ellipse(111, 138, 6, 9, shape=lab.shape)] = 4
+    model = TargetModel(2, 32, context=120)
     img = lab.astype(np.float32)
     whole = InstancePipeline(model, tile=32).run(img)
     res = segment_slide(model, img, None, chunk=32, tile=32, client=client, progress=False, return_labels=True)
