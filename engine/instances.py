@@ -280,16 +280,19 @@ class InstancePipeline:
         return core, src
 
     def _tile_hits(self, prob, dist, core, src, keep_cells):
-        """2D: the cells of a tile's core with prob >= prob_thresh inside the image, as (rows,
-        cols) image cells, their prob values and their (k, n_rays) rays."""
+        """The cells of a tile's core with prob >= prob_thresh inside the image: their image cell
+        indices (one array per axis), prob values and (k, n_rays) rays."""
         am = self._xp
         in_sl = tuple(slice((a - s) // g, (b - s) // g) for (a, b), (s, _), g in zip(core, src, self.grid))
         tile_prob = prob[(0, 0) + in_sl]
         hits = am.nonzero(tile_prob >= np.float32(self.prob_thresh))
-        rows, cols = hits[0] + core[0][0] // self.grid[0], hits[1] + core[1][0] // self.grid[1]
-        inside = (rows < keep_cells[0]) & (cols < keep_cells[1])
-        r, c = hits[0][inside], hits[1][inside]
-        return rows[inside], cols[inside], tile_prob[r, c], dist[(0, slice(None)) + in_sl][:, r, c].T
+        coords = [h + a // g for h, (a, _), g in zip(hits, core, self.grid)]
+        inside = coords[0] < keep_cells[0]
+        for c, k in zip(coords[1:], keep_cells[1:]):
+            inside &= c < k
+        local = tuple(h[inside] for h in hits)
+        return (tuple(c[inside] for c in coords), tile_prob[local],
+                dist[(0, slice(None)) + in_sl][(slice(None),) + local].T)
 
     def _infer(self, batch):
         out = self.model.infer(batch)
@@ -358,7 +361,7 @@ class InstancePipeline:
                 if not sparse:
                     dist_full[out_sl] = am.moveaxis(dist[(0, slice(None)) + in_sl], 0, -1)
                 else:
-                    rows, cols, _, rays = self._tile_hits(prob, dist, core, src, keep_cells)
+                    (rows, cols), _, rays = self._tile_hits(prob, dist, core, src, keep_cells)
                     stored_cells.append(rows * keep_cells[1] + cols)
                     stored_dists.append(rays)
                 n_tiles += 1

@@ -301,13 +301,14 @@ def _pipeline_on_worker(options: dict, kind: str = "instances"):
 
 def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
     """The network over the whole image's tiles whose cores make up this chunk: the cells with
-    prob >= prob_thresh (image cell rows / cols), their prob values and rays, and the longest ray."""
+    prob >= prob_thresh ((k, ndim) image cells), their prob values and rays, the longest ray;
+    3D also the candidates' rounded boxes (for StarDist's axis scale, measured over all of them)."""
     spatial = image.shape
     padded, mode, _, _ = pipeline.tile_plan(spatial)
     normalizer = pipeline._normalizer_of(stats)
     keep_cells = tuple(-(-s // g) for s, g in zip(spatial, pipeline.grid))
     starts = [range(a, min(b, p), t) for (a, b), p, t in zip(chunk_box, padded, pipeline.tile)]
-    rows, cols, probs, rays = [], [], [], []
+    cells, probs, rays = [], [], []
 
     def read(box):
         return model_planes(image.read(box), pipeline.in_channels, image.source)
@@ -317,19 +318,45 @@ def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
         batch = pipeline.tile_input(read, src, spatial, mode, normalizer)
         prob, dist = pipeline._infer(batch)
         pipeline._check_outputs(prob, dist, tuple((b - a) // g for (a, b), g in zip(src, pipeline.grid)))
-        r, c, p, d = pipeline._tile_hits(prob, dist, core, src, keep_cells)
-        rows.append(r), cols.append(c), probs.append(p), rays.append(d)
-    n_rays = pipeline.n_rays
+        coords, p, d = pipeline._tile_hits(prob, dist, core, src, keep_cells)
+        cells.append(np.stack(coords, axis=1)), probs.append(p), rays.append(d)
+    n_rays, nd = pipeline.n_rays, len(spatial)
     rays = np.concatenate(rays) if rays else np.zeros((0, n_rays), np.float32)
-    out = {"rows": np.concatenate(rows).astype(np.int64), "cols": np.concatenate(cols).astype(np.int64),
-           "probs": np.concatenate(probs).astype(np.float32), "rays": np.ascontiguousarray(rays, np.float32)}
+    out = {"cells": np.concatenate(cells).astype(np.int64) if cells else np.zeros((0, nd), np.int64),
+           "probs": np.concatenate(probs).astype(np.float32) if probs else np.zeros(0, np.float32),
+           "rays": np.ascontiguousarray(rays, np.float32)}
     cand = out["probs"] > np.float32(pipeline.prob_thresh)
     out["longest"] = float(out["rays"][cand].max()) if cand.any() else 0.0
     bad = ~np.isfinite(out["rays"]).all(axis=1) | (out["rays"] < 0).any(axis=1) if len(rays) else np.zeros(0, bool)
     if bad.any():
         raise ValueError(f"the network returned NaN, infinite or negative rays at {int(bad.sum())} candidate cells "
                          f"of chunk {chunk_box}")
+    if nd == 3:
+        from segrt.kernels.starnms import _cpu
+
+        points = (out["cells"][cand] * np.asarray(pipeline.grid)).astype(np.float32)
+        out["boxes"] = _cpu.boxes_3d(out["rays"][cand], points, pipeline.rays.vertices)
     return out
+
+
+def _candidate_boxes(part, keep_cells, prob_thresh):
+    """A 3D chunk's candidates as the whole volume's NMS counts them (prob > prob_thresh, outside
+    its border of 2 cells): (flat cell indices, prob values, rounded boxes)."""
+    cand = part["probs"] > np.float32(prob_thresh)
+    cells, probs = part["cells"][cand], part["probs"][cand]
+    inside = ((cells >= 2) & (cells < np.asarray(keep_cells) - 2)).all(axis=1)
+    return np.ravel_multi_index(tuple(cells[inside].T), keep_cells), probs[inside], part["boxes"][inside]
+
+
+def sphere_scale_of(parts, keep_cells) -> np.ndarray:
+    """StarDist's 3D axis scale over every candidate of the volume (``_candidate_boxes`` of each
+    chunk), summed in the whole volume's visiting order as its NMS sums it."""
+    from segrt.kernels.starnms._rays import sphere_scale_3d
+
+    flat = np.concatenate([p[0] for p in parts])
+    probs = np.concatenate([p[1] for p in parts])
+    boxes = np.concatenate([p[2] for p in parts])
+    return sphere_scale_3d(boxes[np.lexsort((flat, -probs.astype(np.float64)))])
 
 
 def _peak_rss_mb() -> float:
@@ -367,74 +394,87 @@ def _render_task(*args):
     return out
 
 
-def nms_of_chunk(parts, block, core, keep_cells, grid, prob_thresh, nms_thresh, reach) -> dict:
+def nms_of_chunk(parts, block, core, keep_cells, grid, prob_thresh, nms_thresh, reach, rays=None,
+                 sphere_scale=None) -> dict:
     """NMS over the candidates inside a block (``parts``: candidates_of_chunk results of the
-    chunks it meets; ``block`` / ``core``: ((row0, row1), (col0, col1)) cells of the block and
-    of the chunk inside it). Returns the kept objects whose centre cell lies in the core, and whether
-    every decision in the core is certain (else a wider block is needed)."""
+    chunks it meets; ``block`` / ``core``: per axis (lo, hi) cells of the block and of the chunk
+    inside it; 3D: the rays and the whole volume's sphere scale). Returns the kept objects whose
+    centre cell lies in the core, and whether every decision in the core is certain (else a
+    wider block is needed)."""
     from segrt.kernels import starnms
 
-    (r0, r1), (c0, c1) = block
-    h, w = r1 - r0, c1 - c0
-    prob = np.full((h, w), -np.inf, np.float32)
+    lo = np.array([a for a, _ in block])
+    hi = np.array([b for _, b in block])
+    size = tuple(int(v) for v in hi - lo)
+    prob = np.full(size, -np.inf, np.float32)
     n_rays = parts[0]["rays"].shape[1]
-    cells, rays = [], []
+    cells, rows = [], []
     for part in parts:
-        inside = (part["rows"] >= r0) & (part["rows"] < r1) & (part["cols"] >= c0) & (part["cols"] < c1)
-        local = (part["rows"][inside] - r0) * w + (part["cols"][inside] - c0)
+        inside = ((part["cells"] >= lo) & (part["cells"] < hi)).all(axis=1)
+        local = np.ravel_multi_index(tuple((part["cells"][inside] - lo).T), size)
         prob.reshape(-1)[local] = part["probs"][inside]
         cells.append(local)
-        rays.append(part["rays"][inside])
+        rows.append(part["rays"][inside])
     cells = np.concatenate(cells) if cells else np.zeros(0, np.int64)
-    rays = np.concatenate(rays) if rays else np.zeros((0, n_rays), np.float32)
+    rows = np.concatenate(rows) if rows else np.zeros((0, n_rays), np.float32)
     order = np.argsort(cells, kind="stable")
-    # beyond the block's sides (not the image's edges) lie polygons reaching at most `reach`
-    outside = ((reach if r0 > 0 else None, reach if r1 < keep_cells[0] else None),
-               (reach if c0 > 0 else None, reach if c1 < keep_cells[1] else None))
+    # beyond the block's sides (not the image's edges) lie shapes reaching at most `reach`;
     # StarDist's border of 2 cells is the whole image's
-    border = ((2 if r0 == 0 else 0, 2 if r1 == keep_cells[0] else 0), (2 if c0 == 0 else 0, 2 if c1 == keep_cells[1] else 0))
-    points, scores, dists, uncertain = starnms.nms_2d(
-        prob, np.ascontiguousarray(rays[order]), cells=cells[order], origin=(r0, c0), outside=outside, border=border,
-        prob_thresh=prob_thresh, nms_thresh=nms_thresh, grid=grid, device="cpu")
-    (k0, k1), (l0, l1) = core
+    outside = tuple((reach if a > 0 else None, reach if b < n else None) for (a, b), n in zip(block, keep_cells))
+    border = tuple((2 if a == 0 else 0, 2 if b == n else 0) for (a, b), n in zip(block, keep_cells))
+    common = dict(cells=cells[order], origin=tuple(int(v) for v in lo), outside=outside, border=border,
+                  prob_thresh=prob_thresh, nms_thresh=nms_thresh, grid=grid, device="cpu")
+    if len(size) == 3:
+        points, scores, dists, uncertain = starnms.nms_3d(prob, np.ascontiguousarray(rows[order]), rays,
+                                                          sphere_scale=sphere_scale, **common)
+    else:
+        points, scores, dists, uncertain = starnms.nms_2d(prob, np.ascontiguousarray(rows[order]), **common)
+    core_lo = np.array([a for a, _ in core])
+    core_hi = np.array([b for _, b in core])
 
     def in_core(p):
-        r, c = p[:, 0] // grid[0], p[:, 1] // grid[1]
-        return (r >= k0) & (r < k1) & (c >= l0) & (c < l1)
+        c = p // np.asarray(grid)
+        return ((c >= core_lo) & (c < core_hi)).all(axis=1)
 
     mine = in_core(points)
     return {"points": points[mine], "scores": scores[mine], "dists": dists[mine],
             "certain": not bool(in_core(uncertain).any()), "candidates": int(len(cells))}
 
 
-def render_chunk(window, shape, points, scores, dists, ids, labels_path=None) -> dict:
-    """The labels inside ``window`` ((row0, col0, rows, cols) pixels) from the objects that
-    reach it (their global ids), written into the zarr array at ``labels_path``; returns the
-    objects' pixel counts and coordinate sums inside the window (for the objects table)."""
+def render_chunk(box, shape, points, scores, dists, ids, labels_path=None, rays=None) -> dict:
+    """The labels inside ``box`` (per axis (lo, hi) pixels) from the objects that reach it (their
+    global ids; 3D: given in the whole rendering's drawing order, ``scores`` unused), written
+    into the zarr array at ``labels_path``; returns the objects' pixel counts and coordinate
+    sums inside the box (for the objects table)."""
     from segrt.kernels import starnms
 
-    labels = starnms.render_2d(dists, points, shape, scores=scores, ids=ids, window=window, device="cpu")
+    lo = [a for a, _ in box]
+    size = [b - a for a, b in box]
+    if len(box) == 2:
+        labels = starnms.render_2d(dists, points, shape, scores=scores, ids=ids, window=(*lo, *size), device="cpu")
+    else:
+        labels = starnms.render_3d(dists, points, rays, shape, ids=ids, window=(*lo, *size), device="cpu")
     if labels_path is not None:
-        arr = _zarr().open_array(labels_path, mode="r+")
-        r0, c0, h, w = window
-        arr[r0:r0 + h, c0:c0 + w] = labels
-    # pixel counts and coordinate sums per object, a band of rows at a time (bounded temporaries)
+        _zarr().open_array(labels_path, mode="r+")[tuple(slice(a, b) for a, b in box)] = labels
+    # pixel counts and coordinate sums per object, a slab of the first axis at a time (bounded
+    # temporaries)
     present = np.unique(ids) if len(ids) else np.zeros(0, np.int32)
     lookup = np.concatenate([[0], present]).astype(np.int64)
-    area = np.zeros(len(present) + 1, np.int64)
-    sy = np.zeros(len(present) + 1)
-    sx = np.zeros(len(present) + 1)
-    band = 256
-    for y0 in range(0, labels.shape[0], band):
-        part = labels[y0:y0 + band]
+    area = np.zeros(len(lookup), np.int64)
+    sums = np.zeros((len(box), len(lookup)))
+    band = max(1, (1 << 20) // max(1, math.prod(size[1:])))
+    for a0 in range(0, size[0], band):
+        part = labels[a0:a0 + band]
         index = np.searchsorted(lookup, part).reshape(-1)  # 0: background
         area += np.bincount(index, minlength=len(lookup))
-        rows = np.repeat(np.arange(y0, y0 + part.shape[0], dtype=np.float64) + window[0], part.shape[1])
-        sy += np.bincount(index, weights=rows, minlength=len(lookup))
-        cols = np.tile(np.arange(part.shape[1], dtype=np.float64) + window[1], part.shape[0])
-        sx += np.bincount(index, weights=cols, minlength=len(lookup))
+        for axis in range(len(box)):
+            shape_1 = [1] * part.ndim
+            shape_1[axis] = part.shape[axis]
+            coord = np.arange(part.shape[axis], dtype=np.float64) + lo[axis] + (a0 if axis == 0 else 0)
+            weights = np.broadcast_to(coord.reshape(shape_1), part.shape).reshape(-1)
+            sums[axis] += np.bincount(index, weights=weights, minlength=len(lookup))
     keep = (lookup > 0) & (area > 0)
-    return {"ids": lookup[keep], "area": area[keep], "sum_y": sy[keep], "sum_x": sx[keep],
+    return {"ids": lookup[keep], "area": area[keep], "sums": sums[:, keep],
             "labels": None if labels_path is not None else labels}
 
 
@@ -535,6 +575,19 @@ def _statistics(probe, image, chunk_boxes, client, run) -> list:
     return slide_statistics(probe, image, boxes, mapper)
 
 
+@contextlib.contextmanager
+def _chunked_session(model_path, backend, client, scheduler, workers, probe, image, chunk_boxes, seconds):
+    """What both chunked drivers open first: the Dask session with the model's plugin, the
+    whole image's normalisation statistics (timed into ``seconds``), and ``partial`` (outputs
+    being written, removed on failure). Yields (client, distributed, run id, statistics, partial)."""
+    with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
+            _removed_on_failure() as partial:
+        t = time.perf_counter()
+        stats = _statistics(probe, image, chunk_boxes, client, run)
+        seconds["statistics"] = time.perf_counter() - t
+        yield client, distributed, run, stats, partial
+
+
 # ---- the driver ------------------------------------------------------------------------------
 class _Bar:
     def __init__(self, enabled):
@@ -550,37 +603,38 @@ def _chunk_size(pipeline, chunk) -> int:
     """Chunk side in pixels: whole tiles (so each cell is predicted by the whole image's tile)."""
     t = max(pipeline.tile)
     if chunk is None:
-        chunk = 4 * t
+        chunk = (4 if len(pipeline.tile) == 2 else 2) * t
     chunk = int(chunk)
     if chunk < 1:
         raise ValueError(f"chunk must be a positive number of pixels, got {chunk}")
     if len(set(pipeline.tile)) != 1:
-        raise ValueError("chunked slides need square tiles")
+        raise ValueError(f"chunks need tiles of one side on every axis, got tile {pipeline.tile}")
     return -(-chunk // t) * t
 
 
 def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thresh=None, nms_thresh=None,
                   component=None, client=None, scheduler=None, workers=None, backend="auto", progress=True,
                   nms_margin=None, return_labels=False) -> dict:
-    """Star-convex instances of a whole slide, chunk by chunk on Dask, equal to the whole-image
-    run (``InstancePipeline(model, tile=tile).run(image)``) bit for bit.
+    """Star-convex instances of a whole slide (2D model) or a large volume (3D model), chunk by
+    chunk on Dask, equal to the whole-image run (``InstancePipeline(model, tile=tile).run(image)``;
+    a zarr volume read as (Z, Y, X) at its own voxel grid) bit for bit.
 
     Args:
-        model: a star-convex-2d .onnx model file (loaded once per worker), or a model object
+        model: a star-convex .onnx model file (loaded once per worker), or a model object
             (``infer`` and ``metadata``) that pickles, sent to each worker once.
-        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory (H, W[, C])
-            array (tests, notebooks).
-        output: the labels' ``.zarr`` folder (int32, chunked as the slide is processed); beside
-            it ``<stem>.csv`` (objects), ``<stem>.geojson`` (polygons, QuPath's frame) and
+        source: a zarr array / OME-Zarr image folder, a tiled TIFF, or an in-memory array
+            ((H, W[, C]); volumes (Z, Y, X)).
+        output: the labels' ``.zarr`` folder (int32, chunked as the image is processed); beside
+            it ``<stem>.csv`` (objects), for 2D ``<stem>.geojson`` (polygons, QuPath's frame) and
             ``<stem>.json`` (summary). None: nothing written (with ``return_labels``).
-        chunk: chunk side in pixels, rounded up to whole tiles (default 4 tiles).
+        chunk: chunk side in pixels, rounded up to whole tiles (default 4 tiles in 2D, 2 in 3D).
         tile, prob_thresh, nms_thresh: as ``InstancePipeline``.
         component: the array inside a plain zarr group.
         client / scheduler / workers: a ``distributed.Client``, a scheduler address, or the
             number of LocalCluster processes on the loopback (default 1), as ``segrt batch``.
         nms_margin: the first margin (pixels) around a chunk its NMS sees; default four longest
             rays plus 24 px. Doubled for a chunk whose certificate doubts a decision.
-        return_labels: also return the whole label image (small slides and tests).
+        return_labels: also return the whole label image (small inputs and tests).
 
     Returns:
         the summary (objects, chunks, seconds per stage, files written); with ``return_labels``
@@ -589,7 +643,6 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
     from segrt.engine.instances import InstancePipeline, planned_outputs
 
     t_all = time.perf_counter()
-    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component)
     options = {k: v for k, v in (("tile", tile), ("prob_thresh", prob_thresh), ("nms_thresh", nms_thresh))
                if v is not None}
     if hasattr(model, "infer") and hasattr(model, "metadata"):  # a model object: shipped to the workers
@@ -598,8 +651,10 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         model_path = os.path.abspath(os.fspath(model))
         # the driver's own pipeline reads the metadata only: the workers load and run the model
         probe = InstancePipeline(_MetadataOnly(model_path), device="cpu", **options)
-    if probe.ndim != 2:
-        raise ValueError(f"{model}: chunked slides run 2D star-convex models; this one is {probe.ndim}D")
+    nd = probe.ndim
+    image = source if isinstance(source, LazyImage) else LazyImage(source, component=component, spatial_dims=nd)
+    if len(image.shape) != nd:
+        raise io.InputFileError(f"{image.source}: a {len(image.shape)}D image for a {nd}D star-convex model")
     if image.channels not in (probe.in_channels, 3, 4) or (image.channels != probe.in_channels and probe.in_channels != 1):
         raise io.InputFileError(f"{image.source}: {image.channels} channel(s) do not fit a model with "
                                 f"{probe.in_channels} input channel(s)")
@@ -611,25 +666,22 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
                          "is padded); run it whole with segrt run")
     side = _chunk_size(probe, chunk)
     grid = probe.grid
-    H, W = image.shape
-    keep_cells = (-(-H // grid[0]), -(-W // grid[1]))
-    chunk_boxes = _chunk_boxes((H, W), side)
+    shape = tuple(image.shape)
+    keep_cells = tuple(-(-n // g) for n, g in zip(shape, grid))
+    chunk_boxes = _chunk_boxes(shape, side)
     if output is not None:
         output = os.path.abspath(os.fspath(output))
-    written = _planned_slide_outputs(output, lambda: planned_outputs(output, 2), image)
+    written = _planned_slide_outputs(output, lambda: planned_outputs(output, nd), image)
+    rays = probe.rays if nd == 3 else None
 
     bar = _Bar(progress)
     seconds = {}
-    tmp = None
-    with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
-            _removed_on_failure() as partial:
-        t = time.perf_counter()
-        stats = _statistics(probe, image, chunk_boxes, client, run)
-        seconds["statistics"] = time.perf_counter() - t
-
+    with _chunked_session(model_path, backend, client, scheduler, workers, probe, image, chunk_boxes,
+                          seconds) as (client, distributed, run, stats, partial):
         # 1. inference: candidates per chunk
         t = time.perf_counter()
-        cand = {k: client.submit(_candidates_task, options, image, stats, box, key=f"segrt-infer-{run}-{k[0]}-{k[1]}")
+        cand = {k: client.submit(_candidates_task, options, image, stats, box,
+                                 key=f"segrt-infer-{run}-{'-'.join(map(str, k))}")
                 for k, box in chunk_boxes.items()}
         done = 0
         longest = 0.0
@@ -640,27 +692,34 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
             longest, peak, ran_on = max(longest, head[0]), max(peak, head[1]), head[2]
             done += 1
             bar.show("inference", done, len(cand))
+        sphere_scale = None
+        if nd == 3:  # StarDist's axis scale is measured over every candidate of the volume
+            boxes = client.gather([client.submit(_candidate_boxes, f, keep_cells, probe.prob_thresh, pure=False)
+                                   for f in cand.values()])
+            sphere_scale = sphere_scale_of(boxes, keep_cells)
+            del boxes
         seconds["inference"] = time.perf_counter() - t
 
         # 2. NMS per chunk over the chunk and a margin around it, widened where the certificate asks
         t = time.perf_counter()
-        cell_side = side // grid[0], side // grid[1]
+        cell_side = tuple(side // g for g in grid)
+        # how far a shape centred beyond a block reaches (3D rays are unit vectors; the reach
+        # test adds its own rounding margin)
+        reach = longest
 
         def submit_nms(k, margin):
-            i, j = k
-            core = ((i * cell_side[0], min((i + 1) * cell_side[0], keep_cells[0])),
-                    (j * cell_side[1], min((j + 1) * cell_side[1], keep_cells[1])))
+            core = tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(k, cell_side, keep_cells))
             block = tuple((max(0, a - -(-margin // g)), min(n, b + -(-margin // g)))
                           for (a, b), g, n in zip(core, grid, keep_cells))
-            parts = [cand[(a, b)] for a in range(block[0][0] // cell_side[0], -(-block[0][1] // cell_side[0]))
-                     for b in range(block[1][0] // cell_side[1], -(-block[1][1] // cell_side[1]))]
+            parts = [cand[q] for q in itertools.product(*(range(a // c, -(-b // c))
+                                                          for (a, b), c in zip(block, cell_side)))]
             return client.submit(_nms_task, parts, block, core, keep_cells, grid, probe.prob_thresh, probe.nms_thresh,
-                                 longest, key=f"segrt-nms-{run}-{i}-{j}-{margin}")
+                                 reach, rays, sphere_scale, key=f"segrt-nms-{run}-{'-'.join(map(str, k))}-{margin}")
 
-        # the first margin: the band a polygon beyond it can reach (twice the longest ray) and as
+        # the first margin: the band a shape beyond it can reach (twice the longest ray) and as
         # much again for chains of overlapping candidates; doubled while the chunk is in doubt
         first = 4 * (int(math.ceil(longest)) + 2) + 16 if nms_margin is None else max(1, int(nms_margin))
-        widest = max(H, W)
+        widest = max(shape)
         pending = {submit_nms(k, first): (k, first) for k in chunk_boxes}
         objects, margins = {}, {}
         flow = distributed.as_completed(list(pending))
@@ -668,7 +727,7 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
             k, margin = pending.pop(fut)
             res = fut.result()
             peak = max(peak, res["peak_rss_mb"])
-            if res["certain"] or margin >= widest:  # a margin as wide as the slide leaves nothing outside
+            if res["certain"] or margin >= widest:  # a margin as wide as the image leaves nothing outside
                 objects[k] = res
                 margins[k] = margin
                 bar.show("nms", len(objects), len(chunk_boxes))
@@ -679,55 +738,58 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         cand.clear()  # the candidates leave the workers' memory
         seconds["nms"] = time.perf_counter() - t
 
-        # 3. the slide's objects in the whole image's order: descending score, ties by cell
+        # 3. the image's objects in the whole image's order: descending score, ties by cell
         t = time.perf_counter()
-        pts = np.concatenate([o["points"] for o in objects.values()]) if objects else np.zeros((0, 2), np.int64)
+        pts = np.concatenate([o["points"] for o in objects.values()]) if objects else np.zeros((0, nd), np.int64)
         scs = np.concatenate([o["scores"] for o in objects.values()]) if objects else np.zeros(0, np.float32)
         dts = (np.concatenate([o["dists"] for o in objects.values()]) if objects
                else np.zeros((0, probe.n_rays), np.float32))
-        flat = (pts[:, 0] // grid[0]) * keep_cells[1] + pts[:, 1] // grid[1]
+        flat = np.ravel_multi_index(tuple((pts // np.asarray(grid)).T), keep_cells)
         order = np.lexsort((flat, -scs.astype(np.float64)))
         pts, scs, dts = pts[order], scs[order], dts[order]
         ids = np.arange(1, len(pts) + 1, dtype=np.int32)
+        # 2D polygons are drawn by ascending score (stable), 3D polyhedra in the order NumPy's
+        # argsort(scores)[::-1] gives over the whole set (its ties are the whole run's)
+        drawn = np.arange(len(pts)) if nd == 2 else np.argsort(scs)[::-1]
 
         # 4. labels per chunk, rendered and written
-        if output is not None:
-            tmp = partial(_partial_labels(output, run, (H, W), side, np.int32))
+        tmp = partial(_partial_labels(output, run, shape, side, np.int32)) if output is not None else None
         reach = float(dts.max()) + 2 if len(dts) else 0.0
         renders = {}
-        for k, ((y0, y1), (x0, x1)) in chunk_boxes.items():
-            near = ((pts[:, 0] >= y0 - reach) & (pts[:, 0] < y1 + reach) &
-                    (pts[:, 1] >= x0 - reach) & (pts[:, 1] < x1 + reach))
-            renders[k] = client.submit(_render_task, (y0, x0, y1 - y0, x1 - x0), (H, W), pts[near], scs[near],
-                                       dts[near], ids[near], tmp, key=f"segrt-render-{run}-{k[0]}-{k[1]}")
+        for k, box in chunk_boxes.items():
+            near = np.ones(len(pts), bool)
+            for a, (lo, hi) in enumerate(box):
+                near &= (pts[:, a] >= lo - reach) & (pts[:, a] < hi + reach)
+            sel = drawn[near[drawn]]
+            renders[k] = client.submit(_render_task, box, shape, pts[sel], scs[sel], dts[sel], ids[sel], tmp, rays,
+                                       key=f"segrt-render-{run}-{'-'.join(map(str, k))}")
         area = np.zeros(len(pts) + 1, np.int64)
-        sum_y = np.zeros(len(pts) + 1)
-        sum_x = np.zeros(len(pts) + 1)
-        labels = np.zeros((H, W), np.int32) if return_labels and output is None else None
+        sums = np.zeros((nd, len(pts) + 1))
+        labels = np.zeros(shape, np.int32) if return_labels and output is None else None
         n = 0
         for fut in distributed.as_completed(list(renders.values())):
             res = fut.result()
             peak = max(peak, res["peak_rss_mb"])
             area[res["ids"]] += res["area"]
-            sum_y[res["ids"]] += res["sum_y"]
-            sum_x[res["ids"]] += res["sum_x"]
+            sums[:, res["ids"]] += res["sums"]
             n += 1
             bar.show("labels", n, len(renders))
         if labels is not None:
             for k, fut in renders.items():
-                (y0, y1), (x0, x1) = chunk_boxes[k]
-                labels[y0:y1, x0:x1] = fut.result()["labels"]
+                labels[tuple(slice(a, b) for a, b in chunk_boxes[k])] = fut.result()["labels"]
         seconds["render"] = time.perf_counter() - t
 
     from segrt.engine.instances import InstanceResult, objects_table
 
-    rows = objects_table(area[1:], np.stack([sum_y[1:], sum_x[1:]]), scs, 2)
+    rows = objects_table(area[1:], sums[:, 1:], scs, nd)
     seconds["total"] = time.perf_counter() - t_all
-    summary = {"input": image.source, "shape": [H, W], "objects": int(len(pts)), "backend": ran_on,
+    summary = {"input": image.source, "shape": list(shape), "objects": int(len(pts)), "backend": ran_on,
                "chunk": side, "chunks": len(chunk_boxes), "tile": list(probe.tile),
                "nms_margins_px": {str(m): sum(1 for v in margins.values() if v == m) for m in sorted(set(margins.values()))},
                "longest_ray": longest, "timings_s": seconds, "worker_peak_rss_mb": peak,
                "driver_peak_rss_mb": _peak_rss_mb(), "outputs": written}
+    if sphere_scale is not None:
+        summary["sphere_scale"] = [float(v) for v in sphere_scale]
     if output is not None:
         result = InstanceResult(None, pts, scs, dts, image.source, seconds, ran_on, len(chunk_boxes), [],
                                 probe.class_name)
@@ -901,11 +963,8 @@ def segment_semantic_chunked(model, source, output=None, *, chunk=None, overlap=
         if labels is not None:
             labels[tuple(slice(lo, hi) for lo, hi in box)] = res["labels"]
 
-    with dask_session(model_path, backend, client, scheduler, workers) as (client, distributed, run), \
-            _removed_on_failure() as partial:
-        t = time.perf_counter()
-        stats = _statistics(probe, image, chunk_boxes, client, run)
-        seconds["statistics"] = time.perf_counter() - t
+    with _chunked_session(model_path, backend, client, scheduler, workers, probe, image, chunk_boxes,
+                          seconds) as (client, distributed, run, stats, partial):
         t = time.perf_counter()
         if output is not None:
             tmp = partial(_partial_labels(output, run, image.shape, side, dtype))

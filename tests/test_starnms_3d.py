@@ -93,7 +93,8 @@ def test_matches_reference(device):
     for thresh in (0.2, 0.7):
         fast = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1, return_stats=True, device=device)
         for k, v in fast[3].items():
-            stages[k] = stages.get(k, 0) + v
+            if k != "anisotropy":  # the axis scale used, not a counter
+                stages[k] = stages.get(k, 0) + v
         ref = nms_3d(prob, dist, rays, nms_thresh=thresh, border=1, device="reference")
         for a, b in zip(fast[:3], ref):
             np.testing.assert_array_equal(a, b)
@@ -218,3 +219,53 @@ def test_the_sphere_scale_of_a_larger_set_can_be_given():
         {k: v for k, v in given_stats.items() if "seconds" not in k}
     _, other_stats = C.nms_3d(d, pts, verts, faces, 0.3, aniso=[1.0, 3.0, 3.0])
     assert other_stats["decided_upper_bound"] != own_stats["decided_upper_bound"]
+
+
+def test_blocks_certify_their_decisions_and_windows_render_as_the_whole():
+    """NMS over blocks of a larger volume (origin, outside, the whole volume's sphere scale):
+    every decision the certificate calls certain is the whole volume's, and inner candidates
+    are certified; a window of the rendering equals that part of the whole rendering."""
+    from segrt.kernels.starnms import _cpu
+    from segrt.kernels.starnms._rays import sphere_scale_3d
+
+    _, prob, dist, _ = nuclei_targets_3d(32, (2.0, 1.0, 1.0))
+    prob, dist = add_noise(np.tile(prob, (1, 2, 2)), np.tile(dist, (1, 2, 2, 1)), seed=3)
+    rays = rays_3d(32, (2.0, 1.0, 1.0))
+    pts, scores, dists, stats = nms_3d(prob, dist, rays, return_stats=True)
+    kept_whole = {tuple(p) for p in pts}
+    # the sphere scale from the candidates' boxes, summed in visiting order, is the kernel's
+    order = _cpu.candidates(prob, np.float32(0.5), [2, 2, 2], [n - 2 for n in prob.shape])
+    cells = np.stack(np.unravel_index(order, prob.shape), axis=1)
+    boxes = _cpu.boxes_3d(dist.reshape(-1, 32)[order], cells.astype(np.float32), rays.vertices)
+    np.testing.assert_array_equal(sphere_scale_3d(boxes), np.float32(stats["anisotropy"]))
+    assert stats["anisotropy"][0] > 1.2  # the anisotropic rays make it matter
+    longest = float(dist.reshape(-1, 32)[order].max())
+    Z, Y, X = prob.shape
+    certified = 0
+    for box in [((0, Z), (0, 70), (0, X)), ((0, Z), (20, Y), (30, 100)), ((5, Z), (0, Y), (0, 60))]:
+        sl = tuple(slice(a, b) for a, b in box)
+        outside = tuple((longest if a > 0 else None, longest if b < n else None) for (a, b), n in zip(box, prob.shape))
+        border = tuple((2 if a == 0 else 0, 2 if b == n else 0) for (a, b), n in zip(box, prob.shape))
+        p, _, _, uncertain = nms_3d(np.ascontiguousarray(prob[sl]), np.ascontiguousarray(dist[sl]), rays,
+                                    origin=[a for a, _ in box], outside=outside, border=border,
+                                    sphere_scale=stats["anisotropy"], device="cpu")
+        kept, doubted = {tuple(v) for v in p}, {tuple(v) for v in uncertain}
+        block_order = _cpu.candidates(np.ascontiguousarray(prob[sl]), np.float32(0.5), [b[0] for b in border],
+                                      [n - b[1] for n, b in zip(prob[sl].shape, border)])
+        block_cells = np.stack(np.unravel_index(block_order, prob[sl].shape), axis=1) + [a for a, _ in box]
+        sure = [tuple(c) for c in block_cells if tuple(c) not in doubted]
+        assert all((c in kept) == (c in kept_whole) for c in sure)
+        certified += len(sure)
+    assert certified > 1000
+    # a window of the rendering, the polyhedra given in the whole rendering's drawing order
+    labels = render_3d(dists, pts, rays, prob.shape, scores=scores)
+    drawn = np.argsort(scores)[::-1]
+    window = (3, 20, 30, 20, 60, 50)
+    part = render_3d(dists[drawn], pts[drawn], rays, prob.shape, ids=(drawn + 1).astype(np.int32), window=window)
+    np.testing.assert_array_equal(part, labels[3:23, 20:80, 30:80])
+    with pytest.raises(ValueError, match="CPU"):
+        nms_3d(prob, dist, rays, outside=((None, None),) * 3, device="reference")
+    with pytest.raises(ValueError, match="sphere_scale"):
+        nms_3d(prob, dist, rays, sphere_scale=(1, 0, 1), device="cpu")
+    with pytest.raises(ValueError, match="window"):
+        render_3d(dists, pts, rays, prob.shape, ids=np.arange(1, len(pts) + 1), window=(0, 0, 0, Z + 1, 1, 1))

@@ -85,6 +85,7 @@ py::dict stats_3d(const Nms3DStats& s) {
     d["seconds_hull"] = s.seconds_hull;
     d["seconds_render"] = s.seconds_render;
     d["seconds_hull_build"] = s.seconds_hull_build;
+    d["anisotropy"] = py::make_tuple(s.aniso[0], s.aniso[1], s.aniso[2]);
     return d;
 }
 
@@ -218,7 +219,7 @@ void bind_starnms(py::module_& m) {
     m.def(
         "nms_3d",
         [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces, float thresh,
-           int n_threads, py::object aniso_obj) {
+           int n_threads, py::object aniso_obj, bool with_suppressors) {
             if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0))
                 throw std::invalid_argument("dist must be (n, n_rays) and points (n, 3)");
             if (verts.ndim() != 2 || verts.shape(1) != 3 || verts.shape(0) != dist.shape(1))
@@ -236,24 +237,70 @@ void bind_starnms(py::module_& m) {
             }
             std::vector<uint8_t> keep;
             Nms3DStats st;
+            py::array_t<int64_t> by(with_suppressors ? dist.shape(0) : 0);
             {
                 py::gil_scoped_release release;
                 keep = nms_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), f,
-                              (int)faces.shape(0), thresh, n_threads, &st, aniso_obj.is_none() ? nullptr : aniso);
+                              (int)faces.shape(0), thresh, n_threads, &st, aniso_obj.is_none() ? nullptr : aniso,
+                              with_suppressors ? by.mutable_data() : nullptr);
             }
             py::array_t<bool> out(dist.shape(0));
             bool* p = out.mutable_data();
             for (size_t i = 0; i < keep.size(); ++i) p[i] = keep[i] != 0;
-            return py::make_tuple(out, stats_3d(st));
+            if (with_suppressors) return py::tuple(py::make_tuple(out, stats_3d(st), by));
+            return py::tuple(py::make_tuple(out, stats_3d(st)));
         },
         py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("thresh"),
-        py::arg("n_threads") = 0, py::arg("aniso") = py::none());
+        py::arg("n_threads") = 0, py::arg("aniso") = py::none(), py::arg("suppressors") = false);
+
+    m.def(
+        "boxes_3d",
+        [](carray<float> dist, carray<float> points, carray<float> verts) {
+            if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0) ||
+                verts.ndim() != 2 || verts.shape(1) != 3 || verts.shape(0) != dist.shape(1))
+                throw std::invalid_argument("dist must be (n, n_rays), points (n, 3) and verts (n_rays, 3)");
+            py::array_t<int32_t> out({dist.shape(0), (py::ssize_t)6});
+            boxes_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), out.mutable_data());
+            return out;
+        },
+        py::arg("dist"), py::arg("points"), py::arg("verts"));
+
+    m.def(
+        "certify_3d",
+        [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces, float thresh,
+           std::vector<float> aniso, carray<bool> keep, carray<int64_t> suppressor, carray<bool> exposed,
+           carray<int64_t> reach) {
+            const int64_t n = dist.ndim() == 2 ? dist.shape(0) : -1;
+            if (n < 0 || points.ndim() != 2 || points.shape(0) != n || points.shape(1) != 3 || verts.ndim() != 2 ||
+                verts.shape(1) != 3 || verts.shape(0) != dist.shape(1) || faces.ndim() != 2 || faces.shape(1) != 3)
+                throw std::invalid_argument("dist (n, n_rays), points (n, 3), verts (n_rays, 3), faces (n_faces, 3)");
+            if (keep.size() != n || suppressor.size() != n || exposed.size() != n || reach.size() != n)
+                throw std::invalid_argument("keep, suppressor, exposed and reach must hold one value per candidate");
+            if (aniso.size() != 3) throw std::invalid_argument("aniso must be 3 numbers");
+            const int32_t* f = faces.data();
+            for (int64_t k = 0; k < faces.size(); ++k)
+                if (f[k] < 0 || f[k] >= verts.shape(0)) throw std::invalid_argument("face index out of range");
+            std::vector<uint8_t> k(n), e(n), out;
+            for (int64_t i = 0; i < n; ++i) k[i] = keep.data()[i], e[i] = exposed.data()[i];
+            {
+                py::gil_scoped_release release;
+                out = certify_3d(dist.data(), points.data(), n, (int)dist.shape(1), verts.data(), f, (int)faces.shape(0),
+                                 thresh, aniso.data(), k.data(), suppressor.data(), e.data(), reach.data());
+            }
+            py::array_t<bool> res(n);
+            bool* p = res.mutable_data();
+            for (int64_t i = 0; i < n; ++i) p[i] = out[i] != 0;
+            return res;
+        },
+        py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("thresh"), py::arg("aniso"),
+        py::arg("keep"), py::arg("suppressor"), py::arg("exposed"), py::arg("reach"));
 
     m.def(
         "render_3d",
         [](carray<float> dist, carray<float> points, carray<float> verts, carray<int32_t> faces,
-           carray<int32_t> labels, std::vector<int64_t> shape, int n_threads) {
+           carray<int32_t> labels, std::vector<int64_t> shape, int n_threads, std::vector<int64_t> origin) {
             if (shape.size() != 3) throw std::invalid_argument("shape must be (nz, ny, nx)");
+            if (origin.size() != 3) throw std::invalid_argument("origin must be (z0, y0, x0)");
             if (dist.ndim() != 2 || points.ndim() != 2 || points.shape(1) != 3 || points.shape(0) != dist.shape(0) ||
                 labels.size() != dist.shape(0))
                 throw std::invalid_argument("dist (n, n_rays), points (n, 3) and labels (n,) must agree");
@@ -266,12 +313,13 @@ void bind_starnms(py::module_& m) {
             {
                 py::gil_scoped_release release;
                 render_3d(dist.data(), points.data(), dist.shape(0), (int)dist.shape(1), verts.data(), f,
-                          (int)faces.shape(0), labels.data(), o, shape[0], shape[1], shape[2], n_threads);
+                          (int)faces.shape(0), labels.data(), o, shape[0], shape[1], shape[2], n_threads, origin[0],
+                          origin[1], origin[2]);
             }
             return out;
         },
         py::arg("dist"), py::arg("points"), py::arg("verts"), py::arg("faces"), py::arg("labels"), py::arg("shape"),
-        py::arg("n_threads") = 0);
+        py::arg("n_threads") = 0, py::arg("origin") = std::vector<int64_t>{0, 0, 0});
 
     m.def(
         "bench_overlap_2d",

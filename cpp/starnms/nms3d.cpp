@@ -866,10 +866,28 @@ struct Cand {
 }  // namespace
 
 // ---- NMS ---------------------------------------------------------------------------------
+namespace {
+std::vector<uint8_t> nms_3d_with(const FaceLocator& locator, const float* dist, const float* points, int64_t n,
+                                 int n_rays, const float* verts, const int32_t* faces, int n_faces, float thresh,
+                                 int n_threads, Nms3DStats* stats, const float* aniso_given, int64_t* suppressor);
+}  // namespace
+
 std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
                             const int32_t* faces, int n_faces, float thresh, int n_threads, Nms3DStats* stats,
-                            const float* aniso_given) {
+                            const float* aniso_given, int64_t* suppressor) {
+    FaceLocator locator;
+    if (n > 1) locator.build(verts, n_rays, faces, n_faces);
+    return nms_3d_with(locator, dist, points, n, n_rays, verts, faces, n_faces, thresh, n_threads, stats, aniso_given,
+                       suppressor);
+}
+
+namespace {
+// nms_3d with the rays' face locator built once (certify_3d decides many pairs with it)
+std::vector<uint8_t> nms_3d_with(const FaceLocator& locator, const float* dist, const float* points, int64_t n,
+                                 int n_rays, const float* verts, const int32_t* faces, int n_faces, float thresh,
+                                 int n_threads, Nms3DStats* stats, const float* aniso_given, int64_t* suppressor) {
     std::vector<uint8_t> keep(n, 0);
+    if (suppressor) std::fill(suppressor, suppressor + n, (int64_t)-1);
     Nms3DStats st;
     st.candidates = n;
     if (n == 0) {
@@ -877,8 +895,6 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
         return keep;
     }
     const int threads = effective_threads(n_threads);
-    FaceLocator locator;
-    locator.build(verts, n_rays, faces, n_faces);
     std::vector<Cand> cand(n);
     std::vector<uint8_t> bad(threads, 0);
     parallel_for_tid(n, threads, [&](int64_t i0, int64_t i1, int tid) {
@@ -904,11 +920,9 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     if (aniso_given) {
         for (int k = 0; k < 3; ++k) aniso[k] = aniso_given[k];
     } else {
-        for (int64_t i = 0; i < n; ++i)
-            for (int k = 0; k < 3; ++k) aniso[k] += (float)(cand[i].bbox[2 * k + 1] - cand[i].bbox[2 * k]) / n;
-        const float amax = std::fmax(std::fmax(aniso[0], aniso[1]), aniso[2]);
-        for (int k = 0; k < 3; ++k) aniso[k] = amax / aniso[k];
+        sphere_scale_3d(n, [&](int64_t i, int k) { return cand[i].bbox[2 * k + 1] - cand[i].bbox[2 * k]; }, aniso);
     }
+    for (int k = 0; k < 3; ++k) st.aniso[k] = aniso[k];
     parallel_for(n, threads, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
             const float* d = dist + i * n_rays;
@@ -948,6 +962,9 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     }
     std::vector<int64_t> cursor(bstart.begin(), bstart.end() - 1);
     std::vector<uint8_t> suppressed(n, 0);
+    auto suppressed_by = [suppressor](int64_t j, int64_t i) {
+        if (suppressor) suppressor[j] = i;
+    };
 
     // per-thread scratch and work counters (one cache line apart: counters change per pair)
     struct alignas(64) Scratch {
@@ -1032,7 +1049,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 iou = std::fmax(0.f, A_inter / (A_min + 1e-10));
                 if (iou > thresh) {
                     ++S.cnt[1];
-                    suppressed[j] = 1;
+                    suppressed[j] = 1, suppressed_by(j, i);
                     continue;
                 }
                 S.hard.push_back(j);
@@ -1278,7 +1295,7 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 S.secs[2] += std::chrono::duration<double>(clock::now() - t0).count();
                 const float iou = (float)voxels / (A_min + 1e-10);
                 if (!(iou > thresh)) {
-                    if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1;
+                    if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1, suppressed_by(j, i);
                     else ++S.cnt[4];
                     continue;
                 }
@@ -1286,15 +1303,15 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
                 if (!hull_i_ok || fan_inside_volume(cj.center, S.polyverts.data(), faces, n_faces, hull_i_soa, S.inside,
                                                     hull_keeps_below) > hull_keeps_below) {
                     ++S.cnt[5], ++S.cnt[4];
-                    suppressed[j] = 1;
+                    suppressed[j] = 1, suppressed_by(j, i);
                     continue;
                 }
                 if (!hull_keeps()) {
                     ++S.cnt[4];
-                    suppressed[j] = 1;
+                    suppressed[j] = 1, suppressed_by(j, i);
                     continue;
                 }
-                if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1;
+                if (kernel_suppresses()) ++S.cnt[2], suppressed[j] = 1, suppressed_by(j, i);
                 else ++S.cnt[3];
             }
         };
@@ -1323,11 +1340,103 @@ std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, i
     if (stats) *stats = st;
     return keep;
 }
+}  // namespace
+
+// ---- boxes, and which decisions over a block are the whole set's ----------------------------
+void boxes_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts, int32_t* out) {
+    for (int64_t i = 0; i < n; ++i) {
+        int bbox[6];
+        polyhedron_bbox(dist + i * n_rays, points + 3 * i, verts, n_rays, bbox);
+        for (int k = 0; k < 6; ++k) out[6 * i + k] = bbox[k];
+    }
+}
+
+// The rule of certify_2d (nms2d.cpp), with two differences: a dropped candidate is certain
+// when the kept one that suppressed it here is (else when another certain kept one would),
+// and a pair's decision is that of nms_3d over the two alone with the whole set's axis scale
+// (StarDist's cascade for a pair reads nothing else).
+std::vector<uint8_t> certify_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
+                                const int32_t* faces, int n_faces, float thresh, const float* aniso,
+                                const uint8_t* keep, const int64_t* suppressor, const uint8_t* exposed,
+                                const int64_t* reach) {
+    std::vector<uint8_t> certain(n, 1);
+    if (n == 0) return certain;
+    std::vector<float> pair_dist(2 * n_rays), pair_points(6);
+    FaceLocator locator;
+    locator.build(verts, n_rays, faces, n_faces);
+    auto suppresses = [&](int64_t j, int64_t i) {  // kept j (ranked first) drops i
+        std::copy(dist + j * n_rays, dist + (j + 1) * n_rays, pair_dist.begin());
+        std::copy(dist + i * n_rays, dist + (i + 1) * n_rays, pair_dist.begin() + n_rays);
+        std::copy(points + 3 * j, points + 3 * j + 3, pair_points.begin());
+        std::copy(points + 3 * i, points + 3 * i + 3, pair_points.begin() + 3);
+        return nms_3d_with(locator, pair_dist.data(), pair_points.data(), 2, n_rays, verts, faces, n_faces, thresh, 1,
+                           nullptr, aniso, nullptr)[1] == 0;
+    };
+    int64_t reach_max = 0, lo[3], hi[3];
+    std::vector<int64_t> centre(3 * n);
+    for (int k = 0; k < 3; ++k) lo[k] = std::numeric_limits<int64_t>::max(), hi[k] = std::numeric_limits<int64_t>::min();
+    for (int64_t i = 0; i < n; ++i) {
+        reach_max = std::max(reach_max, reach[i]);
+        for (int k = 0; k < 3; ++k) {
+            centre[3 * i + k] = (int64_t)std::floor(points[3 * i + k]);
+            lo[k] = std::min(lo[k], centre[3 * i + k]), hi[k] = std::max(hi[k], centre[3 * i + k]);
+        }
+    }
+    const int64_t bucket = std::max<int64_t>(16, reach_max);
+    int64_t nb[3];
+    for (int k = 0; k < 3; ++k) nb[k] = (hi[k] - lo[k]) / bucket + 1;
+    std::vector<std::vector<int64_t>> uncertain(nb[0] * nb[1] * nb[2]), kept_certain(uncertain.size());
+    std::vector<int64_t> near;
+    for (int64_t i = 0; i < n; ++i) {
+        const int64_t* c = &centre[3 * i];
+        const int64_t span = reach[i] + reach_max;
+        int64_t b0[3], b1[3];
+        for (int k = 0; k < 3; ++k) {
+            b0[k] = std::max<int64_t>(0, (c[k] - span - lo[k]) / bucket);
+            b1[k] = std::min<int64_t>(nb[k] - 1, (c[k] + span - lo[k]) / bucket);
+        }
+        auto within = [&](int64_t j) {
+            const int64_t s = reach[i] + reach[j];
+            for (int k = 0; k < 3; ++k)
+                if (std::abs(centre[3 * j + k] - c[k]) > s) return false;
+            return true;
+        };
+        auto gather = [&](const std::vector<std::vector<int64_t>>& from) {
+            near.clear();
+            for (int64_t z = b0[0]; z <= b1[0]; ++z)
+                for (int64_t y = b0[1]; y <= b1[1]; ++y)
+                    for (int64_t x = b0[2]; x <= b1[2]; ++x)
+                        for (int64_t j : from[(z * nb[1] + y) * nb[2] + x])
+                            if (within(j)) near.push_back(j);
+        };
+        bool ok;
+        if (keep[i]) {
+            // uncertain kept ones were tested against i here and did not drop it
+            ok = !exposed[i];
+            if (ok) gather(uncertain);
+            for (size_t q = 0; ok && q < near.size(); ++q) ok = keep[near[q]] || !suppresses(near[q], i);
+        } else {
+            const int64_t s = suppressor[i];
+            ok = s >= 0 && s < i && certain[s];
+            if (!ok) {
+                gather(kept_certain);
+                for (size_t q = 0; !ok && q < near.size(); ++q) ok = suppresses(near[q], i);
+            }
+        }
+        certain[i] = ok;
+        const int64_t b = (((c[0] - lo[0]) / bucket) * nb[1] + (c[1] - lo[1]) / bucket) * nb[2] + (c[2] - lo[2]) / bucket;
+        if (!ok)
+            uncertain[b].push_back(i);
+        else if (keep[i])
+            kept_certain[b].push_back(i);
+    }
+    return certain;
+}
 
 // ---- rendering (StarDist's "full" mode) -----------------------------------------------------
 void render_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
                const int32_t* faces, int n_faces, const int32_t* labels, int32_t* out, int64_t nz, int64_t ny,
-               int64_t nx, int n_threads) {
+               int64_t nx, int n_threads, int64_t oz, int64_t oy, int64_t ox) {
     std::vector<float> polyverts(3 * n_rays);
     std::vector<double> kernel(4 * n_faces);
     std::vector<float> radii;
@@ -1342,9 +1451,9 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
         for (int f = 0; f < n_faces; ++f)
             kernel_halfspace(&polyverts[3 * faces[3 * f]], &polyverts[3 * faces[3 * f + 1]],
                              &polyverts[3 * faces[3 * f + 2]], &kernel[4 * f]);
-        const int64_t z0 = std::max<int64_t>(0, bbox[0]), z1 = std::min<int64_t>(nz - 1, bbox[1]);
-        const int64_t y0 = std::max<int64_t>(0, bbox[2]), y1 = std::min<int64_t>(ny - 1, bbox[3]);
-        const int64_t x0 = std::max<int64_t>(0, bbox[4]), x1 = std::min<int64_t>(nx - 1, bbox[5]);
+        const int64_t z0 = std::max<int64_t>(oz, bbox[0]), z1 = std::min<int64_t>(oz + nz - 1, bbox[1]);
+        const int64_t y0 = std::max<int64_t>(oy, bbox[2]), y1 = std::min<int64_t>(oy + ny - 1, bbox[3]);
+        const int64_t x0 = std::max<int64_t>(ox, bbox[4]), x1 = std::min<int64_t>(ox + nx - 1, bbox[5]);
         if (z1 < z0 || y1 < y0 || x1 < x0) continue;
         const int32_t label = labels[i];
         const bool full = has_short_ray(d, n_rays);
@@ -1353,7 +1462,7 @@ void render_3d(const float* dist, const float* points, int64_t n, int n_rays, co
             for (int64_t z = z0 + a; z < z0 + b; ++z)
                 for (int64_t y = y0; y <= y1; ++y)
                     for (int64_t x = x0; x <= x1; ++x) {
-                        int32_t& o = out[(z * ny + y) * nx + x];
+                        int32_t& o = out[((z - oz) * ny + y - oy) * nx + x - ox];
                         if (o != 0) continue;  // the first (highest scored) polyhedron keeps a voxel
                         // inside the triangle fan about the centre, or inside the kernel
                         bool inside = inside_polyhedron_fast((float)z, (float)y, (float)x, c, polyverts.data(), faces,

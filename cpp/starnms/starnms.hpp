@@ -28,6 +28,7 @@
 // 3D. See starnms3d.cpp.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <vector>
 
@@ -151,17 +152,47 @@ struct Nms3DStats {
     double seconds_hull = 0;
     double seconds_render = 0;
     double seconds_hull_build = 0;
+    float aniso[3] = {0, 0, 0};  // the sphere tests' axis scale used
 };
 
+// StarDist's axis scale for the sphere tests: the candidates' mean box extent per axis (summed
+// in float, in visiting order), inverted relative to the largest. extent(i, k): candidate i's
+// rounded box extent along axis k.
+template <class Extent>
+void sphere_scale_3d(int64_t n, Extent extent, float* aniso) {
+    for (int k = 0; k < 3; ++k) aniso[k] = 0.0f;
+    for (int64_t i = 0; i < n; ++i)
+        for (int k = 0; k < 3; ++k) aniso[k] += (float)extent(i, k) / n;
+    const float amax = std::fmax(std::fmax(aniso[0], aniso[1]), aniso[2]);
+    for (int k = 0; k < 3; ++k) aniso[k] = amax / aniso[k];
+}
+
 // aniso: the sphere tests' axis scale (StarDist's inverted mean box extent), or null to
-// measure it on these candidates.
+// measure it on these candidates. suppressor (optional, n values): for each dropped candidate
+// the kept one that suppressed it, -1 for kept ones.
 std::vector<uint8_t> nms_3d(const float* dist, const float* points, int64_t n, int n_rays,
                             const float* verts, const int32_t* faces, int n_faces, float thresh,
-                            int n_threads, Nms3DStats* stats, const float* aniso = nullptr);
+                            int n_threads, Nms3DStats* stats, const float* aniso = nullptr,
+                            int64_t* suppressor = nullptr);
 
+// Rounded bounding boxes (z0, z1, y0, y1, x0, x1) of polyhedra, as nms_3d and render_3d round them.
+void boxes_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts, int32_t* out);
+
+// Which decisions of nms_3d over a block of a larger set are those of the whole set (the
+// rule of certify_2d): keep, suppressor from that run, exposed: candidates a polyhedron
+// outside the block can reach, reach: how far (voxels, any axis) each candidate's polyhedron
+// reaches from its centre. Pairs are decided by nms_3d itself with the same axis scale.
+std::vector<uint8_t> certify_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
+                                const int32_t* faces, int n_faces, float thresh, const float* aniso,
+                                const uint8_t* keep, const int64_t* suppressor, const uint8_t* exposed,
+                                const int64_t* reach);
+
+// Labels of polyhedra drawn in the given order (the first drawn keeps a voxel); out holds the
+// nz x ny x nx window whose first voxel is (z0, y0, x0) of the image (voxel tests in the
+// image's coordinates, so a window equals that part of the whole rendering).
 void render_3d(const float* dist, const float* points, int64_t n, int n_rays, const float* verts,
                const int32_t* faces, int n_faces, const int32_t* labels, int32_t* out,
-               int64_t nz, int64_t ny, int64_t nx, int n_threads);
+               int64_t nz, int64_t ny, int64_t nx, int n_threads, int64_t z0 = 0, int64_t y0 = 0, int64_t x0 = 0);
 
 }  // namespace starnms
 }  // namespace segrt

@@ -143,22 +143,24 @@ def nms_2d(prob, dist, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1), border=2
 
 
 def _exposure(outside, origin, shape, grid):
-    """The test nms_2d's block certificate starts from: which candidates (centres, reach) a
-    polygon centred beyond the block's sides could overlap (two polygons meet only when their
-    centres are within the sum of their reaches on each axis)."""
+    """The test the block certificates start from: which candidates (centres, reach) a shape
+    centred beyond the block's sides could overlap (two shapes meet only when their centres
+    are within the sum of their reaches on each axis)."""
+    nd = len(shape)
     try:
         sides = [tuple(None if v is None else float(v) for v in pair) for pair in outside]
     except TypeError:
         sides = []
-    if len(sides) != 2 or any(len(p) != 2 for p in sides) or any(v is not None and v < 0 for p in sides for v in p):
-        raise ValueError(f"outside must be ((top, bottom), (left, right)) reaches in pixels or None, got {outside!r}")
+    if len(sides) != nd or any(len(p) != 2 for p in sides) or any(v is not None and v < 0 for p in sides for v in p):
+        want = "((top, bottom), (left, right))" if nd == 2 else "one (before, after) pair per axis"
+        raise ValueError(f"outside must be {want} reaches in pixels or None, got {outside!r}")
     # the nearest pixel coordinate a centre beyond each side can have
-    first = [(origin[a] - 1) * grid[a] for a in (0, 1)]
-    last = [(origin[a] + shape[a]) * grid[a] for a in (0, 1)]
+    first = [(origin[a] - 1) * grid[a] for a in range(nd)]
+    last = [(origin[a] + shape[a]) * grid[a] for a in range(nd)]
 
     def exposed(centres, reach):
         hit = np.zeros(len(centres), bool)
-        for a in (0, 1):
+        for a in range(nd):
             (before, after), c = sides[a], centres[:, a]
             if before is not None:
                 hit |= c - first[a] <= reach + math.ceil(before) + 2
@@ -231,8 +233,8 @@ def rays_3d(n_rays: int = 96, anisotropy=None) -> Rays3D:
     return Rays3D(n_rays, anisotropy)
 
 
-def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1), border=2, return_stats=False,
-           device="auto"):
+def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1), border=2, cells=None, origin=None,
+           outside=None, sphere_scale=None, return_stats=False, device="auto"):
     """Star-convex polyhedron NMS, same result as ``stardist.nms.non_maximum_suppression_3d``.
 
     Candidates and visiting order as in ``nms_2d``. Candidate j is tested against each
@@ -248,42 +250,89 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
     Args:
         prob: (Z, Y, X) float probabilities.
         dist: (Z, Y, X, n_rays) float ray lengths (voxels), non-negative; a candidate's rays may
-            not all be zero (a polyhedron without volume is refused, as ``render_3d`` refuses it).
+            not all be zero (a polyhedron without volume is refused, as ``render_3d`` refuses it);
+            or, with ``cells``, (k, n_rays) rows for those cells only.
         rays: ``rays_3d(n_rays)`` or a StarDist Rays object.
-        return_stats: also return the work counters (pairs decided by each test, ...).
+        cells, origin: as ``nms_2d`` ((z, y, x) origin): a block of a larger volume's maps.
+        outside: with a block, one (before, after) pair per axis: how far (voxels) polyhedra
+            centred beyond each side of the block reach, or None where nothing lies beyond;
+            then ``uncertain`` is also returned, by the rule of ``nms_2d``.
+        sphere_scale: (3,) the sphere tests' axis scale of the larger volume's candidates a
+            block belongs to (``stats["anisotropy"]`` of its run; from boxes, see
+            ``segrt.engine.slide``): StarDist measures it over every candidate, so a block
+            decides as the whole volume only with the whole volume's scale. Default: measured
+            on these candidates.
+        return_stats: also return the work counters (pairs decided by each test, ...) and the
+            axis scale used ("anisotropy").
 
     Returns:
         points: (K, 3) int64 (z, y, x), by descending score; scores: (K,); dists: (K, n_rays);
-        stats (only with ``return_stats``).
+        uncertain: (U, 3) int64 points (only with ``outside``); stats (only with ``return_stats``).
     """
-    impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, _ = _nms_inputs(
-        prob, dist, 3, prob_thresh, nms_thresh, grid, border, device)
+    impl, prob_a, dist_a, prob_thresh, nms_thresh, grid, lo, hi, cells = _nms_inputs(
+        prob, dist, 3, prob_thresh, nms_thresh, grid, border, device, cells)
     verts, faces = as_rays(rays)
     if dist_a.shape[-1] != len(verts):
         raise ValueError(f"dist has {dist_a.shape[-1]} rays but rays has {len(verts)} directions")
     n_rays = dist_a.shape[-1]
+    block = origin is not None or outside is not None or sphere_scale is not None
+    if block and not impl.__name__.endswith("_cpu"):
+        raise ValueError("origin=, outside= and sphere_scale= (NMS over a block of a larger volume) run on the CPU "
+                         "kernels: pass device='cpu' with host arrays")
+    origin = (0, 0, 0) if origin is None else tuple(int(v) for v in origin)
+    if len(origin) != 3 or min(origin) < 0:
+        raise ValueError(f"origin must be a (z, y, x) cell of the larger volume, got {origin!r}")
+    if sphere_scale is not None:
+        sphere_scale = np.asarray(sphere_scale, np.float32).reshape(-1)
+        if sphere_scale.shape != (3,) or not (np.isfinite(sphere_scale).all() and (sphere_scale > 0).all()):
+            raise ValueError(f"sphere_scale must be 3 positive numbers, got {sphere_scale!r}")
     try:
         order = impl.candidates(prob_a, prob_thresh, lo, hi)
         xp = _device.array_module_of(order)
         ny_nx = prob_a.shape[1] * prob_a.shape[2]
-        points = xp.stack([order // ny_nx, (order // prob_a.shape[2]) % prob_a.shape[1], order % prob_a.shape[2]],
-                          axis=1).astype(xp.int64).reshape(-1, 3)
+        points = xp.stack([order // ny_nx + origin[0], (order // prob_a.shape[2]) % prob_a.shape[1] + origin[1],
+                           order % prob_a.shape[2] + origin[2]], axis=1).astype(xp.int64).reshape(-1, 3)
         points *= xp.asarray(grid)
-        cand_dist = xp.ascontiguousarray(dist_a.reshape(-1, n_rays)[order], dtype=xp.float32)
+        if cells is None:
+            rows = order
+        else:
+            rows = np.searchsorted(cells, order)
+            if order.size and (rows.max() >= cells.size or not np.array_equal(cells[rows], order)):
+                raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
+        cand_dist = xp.ascontiguousarray(dist_a.reshape(-1, n_rays)[rows], dtype=xp.float32)
         empty = ~cand_dist.any(axis=1)
         if bool(empty.any()):  # a polyhedron without volume is no object; rendering would refuse it later
             raise ValueError(f"{int(empty.sum())} candidate(s) have every ray zero (no volume), the first at "
                              f"{tuple(int(v) for v in points[int(xp.argmax(empty))])}")
-        keep, stats = impl.nms_3d(cand_dist, points.astype(np.float32), verts, faces, nms_thresh)
+        cand_points = points.astype(np.float32)
+        extra = {} if sphere_scale is None else {"aniso": sphere_scale}
+        if outside is None:
+            keep, stats = impl.nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, **extra)
+        else:
+            keep, stats, suppressor = impl.nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, suppressors=True,
+                                                  **extra)
+            reach = reach_3d(cand_dist, verts)
+            exposed = _exposure(outside, origin, prob_a.shape, grid)(points, reach)
+            certain = impl.certify_3d(cand_dist, cand_points, verts, faces, nms_thresh, stats["anisotropy"], keep,
+                                      suppressor, exposed, reach)
     except ValueError as err:
         raise ValueError(f"{err} (prob {prob_a.shape}, dist {dist_a.shape}); clean the network output first") from None
     kept = order[keep]
     out = (points[keep], _validate._module_array(prob).reshape(-1)[kept],
-           _validate._module_array(dist).reshape(-1, n_rays)[kept])
+           _validate._module_array(dist).reshape(-1, n_rays)[rows[keep]])
+    if outside is not None:
+        out += (points[~certain],)
     return (*out, stats) if return_stats else out
 
 
-def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
+def reach_3d(dists, verts) -> np.ndarray:
+    """How far (voxels, along any axis) each polyhedron's vertices lie from its centre, rounded
+    up with a margin for the boxes' rounding: (n,) int64."""
+    far = (np.asarray(dists, np.float64) * np.linalg.norm(np.asarray(verts, np.float64), axis=1)).max(axis=1, initial=0)
+    return (np.ceil(far) + 2).astype(np.int64)
+
+
+def render_3d(dists, points, rays, shape, scores=None, *, ids=None, window=None, device="auto"):
     """Label volume of polyhedra, same as ``stardist.geometry.polyhedron_to_label``.
 
     Polyhedron i gets label i + 1; polyhedra are drawn by descending score (in the order
@@ -297,11 +346,17 @@ def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
         rays: ``rays_3d(...)`` or a StarDist Rays object.
         shape: (Z, Y, X) of the output.
         scores: (N,) or None.
+        ids: (N,) positive labels to draw instead of i + 1; the polyhedra are then drawn in
+            the order given (no scores): a subset of a larger rendering, given in that
+            rendering's drawing order (``np.argsort(scores)[::-1]`` of the whole set) with its
+            labels, renders as it does.
+        window: (z0, y0, x0, nz, ny, nx): return only this box of the (Z, Y, X) volume, each
+            voxel decided exactly as in the whole rendering. CPU only.
 
     Returns:
-        (Z, Y, X) int32 labels.
+        (Z, Y, X) int32 labels (the window's (nz, ny, nx) with ``window``).
     """
-    _, impl = _implementation(device, dists, points)
+    dev, impl = _implementation(device, dists, points)
     dists_a, pts, scores_a = _validate.check_polygons(dists, points, 3, scores)
     shape = _validate.check_shape(shape, 3)
     verts, faces = as_rays(rays)
@@ -310,11 +365,31 @@ def render_3d(dists, points, rays, shape, scores=None, *, device="auto"):
     if len(dists_a) and float(dists_a.min()) <= 0:
         raise ValueError(f"dists must be positive to render polyhedra, minimum is {float(dists_a.min())}")
     xp = _device.array_module_of(dists_a)
-    # NumPy's own (unstable) order, as StarDist draws: computed on the host for every device
-    prob = np.ones(len(pts)) if scores_a is None else (scores_a.get() if xp is not np else scores_a)
-    order = np.argsort(prob)[::-1]
-    labels = (np.arange(1, len(pts) + 1, dtype=np.int32))[order]
+    extra = {}
+    if window is not None:
+        try:
+            window = tuple(int(v) for v in window)
+        except (TypeError, ValueError):
+            window = ()
+        if (len(window) != 6 or min(window) < 0
+                or any(window[a] + window[a + 3] > shape[a] for a in range(3))):
+            raise ValueError(f"window must be (z0, y0, x0, nz, ny, nx) inside the volume {shape}, got {window!r}")
+        if not impl.__name__.endswith("_cpu"):
+            raise ValueError("window= runs on the CPU kernels: pass device='cpu' with host arrays")
+        extra["origin"], shape = window[:3], window[3:]
+    if ids is not None:
+        if scores_a is not None:
+            raise ValueError("pass ids (drawn in the order given) or scores (drawn by descending score), not both")
+        ids_a = np.asarray(ids.get() if hasattr(ids, "get") and not isinstance(ids, np.ndarray) else ids)
+        if ids_a.shape != (len(pts),) or ids_a.dtype.kind not in "iu" or (len(pts) and int(ids_a.min()) < 1):
+            raise ValueError(f"ids must be ({len(pts)},) positive integers, got {ids_a.shape} {ids_a.dtype}")
+        order, labels = np.arange(len(pts)), ids_a.astype(np.int32)
+    else:
+        # NumPy's own (unstable) order, as StarDist draws: computed on the host for every device
+        prob = np.ones(len(pts)) if scores_a is None else (scores_a.get() if xp is not np else scores_a)
+        order = np.argsort(prob)[::-1]
+        labels = (np.arange(1, len(pts) + 1, dtype=np.int32))[order]
     order = xp.asarray(order)
     d = xp.ascontiguousarray(dists_a[order], dtype=xp.float32)
     p = xp.ascontiguousarray(pts[order], dtype=xp.float32)
-    return impl.render_3d(d, p, verts, faces, labels, shape)
+    return impl.render_3d(d, p, verts, faces, labels, shape, **extra)

@@ -73,10 +73,25 @@ def render_2d(dists: np.ndarray, points: np.ndarray, labels: np.ndarray, shape, 
                                  window=None if window is None else [int(v) for v in window])
 
 
-def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
-    """Keep flags of candidates given in visiting order, plus the work counters."""
-    return extension().nms_3d(cand_dist, cand_points, verts, faces, float(nms_thresh), int(n_threads))
+def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0, aniso=None, suppressors=False):
+    """Keep flags of candidates given in visiting order, plus the work counters (and, with
+    ``suppressors``, for each dropped candidate the one that dropped it, -1 for kept ones).
+    aniso: the sphere tests' axis scale of a larger set these candidates belong to."""
+    return extension().nms_3d(cand_dist, cand_points, verts, faces, float(nms_thresh), int(n_threads),
+                              aniso=None if aniso is None else [float(a) for a in aniso], suppressors=suppressors)
 
 
-def render_3d(dists, points, verts, faces, labels, shape, n_threads=0):
-    return extension().render_3d(dists, points, verts, faces, labels, list(shape), int(n_threads))
+def boxes_3d(cand_dist, cand_points, verts) -> np.ndarray:
+    """(n, 6) int32 rounded boxes (z0, z1, y0, y1, x0, x1) of the polyhedra, as the kernels round them."""
+    return extension().boxes_3d(np.ascontiguousarray(cand_dist, np.float32), np.ascontiguousarray(cand_points, np.float32),
+                                np.ascontiguousarray(verts, np.float32))
+
+
+def certify_3d(cand_dist, cand_points, verts, faces, nms_thresh, aniso, keep, suppressor, exposed, reach):
+    return extension().certify_3d(cand_dist, cand_points, verts, faces, float(nms_thresh), [float(a) for a in aniso],
+                                  keep, suppressor, exposed, reach)
+
+
+def render_3d(dists, points, verts, faces, labels, shape, n_threads=0, origin=(0, 0, 0)):
+    return extension().render_3d(dists, points, verts, faces, labels, list(shape), int(n_threads),
+                                 origin=[int(v) for v in origin])

@@ -41,6 +41,7 @@ import numpy as np
 
 from segrt.kernels import gpu as _gpu
 from segrt.kernels._ext import extension
+from segrt.kernels.starnms._rays import sphere_scale_3d
 from segrt.kernels.starnms._reference import ray_tables_float
 
 # the kernels refer to the module-level ``cuda`` so that Numba's simulator can stand in for it
@@ -660,13 +661,8 @@ def nms_3d(cand_dist, cand_points, verts, faces, nms_thresh, n_threads=0):
     reach = int(math.ceil(float(cand_dist.max()))) + 1  # a box reaches this far from its centre
     involved = xp.zeros(n, xp.uint8)
     _gpu.launch(_touching_3d, n, box, centre, origin, extent, rank_of, reach, involved)
-    # StarDist's axis scale of the whole set: the inverted mean box extent, summed in float32 in
-    # rank order as the CPU kernel sums it
-    box_host = _gpu.to_host(box)
-    mean = np.cumsum((box_host[:, 1::2] - box_host[:, ::2]).astype(np.float32) / np.float32(n), axis=0,
-                     dtype=np.float32)[-1]
-    with np.errstate(divide="ignore"):
-        aniso = (np.float32(max(mean)) / mean).astype(np.float32)
+    # StarDist's axis scale of the whole set, as the CPU kernel measures it
+    aniso = sphere_scale_3d(_gpu.to_host(box))
     subset = xp.nonzero(involved)[0]
     stats = {"candidates": n, "isolated_on_device": int(n - subset.size)}
     if subset.size:

@@ -71,3 +71,14 @@ def as_rays(rays) -> tuple[np.ndarray, np.ndarray]:
     if faces.ndim != 2 or faces.shape[1] != 3 or faces.size == 0 or faces.min() < 0 or faces.max() >= len(verts):
         raise ValueError(f"rays.faces must be (f, 3) indices into {len(verts)} vertices, got {faces.shape}")
     return verts, faces
+
+
+def sphere_scale_3d(boxes: np.ndarray) -> np.ndarray:
+    """StarDist's axis scale for the 3D sphere tests, from the candidates' rounded boxes
+    ((n, 6) z0, z1, y0, y1, x0, x1) in visiting order: the mean box extent per axis, summed in
+    float32 in that order as the C++ kernel sums it, inverted relative to the largest."""
+    n = len(boxes)
+    extent = (np.asarray(boxes)[:, 1::2] - np.asarray(boxes)[:, ::2]).astype(np.float32)
+    mean = np.cumsum(extent / np.float32(max(n, 1)), axis=0, dtype=np.float32)[-1] if n else np.zeros(3, np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (np.float32(max(mean)) / mean).astype(np.float32)
