@@ -14,6 +14,7 @@ BENCHMARKS = {
     "nnunet": "segrt.bench.nnunet",
     "batch": "segrt.bench.batch",
     "slide": "segrt.bench.slide",
+    "slide_volume": "segrt.bench.slide_volume",
     "serve": "segrt.bench.serve",
 }
 

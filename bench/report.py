@@ -20,7 +20,7 @@ from segrt.bench.harness import format_value
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 DOCS = os.path.join(os.path.dirname(HERE), "docs", "benchmarks.md")
-ORDER = ("nms", "label", "stitch", "engine", "pipeline", "batch", "slide", "serve", "gpu")
+ORDER = ("nms", "label", "stitch", "engine", "pipeline", "batch", "slide", "slide_volume", "serve", "gpu")
 
 HEADER = """# Benchmarks
 

@@ -1,6 +1,7 @@
-"""Whole-slide star-convex instances in chunks on Dask: the same result as the whole image.
+"""Whole-slide (and large-volume) star-convex instances in chunks on Dask: the same result as
+the whole image. Semantic models in chunks: ``segment_semantic_chunked`` (below).
 
-    slide (zarr / OME-Zarr / tiled TIFF, read lazily)
+    slide or volume (zarr / OME-Zarr / tiled TIFF, read lazily)
       -> statistics of the whole slide (exact percentiles from histograms over chunks)
       -> per chunk, a task: the network over the chunk's tiles (each with its context) ->
          the candidate cells (prob > prob_thresh) and their rays              [inference]
@@ -20,7 +21,9 @@ the slide, measured). The NMS kernel follows those chains (``nms_2d(..., outside
 when one reaches the chunk, the margin is doubled and the chunk redone. So the labels, points,
 scores and rays are those of ``InstancePipeline(model, tile=...).run(whole image)`` bit for
 bit, whatever the size of the objects relative to the chunks (large objects cost wider margins,
-never a wrong answer).
+never a wrong answer). 3D models (volumes) also need the volume's sphere scale for StarDist's
+cascade (measured over every candidate, in the whole volume's order, by the driver) and draw
+polyhedra in the whole rendering's order (see docs/pipelines.md).
 
 Tiles are the whole image's tiles (chunks are whole tiles), normalised with the whole slide's
 statistics: each cell's prediction is the one the whole-image run makes. Memory per task: one
@@ -633,7 +636,8 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         client / scheduler / workers: a ``distributed.Client``, a scheduler address, or the
             number of LocalCluster processes on the loopback (default 1), as ``segrt batch``.
         nms_margin: the first margin (pixels) around a chunk its NMS sees; default four longest
-            rays plus 24 px. Doubled for a chunk whose certificate doubts a decision.
+            rays plus 24 px (3D: three plus 14 voxels). Doubled for a chunk whose certificate
+            doubts a decision.
         return_labels: also return the whole label image (small inputs and tests).
 
     Returns:
@@ -718,7 +722,9 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
 
         # the first margin: the band a shape beyond it can reach (twice the longest ray) and as
         # much again for chains of overlapping candidates; doubled while the chunk is in doubt
-        first = 4 * (int(math.ceil(longest)) + 2) + 16 if nms_margin is None else max(1, int(nms_margin))
+        # (3D: three rays and 8 voxels, the block's cost growing with the cube of its side)
+        first = ((4 * (int(math.ceil(longest)) + 2) + 16 if nd == 2 else 3 * (int(math.ceil(longest)) + 2) + 8)
+                 if nms_margin is None else max(1, int(nms_margin)))
         widest = max(shape)
         pending = {submit_nms(k, first): (k, first) for k in chunk_boxes}
         objects, margins = {}, {}
