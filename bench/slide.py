@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -190,9 +189,34 @@ def _semantic_rows(report: Report, tmp: str, slide: str, side: int) -> None:
             raise RuntimeError("chunked semantic labels differ from the whole image's")
 
 
-def main(argv=None) -> Report:
+def instance_rows(report: Report, tmp: str, source: str, label: str, model_path: str, tile: int, chunk: int,
+                  whole_name: str = "image", **fields) -> None:
+    """Rows for a star-convex model over ``source`` (a zarr slide or volume): the whole image in
+    one process, then chunked with 1 and 2 workers, the labels compared bit for bit."""
     import zarr
 
+    whole = _python(_WHOLE, source, os.path.join(tmp, "whole.npy"), model_path, tile)
+    ref = np.load(os.path.join(tmp, "whole.npy"))
+    report.add(case=f"{label}, whole {whole_name}", **fields, workers=0, objects=whole["objects"], seconds=whole["seconds"],
+               startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"], driver_peak_rss_mb=None, identical=True,
+               timings=whole["timings"])
+    print(f"  {label} whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
+    for workers in (1, 2):
+        out = os.path.join(tmp, f"labels_{workers}_{os.path.basename(source)}")
+        res = _python(_CHUNKED, source, out, model_path, tile, chunk, workers)
+        same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
+        report.add(case=f"{label}, chunks, {workers} worker(s)", **fields, workers=workers, objects=res["objects"],
+                   seconds=res["seconds"], startup_s=res["startup_s"], peak_rss_mb=res["worker_peak_rss_mb"],
+                   driver_peak_rss_mb=res["driver_peak_rss_mb"], identical=same, timings=res["timings"],
+                   nms_margins_px=res["nms_margins_px"])
+        print(f"  {label} chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
+              f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, identical {same}",
+              flush=True)
+        if not same:
+            raise RuntimeError(f"chunked labels differ from the whole image's ({label})")
+
+
+def main(argv=None) -> Report:
     ap = argparse.ArgumentParser(prog="python -m segrt.bench slide", description=__doc__.split("\n\n")[0])
     ap.add_argument("--sides", default="2048,4096", help="slide sides in pixels (comma-separated)")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/slide.json)")
@@ -213,27 +237,8 @@ def main(argv=None) -> Report:
         for side in (int(v) for v in args.sides.split(",")):
             slide = os.path.join(tmp, f"slide{side}.zarr")
             seam_slide(slide, side)
-            whole = _python(_WHOLE, slide, os.path.join(tmp, "whole.npy"), MODEL, TILE)
-            ref = np.load(os.path.join(tmp, "whole.npy"))
-            report.add(case=f"{side} x {side}, whole image", model="nuclei (star-convex)", side=side, workers=0,
-                       objects=whole["objects"],
-                       seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"],
-                       driver_peak_rss_mb=None, identical=True)
-            print(f"  {side}^2 whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
-            for workers in (1, 2):
-                out = os.path.join(tmp, f"labels{side}_{workers}.zarr")
-                res = _python(_CHUNKED, slide, out, MODEL, TILE, CHUNK, workers)
-                same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
-                report.add(case=f"{side} x {side}, chunks, {workers} worker(s)", model="nuclei (star-convex)",
-                           side=side, workers=workers,
-                           objects=res["objects"], seconds=res["seconds"], startup_s=res["startup_s"],
-                           peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
-                           identical=same, timings=res["timings"], nms_margins_px=res["nms_margins_px"])
-                print(f"  {side}^2 chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
-                      f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, "
-                      f"identical {same}", flush=True)
-                if not same:
-                    raise RuntimeError("chunked labels differ from the whole image's")
+            instance_rows(report, tmp, slide, f"{side} x {side}", MODEL, TILE, CHUNK, model="nuclei (star-convex)",
+                          side=side)
             _semantic_rows(report, tmp, slide, side)
     report.finish()
     print(f"\nwritten: {args.out}")

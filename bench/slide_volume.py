@@ -19,7 +19,7 @@ import tempfile
 import numpy as np
 
 from segrt.bench.harness import Report, package_version
-from segrt.bench.slide import RESULTS, _python
+from segrt.bench.slide import RESULTS, instance_rows
 
 TILE, CHUNK = 64, 128
 
@@ -78,26 +78,7 @@ def blob_volume(path: str, shape, seed: int = 0) -> None:
         arr[z0:z0 + vol.shape[0]] = np.clip(vol, 0, 255).astype(np.uint8)
 
 
-_WHOLE = """
-import json, sys, time
-import numpy as np, zarr
-from segrt.engine.instances import InstancePipeline
-from segrt.engine.slide import _peak_rss_mb
-volume, out, model, tile = sys.argv[1:5]
-t = time.perf_counter()
-res = InstancePipeline(model, backend="ort", tile=int(tile)).run(zarr.open_array(volume, mode="r")[:])
-seconds = time.perf_counter() - t
-np.save(out, res.labels)
-print(json.dumps({"seconds": seconds, "objects": int(len(res.points)), "timings": res.timings,
-                  "peak_rss_mb": _peak_rss_mb()}))
-"""
-
-
 def main(argv=None) -> Report:
-    import zarr
-
-    from segrt.bench.slide import _CHUNKED
-
     ap = argparse.ArgumentParser(prog="python -m segrt.bench slide_volume", description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", default="128x256x256,128x384x384", help="volume shapes ZxYxX (comma-separated)")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/slide_volume.json)")
@@ -118,26 +99,8 @@ def main(argv=None) -> Report:
             shape = tuple(int(v) for v in text.split("x"))
             volume = os.path.join(tmp, f"vol{text}.zarr")
             blob_volume(volume, shape)
-            label = " x ".join(map(str, shape))
-            whole = _python(_WHOLE, volume, os.path.join(tmp, "whole.npy"), model, TILE)
-            ref = np.load(os.path.join(tmp, "whole.npy"))
-            report.add(case=f"{label}, whole volume", voxels=int(np.prod(shape)), workers=0, objects=whole["objects"],
-                       seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"],
-                       driver_peak_rss_mb=None, identical=True, timings=whole["timings"])
-            print(f"  {label} whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
-            for workers in (1, 2):
-                out = os.path.join(tmp, f"labels{text}_{workers}.zarr")
-                res = _python(_CHUNKED, volume, out, model, TILE, CHUNK, workers)
-                same = bool(np.array_equal(zarr.open_array(out, mode="r")[:], ref))
-                report.add(case=f"{label}, chunks, {workers} worker(s)", voxels=int(np.prod(shape)), workers=workers,
-                           objects=res["objects"], seconds=res["seconds"], startup_s=res["startup_s"],
-                           peak_rss_mb=res["worker_peak_rss_mb"], driver_peak_rss_mb=res["driver_peak_rss_mb"],
-                           identical=same, timings=res["timings"], nms_margins_px=res["nms_margins_px"])
-                print(f"  {label} chunked, {workers} worker(s): {res['seconds']:.1f} s, worker "
-                      f"{res['worker_peak_rss_mb']:.0f} MB, driver {res['driver_peak_rss_mb']:.0f} MB, "
-                      f"identical {same}", flush=True)
-                if not same:
-                    raise RuntimeError("chunked labels differ from the whole volume's")
+            instance_rows(report, tmp, volume, " x ".join(map(str, shape)), model, TILE, CHUNK, "volume",
+                          voxels=int(np.prod(shape)))
     report.finish()
     print(f"\nwritten: {args.out}")
     return report

@@ -170,6 +170,22 @@ def _exposure(outside, origin, shape, grid):
     return exposed
 
 
+def _checked_window(window, shape, impl, runs_on):
+    """A rendering window (first pixel per axis, then sizes) inside ``shape``, as ints."""
+    nd = len(shape)
+    try:
+        w = tuple(int(v) for v in window)
+    except (TypeError, ValueError):
+        w = ()
+    if len(w) != 2 * nd or min(w) < 0 or any(w[a] + w[a + nd] > shape[a] for a in range(nd)):
+        form = "(row0, col0, rows, cols)" if nd == 2 else "(z0, y0, x0, nz, ny, nx)"
+        raise ValueError(f"window must be {form} inside the {'image' if nd == 2 else 'volume'} {shape}, "
+                         f"got {window!r}")
+    if impl.__name__.rsplit("._", 1)[-1] not in runs_on:
+        raise ValueError("window= runs on the CPU kernels: pass device='cpu' with host arrays")
+    return w
+
+
 def render_2d(dists, points, shape, scores=None, *, ids=None, window=None, device="auto"):
     """Label image of polygons, same as ``stardist.geometry.polygons_to_label``.
 
@@ -197,15 +213,7 @@ def render_2d(dists, points, shape, scores=None, *, ids=None, window=None, devic
     shape = _validate.check_shape(shape, 2)
     extra = {}
     if window is not None:
-        try:
-            window = tuple(int(v) for v in window)
-        except (TypeError, ValueError):
-            window = ()
-        if len(window) != 4 or min(window) < 0 or window[0] + window[2] > shape[0] or window[1] + window[3] > shape[1]:
-            raise ValueError(f"window must be (row0, col0, rows, cols) inside the image {shape}, got {window!r}")
-        if impl.__name__.endswith("_cuda"):
-            raise ValueError("window= runs on the CPU kernels: pass device='cpu' with host arrays")
-        extra["window"] = window
+        extra["window"] = _checked_window(window, shape, impl, ("reference", "cpu"))
     xp = _device.array_module_of(dists_a)
     if scores_a is None:
         order = xp.arange(len(pts))
@@ -367,15 +375,7 @@ def render_3d(dists, points, rays, shape, scores=None, *, ids=None, window=None,
     xp = _device.array_module_of(dists_a)
     extra = {}
     if window is not None:
-        try:
-            window = tuple(int(v) for v in window)
-        except (TypeError, ValueError):
-            window = ()
-        if (len(window) != 6 or min(window) < 0
-                or any(window[a] + window[a + 3] > shape[a] for a in range(3))):
-            raise ValueError(f"window must be (z0, y0, x0, nz, ny, nx) inside the volume {shape}, got {window!r}")
-        if not impl.__name__.endswith("_cpu"):
-            raise ValueError("window= runs on the CPU kernels: pass device='cpu' with host arrays")
+        window = _checked_window(window, shape, impl, ("cpu",))
         extra["origin"], shape = window[:3], window[3:]
     if ids is not None:
         if scores_a is not None:
