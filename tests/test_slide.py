@@ -290,6 +290,27 @@ def test_segrt_run_on_a_zarr_slide(tmp_path, capsys):
     assert "--chunk, --workers and --scheduler run a slide in chunks" in capsys.readouterr().err
 
 
+def test_segrt_run_on_a_zarr_volume_with_a_3d_star_convex_model(tmp_path, capsys):
+    """`segrt run MODEL volume.zarr` with a 3D star-convex .onnx model (the workers load the
+    file): the labels and objects of InstancePipeline on the whole volume."""
+    from segrt.bench.slide_volume import blob_volume, star3d_model
+    from segrt.cli import main
+
+    model = star3d_model(str(tmp_path / "star3d.onnx"))
+    blob_volume(str(tmp_path / "vol.zarr"), (40, 64, 80), seed=2)
+    vol = zarr.open_array(str(tmp_path / "vol.zarr"), mode="r")[:]
+    out = tmp_path / "cells.zarr"
+    assert main(["run", model, str(tmp_path / "vol.zarr"), "-o", str(out), "--chunk", "32", "--tile", "32",
+                 "--backend", "ort", "-q"]) == 0
+    assert "12 chunks of 32 px" in capsys.readouterr().out
+    ref = InstancePipeline(model, backend="ort", tile=32).run(vol)
+    assert len(ref.points) > 10
+    np.testing.assert_array_equal(zarr.open_array(str(out), mode="r")[:], ref.labels)
+    ref.save(tmp_path / "whole.tif")
+    assert (tmp_path / "cells.csv").read_bytes() == (tmp_path / "whole.csv").read_bytes()
+    assert not (tmp_path / "cells.geojson").exists()
+
+
 def test_a_worker_killed_mid_slide_changes_nothing(tmp_path, image, whole):
     """A worker SIGKILLed while it infers a chunk: Dask recomputes what it held (every task's
     inputs are the slide on disk and held results), the labels are still the whole image's."""
