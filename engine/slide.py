@@ -335,10 +335,9 @@ def candidates_of_chunk(pipeline, image: LazyImage, stats, chunk_box) -> dict:
         raise ValueError(f"the network returned NaN, infinite or negative rays at {int(bad.sum())} candidate cells "
                          f"of chunk {chunk_box}")
     if nd == 3:
-        from segrt.kernels.starnms import _cpu
+        from segrt.kernels.starnms import boxes_3d
 
-        points = (out["cells"][cand] * np.asarray(pipeline.grid)).astype(np.float32)
-        out["boxes"] = _cpu.boxes_3d(out["rays"][cand], points, pipeline.rays.vertices)
+        out["boxes"] = boxes_3d(out["rays"][cand], out["cells"][cand] * np.asarray(pipeline.grid), pipeline.rays)
     return out
 
 
@@ -354,7 +353,7 @@ def _candidate_boxes(part, keep_cells, prob_thresh):
 def sphere_scale_of(parts, keep_cells) -> np.ndarray:
     """StarDist's 3D axis scale over every candidate of the volume (``_candidate_boxes`` of each
     chunk), summed in the whole volume's visiting order as its NMS sums it."""
-    from segrt.kernels.starnms._rays import sphere_scale_3d
+    from segrt.kernels.starnms import sphere_scale_3d
 
     flat = np.concatenate([p[0] for p in parts])
     probs = np.concatenate([p[1] for p in parts])

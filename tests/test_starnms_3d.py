@@ -225,8 +225,7 @@ def test_blocks_certify_their_decisions_and_windows_render_as_the_whole():
     """NMS over blocks of a larger volume (origin, outside, the whole volume's sphere scale):
     every decision the certificate calls certain is the whole volume's, and inner candidates
     are certified; a window of the rendering equals that part of the whole rendering."""
-    from segrt.kernels.starnms import _cpu
-    from segrt.kernels.starnms._rays import sphere_scale_3d
+    from segrt.kernels.starnms import _cpu, boxes_3d, sphere_scale_3d
 
     _, prob, dist, _ = nuclei_targets_3d(32, (2.0, 1.0, 1.0))
     prob, dist = add_noise(np.tile(prob, (1, 2, 2)), np.tile(dist, (1, 2, 2, 1)), seed=3)
@@ -236,7 +235,7 @@ def test_blocks_certify_their_decisions_and_windows_render_as_the_whole():
     # the sphere scale from the candidates' boxes, summed in visiting order, is the kernel's
     order = _cpu.candidates(prob, np.float32(0.5), [2, 2, 2], [n - 2 for n in prob.shape])
     cells = np.stack(np.unravel_index(order, prob.shape), axis=1)
-    boxes = _cpu.boxes_3d(dist.reshape(-1, 32)[order], cells.astype(np.float32), rays.vertices)
+    boxes = boxes_3d(dist.reshape(-1, 32)[order], cells, rays)
     np.testing.assert_array_equal(sphere_scale_3d(boxes), np.float32(stats["anisotropy"]))
     assert stats["anisotropy"][0] > 1.2  # the anisotropic rays make it matter
     longest = float(dist.reshape(-1, 32)[order].max())

@@ -30,13 +30,19 @@ import numpy as np
 
 from segrt.kernels import _device
 from segrt.kernels.starnms import _validate
-from segrt.kernels.starnms._rays import Rays3D, as_rays
+from segrt.kernels.starnms._rays import Rays3D, as_rays, sphere_scale_3d
 
-__all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "Rays3D", "IMPLEMENTATIONS"]
+__all__ = ["nms_2d", "render_2d", "rays_3d", "nms_3d", "render_3d", "boxes_3d", "sphere_scale_3d", "Rays3D",
+           "IMPLEMENTATIONS"]
 
 # the dispatch table: device -> implementation module (same function names in each)
 IMPLEMENTATIONS = {"reference": "segrt.kernels.starnms._reference", "cpu": "segrt.kernels.starnms._cpu",
                    "cuda": "segrt.kernels.starnms._cuda"}
+
+
+def _host(a) -> np.ndarray:
+    """``a`` as a NumPy array (a CuPy array copied back)."""
+    return a.get() if hasattr(a, "get") and not isinstance(a, np.ndarray) else np.asarray(a)
 
 
 def _implementation(device, *arrays):
@@ -266,10 +272,10 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
             centred beyond each side of the block reach, or None where nothing lies beyond;
             then ``uncertain`` is also returned, by the rule of ``nms_2d``.
         sphere_scale: (3,) the sphere tests' axis scale of the larger volume's candidates a
-            block belongs to (``stats["anisotropy"]`` of its run; from boxes, see
-            ``segrt.engine.slide``): StarDist measures it over every candidate, so a block
-            decides as the whole volume only with the whole volume's scale. Default: measured
-            on these candidates.
+            block belongs to (``stats["anisotropy"]`` of its run, or ``sphere_scale_3d`` of
+            the ``boxes_3d`` of its candidates in visiting order): StarDist measures it over
+            every candidate, so a block decides as the whole volume only with the whole
+            volume's scale. Default: measured on these candidates.
         return_stats: also return the work counters (pairs decided by each test, ...) and the
             axis scale used ("anisotropy").
 
@@ -333,6 +339,19 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
     return (*out, stats) if return_stats else out
 
 
+def boxes_3d(dists, points, rays) -> np.ndarray:
+    """(N, 6) int32 rounded boxes (z0, z1, y0, y1, x0, x1) of polyhedra, as ``nms_3d`` rounds
+    them. With ``sphere_scale_3d`` over the boxes of every candidate (in visiting order), the
+    ``sphere_scale`` a block of a larger volume needs (CPU)."""
+    dists_a, pts, _ = _validate.check_polygons(dists, points, 3, None)
+    verts, _ = as_rays(rays)
+    if dists_a.shape[1] != len(verts):
+        raise ValueError(f"dists has {dists_a.shape[1]} rays but rays has {len(verts)} directions")
+    from segrt.kernels.starnms import _cpu
+
+    return _cpu.boxes_3d(_host(dists_a), _host(pts).astype(np.float32), verts)
+
+
 def reach_3d(dists, verts) -> np.ndarray:
     """How far (voxels, along any axis) each polyhedron's vertices lie from its centre, rounded
     up with a margin for the boxes' rounding: (n,) int64."""
@@ -380,7 +399,7 @@ def render_3d(dists, points, rays, shape, scores=None, *, ids=None, window=None,
     if ids is not None:
         if scores_a is not None:
             raise ValueError("pass ids (drawn in the order given) or scores (drawn by descending score), not both")
-        ids_a = np.asarray(ids.get() if hasattr(ids, "get") and not isinstance(ids, np.ndarray) else ids)
+        ids_a = _host(ids)
         if ids_a.shape != (len(pts),) or ids_a.dtype.kind not in "iu" or (len(pts) and int(ids_a.min()) < 1):
             raise ValueError(f"ids must be ({len(pts)},) positive integers, got {ids_a.shape} {ids_a.dtype}")
         order, labels = np.arange(len(pts)), ids_a.astype(np.int32)
