@@ -197,9 +197,9 @@ def instance_rows(report: Report, tmp: str, source: str, label: str, model_path:
 
     whole = _python(_WHOLE, source, os.path.join(tmp, "whole.npy"), model_path, tile)
     ref = np.load(os.path.join(tmp, "whole.npy"))
-    report.add(case=f"{label}, whole {whole_name}", **fields, workers=0, objects=whole["objects"], seconds=whole["seconds"],
-               startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"], driver_peak_rss_mb=None, identical=True,
-               timings=whole["timings"])
+    report.add(case=f"{label}, whole {whole_name}", **fields, workers=0, objects=whole["objects"],
+               seconds=whole["seconds"], startup_s=0.0, peak_rss_mb=whole["peak_rss_mb"], driver_peak_rss_mb=None,
+               identical=True, timings=whole["timings"])
     print(f"  {label} whole: {whole['seconds']:.1f} s, {whole['peak_rss_mb']:.0f} MB", flush=True)
     for workers in (1, 2):
         out = os.path.join(tmp, f"labels_{workers}_{os.path.basename(source)}")

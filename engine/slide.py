@@ -350,7 +350,7 @@ def _candidate_boxes(part, keep_cells, prob_thresh):
     return np.ravel_multi_index(tuple(cells[inside].T), keep_cells), probs[inside], part["boxes"][inside]
 
 
-def sphere_scale_of(parts, keep_cells) -> np.ndarray:
+def sphere_scale_of(parts) -> np.ndarray:
     """StarDist's 3D axis scale over every candidate of the volume (``_candidate_boxes`` of each
     chunk), summed in the whole volume's visiting order as its NMS sums it."""
     from segrt.kernels.starnms import sphere_scale_3d
@@ -699,16 +699,13 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
         if nd == 3:  # StarDist's axis scale is measured over every candidate of the volume
             boxes = client.gather([client.submit(_candidate_boxes, f, keep_cells, probe.prob_thresh, pure=False)
                                    for f in cand.values()])
-            sphere_scale = sphere_scale_of(boxes, keep_cells)
+            sphere_scale = sphere_scale_of(boxes)
             del boxes
         seconds["inference"] = time.perf_counter() - t
 
         # 2. NMS per chunk over the chunk and a margin around it, widened where the certificate asks
         t = time.perf_counter()
         cell_side = tuple(side // g for g in grid)
-        # how far a shape centred beyond a block reaches (3D rays are unit vectors; the reach
-        # test adds its own rounding margin)
-        reach = longest
 
         def submit_nms(k, margin):
             core = tuple((i * c, min((i + 1) * c, n)) for i, c, n in zip(k, cell_side, keep_cells))
@@ -717,7 +714,7 @@ def segment_slide(model, source, output=None, *, chunk=None, tile=None, prob_thr
             parts = [cand[q] for q in itertools.product(*(range(a // c, -(-b // c))
                                                           for (a, b), c in zip(block, cell_side)))]
             return client.submit(_nms_task, parts, block, core, keep_cells, grid, probe.prob_thresh, probe.nms_thresh,
-                                 reach, rays, sphere_scale, key=f"segrt-nms-{run}-{'-'.join(map(str, k))}-{margin}")
+                                 longest, rays, sphere_scale, key=f"segrt-nms-{run}-{'-'.join(map(str, k))}-{margin}")
 
         # the first margin: the band a shape beyond it can reach (twice the longest ray) and as
         # much again for chains of overlapping candidates; doubled while the chunk is in doubt

@@ -310,8 +310,9 @@ def nms_3d(prob, dist, rays, *, prob_thresh=0.5, nms_thresh=0.4, grid=(1, 1, 1),
         if cells is None:
             rows = order
         else:
-            rows = np.searchsorted(cells, order)
-            if order.size and (rows.max() >= cells.size or not np.array_equal(cells[rows], order)):
+            stored = xp.asarray(cells)
+            rows = xp.searchsorted(stored, order)
+            if order.size and (int(rows.max()) >= stored.size or not bool(xp.array_equal(stored[rows], order))):
                 raise ValueError("a candidate cell has no stored distances: store every cell with prob > prob_thresh")
         cand_dist = xp.ascontiguousarray(dist_a.reshape(-1, n_rays)[rows], dtype=xp.float32)
         empty = ~cand_dist.any(axis=1)
