@@ -230,6 +230,46 @@ def test_overlap_bounds_hold_on_random_star_polygons(n_rays, dy, dx, seed):
     assert hi < 0 or hi >= true - slack
 
 
+@pytest.mark.parametrize("noise", [None, "mult", "abs"])
+def test_vector_lower_bound_equals_the_portable_one(noise):
+    """The AVX2 float lower bound (where the CPU has it) against the plain double routine:
+    the same star test (-1 on the same pairs), values within their rounding margins, both
+    below the geometric area."""
+    if not C.star_bound_vectorised:
+        pytest.skip("this CPU has no AVX2: the NMS takes the portable bound only")
+    compared = 0
+    for pa, a, pb, b in _random_pairs(400, seed=5, noise=noise, reach=20):
+        for (p, c), (q, d) in (((pa, a), (pb, b)), ((pb, b), (pa, a))):
+            lo, _ = C.polygon_overlap_bounds_2d(p, c[1], c[0], q, d[1], d[0])
+            lo_portable, _ = C.polygon_overlap_bounds_2d(p, c[1], c[0], q, d[1], d[0], portable=True)
+            assert (lo < 0) == (lo_portable < 0), (c, d, lo, lo_portable)
+            if lo >= 0:
+                assert abs(lo - lo_portable) <= 1e-4 * max(1.0, lo_portable), (c, d, lo, lo_portable)
+                assert lo <= _geometric_area(p, q) + 1e-6
+                compared += lo_portable > 0
+    assert compared > 200
+
+
+def test_threads_and_pushed_candidates_give_the_same_result():
+    """Kept polygons marking the candidates they drop (from any thread) decide nothing
+    differently: one thread or two, run after run, the same kept cells in the same order
+    as StarDist on a 1024 x 1024 image (about 70 000 candidates), most of them pushed."""
+    from segrt.bench.peers import stardist_nms_2d
+    from segrt.kernels.starnms import _cpu
+
+    _, prob, dist = dsb_targets_2d()
+    prob, dist = add_noise(np.tile(prob, (2, 2)), np.tile(dist, (2, 2, 1)), seed=7, kind="mult")
+    lo, hi = (2, 2), (prob.shape[0] - 2, prob.shape[1] - 2)
+    runs = [_cpu.nms_2d(prob, dist, 0.5, 0.4, (1, 1), lo, hi, n_threads=t) for t in (1, 2, 2, 2, 1)]
+    kept, stats = runs[0][0], runs[0][1]
+    for other, other_stats in (r[:2] for r in runs[1:]):
+        np.testing.assert_array_equal(other, kept)
+        assert other_stats["kept"] == stats["kept"]
+    assert stats["candidates_pushed"] > 0.8 * stats["candidates"], stats
+    ref, _, _ = stardist_nms_2d(prob, dist, prob_thresh=0.5, nms_thresh=0.4, order="segrt")
+    np.testing.assert_array_equal(np.stack([kept // prob.shape[1], kept % prob.shape[1]], axis=1), ref)
+
+
 def test_clipper_bridge_equals_pyclipper():
     if not C.has_clipper:
         pytest.skip("segrt was built without libpolyclipping")

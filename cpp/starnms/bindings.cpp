@@ -61,6 +61,7 @@ py::dict stats_2d(const Nms2DStats& s) {
     d["pairs_exact_general"] = s.pairs_exact_general;
     d["pairs_exact_two_star"] = s.pairs_exact_two_star;
     d["pairs_lower_bound"] = s.pairs_lower_bound;
+    d["candidates_pushed"] = s.candidates_pushed;
     d["pairs_upper_bound"] = s.pairs_upper_bound;
     d["pairs_clipper"] = s.pairs_clipper;
     d["seconds_prepare"] = s.seconds_prepare;
@@ -195,14 +196,16 @@ void bind_starnms(py::module_& m) {
 
     m.def(
         "polygon_overlap_bounds_2d",
-        [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by) {
+        [](carray<int64_t> a, int64_t ax, int64_t ay, carray<int64_t> b, int64_t bx, int64_t by, bool portable) {
             if (a.ndim() != 2 || a.shape(1) != 2 || b.ndim() != 2 || b.shape(1) != 2)
                 throw std::invalid_argument("polygons must be (n, 2) integer (x, y) vertices");
             const OverlapBounds r = polygon_overlap_bounds_2d(a.data(), (int)a.shape(0), ax, ay, b.data(),
-                                                              (int)b.shape(0), bx, by);
+                                                              (int)b.shape(0), bx, by, portable);
             return py::make_tuple(r.lower, r.upper);
         },
-        py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("b"), py::arg("bx"), py::arg("by"));
+        py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("b"), py::arg("bx"), py::arg("by"),
+        py::arg("portable") = false);
+    m.attr("star_bound_vectorised") = star_bound_vectorised();
 
     m.def(
         "polygon_overlap_2d",

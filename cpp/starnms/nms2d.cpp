@@ -1,5 +1,7 @@
 // The 2D suppression loop: candidates in rank order, each tested against the kept polygons
 // near it (bounds first, exact areas only where they cannot decide). See starnms.hpp.
+#include <mutex>
+
 #include "polygon2d.hpp"
 #include "rays.hpp"
 
@@ -70,6 +72,32 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<int64_t> row_start(nby + 1, 0);  // candidates per bucket row, for strips of equal work
     for (int64_t i = 0; i < n; ++i) ++row_start[(centre[i].y - cy0) / bucket + 1];
     for (int64_t by = 0; by < nby; ++by) row_start[by + 1] += row_start[by];
+    // the candidates by grid row and bucket column (below), for pushing a kept polygon onto
+    // the candidates centred inside it: one stretch of slots per grid row it covers, with
+    // what a push reads stored by slot (rank order would send it all over memory)
+    const int64_t grid_rows = (cy1 - cy0) / grid_y + 1;
+    const bool pushing = n < std::numeric_limits<int32_t>::max() && grid_rows * nbx < std::numeric_limits<int32_t>::max();
+    std::vector<int32_t> key_first, slot_rank, slot_x, slot_y, rank_slot;
+    std::vector<int64_t> slot_row;
+    std::unique_ptr<std::atomic<uint8_t>[]> pushed;  // by slot
+    if (pushing) {
+        auto key_of = [&](const Pt& c) { return ((c.y - cy0) / grid_y) * nbx + (c.x - cx0) / bucket; };
+        key_first.assign(grid_rows * nbx + 1, 0);
+        slot_rank.resize(n), slot_x.resize(n), slot_y.resize(n), rank_slot.resize(n), slot_row.resize(n);
+        pushed.reset(new std::atomic<uint8_t>[n]);
+        for (int64_t i = 0; i < n; ++i) ++key_first[key_of(centre[i]) + 1];
+        for (int64_t k = 0; k < grid_rows * nbx; ++k) key_first[k + 1] += key_first[k];
+        std::vector<int32_t> fill(key_first.begin(), key_first.end() - 1);
+        for (int64_t i = 0; i < n; ++i) {
+            const int32_t slot = fill[key_of(centre[i])]++;
+            slot_rank[slot] = (int32_t)i;
+            slot_x[slot] = (int32_t)centre[i].x;
+            slot_y[slot] = (int32_t)centre[i].y;
+            slot_row[slot] = row[i];
+            rank_slot[i] = slot;
+            pushed[slot].store(0, std::memory_order_relaxed);
+        }
+    }
     const auto t_prepared = std::chrono::steady_clock::now();
     st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
 
@@ -90,22 +118,37 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         StarProfile profile;
         const int16_t* rel;  // vertices relative to z
     };
-    // bucket b lists the kept polygons whose boxes meet it (a pushed-onto list: a polygon near
-    // a strip's edge may be listed in the next strip's buckets by that strip's thread)
-    struct Node {  // what the box bound needs is copied in, so that rejected pairs read nothing else
+    std::mutex push_mutex;  // guards the kept polygons not yet pushed: push_queue[push_next:]
+    std::vector<std::pair<const Kept*, Box>> push_queue;
+    size_t push_next = 0;
+    // bucket b lists the kept polygons whose boxes meet it, in chunks of a few entries read
+    // without locks (a walk touches one or two chunks instead of chasing a node per polygon);
+    // a polygon near a strip's edge may be listed in the next strip's buckets by that strip's
+    // thread, so appends take the bucket's lock (a few thousand appends in all)
+    struct Entry {  // what the box bound needs is copied in, so that rejected pairs read nothing else
         Box box;
         float area;
         int32_t pad;
         int64_t rank;
         const Kept* kept;
-        Node* next;
+    };
+    constexpr int kPerChunk = 6;
+    struct alignas(64) Chunk {
+        Entry e[kPerChunk];
+        std::atomic<int32_t> count;  // entries published (written before the count)
+        std::atomic<Chunk*> next;
     };
     constexpr int64_t kChunk = 64;
     std::vector<std::vector<std::unique_ptr<Kept[]>>> kept_store(threads);
-    std::vector<std::vector<std::unique_ptr<Node[]>>> node_store(threads);
+    std::vector<std::vector<std::unique_ptr<Chunk[]>>> chunk_store(threads);
     std::vector<std::vector<std::unique_ptr<int16_t[]>>> rel_store(threads);
-    std::unique_ptr<std::atomic<Node*>[]> kept_head(new std::atomic<Node*>[nbx * nby]);
-    for (int64_t b = 0; b < nbx * nby; ++b) kept_head[b].store(nullptr, std::memory_order_relaxed);
+    std::unique_ptr<std::atomic<Chunk*>[]> bucket_head(new std::atomic<Chunk*>[nbx * nby]);
+    std::vector<Chunk*> bucket_tail(nbx * nby, nullptr);
+    std::unique_ptr<std::atomic<uint8_t>[]> bucket_lock(new std::atomic<uint8_t>[nbx * nby]);
+    for (int64_t b = 0; b < nbx * nby; ++b) {
+        bucket_head[b].store(nullptr, std::memory_order_relaxed);
+        bucket_lock[b].store(0, std::memory_order_relaxed);
+    }
     auto bucket_x = [&](int64_t x) { return std::min<int64_t>(nbx - 1, std::max<int64_t>(0, (x - cx0) / bucket)); };
     auto bucket_y = [&](int64_t y) { return std::min<int64_t>(nby - 1, std::max<int64_t>(0, (y - cy0) / bucket)); };
     struct alignas(64) Progress {
@@ -113,7 +156,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     };
     std::unique_ptr<Progress[]> progress(new Progress[threads]);
     for (int t = 0; t < threads; ++t) progress[t].rank.store(-1, std::memory_order_relaxed);
-    std::vector<int64_t> counts(7 * threads, 0), counts_clipper(threads, 0);
+    std::vector<int64_t> counts(8 * threads, 0), counts_clipper(threads, 0);
     const bool use_clipper = clipper_available();
     const double thresh_lo = (double)thresh * (1.0 - 1e-6);
 
@@ -141,41 +184,149 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             progress[tid].rank.store(mine.empty() ? n : mine[0], std::memory_order_release);
 
             auto& store = kept_store[tid];
-            auto& nodes = node_store[tid];
-            int64_t stored = 0, noded = 0;
+            auto& chunks = chunk_store[tid];
+            int64_t stored = 0, chunked = 0;
             PairScratch s;
             s.reserve(n_rays);
             std::vector<Pt> pj(n_rays), pa(n_rays), rot_a(n_rays + 1), rot_j(n_rays + 1);
             std::vector<double> key_a(n_rays), rot_key_a(n_rays + 1), keys_j(n_rays), rot_key_j(n_rays + 1);
             std::vector<ClipEdge> clip_a(n_rays);
-            std::vector<int16_t> rel_j(2 * n_rays), rel_raw(2 * n_rays);
+            std::vector<int16_t> rel_j(2 * n_rays);
             StarProfile j_profile;
             std::vector<int64_t> clip_buf(4 * n_rays);
             std::vector<std::pair<int64_t, const Kept*>> near;  // squared centre distance, kept polygon
-            int64_t cnt[7] = {0, 0, 0, 0, 0, 0, 0};  // this thread's counters (no shared cache line)
+            int64_t cnt[8] = {0, 0, 0, 0, 0, 0, 0, 0};  // this thread's counters (no shared cache line)
             auto absolute = [](const int16_t* r, int nv, const Pt& c, Pt* out) {
                 for (int k = 0; k < nv; ++k) out[k] = Pt{c.x + r[2 * k], c.y + r[2 * k + 1]};
                 return nv;
             };
-            const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+            // A kept polygon pushed onto the later candidates centred inside it (inside its
+            // profile): those its lower bound suppresses are marked, decided then and there
+            // with its profile in cache and their rows side by side in memory (the loop would
+            // visit them at random). Nothing else is decided here.
+            std::vector<int16_t> push_rel(2 * n_rays);
+            auto push = [&](const Kept& K, const Box& box) {
+                const StarProfile& P = K.profile;
+                const int64_t r0 = std::max<int64_t>(0, ((int64_t)box.y0 - cy0 + grid_y - 1) / grid_y);
+                const int64_t r1 = std::min<int64_t>(grid_rows - 1, ((int64_t)box.y1 - cy0) / grid_y);
+                const int64_t b0 = bucket_x(box.x0), b1 = bucket_x(box.x1);
+                for (int64_t r = r0; r <= r1; ++r) {
+                    for (int64_t slot = key_first[r * nbx + b0]; slot < key_first[r * nbx + b1 + 1]; ++slot) {
+                        if (slot_rank[slot] <= K.rank || pushed[slot].load(std::memory_order_relaxed)) continue;
+                        const int64_t dx = slot_x[slot] - K.z.x, dy = slot_y[slot] - K.z.y;
+                        if (dx != 0 || dy != 0) {  // centred inside K's profile
+                            const double rad = P.min_over[key_sector(angle_key((double)dx, (double)dy))][0] * P.unit;
+                            if ((double)(dx * dx + dy * dy) >= rad * rad) continue;
+                        }
+                        Box box_k;
+                        int64_t s2_k;
+                        bool star_k = false;
+                        if (!make_simple(maker, slot_row[slot], Pt{slot_x[slot], slot_y[slot]}, push_rel.data(), &box_k,
+                                         &s2_k, &star_k))
+                            continue;
+                        const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
+                        const double amin = std::min((double)K.area, (double)area_k);
+                        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                        if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
+                            pushed[slot].store(1, std::memory_order_relaxed);
+                    }
+                }
+            };
+            // pushes not yet made are shared by the threads: one that would wait on another
+            // makes the oldest (so a strip behind in rank gets help), one about to decide a
+            // candidate makes those whose boxes hold its centre
+            std::vector<std::pair<const Kept*, Box>> mine_now;
+            auto push_one = [&]() {
+                std::pair<const Kept*, Box> task;
+                {
+                    std::lock_guard<std::mutex> hold(push_mutex);
+                    if (push_next == push_queue.size()) return false;
+                    task = push_queue[push_next++];
+                }
+                push(*task.first, task.second);
+                return true;
+            };
+            auto push_near = [&](const Pt& z) {
+                mine_now.clear();
+                {
+                    std::lock_guard<std::mutex> hold(push_mutex);
+                    size_t back = push_next;
+                    for (size_t u = push_next; u < push_queue.size(); ++u) {
+                        const Box& b = push_queue[u].second;
+                        if (z.x >= b.x0 && z.x <= b.x1 && z.y >= b.y0 && z.y <= b.y1)
+                            mine_now.push_back(push_queue[u]);
+                        else
+                            push_queue[back++] = push_queue[u];
+                    }
+                    push_queue.resize(back);
+                }
+                for (const auto& task : mine_now) push(*task.first, task.second);
+            };
+            // the raw polygons of the next kBatch candidates, made in one tight loop: rank order
+            // visits the distance rows at random, and there the misses overlap (one at a time
+            // in the suppression loop, even fetched ahead)
+            constexpr size_t kBatch = 64;
+            std::vector<int16_t> batch_rel(kBatch * 2 * n_rays);
+            std::vector<Box> batch_box(kBatch);
+            std::vector<int64_t> batch_s2(kBatch);
+            std::vector<uint8_t> batch_simple(kBatch), batch_star(kBatch), batch_made(kBatch);
+            size_t batch_lo = 0, batch_hi = 0;
+            auto make_in_batch = [&](size_t t) {
+                const size_t b = t - batch_lo;
+                bool star = false;
+                batch_simple[b] = make_simple(maker, row[mine[t]], centre[mine[t]], &batch_rel[b * 2 * n_rays],
+                                              &batch_box[b], &batch_s2[b], &star);
+                batch_star[b] = star;
+                batch_made[b] = 1;
+            };
 
             for (size_t q = 0; q < mine.size(); ++q) {
                 if (failed.load(std::memory_order_relaxed)) {
                     progress[tid].rank.store(n, std::memory_order_release);
                     break;
                 }
-                // rank order visits the distance rows at random: fetch ahead
-                if (q + kFetchAhead < mine.size()) fetch_row(dist + row[mine[q + kFetchAhead]] * n_rays, row_bytes);
                 const int64_t j = mine[q];
+                // a kept polygon is pushed when a candidate centred in its box needs deciding
+                // (or while this thread waits on another)
+                if (pushing && !pushed[rank_slot[j]].load(std::memory_order_relaxed)) push_near(centre[j]);
+                if (pushing && pushed[rank_slot[j]].load(std::memory_order_relaxed)) {
+                    ++cnt[7];
+                    progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
+                    continue;
+                }
+                if (q >= batch_hi) {
+                    batch_lo = q;
+                    batch_hi = std::min(mine.size(), q + kBatch);
+                    {
+                        // demand loads, independent of each other: the core overlaps their misses
+                        // (software prefetches of these rows were dropped: page walks)
+                        float touch = 0;
+                        for (size_t t = batch_lo; t < batch_hi; ++t) {
+                            if (pushed[rank_slot[mine[t]]].load(std::memory_order_relaxed)) continue;
+                            const float* r = dist + row[mine[t]] * n_rays;
+                            touch += r[0] + r[n_rays - 1];
+                        }
+                        asm volatile("" : : "x"(touch));
+                    }
+                    for (size_t t = batch_lo; t < batch_hi; ++t) {
+                        const size_t b = t - batch_lo;
+                        batch_made[b] = 0;  // pushed since: no polygon needed (never cleared)
+                        if (pushed[rank_slot[mine[t]]].load(std::memory_order_relaxed)) continue;
+                        make_in_batch(t);
+                    }
+                }
+                if (!batch_made[q - batch_lo]) make_in_batch(q);  // pushed onto by nothing after all
                 const Pt zj = centre[j];
                 // j's polygon: vertices relative to its centre (raw: before Clipper's clean-up,
                 // which the first bound does not need), box, area
-                Box box_j;
+                const size_t b = q - batch_lo;
+                const int16_t* rel_raw = &batch_rel[b * 2 * n_rays];
+                Box box_j = batch_box[b];
                 int nv_j = 0;
-                int64_t s2;
+                int64_t s2 = batch_s2[b];
                 bool cleaned = false;
-                bool raw_star = false;  // j's raw path star-shaped about its centre: j is simple
-                if (!make_simple(maker, row[j], zj, rel_raw.data(), &box_j, &s2, &raw_star)) {
+                const bool raw_star = batch_star[b];  // j's raw path star-shaped about its centre: j is simple
+                if (!batch_simple[b]) {
                     nv_j = maker.make(row[j], zj, pj.data());
                     int64_t x0 = zj.x, x1 = zj.x, y0 = zj.y, y1 = zj.y;
                     if (nv_j > 0) x0 = x1 = pj[0].x, y0 = y1 = pj[0].y;
@@ -191,10 +342,10 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     s2 = shoelace2(pj.data(), nv_j);
                     cleaned = true;
                 }
-                const int16_t* first_rel = cleaned ? rel_j.data() : rel_raw.data();
+                const int16_t* first_rel = cleaned ? rel_j.data() : rel_raw;
                 const int first_n = cleaned ? nv_j : n_rays;
                 auto clean = [&]() {
-                    if (!cleaned) nv_j = clean_simple(rel_raw.data(), n_rays, rel_j.data());
+                    if (!cleaned) nv_j = clean_simple(rel_raw, n_rays, rel_j.data());
                     cleaned = true;
                 };
                 const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
@@ -206,7 +357,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         if (u == tid) continue;
                         while (progress[u].rank.load(std::memory_order_acquire) < j) {
                             if (!wait) return false;
-                            spin_pause();
+                            if (!pushing || !push_one()) spin_pause();
                         }
                     }
                     return true;
@@ -228,7 +379,10 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     const int64_t by0 = bucket_y(box_j.y0), by1 = bucket_y(box_j.y1);
                     for (int64_t by = by0; by <= by1; ++by) {
                         for (int64_t bx = bx0; bx <= bx1; ++bx) {
-                            for (const Node* e = kept_head[by * nbx + bx].load(std::memory_order_acquire); e; e = e->next) {
+                            for (const Chunk* c = bucket_head[by * nbx + bx].load(std::memory_order_acquire); c;
+                                 c = c->next.load(std::memory_order_acquire))
+                            for (int32_t slot = 0, filled = c->count.load(std::memory_order_acquire); slot < filled; ++slot) {
+                                const Entry* e = &c->e[slot];
                                 if (e->rank > j) continue;  // another strip ran ahead
                                 const Box& bi = e->box;
                                 if (bucket_x(std::max(bi.x0, box_j.x0)) != bx || bucket_y(std::max(bi.y0, box_j.y0)) != by)
@@ -343,26 +497,41 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         rotate_star(pj.data(), key_a.data(), nv_j, start, rot_a.data(), rot_key_a.data());
                         star_profile(rot_a.data(), rot_key_a.data(), nv_j, zj, K.profile);
                     }
+                    if (K.star && pushing) {
+                        std::lock_guard<std::mutex> hold(push_mutex);
+                        push_queue.emplace_back(&K, box_j);
+                    }
                     for (int64_t by = bucket_y(box_j.y0); by <= bucket_y(box_j.y1); ++by) {
                         for (int64_t bx = bucket_x(box_j.x0); bx <= bucket_x(box_j.x1); ++bx) {
-                            if (noded % kChunk == 0) nodes.emplace_back(new Node[kChunk]);
-                            Node* e = &nodes.back()[noded % kChunk];
-                            ++noded;
-                            e->box = box_j;
-                            e->area = area_j;
-                            e->rank = j;
-                            e->kept = &K;
-                            std::atomic<Node*>& head = kept_head[by * nbx + bx];
-                            e->next = head.load(std::memory_order_relaxed);
-                            while (!head.compare_exchange_weak(e->next, e, std::memory_order_release,
-                                                               std::memory_order_relaxed)) {
+                            const int64_t b = by * nbx + bx;
+                            while (bucket_lock[b].exchange(1, std::memory_order_acquire)) spin_pause();
+                            Chunk* c = bucket_tail[b];
+                            if (!c || c->count.load(std::memory_order_relaxed) == kPerChunk) {
+                                if (chunked % kChunk == 0) chunks.emplace_back(new Chunk[kChunk]);
+                                Chunk* fresh = &chunks.back()[chunked % kChunk];
+                                ++chunked;
+                                fresh->count.store(0, std::memory_order_relaxed);
+                                fresh->next.store(nullptr, std::memory_order_relaxed);
+                                if (c)
+                                    c->next.store(fresh, std::memory_order_release);
+                                else
+                                    bucket_head[b].store(fresh, std::memory_order_release);
+                                bucket_tail[b] = c = fresh;
                             }
+                            const int32_t slot = c->count.load(std::memory_order_relaxed);
+                            c->e[slot] = Entry{box_j, area_j, 0, j, &K};
+                            c->count.store(slot + 1, std::memory_order_release);
+                            bucket_lock[b].store(0, std::memory_order_release);
                         }
                     }
                 }
                 progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
             }
-            std::copy(cnt, cnt + 7, &counts[7 * tid]);
+            // help the strips still deciding
+            while (pushing && !failed.load(std::memory_order_relaxed) && push_one()) {
+            }
+            std::copy(cnt, cnt + 8, &counts[8 * tid]);
+
         } catch (...) {
             if (!failed.exchange(true)) failure = std::current_exception();
             progress[tid].rank.store(n, std::memory_order_release);  // nobody waits on this strip
@@ -370,14 +539,15 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     });
     if (failure) std::rethrow_exception(failure);
     for (int t = 0; t < threads; ++t) {
-        st.pairs_exact_star += counts[7 * t];
-        st.pairs_exact_general += counts[7 * t + 1];
-        st.pairs_exact_two_star += counts[7 * t + 2];
-        st.pairs_lower_bound += counts[7 * t + 3];
-        st.pairs_upper_bound += counts[7 * t + 4];
-        st.pairs_considered += counts[7 * t + 5];
-        st.pairs_bound_rejected += counts[7 * t + 6];
+        st.pairs_exact_star += counts[8 * t];
+        st.pairs_exact_general += counts[8 * t + 1];
+        st.pairs_exact_two_star += counts[8 * t + 2];
+        st.pairs_lower_bound += counts[8 * t + 3];
+        st.pairs_upper_bound += counts[8 * t + 4];
+        st.pairs_considered += counts[8 * t + 5];
+        st.pairs_bound_rejected += counts[8 * t + 6];
         st.pairs_clipper += counts_clipper[t];
+        st.candidates_pushed += counts[8 * t + 7];
     }
     for (int64_t i = 0; i < n; ++i) st.kept += keep[i];
     st.seconds_suppress = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_prepared).count();

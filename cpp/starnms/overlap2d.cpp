@@ -58,8 +58,11 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
     return r;
 }
 
+bool star_bound_vectorised() { return star_bound_simd_available(); }
+
 OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
-                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y) {
+                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y, bool portable) {
+    auto bound_of = portable ? star_lower_bound2_double : star_lower_bound2;
     PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);
     OverlapBounds r{-1.0, -1.0};
     const int m = (int)P.b.size();
@@ -82,9 +85,9 @@ OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca
         for (int k = 0; k < m; ++k) xy_clean[2 * k] = P.b[k].x, xy_clean[2 * k + 1] = P.b[k].y;
         std::vector<int16_t> raw, clean;
         if (relative(xy_b, n_b, raw) && relative(xy_clean.data(), m, clean)) {
-            double lb2 = star_lower_bound2(profile, raw.data(), n_b, cb_x - ca_x, cb_y - ca_y, false);
+            double lb2 = bound_of(profile, raw.data(), n_b, cb_x - ca_x, cb_y - ca_y, false);
             if (lb2 < 0 && m >= 3 && star_prepare(P.b.data(), m, Pt{2 * cb_x, 2 * cb_y}, P.kb.data()) >= 0)
-                lb2 = star_lower_bound2(profile, clean.data(), m, cb_x - ca_x, cb_y - ca_y, true);
+                lb2 = bound_of(profile, clean.data(), m, cb_x - ca_x, cb_y - ca_y, true);
             if (lb2 >= 0) r.lower = 0.5 * lb2;
         }
     }

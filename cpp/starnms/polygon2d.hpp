@@ -17,6 +17,13 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SEGRT_X86_AVX2 1
+#else
+#define SEGRT_X86_AVX2 0
+#endif
+
 #include "clipper_bridge.hpp"
 #include "../parallel.hpp"
 #include "starnms.hpp"
@@ -312,7 +319,7 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
 // and the radius lowered by its own, so that the bound stays a bound; the star test and
 // the sum in double (exact products: coordinates below 2^17). m <= kMaxRays.
 // AVX2 where the CPU has it, chosen at load time (the build stays portable)
-__attribute__((target_clones("avx2", "default"))) double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
+__attribute__((target_clones("avx2", "default"))) double star_lower_bound2_double(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
     constexpr float kKeyError = 1e-5f;  // far above float rounding of a key in [0, 4)
     // local arrays: the compiler sees they alias nothing and vectorises without run-time checks
     double X[kMaxRays + 1], Y[kMaxRays + 1], inv_rho[kMaxRays + 1];  // the first vertex repeated at m
@@ -365,6 +372,135 @@ __attribute__((target_clones("avx2", "default"))) double star_lower_bound2(const
     }
     if (sum <= 0) return 0;
     return sum * (1.0 - 1e-9);
+}
+
+#if SEGRT_X86_AVX2
+// The same bound eight vertices at a time in float, for coordinates below 2^11 about z
+// (every polygon of a nucleus-sized object): there the cross and dot products are exact in
+// float, so the star test is the double one's; the radii, shrink factors and sums round,
+// each by a few float ulps relative to a term of one sign, so the positive sum is lowered
+// and the negative one raised by 1e-5 (far above that rounding) and the result stays a bound.
+// Returns -2 where it does not apply (coordinates too large); the caller takes the double one.
+__attribute__((target("avx2"))) double star_lower_bound2_avx2(const StarProfile& P, const int16_t* rel, int m,
+                                                              int64_t dzx, int64_t dzy, bool simple) {
+    if (std::abs(dzx) >= 2048 || std::abs(dzy) >= 2048) return -2;
+    alignas(32) float X[kMaxRays + 17], Y[kMaxRays + 17], IR[kMaxRays + 17];
+    alignas(32) int32_t SL[kMaxRays + 17], SH[kMaxRays + 17];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    const __m256 fx = _mm256_set1_ps((float)dzx), fy = _mm256_set1_ps((float)dzy);
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), four = _mm256_set1_ps(4.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f), key_err = _mm256_set1_ps(1e-5f), sectors = _mm256_set1_ps(kSectors / 4.0f);
+    const __m256i top_sector = _mm256_set1_epi32(kSectors - 1), izero = _mm256_setzero_si256();
+    const __m256 limit = _mm256_set1_ps(2047.0f);
+    __m256 far = zero;
+    for (int k = 0; k < m; k += 8) {
+        const __m256i valid = _mm256_cmpgt_epi32(_mm256_set1_epi32(m - k), lane);
+        // (x, y) int16 pairs: one 32-bit lane per vertex, x in the low half
+        const __m256i v = _mm256_maskload_epi32((const int*)(rel + 2 * k), valid);
+        const __m256 x = _mm256_add_ps(fx, _mm256_cvtepi32_ps(_mm256_srai_epi32(_mm256_slli_epi32(v, 16), 16)));
+        const __m256 y = _mm256_add_ps(fy, _mm256_cvtepi32_ps(_mm256_srai_epi32(v, 16)));
+        const __m256 ax = _mm256_andnot_ps(sign, x), ay = _mm256_andnot_ps(sign, y);
+        far = _mm256_or_ps(far, _mm256_cmp_ps(_mm256_max_ps(ax, ay), limit, _CMP_GT_OQ));
+        const __m256 up = _mm256_cmp_ps(y, zero, _CMP_GE_OQ), right = _mm256_cmp_ps(x, zero, _CMP_GE_OQ);
+        // angle_key: quadrant base plus the diamond fraction, as the double bound takes it
+        const __m256 base = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_set1_ps(2.0f), _mm256_set1_ps(3.0f), right),
+                                             _mm256_blendv_ps(one, zero, right), up);
+        const __m256 across = _mm256_xor_ps(up, right);  // up != right
+        const __m256 key = _mm256_add_ps(base, _mm256_div_ps(_mm256_blendv_ps(ay, ax, across), _mm256_add_ps(ax, ay)));
+        const __m256 rho2 = _mm256_add_ps(_mm256_mul_ps(x, x), _mm256_mul_ps(y, y));
+        _mm256_store_ps(IR + k, _mm256_div_ps(one, _mm256_sqrt_ps(rho2)));
+        const __m256 lo = _mm256_sub_ps(key, key_err), hi = _mm256_add_ps(key, key_err);
+        const __m256 lo_w = _mm256_blendv_ps(lo, _mm256_add_ps(lo, four), _mm256_cmp_ps(lo, zero, _CMP_LT_OQ));
+        const __m256 hi_w = _mm256_blendv_ps(hi, _mm256_sub_ps(hi, four), _mm256_cmp_ps(hi, four, _CMP_GE_OQ));
+        // a vertex on z (NaN key) converts to INT_MIN and clamps to 0: its triangles have no area
+        const __m256i slo = _mm256_cvttps_epi32(_mm256_mul_ps(lo_w, sectors));
+        const __m256i shi = _mm256_cvttps_epi32(_mm256_mul_ps(hi_w, sectors));
+        _mm256_store_si256((__m256i*)(SL + k), _mm256_min_epi32(_mm256_max_epi32(slo, izero), top_sector));
+        _mm256_store_si256((__m256i*)(SH + k), _mm256_min_epi32(_mm256_max_epi32(shi, izero), top_sector));
+        _mm256_store_ps(X + k, x);
+        _mm256_store_ps(Y + k, y);
+    }
+    if (_mm256_movemask_ps(far)) return -2;
+    X[m] = X[0], Y[m] = Y[0], IR[m] = IR[0], SH[m] = SH[0];
+    const __m256 unit = _mm256_set1_ps((float)P.unit);  // a float (star_profile)
+    const __m256i span_max = _mm256_set1_epi32(kSpan - 1), wrap = _mm256_set1_epi32(kSectors - 1);
+    const __m256i byte = _mm256_set1_epi32(0xFF);
+    __m256 pos = zero, neg = zero, bad = zero;
+    __m256i wraps = izero;
+    alignas(32) int32_t idx_lo[8], idx_hi[8];
+    alignas(32) float Rs[8];
+    for (int k = 0; k < m; k += 8) {
+        const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m - k), lane));
+        const __m256 x0 = _mm256_load_ps(X + k), y0 = _mm256_load_ps(Y + k);
+        const __m256 x1 = _mm256_loadu_ps(X + k + 1), y1 = _mm256_loadu_ps(Y + k + 1);
+        const __m256 cross = _mm256_sub_ps(_mm256_mul_ps(x0, y1), _mm256_mul_ps(y0, x1));
+        const __m256 dot = _mm256_add_ps(_mm256_mul_ps(x0, x1), _mm256_mul_ps(y0, y1));
+        // star-shaped about z: every step counter-clockwise (or radial, outwards), once around
+        const __m256 backwards = _mm256_or_ps(_mm256_cmp_ps(cross, zero, _CMP_LT_OQ),
+                                              _mm256_and_ps(_mm256_cmp_ps(cross, zero, _CMP_EQ_OQ),
+                                                            _mm256_cmp_ps(dot, zero, _CMP_LE_OQ)));
+        bad = _mm256_or_ps(bad, _mm256_and_ps(valid, backwards));
+        const __m256 wrapped = _mm256_and_ps(valid, _mm256_and_ps(_mm256_cmp_ps(y0, zero, _CMP_LT_OQ),
+                                                                  _mm256_cmp_ps(y1, zero, _CMP_GE_OQ)));
+        wraps = _mm256_sub_epi32(wraps, _mm256_castps_si256(wrapped));  // -1 per wrapping lane
+        const __m256 ccw = _mm256_and_ps(valid, _mm256_cmp_ps(cross, zero, _CMP_GT_OQ));
+        neg = _mm256_add_ps(neg, _mm256_and_ps(_mm256_and_ps(valid, _mm256_cmp_ps(cross, zero, _CMP_LT_OQ)), cross));
+        if (_mm256_movemask_ps(ccw) == 0) continue;
+        // each counter-clockwise wedge's radius: the profile's least over sectors s0 .. s1
+        const __m256i s0 = _mm256_load_si256((const __m256i*)(SL + k));
+        const __m256i s1 = _mm256_loadu_si256((const __m256i*)(SH + k + 1));
+        const __m256i l = _mm256_and_si256(_mm256_sub_epi32(s1, s0), wrap);
+        const __m256i idx = _mm256_add_epi32(_mm256_slli_epi32(s0, 2), _mm256_min_epi32(l, span_max));
+        // bytes kSpan * s0 + l of min_over, read as 32-bit words (the struct continues past it)
+        const __m256i q = _mm256_and_si256(
+            _mm256_mask_i32gather_epi32(izero, (const int*)&P.min_over[0][0], idx, _mm256_castps_si256(ccw), 1), byte);
+        __m256 R = _mm256_mul_ps(_mm256_cvtepi32_ps(q), unit);
+        const int wide = _mm256_movemask_ps(_mm256_and_ps(ccw, _mm256_castsi256_ps(_mm256_cmpgt_epi32(l, span_max))));
+        if (wide) {  // wedges over more than kSpan sectors (rare): the scalar lookup
+            _mm256_store_si256((__m256i*)idx_lo, s0);
+            _mm256_store_si256((__m256i*)idx_hi, s1);
+            _mm256_store_ps(Rs, R);
+            for (int b = 0; b < 8; ++b)
+                if (wide >> b & 1) Rs[b] = (float)P.range(idx_lo[b], idx_hi[b]);
+            R = _mm256_load_ps(Rs);
+        }
+        // shrink towards z: min(1, r / rho) at both ends
+        const __m256 f0 = _mm256_min_ps(_mm256_mul_ps(R, _mm256_load_ps(IR + k)), one);
+        const __m256 f1 = _mm256_min_ps(_mm256_mul_ps(R, _mm256_loadu_ps(IR + k + 1)), one);
+        pos = _mm256_add_ps(pos, _mm256_and_ps(ccw, _mm256_mul_ps(_mm256_mul_ps(cross, f0), f1)));
+    }
+    alignas(32) int32_t w8[8];
+    _mm256_store_si256((__m256i*)w8, wraps);
+    const int wrap_count = w8[0] + w8[1] + w8[2] + w8[3] + w8[4] + w8[5] + w8[6] + w8[7];
+    if ((_mm256_movemask_ps(bad) != 0 || wrap_count != 1) && !simple) return -1;
+    alignas(32) float p8[8], n8[8];
+    _mm256_store_ps(p8, pos);
+    _mm256_store_ps(n8, neg);
+    double sp = 0, sn = 0;
+    for (int b = 0; b < 8; ++b) sp += p8[b], sn += n8[b];
+    const double sum = sp * (1.0 - 1e-5) + sn * (1.0 + 1e-5);
+    return sum <= 0 ? 0 : sum;
+}
+#endif
+
+inline bool star_bound_simd_available() {
+#if SEGRT_X86_AVX2
+    static const bool avx2 = __builtin_cpu_supports("avx2");
+    return avx2;
+#else
+    return false;
+#endif
+}
+
+// Twice a lower bound on |a n b|, as star_lower_bound2_double (the float one where it applies).
+inline double star_lower_bound2(const StarProfile& P, const int16_t* rel, int m, int64_t dzx, int64_t dzy, bool simple) {
+#if SEGRT_X86_AVX2
+    if (star_bound_simd_available()) {
+        const double lb = star_lower_bound2_avx2(P, rel, m, dzx, dzy, simple);
+        if (lb != -2) return lb;
+    }
+#endif
+    return star_lower_bound2_double(P, rel, m, dzx, dzy, simple);
 }
 
 // ---- an upper bound for pairs without a common centre -------------------------------------

@@ -54,6 +54,7 @@ struct Nms2DStats {
     int64_t pairs_lower_bound = 0;  // suppressed by the common-centre lower bound (no merge)
     int64_t pairs_upper_bound = 0;  // settled by the slab upper bound (no common centre)
     int64_t pairs_clipper = 0;   // near the threshold, settled by Clipper
+    int64_t candidates_pushed = 0;  // dropped by a kept polygon's lower bound as it was kept
     double seconds_prepare = 0;  // centres, ray checks, the grid
     double seconds_suppress = 0; // the greedy loop (building each candidate's polygon included)
 };
@@ -117,12 +118,16 @@ PairOverlap polygon_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64
 
 // The bounds the NMS loop tries before exact work, as areas (-1: not applicable): lower
 // when a is star-shaped about its centre and b about a's centre; upper when the centres differ.
+// portable: the lower bound from the plain double routine, never the vector one.
 struct OverlapBounds {
     double lower;
     double upper;
 };
 OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y,
-                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y);
+                                        const int64_t* xy_b, int n_b, int64_t cb_x, int64_t cb_y,
+                                        bool portable = false);
+// Whether this CPU takes the vector lower bound (AVX2) where coordinates allow.
+bool star_bound_vectorised();
 
 // Seconds per exact overlap of one pair, over `reps` repetitions (a micro-benchmark).
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
