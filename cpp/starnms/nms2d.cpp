@@ -72,31 +72,54 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::vector<int64_t> row_start(nby + 1, 0);  // candidates per bucket row, for strips of equal work
     for (int64_t i = 0; i < n; ++i) ++row_start[(centre[i].y - cy0) / bucket + 1];
     for (int64_t by = 0; by < nby; ++by) row_start[by + 1] += row_start[by];
-    // the candidates by grid row and bucket column (below), for pushing a kept polygon onto
-    // the candidates centred inside it: one stretch of slots per grid row it covers, with
-    // what a push reads stored by slot (rank order would send it all over memory)
-    const int64_t grid_rows = (cy1 - cy0) / grid_y + 1;
-    const bool pushing = n < std::numeric_limits<int32_t>::max() && grid_rows * nbx < std::numeric_limits<int32_t>::max();
-    std::vector<int32_t> key_first, slot_rank, slot_x, slot_y, rank_slot;
-    std::vector<int64_t> slot_row;
+    // the candidates by bucket of that grid (a counting sort, its passes split over the
+    // threads), for pushing a kept polygon onto the candidates centred inside it: what a push
+    // reads is stored by slot, bucket after bucket (rank order would send it all over memory)
+    const int64_t n_keys = nbx * nby;
+    const bool pushing = n < std::numeric_limits<int32_t>::max();
+    std::vector<int64_t> key_first;
+    std::unique_ptr<int32_t[]> slot_rank, slot_x, slot_y, rank_slot;
+    std::unique_ptr<int64_t[]> slot_row;
     std::unique_ptr<std::atomic<uint8_t>[]> pushed;  // by slot
     if (pushing) {
-        auto key_of = [&](const Pt& c) { return ((c.y - cy0) / grid_y) * nbx + (c.x - cx0) / bucket; };
-        key_first.assign(grid_rows * nbx + 1, 0);
-        slot_rank.resize(n), slot_x.resize(n), slot_y.resize(n), rank_slot.resize(n), slot_row.resize(n);
+        auto key_of = [&](const Pt& c) { return ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket; };
+        slot_rank.reset(new int32_t[n]), slot_x.reset(new int32_t[n]), slot_y.reset(new int32_t[n]);
+        rank_slot.reset(new int32_t[n]), slot_row.reset(new int64_t[n]);
         pushed.reset(new std::atomic<uint8_t>[n]);
-        for (int64_t i = 0; i < n; ++i) ++key_first[key_of(centre[i]) + 1];
-        for (int64_t k = 0; k < grid_rows * nbx; ++k) key_first[k + 1] += key_first[k];
-        std::vector<int32_t> fill(key_first.begin(), key_first.end() - 1);
-        for (int64_t i = 0; i < n; ++i) {
-            const int32_t slot = fill[key_of(centre[i])]++;
-            slot_rank[slot] = (int32_t)i;
-            slot_x[slot] = (int32_t)centre[i].x;
-            slot_y[slot] = (int32_t)centre[i].y;
-            slot_row[slot] = row[i];
-            rank_slot[i] = slot;
-            pushed[slot].store(0, std::memory_order_relaxed);
+        const int parts = threads;
+        auto part_lo = [&](int64_t part) { return n * part / parts; };
+        std::vector<int64_t> place((size_t)parts * n_keys, 0);  // counts, then where each part writes
+        parallel_for(parts, threads, [&](int64_t a, int64_t b) {
+            for (int64_t part = a; part < b; ++part) {
+                int64_t* count = &place[part * n_keys];
+                for (int64_t i = part_lo(part); i < part_lo(part + 1); ++i) ++count[key_of(centre[i])];
+            }
+        });
+        key_first.resize(n_keys + 1);
+        int64_t run = 0;
+        for (int64_t k = 0; k < n_keys; ++k) {
+            key_first[k] = run;
+            for (int part = 0; part < parts; ++part) {
+                const int64_t here = place[part * n_keys + k];
+                place[part * n_keys + k] = run;
+                run += here;
+            }
         }
+        key_first[n_keys] = run;
+        parallel_for(parts, threads, [&](int64_t a, int64_t b) {
+            for (int64_t part = a; part < b; ++part) {
+                int64_t* next = &place[part * n_keys];
+                for (int64_t i = part_lo(part); i < part_lo(part + 1); ++i) {
+                    const int64_t slot = next[key_of(centre[i])]++;
+                    slot_rank[slot] = (int32_t)i;
+                    slot_x[slot] = (int32_t)centre[i].x;
+                    slot_y[slot] = (int32_t)centre[i].y;
+                    slot_row[slot] = row[i];
+                    rank_slot[i] = (int32_t)slot;
+                    pushed[slot].store(0, std::memory_order_relaxed);
+                }
+            }
+        });
     }
     const auto t_prepared = std::chrono::steady_clock::now();
     st.seconds_prepare = std::chrono::duration<double>(t_prepared - t_start).count();
@@ -205,30 +228,35 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             // with its profile in cache and their rows side by side in memory (the loop would
             // visit them at random). Nothing else is decided here.
             std::vector<int16_t> push_rel(2 * n_rays);
+            const size_t row_bytes = sizeof(float) * (size_t)n_rays;
+            constexpr int64_t kPushAhead = 6;  // rows fetched this many slots ahead
             auto push = [&](const Kept& K, const Box& box) {
                 const StarProfile& P = K.profile;
-                const int64_t r0 = std::max<int64_t>(0, ((int64_t)box.y0 - cy0 + grid_y - 1) / grid_y);
-                const int64_t r1 = std::min<int64_t>(grid_rows - 1, ((int64_t)box.y1 - cy0) / grid_y);
-                const int64_t b0 = bucket_x(box.x0), b1 = bucket_x(box.x1);
-                for (int64_t r = r0; r <= r1; ++r) {
-                    for (int64_t slot = key_first[r * nbx + b0]; slot < key_first[r * nbx + b1 + 1]; ++slot) {
-                        if (slot_rank[slot] <= K.rank || pushed[slot].load(std::memory_order_relaxed)) continue;
-                        const int64_t dx = slot_x[slot] - K.z.x, dy = slot_y[slot] - K.z.y;
-                        if (dx != 0 || dy != 0) {  // centred inside K's profile
-                            const double rad = P.min_over[key_sector(angle_key((double)dx, (double)dy))][0] * P.unit;
-                            if ((double)(dx * dx + dy * dy) >= rad * rad) continue;
+                for (int64_t by = bucket_y(box.y0); by <= bucket_y(box.y1); ++by) {
+                    for (int64_t bx = bucket_x(box.x0); bx <= bucket_x(box.x1); ++bx) {
+                        const int64_t b = by * nbx + bx;
+                        const int64_t end = key_first[b + 1];
+                        for (int64_t slot = key_first[b]; slot < end; ++slot) {
+                            if (slot + kPushAhead < end) fetch_row(dist + slot_row[slot + kPushAhead] * n_rays, row_bytes);
+                            if (slot_rank[slot] <= K.rank || pushed[slot].load(std::memory_order_relaxed)) continue;
+                            const int64_t dx = slot_x[slot] - K.z.x, dy = slot_y[slot] - K.z.y;
+                            if (dx != 0 || dy != 0) {  // centred inside K's profile
+                                const double rad = P.min_over[key_sector(angle_key((double)dx, (double)dy))][0] * P.unit;
+                                if ((double)(dx * dx + dy * dy) >= rad * rad) continue;
+                            }
+                            Box box_k;
+                            int64_t s2_k;
+                            bool star_k = false;
+                            if (!make_simple(maker, slot_row[slot], Pt{slot_x[slot], slot_y[slot]}, push_rel.data(),
+                                             &box_k, &s2_k, &star_k))
+                                continue;
+                            const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
+                            const double amin = std::min((double)K.area, (double)area_k);
+                            const int64_t enough =
+                                (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                            if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
+                                pushed[slot].store(1, std::memory_order_relaxed);
                         }
-                        Box box_k;
-                        int64_t s2_k;
-                        bool star_k = false;
-                        if (!make_simple(maker, slot_row[slot], Pt{slot_x[slot], slot_y[slot]}, push_rel.data(), &box_k,
-                                         &s2_k, &star_k))
-                            continue;
-                        const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
-                        const double amin = std::min((double)K.area, (double)area_k);
-                        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
-                        if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
-                            pushed[slot].store(1, std::memory_order_relaxed);
                     }
                 }
             };

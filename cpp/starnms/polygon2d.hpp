@@ -424,11 +424,9 @@ __attribute__((target("avx2"))) double star_lower_bound2_avx2(const StarProfile&
     X[m] = X[0], Y[m] = Y[0], IR[m] = IR[0], SH[m] = SH[0];
     const __m256 unit = _mm256_set1_ps((float)P.unit);  // a float (star_profile)
     const __m256i span_max = _mm256_set1_epi32(kSpan - 1), wrap = _mm256_set1_epi32(kSectors - 1);
-    const __m256i byte = _mm256_set1_epi32(0xFF);
+    const __m256i byte = _mm256_set1_epi32(0xFF), span = _mm256_set1_epi32(kSpan), minus_one = _mm256_set1_epi32(-1);
     __m256 pos = zero, neg = zero, bad = zero;
     __m256i wraps = izero;
-    alignas(32) int32_t idx_lo[8], idx_hi[8];
-    alignas(32) float Rs[8];
     for (int k = 0; k < m; k += 8) {
         const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(m - k), lane));
         const __m256 x0 = _mm256_load_ps(X + k), y0 = _mm256_load_ps(Y + k);
@@ -452,18 +450,22 @@ __attribute__((target("avx2"))) double star_lower_bound2_avx2(const StarProfile&
         const __m256i l = _mm256_and_si256(_mm256_sub_epi32(s1, s0), wrap);
         const __m256i idx = _mm256_add_epi32(_mm256_slli_epi32(s0, 2), _mm256_min_epi32(l, span_max));
         // bytes kSpan * s0 + l of min_over, read as 32-bit words (the struct continues past it)
-        const __m256i q = _mm256_and_si256(
+        __m256i q = _mm256_and_si256(
             _mm256_mask_i32gather_epi32(izero, (const int*)&P.min_over[0][0], idx, _mm256_castps_si256(ccw), 1), byte);
-        __m256 R = _mm256_mul_ps(_mm256_cvtepi32_ps(q), unit);
-        const int wide = _mm256_movemask_ps(_mm256_and_ps(ccw, _mm256_castsi256_ps(_mm256_cmpgt_epi32(l, span_max))));
-        if (wide) {  // wedges over more than kSpan sectors (rare): the scalar lookup
-            _mm256_store_si256((__m256i*)idx_lo, s0);
-            _mm256_store_si256((__m256i*)idx_hi, s1);
-            _mm256_store_ps(Rs, R);
-            for (int b = 0; b < 8; ++b)
-                if (wide >> b & 1) Rs[b] = (float)P.range(idx_lo[b], idx_hi[b]);
-            R = _mm256_load_ps(Rs);
+        // wedges over more than kSpan sectors: the least over the next kSpan sectors, and so on
+        __m256i rest = _mm256_sub_epi32(l, span), from = _mm256_add_epi32(s0, span);
+        __m256i wide = _mm256_and_si256(_mm256_castps_si256(ccw), _mm256_cmpgt_epi32(rest, minus_one));
+        while (_mm256_movemask_epi8(wide)) {
+            const __m256i at = _mm256_add_epi32(_mm256_slli_epi32(_mm256_and_si256(from, wrap), 2),
+                                                _mm256_min_epi32(rest, span_max));
+            const __m256i more = _mm256_and_si256(
+                _mm256_mask_i32gather_epi32(byte, (const int*)&P.min_over[0][0], at, wide, 1), byte);
+            q = _mm256_min_epi32(q, more);
+            rest = _mm256_sub_epi32(rest, span);
+            from = _mm256_add_epi32(from, span);
+            wide = _mm256_and_si256(wide, _mm256_cmpgt_epi32(rest, minus_one));
         }
+        const __m256 R = _mm256_mul_ps(_mm256_cvtepi32_ps(q), unit);
         // shrink towards z: min(1, r / rho) at both ends
         const __m256 f0 = _mm256_min_ps(_mm256_mul_ps(R, _mm256_load_ps(IR + k)), one);
         const __m256 f1 = _mm256_min_ps(_mm256_mul_ps(R, _mm256_loadu_ps(IR + k + 1)), one);
