@@ -144,6 +144,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     std::mutex push_mutex;  // guards the kept polygons not yet pushed: push_queue[push_next:]
     std::vector<std::pair<const Kept*, Box>> push_queue;
     size_t push_next = 0;
+    std::atomic<int64_t> push_waiting(0);  // push_queue.size() - push_next, read without the lock
     // bucket b lists the kept polygons whose boxes meet it, in chunks of a few entries read
     // without locks (a walk touches one or two chunks instead of chasing a node per polygon);
     // a polygon near a strip's edge may be listed in the next strip's buckets by that strip's
@@ -265,17 +266,20 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             // candidate makes those whose boxes hold its centre
             std::vector<std::pair<const Kept*, Box>> mine_now;
             auto push_one = [&]() {
+                if (push_waiting.load(std::memory_order_relaxed) == 0) return false;
                 std::pair<const Kept*, Box> task;
                 {
                     std::lock_guard<std::mutex> hold(push_mutex);
                     if (push_next == push_queue.size()) return false;
                     task = push_queue[push_next++];
+                    push_waiting.fetch_sub(1, std::memory_order_relaxed);
                 }
                 push(*task.first, task.second);
                 return true;
             };
             auto push_near = [&](const Pt& z) {
                 mine_now.clear();
+                if (push_waiting.load(std::memory_order_relaxed) == 0) return;
                 {
                     std::lock_guard<std::mutex> hold(push_mutex);
                     size_t back = push_next;
@@ -286,6 +290,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         else
                             push_queue[back++] = push_queue[u];
                     }
+                    push_waiting.fetch_sub((int64_t)(push_queue.size() - back), std::memory_order_relaxed);
                     push_queue.resize(back);
                 }
                 for (const auto& task : mine_now) push(*task.first, task.second);
@@ -528,6 +533,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     if (K.star && pushing) {
                         std::lock_guard<std::mutex> hold(push_mutex);
                         push_queue.emplace_back(&K, box_j);
+                        push_waiting.fetch_add(1, std::memory_order_relaxed);
                     }
                     for (int64_t by = bucket_y(box_j.y0); by <= bucket_y(box_j.y1); ++by) {
                         for (int64_t bx = bucket_x(box_j.x0); bx <= bucket_x(box_j.x1); ++bx) {

@@ -295,13 +295,20 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
     // q * unit is exact in double (q < 2^8, unit a float) and never above the radius, so a
     // radius inside a stays inside
     P.unit = top > 0 && std::isfinite(top) ? (double)(float)(top / 255.0) : 0.0;  // 0: every radius 0
+    // each sector's radius in units (the largest q with q * unit <= r), then the least over
+    // spans: quantising is monotone, so the least of the quantised radii is the quantised least
+    uint8_t quantised[kSectors];
     for (int s = 0; s < kSectors; ++s) {
-        double r = profile[s];
+        const double r = profile[s];
+        int q = P.unit > 0 ? (int)std::min(255.0, std::floor(r / P.unit)) : 0;
+        while (q > 0 && q * P.unit > r) --q;
+        quantised[s] = (uint8_t)q;
+    }
+    for (int s = 0; s < kSectors; ++s) {
+        uint8_t q = quantised[s];
         for (int l = 0; l < kSpan; ++l) {
-            r = std::min(r, profile[(s + l) & (kSectors - 1)]);
-            int q = P.unit > 0 ? (int)std::min(255.0, std::floor(r / P.unit)) : 0;
-            while (q > 0 && q * P.unit > r) --q;
-            P.min_over[s][l] = (uint8_t)q;
+            q = std::min(q, quantised[(s + l) & (kSectors - 1)]);
+            P.min_over[s][l] = q;
         }
     }
 }

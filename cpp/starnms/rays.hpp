@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace segrt {
 namespace starnms {
@@ -15,15 +16,26 @@ inline void fetch_row(const float* row, size_t bytes) {
 }
 
 // The longest ray of a row into *longest; *bad set when a ray is NaN, infinite or negative.
+// On the bit patterns, so that it vectorises: a float's bits read as an unsigned integer
+// order the non-negative floats as the floats do, and NaN, infinities, negative values and
+// anything above 3e38 all read above 3e38's bits (-0.0 is taken as 0, as a float compare does).
+#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
+__attribute__((target_clones("avx2", "default")))
+#endif
 inline void scan_rays(const float* d, int n_rays, float* longest, int32_t* bad) {
-    float r = *longest;
-    int32_t b = 0;
+    constexpr uint32_t kLimit = 0x7F61B1E6u;  // 3.0e38f
+    uint32_t top = 0;
     for (int k = 0; k < n_rays; ++k) {
-        b |= !(d[k] >= 0.0f && d[k] <= 3.0e38f);  // NaN fails too
-        r = d[k] > r ? d[k] : r;
+        uint32_t u;
+        std::memcpy(&u, d + k, 4);
+        u = u == 0x80000000u ? 0u : u;
+        top = u > top ? u : top;
     }
-    *longest = r;
-    *bad |= b;
+    float r;
+    const uint32_t valid_top = top > kLimit ? 0u : top;
+    std::memcpy(&r, &valid_top, 4);
+    *longest = r > *longest ? r : *longest;
+    *bad |= top > kLimit;
 }
 }  // namespace
 
