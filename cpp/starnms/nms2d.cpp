@@ -131,7 +131,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     //    candidate counts and run their candidates in rank order; a candidate whose
     //    neighbourhood reaches into another strip is kept only once that strip has decided
     //    every candidate ranked before it (a suppression by what is already kept is final).
-    //    The thread holding the lowest undecided rank never waits, so all finish.
+    //    The thread holding the lowest undecided rank never waits, so all finish. Pushes
+    //    (below) settle most candidates before their turn.
     struct Kept {
         Pt z;
         int64_t rank;
@@ -332,7 +333,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     batch_hi = std::min(mine.size(), q + kBatch);
                     {
                         // demand loads, independent of each other: the core overlaps their misses
-                        // (software prefetches of these rows were dropped: page walks)
+                        // (fetched ahead one at a time in the loop, they still stalled it)
                         float touch = 0;
                         for (size_t t = batch_lo; t < batch_hi; ++t) {
                             if (pushed[rank_slot[mine[t]]].load(std::memory_order_relaxed)) continue;
@@ -565,7 +566,6 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             while (pushing && !failed.load(std::memory_order_relaxed) && push_one()) {
             }
             std::copy(cnt, cnt + 8, &counts[8 * tid]);
-
         } catch (...) {
             if (!failed.exchange(true)) failure = std::current_exception();
             progress[tid].rank.store(n, std::memory_order_release);  // nobody waits on this strip

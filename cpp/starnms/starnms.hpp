@@ -23,7 +23,11 @@
 //     boxes meet theirs (a per-bucket index of kept polygons, nearest first). Threads own
 //     horizontal strips of equal candidate counts; a candidate near another strip may be
 //     suppressed at once by what is already kept, but is kept only after that strip has
-//     decided every candidate ranked before it. The result never depends on the threads.
+//     decided every candidate ranked before it. A kept polygon is also pushed onto the
+//     later candidates centred inside it (by whichever thread has time): those its lower
+//     bound suppresses are marked and skipped at their turn, which is most candidates.
+//     A mark is set only where the pull would suppress too. The result never depends on
+//     the threads.
 //
 // 3D. See starnms3d.cpp.
 #pragma once
