@@ -254,8 +254,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                                 continue;
                             const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
                             const double amin = std::min((double)K.area, (double)area_k);
-                            const int64_t enough =
-                                (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                            const int64_t enough = suppressing_area2(thresh, amin);
                             if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
                                 pushed[slot].store(1, std::memory_order_relaxed);
                         }
@@ -443,7 +442,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         const double amin = std::min((double)area_i, (double)area_j);
                         // past this the pair is suppressed whatever the exact area: a margin above the
                         // threshold that covers Clipper's rounding (kClipperMargin); under `below` it is not
-                        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+                        const int64_t enough = suppressing_area2(thresh, amin);
                         double lb = K.star ? star_lower_bound2(K.profile, first_rel, first_n, zj.x - zi.x, zj.y - zi.y, raw_star) : 0;
                         if (lb >= (double)enough) {
                             ++cnt[3];
@@ -480,7 +479,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                             suppressed = true;
                             break;
                         }
-                        const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+                        const int64_t below = sparing_area2(thresh, amin);
                         const int na = absolute(K.rel, K.nverts, zi, pa.data());
                         const int start_a = K.star ? star_prepare(pa.data(), na, Pt{2 * zi.x, 2 * zi.y}, key_a.data()) : -1;
                         if (start_a >= 0) {
@@ -651,7 +650,7 @@ struct PairDecider {
         }
         const float area_j = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
         const double amin = std::min((double)area_i, (double)area_j);
-        const int64_t enough = (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+        const int64_t enough = suppressing_area2(thresh, amin);
         double lb = a_star ? star_lower_bound2(profile_a, simple ? rel_raw.data() : rel_j.data(), simple ? n_rays : nv_j,
                                                zj.x - zi.x, zj.y - zi.y, simple ? raw_star : false)
                            : 0;
@@ -666,7 +665,7 @@ struct PairDecider {
             lb = std::max(lb, star_lower_bound2(profile_j, rel_a.data(), na, zi.x - zj.x, zi.y - zj.y, a_star));
         }
         if (lb >= (double)enough) return true;
-        const int64_t below = (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+        const int64_t below = sparing_area2(thresh, amin);
         const PreparedA A{pa.data(), na, zi, start_a, key_a.data(), rot_a.data(), rot_key_a.data(), clip_a.data()};
         int method = 0;
         const int64_t i2 = intersection_area2(A, pj.data(), nv_j, zj, [&]() { return j_star; }, s, &method, 0,

@@ -957,6 +957,15 @@ constexpr double kClipperSlack = 6.0;    // px^2
 
 inline double clipper_gap(double amin) { return kClipperMargin * amin + kClipperSlack; }
 
+// Twice the intersection area past which a pair is suppressed whatever Clipper's rounding
+// (enough), and below which it is not (below), for the smaller area amin.
+inline int64_t suppressing_area2(float thresh, double amin) {
+    return (int64_t)std::ceil(2.0 * ((double)thresh * amin + clipper_gap(amin))) + 1;
+}
+inline int64_t sparing_area2(float thresh, double amin) {
+    return (int64_t)std::floor(2.0 * ((double)thresh * amin - clipper_gap(amin))) - 1;
+}
+
 inline bool near_threshold(double inter2, float area_a, float area_b, float thresh) {
     const double amin = std::fmin((double)area_a, (double)area_b);
     return std::fabs(0.5 * inter2 - (double)thresh * amin) <= clipper_gap(amin);

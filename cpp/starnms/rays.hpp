@@ -6,6 +6,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "starnms.hpp"
+
 namespace segrt {
 namespace starnms {
 
@@ -19,10 +21,7 @@ inline void fetch_row(const float* row, size_t bytes) {
 // On the bit patterns, so that it vectorises: a float's bits read as an unsigned integer
 // order the non-negative floats as the floats do, and NaN, infinities, negative values and
 // anything above 3e38 all read above 3e38's bits (-0.0 is taken as 0, as a float compare does).
-#if defined(__x86_64__) && defined(__ELF__) && (defined(__GNUC__) || defined(__clang__))
-__attribute__((target_clones("avx2", "default")))
-#endif
-inline void scan_rays(const float* d, int n_rays, float* longest, int32_t* bad) {
+SEGRT_AVX2_CLONES inline void scan_rays(const float* d, int n_rays, float* longest, int32_t* bad) {
     constexpr uint32_t kLimit = 0x7F61B1E6u;  // 3.0e38f
     uint32_t top = 0;
     for (int k = 0; k < n_rays; ++k) {
