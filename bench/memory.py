@@ -78,16 +78,24 @@ class peak_rss:
     On Linux the kernel's own high-water mark is reset on entry and read on exit, so no
     allocation is missed; elsewhere a thread samples the RSS every ``interval`` seconds
     (a lower bound).
+
+    return_freed: first make glibc return freed memory (``return_freed_memory``), so that
+    memory an earlier call freed cannot hide this one's peak. That setting stays for the whole
+    process and makes every large allocation fault in fresh pages, so timed code should not
+    run under it (``measure`` does not); fresh interpreters (``peak_memory_subprocess``) give
+    the peaks the reports quote.
     """
 
-    def __init__(self, interval: float = 0.0005):
+    def __init__(self, interval: float = 0.0005, return_freed: bool = True):
         self.interval = interval
+        self.return_freed = return_freed
         self.peak_bytes = 0
         self._stop = threading.Event()
         self._thread = None
 
     def __enter__(self):
-        return_freed_memory()
+        if self.return_freed:
+            return_freed_memory()
         self._base = rss_bytes()
         self._max = self._base
         self._hwm = reset_peak() and status_kb("VmHWM") is not None

@@ -230,6 +230,24 @@ def test_overlap_bounds_hold_on_random_star_polygons(n_rays, dy, dx, seed):
     assert hi < 0 or hi >= true - slack
 
 
+@pytest.mark.parametrize("portable", [False, True])
+def test_profile_follows_long_edges_sector_by_sector(portable):
+    """A long thin polygon (a rhombus 80 x 12 px) and a 28-gon inside it about the same
+    centre (a lattice ellipse 36 x 5 px): the overlap is the 28-gon's whole area. Each edge of
+    the rhombus spans a quarter turn and comes within 6 px of the centre at one end only; a
+    profile taking that distance for every sector the edge spans proves about a third of the
+    overlap, one measuring each sector's own piece of the edge proves all of it."""
+    c = (100, 100)
+    rhombus = np.array([[40, 0], [0, 6], [-40, 0], [0, -6]], np.int64) + np.array(c)
+    t = np.linspace(0, 2 * np.pi, 33)[:-1]
+    ellipse = np.stack([np.round(18 * np.cos(t)), np.round(2.5 * np.sin(t))], axis=1).astype(np.int64)
+    ellipse = ellipse[np.any(ellipse != np.roll(ellipse, 1, axis=0), axis=1)] + np.array(c)  # no repeated vertex
+    lo, _ = C.polygon_overlap_bounds_2d(rhombus, c[1], c[0], ellipse, c[1], c[0], portable=portable)
+    area = _geometric_area(rhombus, ellipse)
+    assert len(ellipse) == 28 and area == pytest.approx(126.0)
+    assert 0.95 * area <= lo <= area
+
+
 @pytest.mark.parametrize("noise", [None, "mult", "abs"])
 def test_vector_lower_bound_equals_the_portable_one(noise):
     """The AVX2 float lower bound (where the CPU has it) against the plain double routine:

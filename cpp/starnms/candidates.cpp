@@ -59,15 +59,19 @@ void radix_sort_stable(std::vector<K>& keys, std::vector<int64_t>& vals) {
 }
 
 // Items (32-bit key << 32 | position) sorted by key, stably (positions are unique and
-// ascending, so this is also their full order): LSD radix over the key's bits in 11-bit
-// digits, each pass's histogram and scatter split over the threads in order (stable).
-void radix_sort_packed(std::vector<uint64_t>& items, int threads) {
+// ascending, so this is also their full order): LSD radix over the key's bits below the
+// highest one that differs between keys (`varying`: the OR of every key XOR one of them), in
+// digits of at most 12 bits (two passes for scores in (0.5, 1]), each pass's histogram and
+// scatter split over the threads in order (stable).
+void radix_sort_packed(std::vector<uint64_t>& items, uint32_t varying, int threads) {
     const int64_t n = (int64_t)items.size();
-    constexpr int kBits = 11, kDigits = 1 << kBits;
+    if (varying == 0) return;  // one key: already in order
+    const int bits = 32 - __builtin_clz(varying);
+    const int passes = (bits + 11) / 12, kBits = (bits + passes - 1) / passes, kDigits = 1 << kBits;
     threads = (int)std::max<int64_t>(1, std::min<int64_t>(threads, n / 65536));
     std::vector<uint64_t> other(n);
     std::vector<int64_t> count((size_t)threads * kDigits);
-    for (int shift = 32; shift < 64; shift += kBits) {
+    for (int shift = 32; shift < 32 + bits; shift += kBits) {
         std::fill(count.begin(), count.end(), 0);
         auto part = [&](int t) { return std::make_pair(n * t / threads, n * (t + 1) / threads); };
         parallel_for(threads, threads, [&](int64_t t0, int64_t t1) {
@@ -222,26 +226,46 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
             rays->bad = rays->bad || part_bad[part];
         }
     }
-    std::vector<int64_t> idx;
-    idx.reserve(total);
-    for (int part = 0; part < parts; ++part)
-        idx.insert(idx.end(), part_idx[part].data.get(), part_idx[part].data.get() + part_idx[part].size);
+    std::vector<size_t> part_at(parts + 1, 0);  // where each part's candidates start
+    for (int part = 0; part < parts; ++part) part_at[part + 1] = part_at[part] + part_idx[part].size;
+    std::vector<int64_t> idx(total);
     if (sizeof(K) == 4 && total < ((size_t)1 << 32)) {
         // (key, position) in one word: the sort moves 8 bytes an item, and positions restore
-        // the flat indices after it
+        // the flat indices after it; the parts copied out by their threads
         std::vector<uint64_t> items(total);
-        size_t at = 0;
-        for (int part = 0; part < parts; ++part) {
-            const K* k = part_keys[part].data.get();
-            for (size_t c = 0; c < part_keys[part].size; ++c, ++at) items[at] = (uint64_t)k[c] << 32 | at;
-            part_keys[part] = Collected<K>();
-            part_idx[part] = Collected<int64_t>();
-        }
-        radix_sort_packed(items, effective_threads(0));
+        K first = 0;
+        for (int part = 0; part < parts && total; ++part)
+            if (part_keys[part].size) {
+                first = part_keys[part].data[0];
+                break;
+            }
+        std::vector<uint32_t> part_varying(parts, 0);
+        parallel_for(parts, parts, [&](int64_t p0, int64_t p1) {
+            for (int64_t part = p0; part < p1; ++part) {
+                const K* k = part_keys[part].data.get();
+                const size_t at = part_at[part], count = part_idx[part].size;
+                std::copy(part_idx[part].data.get(), part_idx[part].data.get() + count, idx.begin() + at);
+                uint32_t varying = 0;
+                for (size_t c = 0; c < count; ++c) {
+                    items[at + c] = (uint64_t)k[c] << 32 | (at + c);
+                    varying |= (uint32_t)(k[c] ^ first);
+                }
+                part_varying[part] = varying;
+                part_keys[part] = Collected<K>();
+                part_idx[part] = Collected<int64_t>();
+            }
+        });
+        uint32_t varying = 0;
+        for (int part = 0; part < parts; ++part) varying |= part_varying[part];
+        radix_sort_packed(items, varying, effective_threads(0));
         std::vector<int64_t> out(total);
-        for (size_t c = 0; c < total; ++c) out[c] = idx[items[c] & 0xFFFFFFFFu];
+        parallel_for((int64_t)total, effective_threads(0), [&](int64_t a, int64_t b) {
+            for (int64_t c = a; c < b; ++c) out[c] = idx[items[c] & 0xFFFFFFFFu];
+        });
         return out;
     }
+    for (int part = 0; part < parts; ++part)
+        std::copy(part_idx[part].data.get(), part_idx[part].data.get() + part_idx[part].size, idx.begin() + part_at[part]);
     std::vector<K> keys;
     keys.reserve(total);
     for (int part = 0; part < parts; ++part)

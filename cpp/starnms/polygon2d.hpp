@@ -267,27 +267,62 @@ inline int key_sector(double key) {
     return s < kSectors ? s : kSectors - 1;
 }
 
-inline double segment_distance(const Pt& z, const Pt& p, const Pt& q) {
-    const double ex = (double)(q.x - p.x), ey = (double)(q.y - p.y);
-    const double wx = (double)(z.x - p.x), wy = (double)(z.y - p.y);
+// The point where the ray from the origin at angle key `key` (in [0, 4)) meets the line
+// through p along e (relative to the centre; the ray must cross the line).
+inline void ray_meets_line(double key, double px, double py, double ex, double ey, double* x, double* y) {
+    const int quadrant = (int)key;
+    const double t = key - quadrant;
+    // the direction whose angle_key is `key`: (1 - t, t) turned by quadrant quarter turns
+    double dx = 1.0 - t, dy = t;
+    for (int q = 0; q < quadrant; ++q) {
+        const double turned = -dy;
+        dy = dx;
+        dx = turned;
+    }
+    const double s = (px * ey - py * ex) / (dx * ey - dy * ex);
+    *x = s * dx;
+    *y = s * dy;
+}
+
+inline double segment_distance(double px, double py, double qx, double qy) {
+    const double ex = qx - px, ey = qy - py;
     const double len2 = ex * ex + ey * ey;
-    double t = len2 > 0 ? (wx * ex + wy * ey) / len2 : 0.0;
+    double t = len2 > 0 ? -(px * ex + py * ey) / len2 : 0.0;
     t = t < 0 ? 0 : (t > 1 ? 1 : t);
-    const double dx = wx - t * ex, dy = wy - t * ey;
+    const double dx = px + t * ex, dy = py + t * ey;
     return std::sqrt(dx * dx + dy * dy);
 }
 
 // rot / rot_key: a rotated by rotate_star about z (keys ascending, rot[n] == rot[0]).
+// An edge spanning several sectors counts in each with the distance of its own piece there
+// (cut at the sector's bounding rays): a long oblique edge comes close to z in one sector
+// only, and the radii of the others are what most bounds are made of.
 void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, StarProfile& P) {
     double profile[kSectors];
     for (int s = 0; s < kSectors; ++s) profile[s] = std::numeric_limits<double>::infinity();
+    constexpr double kCutError = 1e-9;  // relative; far above the rounding of a cut point
     for (int k = 0; k < n; ++k) {
-        const double d = segment_distance(z, rot[k], rot[k + 1]);
+        const double px = (double)(rot[k].x - z.x), py = (double)(rot[k].y - z.y);
+        const double qx = (double)(rot[k + 1].x - z.x), qy = (double)(rot[k + 1].y - z.y);
         const int s0 = key_sector(rot_key[k]);
         const int s1 = k + 1 < n ? key_sector(rot_key[k + 1]) : key_sector(rot_key[0]) + kSectors;
+        if (s0 == s1) {
+            double& r = profile[s0 < kSectors ? s0 : s0 - kSectors];
+            const double d = segment_distance(px, py, qx, qy);
+            r = d < r ? d : r;
+            continue;
+        }
+        double ax = px, ay = py;  // where the edge enters sector s
         for (int s = s0; s <= s1; ++s) {
+            double bx = qx, by = qy;  // where it leaves
+            if (s < s1) {
+                const int next = s + 1 < kSectors ? s + 1 : s + 1 - kSectors;
+                ray_meets_line(next * (4.0 / kSectors), px, py, qx - px, qy - py, &bx, &by);
+            }
+            const double d = segment_distance(ax, ay, bx, by) * (1.0 - kCutError);
             double& r = profile[s < kSectors ? s : s - kSectors];
             r = d < r ? d : r;
+            ax = bx, ay = by;
         }
     }
     double top = 0;
