@@ -13,6 +13,10 @@
 #include <type_traits>
 #include <vector>
 
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
+
 #include "../parallel.hpp"
 #include "rays.hpp"
 #include "starnms.hpp"
@@ -110,6 +114,43 @@ void radix_sort_packed(std::vector<uint64_t>& items, uint32_t varying, int threa
     }
 }
 
+// Whether any of the cells is above the threshold or NaN. SSE2 compares on x86-64 (a plain
+// loop stayed scalar: sixteen compares and branches a block).
+template <int64_t kLength>
+inline bool block_any_above(const float* v, float thresh) {
+#if defined(__x86_64__)
+    static_assert(kLength % 4 == 0, "whole SSE registers");
+    const __m128 t = _mm_set1_ps(thresh);
+    __m128 any = _mm_setzero_ps();
+    for (int64_t x = 0; x < kLength; x += 4) any = _mm_or_ps(any, _mm_cmpnle_ps(_mm_loadu_ps(v + x), t));
+    return _mm_movemask_ps(any) != 0;
+#else
+    int any = 0;
+    for (int64_t x = 0; x < kLength; ++x) any |= !(v[x] <= thresh);
+    return any != 0;
+#endif
+}
+template <int64_t kLength>
+inline bool block_any_above(const double* v, double thresh) {
+#if defined(__x86_64__)
+    static_assert(kLength % 2 == 0, "whole SSE registers");
+    const __m128d t = _mm_set1_pd(thresh);
+    __m128d any = _mm_setzero_pd();
+    for (int64_t x = 0; x < kLength; x += 2) any = _mm_or_pd(any, _mm_cmpnle_pd(_mm_loadu_pd(v + x), t));
+    return _mm_movemask_pd(any) != 0;
+#else
+    int any = 0;
+    for (int64_t x = 0; x < kLength; ++x) any |= !(v[x] <= thresh);
+    return any != 0;
+#endif
+}
+template <typename T>
+inline bool block_any_above(const T* v, int64_t length, T thresh) {
+    bool any = false;
+    for (int64_t x = 0; x < length; ++x) any |= !(v[x] <= thresh);
+    return any;
+}
+
 // a growable buffer written past its end without bounds checks (room is made per row)
 template <typename V>
 struct Collected {
@@ -178,9 +219,9 @@ std::vector<int64_t> select_candidates(const T* prob, const std::vector<int64_t>
                 for (int64_t x0 = lo[nd - 1]; x0 < hi[nd - 1]; x0 += kBlock) {
                     const int64_t x1 = std::min(hi[nd - 1], x0 + kBlock);
                     // most blocks hold no candidate (and no NaN): one vectorised look skips them
-                    bool any = false;
-                    for (int64_t x = x0; x < x1; ++x) any |= !(row[x] <= thresh);
-                    if (!any) continue;
+                    if (x1 - x0 == kBlock ? !block_any_above<kBlock>(row + x0, thresh)
+                                          : !block_any_above(row + x0, x1 - x0, thresh))
+                        continue;
                     for (int64_t x = x0; x < x1; ++x) {
                         const T v = row[x];
                         kp[c] = order_key(v);

@@ -28,24 +28,32 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
 
     // 1. centres, and the longest ray of any candidate (how far a polygon reaches from its
     //    centre), checking every candidate's rays on the way, unless select_candidates did
-    std::vector<Pt> centre(n);
+    std::unique_ptr<Pt[]> centre(new Pt[n]);  // every entry written below
     const bool measured = longest_ray >= 0.0f;
     std::vector<float> longest(threads, 0.0f);
     std::vector<uint8_t> bad(threads, 0);
+    // the centres' extent, per thread
+    std::vector<Box64> extent(threads, Box64{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min(),
+                                             std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()});
+    const CellDivider cell_row(width);
     parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
-        if (measured) {
-            for (int64_t i = a; i < b; ++i) centre[i] = maker.centre(order[i]);
-            return;
-        }
         float r = longest[tid];
         int32_t is_bad = 0;
+        Box64 e = extent[tid];
         const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         for (int64_t i = a; i < b; ++i) {
+            int64_t y, x;
+            cell_row.split(order[i], &y, &x);
+            const Pt c{x * grid_x, y * grid_y};  // as PolygonMaker::centre
+            centre[i] = c;
+            e.x0 = std::min(e.x0, c.x), e.x1 = std::max(e.x1, c.x);
+            e.y0 = std::min(e.y0, c.y), e.y1 = std::max(e.y1, c.y);
+            if (measured) continue;
             // rank order visits the rows at random: fetch ahead
             if (i + (int64_t)kFetchAhead < b) fetch_row(dist + row[i + kFetchAhead] * n_rays, row_bytes);
-            centre[i] = maker.centre(order[i]);
             scan_rays(dist + row[i] * n_rays, n_rays, &r, &is_bad);
         }
+        extent[tid] = e;
         longest[tid] = r;
         bad[tid] |= (uint8_t)is_bad;
     });
@@ -59,12 +67,9 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     // a polygon's lattice vertices lie within rmax + 1 of its centre (truncation)
     const int64_t reach = (int64_t)std::ceil(rmax_all) + 2;
     int64_t cx0 = std::numeric_limits<int64_t>::max(), cy0 = cx0, cx1 = std::numeric_limits<int64_t>::min(), cy1 = cx1;
-    for (int64_t i = 0; i < n; ++i) {
-        const Pt c = centre[i];
-        cx0 = std::min(cx0, c.x);
-        cx1 = std::max(cx1, c.x);
-        cy0 = std::min(cy0, c.y);
-        cy1 = std::max(cy1, c.y);
+    for (const Box64& e : extent) {
+        cx0 = std::min(cx0, e.x0), cx1 = std::max(cx1, e.x1);
+        cy0 = std::min(cy0, e.y0), cy1 = std::max(cy1, e.y1);
     }
     // a uniform grid over the centres for the index of kept polygons
     const int64_t bucket = 32;  // pixels
@@ -78,14 +83,19 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     const int64_t n_keys = nbx * nby;
     const bool pushing = n < std::numeric_limits<int32_t>::max();
     std::vector<int64_t> key_first;
-    std::unique_ptr<int32_t[]> slot_rank, slot_x, slot_y, rank_slot;
-    std::unique_ptr<int64_t[]> slot_row;
-    std::unique_ptr<std::atomic<uint8_t>[]> pushed;  // by slot
+    // what a push reads of a candidate, in one place (one cache line to fill per candidate when
+    // the index is made, one to read per candidate a push looks at)
+    struct Slot {
+        int32_t rank, x, y;
+        std::atomic<uint8_t> pushed;  // marked: decided (dropped) before its turn
+        int64_t row;
+    };
+    std::unique_ptr<Slot[]> slots;
+    std::unique_ptr<int32_t[]> rank_slot;
     if (pushing) {
         auto key_of = [&](const Pt& c) { return ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket; };
-        slot_rank.reset(new int32_t[n]), slot_x.reset(new int32_t[n]), slot_y.reset(new int32_t[n]);
-        rank_slot.reset(new int32_t[n]), slot_row.reset(new int64_t[n]);
-        pushed.reset(new std::atomic<uint8_t>[n]);
+        slots.reset(new Slot[n]);
+        rank_slot.reset(new int32_t[n]);
         const int parts = threads;
         auto part_lo = [&](int64_t part) { return n * part / parts; };
         std::vector<int64_t> place((size_t)parts * n_keys, 0);  // counts, then where each part writes
@@ -107,16 +117,21 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         }
         key_first[n_keys] = run;
         parallel_for(parts, threads, [&](int64_t a, int64_t b) {
+            // plain pointers: through the owners, every store would make the compiler reload them
+            Slot* __restrict s_at = slots.get();
+            int32_t* __restrict r_slot = rank_slot.get();
+            const Pt* __restrict c = centre.get();
             for (int64_t part = a; part < b; ++part) {
                 int64_t* next = &place[part * n_keys];
                 for (int64_t i = part_lo(part); i < part_lo(part + 1); ++i) {
-                    const int64_t slot = next[key_of(centre[i])]++;
-                    slot_rank[slot] = (int32_t)i;
-                    slot_x[slot] = (int32_t)centre[i].x;
-                    slot_y[slot] = (int32_t)centre[i].y;
-                    slot_row[slot] = row[i];
-                    rank_slot[i] = (int32_t)slot;
-                    pushed[slot].store(0, std::memory_order_relaxed);
+                    const int64_t slot = next[key_of(c[i])]++;
+                    Slot& to = s_at[slot];
+                    to.rank = (int32_t)i;
+                    to.x = (int32_t)c[i].x;
+                    to.y = (int32_t)c[i].y;
+                    to.pushed.store(0, std::memory_order_relaxed);
+                    to.row = row[i];
+                    r_slot[i] = (int32_t)slot;
                 }
             }
         });
@@ -232,33 +247,46 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
             std::vector<int16_t> push_rel(2 * n_rays);
             const size_t row_bytes = sizeof(float) * (size_t)n_rays;
             constexpr int64_t kPushAhead = 6;  // rows fetched this many slots ahead
+            // In two passes: the slots of the box's buckets are sifted first (rank, mark and
+            // centre tests read only the slots), then the rows of the half that remain are
+            // fetched ahead and their polygons tested (fetching every slot's row would read
+            // as much again for nothing).
+            std::vector<int32_t> push_list;
+            push_list.reserve(1024);
             auto push = [&](const Kept& K, const Box& box) {
                 const StarProfile& P = K.profile;
+                push_list.clear();
                 for (int64_t by = bucket_y(box.y0); by <= bucket_y(box.y1); ++by) {
                     for (int64_t bx = bucket_x(box.x0); bx <= bucket_x(box.x1); ++bx) {
                         const int64_t b = by * nbx + bx;
-                        const int64_t end = key_first[b + 1];
-                        for (int64_t slot = key_first[b]; slot < end; ++slot) {
-                            if (slot + kPushAhead < end) fetch_row(dist + slot_row[slot + kPushAhead] * n_rays, row_bytes);
-                            if (slot_rank[slot] <= K.rank || pushed[slot].load(std::memory_order_relaxed)) continue;
-                            const int64_t dx = slot_x[slot] - K.z.x, dy = slot_y[slot] - K.z.y;
+                        for (int64_t slot = key_first[b], end = key_first[b + 1]; slot < end; ++slot) {
+                            const Slot& c = slots[slot];
+                            if (c.rank <= K.rank || c.pushed.load(std::memory_order_relaxed)) continue;
+                            const int64_t dx = c.x - K.z.x, dy = c.y - K.z.y;
                             if (dx != 0 || dy != 0) {  // centred inside K's profile
                                 const double rad = P.min_over[key_sector(angle_key((double)dx, (double)dy))][0] * P.unit;
                                 if ((double)(dx * dx + dy * dy) >= rad * rad) continue;
                             }
-                            Box box_k;
-                            int64_t s2_k;
-                            bool star_k = false;
-                            if (!make_simple(maker, slot_row[slot], Pt{slot_x[slot], slot_y[slot]}, push_rel.data(),
-                                             &box_k, &s2_k, &star_k))
-                                continue;
-                            const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
-                            const double amin = std::min((double)K.area, (double)area_k);
-                            const int64_t enough = suppressing_area2(thresh, amin);
-                            if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
-                                pushed[slot].store(1, std::memory_order_relaxed);
+                            push_list.push_back((int32_t)slot);
                         }
                     }
+                }
+                const size_t listed = push_list.size();
+                for (size_t q = 0; q < std::min(listed, (size_t)kPushAhead); ++q)
+                    fetch_row(dist + slots[push_list[q]].row * n_rays, row_bytes);
+                for (size_t q = 0; q < listed; ++q) {
+                    if (q + kPushAhead < listed) fetch_row(dist + slots[push_list[q + kPushAhead]].row * n_rays, row_bytes);
+                    Slot& c = slots[push_list[q]];
+                    const int64_t dx = c.x - K.z.x, dy = c.y - K.z.y;
+                    Box box_k;
+                    int64_t s2_k;
+                    bool star_k = false;
+                    if (!make_simple(maker, c.row, Pt{c.x, c.y}, push_rel.data(), &box_k, &s2_k, &star_k)) continue;
+                    const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
+                    const double amin = std::min((double)K.area, (double)area_k);
+                    const int64_t enough = suppressing_area2(thresh, amin);
+                    if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
+                        c.pushed.store(1, std::memory_order_relaxed);
                 }
             };
             // pushes not yet made are shared by the threads: one that would wait on another
@@ -321,8 +349,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 const int64_t j = mine[q];
                 // a kept polygon is pushed when a candidate centred in its box needs deciding
                 // (or while this thread waits on another)
-                if (pushing && !pushed[rank_slot[j]].load(std::memory_order_relaxed)) push_near(centre[j]);
-                if (pushing && pushed[rank_slot[j]].load(std::memory_order_relaxed)) {
+                if (pushing && !slots[rank_slot[j]].pushed.load(std::memory_order_relaxed)) push_near(centre[j]);
+                if (pushing && slots[rank_slot[j]].pushed.load(std::memory_order_relaxed)) {
                     ++cnt[7];
                     progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
                     continue;
@@ -335,7 +363,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         // (fetched ahead one at a time in the loop, they still stalled it)
                         float touch = 0;
                         for (size_t t = batch_lo; t < batch_hi; ++t) {
-                            if (pushed[rank_slot[mine[t]]].load(std::memory_order_relaxed)) continue;
+                            if (slots[rank_slot[mine[t]]].pushed.load(std::memory_order_relaxed)) continue;
                             const float* r = dist + row[mine[t]] * n_rays;
                             touch += r[0] + r[n_rays - 1];
                         }
@@ -344,7 +372,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     for (size_t t = batch_lo; t < batch_hi; ++t) {
                         const size_t b = t - batch_lo;
                         batch_made[b] = 0;  // pushed since: no polygon needed (never cleared)
-                        if (pushed[rank_slot[mine[t]]].load(std::memory_order_relaxed)) continue;
+                        if (slots[rank_slot[mine[t]]].pushed.load(std::memory_order_relaxed)) continue;
                         make_in_batch(t);
                     }
                 }

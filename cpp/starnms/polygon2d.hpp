@@ -1042,6 +1042,28 @@ int clean_points(P* v, int n) {
 
 int clean_path(Pt* v, int n) { return clean_points<int64_t>(v, n); }
 
+// A box with 64-bit bounds (extents of centres).
+struct Box64 {
+    int64_t x0, x1, y0, y1;
+};
+
+// Flat cell index -> (row, column) for one row width, without a 64-bit division per cell: the
+// quotient from a double reciprocal is off by at most one either way, which the remainder
+// corrects (cells below 2^52).
+struct CellDivider {
+    int64_t width;
+    double inverse;
+    explicit CellDivider(int64_t w) : width(w), inverse(1.0 / (double)w) {}
+    inline void split(int64_t cell, int64_t* row, int64_t* col) const {
+        int64_t q = (int64_t)((double)cell * inverse);
+        int64_t r = cell - q * width;
+        if (r < 0) --q, r += width;
+        if (r >= width) ++q, r -= width;
+        *row = q;
+        *col = r;
+    }
+};
+
 struct PolygonMaker {
     const float* dist;
     int n_rays;
