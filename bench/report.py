@@ -30,6 +30,8 @@ Every figure below was measured by the benchmark named in its section, segrt and
 the same process on the same data, on the machine described there. Rerun one with
 `python -m segrt.bench <name>` (results in `bench/results/<name>.json`), then regenerate this
 page with `python -m segrt.bench report`. Times are seconds unless a column says otherwise.
+Calls are timed in a warm process with the memory allocator's defaults, as in a user's
+program; peak memory is measured separately, one call in a fresh interpreter.
 """
 
 
