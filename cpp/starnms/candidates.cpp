@@ -114,41 +114,32 @@ void radix_sort_packed(std::vector<uint64_t>& items, uint32_t varying, int threa
     }
 }
 
-// Whether any of the cells is above the threshold or NaN. SSE2 compares on x86-64 (a plain
-// loop stayed scalar: sixteen compares and branches a block).
-template <int64_t kLength>
-inline bool block_any_above(const float* v, float thresh) {
-#if defined(__x86_64__)
-    static_assert(kLength % 4 == 0, "whole SSE registers");
-    const __m128 t = _mm_set1_ps(thresh);
-    __m128 any = _mm_setzero_ps();
-    for (int64_t x = 0; x < kLength; x += 4) any = _mm_or_ps(any, _mm_cmpnle_ps(_mm_loadu_ps(v + x), t));
-    return _mm_movemask_ps(any) != 0;
-#else
-    int any = 0;
-    for (int64_t x = 0; x < kLength; ++x) any |= !(v[x] <= thresh);
-    return any != 0;
-#endif
-}
-template <int64_t kLength>
-inline bool block_any_above(const double* v, double thresh) {
-#if defined(__x86_64__)
-    static_assert(kLength % 2 == 0, "whole SSE registers");
-    const __m128d t = _mm_set1_pd(thresh);
-    __m128d any = _mm_setzero_pd();
-    for (int64_t x = 0; x < kLength; x += 2) any = _mm_or_pd(any, _mm_cmpnle_pd(_mm_loadu_pd(v + x), t));
-    return _mm_movemask_pd(any) != 0;
-#else
-    int any = 0;
-    for (int64_t x = 0; x < kLength; ++x) any |= !(v[x] <= thresh);
-    return any != 0;
-#endif
-}
+// Whether any of the cells is above the threshold or NaN.
 template <typename T>
 inline bool block_any_above(const T* v, int64_t length, T thresh) {
     bool any = false;
     for (int64_t x = 0; x < length; ++x) any |= !(v[x] <= thresh);
     return any;
+}
+// The same for a block of kLength cells: SSE2 compares on x86-64 (the plain loop stayed
+// scalar, sixteen compares and branches a block).
+template <int64_t kLength, typename T>
+inline bool block_any_above(const T* v, T thresh) {
+#if defined(__x86_64__)
+    if constexpr (sizeof(T) == 4) {
+        const __m128 t = _mm_set1_ps(thresh);
+        __m128 any = _mm_setzero_ps();
+        for (int64_t x = 0; x < kLength; x += 4) any = _mm_or_ps(any, _mm_cmpnle_ps(_mm_loadu_ps(v + x), t));
+        return _mm_movemask_ps(any) != 0;
+    } else {
+        const __m128d t = _mm_set1_pd(thresh);
+        __m128d any = _mm_setzero_pd();
+        for (int64_t x = 0; x < kLength; x += 2) any = _mm_or_pd(any, _mm_cmpnle_pd(_mm_loadu_pd(v + x), t));
+        return _mm_movemask_pd(any) != 0;
+    }
+#else
+    return block_any_above(v, kLength, thresh);
+#endif
 }
 
 // a growable buffer written past its end without bounds checks (room is made per row)
