@@ -35,16 +35,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     // the centres' extent, per thread
     std::vector<Box64> extent(threads, Box64{std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min(),
                                              std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()});
-    const CellDivider cell_row(width);
     parallel_for_tid(n, threads, [&](int64_t a, int64_t b, int tid) {
         float r = longest[tid];
         int32_t is_bad = 0;
         Box64 e = extent[tid];
         const size_t row_bytes = sizeof(float) * (size_t)n_rays;
         for (int64_t i = a; i < b; ++i) {
-            int64_t y, x;
-            cell_row.split(order[i], &y, &x);
-            const Pt c{x * grid_x, y * grid_y};  // as PolygonMaker::centre
+            const Pt c = maker.centre(order[i]);
             centre[i] = c;
             e.x0 = std::min(e.x0, c.x), e.x1 = std::max(e.x1, c.x);
             e.y0 = std::min(e.y0, c.y), e.y1 = std::max(e.y1, c.y);

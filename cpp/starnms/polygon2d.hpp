@@ -306,12 +306,6 @@ void star_profile(const Pt* rot, const double* rot_key, int n, const Pt& z, Star
         const double qx = (double)(rot[k + 1].x - z.x), qy = (double)(rot[k + 1].y - z.y);
         const int s0 = key_sector(rot_key[k]);
         const int s1 = k + 1 < n ? key_sector(rot_key[k + 1]) : key_sector(rot_key[0]) + kSectors;
-        if (s0 == s1) {
-            double& r = profile[s0 < kSectors ? s0 : s0 - kSectors];
-            const double d = segment_distance(px, py, qx, qy);
-            r = d < r ? d : r;
-            continue;
-        }
         double ax = px, ay = py;  // where the edge enters sector s
         for (int s = s0; s <= s1; ++s) {
             double bx = qx, by = qy;  // where it leaves
@@ -1070,8 +1064,10 @@ struct PolygonMaker {
     int64_t width;
     int gy, gx;
     std::vector<float> sin_t, cos_t;
+    CellDivider cell_row;
 
-    PolygonMaker(const float* d, int r, int64_t w, int y, int x) : dist(d), n_rays(r), width(w), gy(y), gx(x) {
+    PolygonMaker(const float* d, int r, int64_t w, int y, int x)
+        : dist(d), n_rays(r), width(w), gy(y), gx(x), cell_row(w) {
         // float angle step and float sin / cos, as StarDist's C++ computes them
         const float step = (float)(2 * M_PI / r);
         sin_t.resize(r);
@@ -1083,7 +1079,9 @@ struct PolygonMaker {
         }
     }
     inline Pt centre(int64_t cell) const {
-        return Pt{(cell % width) * gx, (cell / width) * gy};
+        int64_t row, col;
+        cell_row.split(cell, &row, &col);
+        return Pt{col * gx, row * gy};
     }
     // Vertices truncated towards zero (Clipper's integer points), cleaned as Clipper cleans
     // a path (clean_path). Returns the vertex count.
