@@ -268,6 +268,89 @@ def test_vector_lower_bound_equals_the_portable_one(noise):
     assert compared > 200
 
 
+def _push_check(n_rays, kept_rays, cand_rays, cand_points, kept_point, width, grid=(1, 1)):
+    """push_bounds_2d on candidates at cand_points (y, x) with cand_rays, against the kept
+    polygon of kept_rays at kept_point; returns the result and the polygons."""
+    tables = _reference.ray_tables_float(n_rays)
+    pa = _reference.polygon_2d(kept_rays, kept_point[0], kept_point[1], tables)
+    height = max(p[0] for p in cand_points) // grid[0] + 1
+    dist = np.zeros((height * width, n_rays), np.float32)
+    cells = np.array([(p[0] // grid[0]) * width + p[1] // grid[1] for p in cand_points], np.int64)
+    dist[cells] = cand_rays
+    res = C.push_bounds_2d(pa, kept_point[1], kept_point[0], dist, cells, width, grid[0], grid[1])
+    return res, pa, tables
+
+
+@pytest.mark.parametrize("n_rays", [3, 5, 17, 32, 64, 65])
+def test_push_lanes_match_the_scalar_path(n_rays):
+    """Pushes test eight candidates at a time (one per vector lane): each candidate's area and
+    both star tests exactly as the one-at-a-time path takes them, the lower bound within its
+    rounding of that path's and never above the geometric area; candidates outside the lanes'
+    range (a ray NaN, negative or >= 2000) handed back to the one-at-a-time path, which
+    refuses them too. Above 64 rays the lanes are not used."""
+    rng = np.random.default_rng(n_rays)
+    kept_rays = (9 * rng.uniform(0.8, 1.2, n_rays)).astype(np.float32)
+    centre = (40, 40)
+    points, rays, bad = [], [], []
+    for i in range(203):  # not a multiple of eight: the last lanes are spare
+        dy, dx = rng.integers(-7, 8, 2)
+        r = 9 * rng.uniform(0.75, 1.25, n_rays) * (3.0 if i % 17 == 0 else 1.0)  # some far larger than a
+        if i % 29 == 0:
+            r = rng.uniform(0, 25, n_rays)  # spiky: often star-shaped about neither centre
+        is_bad = i % 23 == 5
+        if is_bad:
+            r[rng.integers(n_rays)] = (np.nan, -1.0, 2000.0, np.inf)[i % 4]
+        points.append((centre[0] + dy, centre[1] + dx))
+        rays.append(r)
+        bad.append(is_bad)
+    # distinct cells: later duplicates dropped
+    seen, keep = set(), []
+    for i, p in enumerate(points):
+        if p not in seen:
+            seen.add(p)
+            keep.append(i)
+    points = [points[i] for i in keep]
+    rays = np.array([rays[i] for i in keep], np.float32)
+    bad = np.array([bad[i] for i in keep])
+    res, pa, tables = _push_check(n_rays, kept_rays, rays, points, centre, width=100)
+    assert res is not None  # a smooth kept polygon is star-shaped about its centre
+    np.testing.assert_array_equal(res["made_scalar"], ~bad)
+    if n_rays > 64 or not C.star_bound_vectorised:
+        assert not res["lanes_done"]
+        return
+    assert res["lanes_done"] and bad.sum() >= 3
+    np.testing.assert_array_equal(res["fallback"], bad)
+    ok = ~bad
+    np.testing.assert_array_equal(res["area2_lanes"][ok], res["area2_scalar"][ok])
+    lanes, scalar = res["lower_lanes"][ok], res["lower_scalar"][ok]
+    np.testing.assert_array_equal(lanes < 0, scalar < 0)
+    assert (scalar > 0).sum() >= 50
+    if n_rays >= 17:  # spiky polygons star-shaped about neither centre: no bound
+        assert (scalar < 0).sum() >= 1
+    valid = scalar >= 0
+    assert np.all(np.abs(lanes[valid] - scalar[valid]) <= 1e-4 * np.maximum(1.0, scalar[valid]))
+    for i in np.flatnonzero(ok):
+        if res["lower_lanes"][i] > 0:
+            pb = _reference.polygon_2d(rays[i], points[i][0], points[i][1], tables)
+            assert res["lower_lanes"][i] / 2 <= _geometric_area(pa, pb) + 1e-6, i
+
+
+def test_push_lanes_hand_back_far_candidates():
+    """Coordinates past 2047 about the kept polygon's centre (where float products stop being
+    exact) go back to the one-at-a-time path, which takes its double bound there."""
+    n_rays = 32
+    rays = np.full((3, n_rays), 10.0, np.float32)
+    # on a grid of 1500 px: candidates at x = 1500 (the kept centre), 3000 and 4500
+    res, _, _ = _push_check(n_rays, np.full(n_rays, 10.0, np.float32), rays, [(0, 1500), (0, 3000), (0, 4500)],
+                            (0, 1500), width=4, grid=(1, 1500))
+    if not res["lanes_done"]:
+        pytest.skip("this CPU has no AVX2: pushes test one candidate at a time")
+    np.testing.assert_array_equal(res["fallback"], [False, False, True])
+    np.testing.assert_array_equal(res["made_scalar"], [True, True, True])
+    assert res["lower_lanes"][0] == pytest.approx(res["lower_scalar"][0], rel=1e-4)
+    assert res["lower_lanes"][1] == 0 and res["lower_scalar"][1] == 0  # far apart: no overlap
+
+
 def test_threads_and_pushed_candidates_give_the_same_result():
     """Kept polygons marking the candidates they drop (from any thread) decide nothing
     differently: one thread or two, run after run, the same kept cells in the same order

@@ -206,6 +206,38 @@ void bind_starnms(py::module_& m) {
         py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("b"), py::arg("bx"), py::arg("by"),
         py::arg("portable") = false);
     m.attr("star_bound_vectorised") = star_bound_vectorised();
+    m.def(
+        "push_bounds_2d",
+        [](carray<int64_t> a, int64_t ax, int64_t ay, carray<float> dist, carray<int64_t> cells, int64_t width,
+           int grid_y, int grid_x) -> py::object {
+            if (a.ndim() != 2 || a.shape(1) != 2) throw std::invalid_argument("a must be (n, 2) integer (x, y) vertices");
+            if (dist.ndim() != 2) throw std::invalid_argument("dist must be (cells, n_rays)");
+            const int64_t m = cells.size();
+            for (int64_t i = 0; i < m; ++i)
+                if (cells.data()[i] < 0 || cells.data()[i] >= dist.shape(0)) throw std::invalid_argument("cell out of range");
+            PushCheck r;
+            bool ok;
+            {
+                py::gil_scoped_release release;
+                ok = push_bounds_2d(a.data(), (int)a.shape(0), ax, ay, dist.data(), (int)dist.shape(1), cells.data(), m,
+                                    width, grid_y, grid_x, &r);
+            }
+            if (!ok) return py::none();
+            auto f64 = [](const std::vector<double>& v) { return py::array_t<double>((py::ssize_t)v.size(), v.data()); };
+            auto i64 = [](const std::vector<int64_t>& v) { return py::array_t<int64_t>((py::ssize_t)v.size(), v.data()); };
+            auto u8 = [](const std::vector<uint8_t>& v) { return py::array_t<bool>((py::ssize_t)v.size(), (const bool*)v.data()); };
+            py::dict d;
+            d["lanes_done"] = r.lanes_done;
+            d["lower_lanes"] = f64(r.lower_lanes);
+            d["lower_scalar"] = f64(r.lower_scalar);
+            d["area2_lanes"] = i64(r.area2_lanes);
+            d["area2_scalar"] = i64(r.area2_scalar);
+            d["fallback"] = u8(r.fallback);
+            d["made_scalar"] = u8(r.made_scalar);
+            return d;
+        },
+        py::arg("a"), py::arg("ax"), py::arg("ay"), py::arg("dist"), py::arg("cells"), py::arg("width"),
+        py::arg("grid_y") = 1, py::arg("grid_x") = 1);
 
     m.def(
         "polygon_overlap_2d",

@@ -88,11 +88,13 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         int64_t row;
     };
     std::unique_ptr<Slot[]> slots;
-    std::unique_ptr<int32_t[]> rank_slot;
+    // the same marks by rank: the suppression loop reads them in rank order (through the
+    // slots, each read was a cache miss: measured 4 % of the call)
+    std::unique_ptr<std::atomic<uint8_t>[]> dropped;
     if (pushing) {
         auto key_of = [&](const Pt& c) { return ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket; };
         slots.reset(new Slot[n]);
-        rank_slot.reset(new int32_t[n]);
+        dropped.reset(new std::atomic<uint8_t>[n]);
         const int parts = threads;
         auto part_lo = [&](int64_t part) { return n * part / parts; };
         std::vector<int64_t> place((size_t)parts * n_keys, 0);  // counts, then where each part writes
@@ -116,7 +118,6 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
         parallel_for(parts, threads, [&](int64_t a, int64_t b) {
             // plain pointers: through the owners, every store would make the compiler reload them
             Slot* __restrict s_at = slots.get();
-            int32_t* __restrict r_slot = rank_slot.get();
             const Pt* __restrict c = centre.get();
             for (int64_t part = a; part < b; ++part) {
                 int64_t* next = &place[part * n_keys];
@@ -128,7 +129,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     to.y = (int32_t)c[i].y;
                     to.pushed.store(0, std::memory_order_relaxed);
                     to.row = row[i];
-                    r_slot[i] = (int32_t)slot;
+                    dropped[i].store(0, std::memory_order_relaxed);
                 }
             }
         });
@@ -195,6 +196,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     for (int t = 0; t < threads; ++t) progress[t].rank.store(-1, std::memory_order_relaxed);
     std::vector<int64_t> counts(8 * threads, 0), counts_clipper(threads, 0);
     const bool use_clipper = clipper_available();
+    // pushes test eight candidates at a time where the CPU and the ray count allow
+    const bool push_in_lanes = star_bound_simd_available() && n_rays >= 3 && n_rays <= kPushRays;
     const double thresh_lo = (double)thresh * (1.0 - 1e-6);
 
     // a failure in one strip (out of memory) stops them all and is raised after the team
@@ -269,21 +272,61 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     }
                 }
                 const size_t listed = push_list.size();
+                auto mark = [&](Slot& c) {
+                    c.pushed.store(1, std::memory_order_relaxed);
+                    dropped[c.rank].store(1, std::memory_order_relaxed);
+                };
+                auto test_one = [&](Slot& c) {
+                    Box box_k;
+                    int64_t s2_k;
+                    bool star_k = false;
+                    if (!make_simple(maker, c.row, Pt{c.x, c.y}, push_rel.data(), &box_k, &s2_k, &star_k)) return;
+                    const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
+                    const int64_t enough = suppressing_area2(thresh, std::min((double)K.area, (double)area_k));
+                    if (star_lower_bound2(P, push_rel.data(), n_rays, c.x - K.z.x, c.y - K.z.y, star_k) >= (double)enough)
+                        mark(c);
+                };
+#if SEGRT_X86_AVX2
+                if (push_in_lanes) {
+                    // eight candidates at a time (push_bounds8_avx2); the rows of the next eight
+                    // fetched while these are tested
+                    for (size_t q = 0; q < std::min(listed, (size_t)8); ++q)
+                        fetch_row(dist + slots[push_list[q]].row * n_rays, row_bytes);
+                    const float* lane_rows[8];
+                    int32_t lane_x[8], lane_y[8];
+                    PushLanes L;
+                    for (size_t q = 0; q < listed; q += 8) {
+                        const size_t lanes = std::min<size_t>(8, listed - q);
+                        for (size_t u = q + 8; u < std::min(listed, q + 16); ++u)
+                            fetch_row(dist + slots[push_list[u]].row * n_rays, row_bytes);
+                        for (size_t i = 0; i < 8; ++i) {
+                            const Slot& c = slots[push_list[q + std::min(i, lanes - 1)]];  // spare lanes repeat the last
+                            lane_rows[i] = dist + c.row * n_rays;
+                            lane_x[i] = c.x;
+                            lane_y[i] = c.y;
+                        }
+                        push_bounds8_avx2(P, lane_rows, n_rays, maker.cos_t.data(), maker.sin_t.data(), lane_x, lane_y,
+                                          (int32_t)K.z.x, (int32_t)K.z.y, &L);
+                        for (size_t i = 0; i < lanes; ++i) {
+                            Slot& c = slots[push_list[q + i]];
+                            if ((L.fallback >> i) & 1u) {  // out of the lanes' range: one at a time
+                                test_one(c);
+                                continue;
+                            }
+                            const int64_t s2_k = L.area2[i];
+                            const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
+                            const int64_t enough = suppressing_area2(thresh, std::min((double)K.area, (double)area_k));
+                            if (L.lower2[i] >= (double)enough) mark(c);
+                        }
+                    }
+                    return;
+                }
+#endif
                 for (size_t q = 0; q < std::min(listed, (size_t)kPushAhead); ++q)
                     fetch_row(dist + slots[push_list[q]].row * n_rays, row_bytes);
                 for (size_t q = 0; q < listed; ++q) {
                     if (q + kPushAhead < listed) fetch_row(dist + slots[push_list[q + kPushAhead]].row * n_rays, row_bytes);
-                    Slot& c = slots[push_list[q]];
-                    const int64_t dx = c.x - K.z.x, dy = c.y - K.z.y;
-                    Box box_k;
-                    int64_t s2_k;
-                    bool star_k = false;
-                    if (!make_simple(maker, c.row, Pt{c.x, c.y}, push_rel.data(), &box_k, &s2_k, &star_k)) continue;
-                    const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
-                    const double amin = std::min((double)K.area, (double)area_k);
-                    const int64_t enough = suppressing_area2(thresh, amin);
-                    if (star_lower_bound2(P, push_rel.data(), n_rays, dx, dy, star_k) >= (double)enough)
-                        c.pushed.store(1, std::memory_order_relaxed);
+                    test_one(slots[push_list[q]]);
                 }
             };
             // pushes not yet made are shared by the threads: one that would wait on another
@@ -346,8 +389,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                 const int64_t j = mine[q];
                 // a kept polygon is pushed when a candidate centred in its box needs deciding
                 // (or while this thread waits on another)
-                if (pushing && !slots[rank_slot[j]].pushed.load(std::memory_order_relaxed)) push_near(centre[j]);
-                if (pushing && slots[rank_slot[j]].pushed.load(std::memory_order_relaxed)) {
+                if (pushing && !dropped[j].load(std::memory_order_relaxed)) push_near(centre[j]);
+                if (pushing && dropped[j].load(std::memory_order_relaxed)) {
                     ++cnt[7];
                     progress[tid].rank.store(q + 1 < mine.size() ? mine[q + 1] : n, std::memory_order_release);
                     continue;
@@ -360,7 +403,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                         // (fetched ahead one at a time in the loop, they still stalled it)
                         float touch = 0;
                         for (size_t t = batch_lo; t < batch_hi; ++t) {
-                            if (slots[rank_slot[mine[t]]].pushed.load(std::memory_order_relaxed)) continue;
+                            if (dropped[mine[t]].load(std::memory_order_relaxed)) continue;
                             const float* r = dist + row[mine[t]] * n_rays;
                             touch += r[0] + r[n_rays - 1];
                         }
@@ -369,7 +412,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     for (size_t t = batch_lo; t < batch_hi; ++t) {
                         const size_t b = t - batch_lo;
                         batch_made[b] = 0;  // pushed since: no polygon needed (never cleared)
-                        if (slots[rank_slot[mine[t]]].pushed.load(std::memory_order_relaxed)) continue;
+                        if (dropped[mine[t]].load(std::memory_order_relaxed)) continue;
                         make_in_batch(t);
                     }
                 }

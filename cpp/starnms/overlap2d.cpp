@@ -96,6 +96,53 @@ OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca
     return r;
 }
 
+bool push_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const float* dist, int n_rays,
+                    const int64_t* cells, int64_t m, int64_t width, int grid_y, int grid_x, PushCheck* out) {
+    PairSetup A(xy_a, n_a, ca_x, ca_y, xy_a, n_a, ca_x, ca_y);
+    if (A.A.start < 0 || n_rays < 3 || n_rays > kMaxRays) return false;
+    StarProfile profile;
+    star_profile(A.ar.data(), A.kar.data(), A.A.n, A.A.z, profile);
+    const PolygonMaker maker(dist, n_rays, width, grid_y, grid_x);
+    out->lower_lanes.assign(m, -1), out->lower_scalar.assign(m, -1);
+    out->area2_lanes.assign(m, 0), out->area2_scalar.assign(m, 0);
+    out->fallback.assign(m, 0), out->made_scalar.assign(m, 0);
+    std::vector<int16_t> rel(2 * n_rays);
+    for (int64_t i = 0; i < m; ++i) {
+        const Pt c = maker.centre(cells[i]);
+        Box box;
+        int64_t s2 = 0;
+        bool star = false;
+        if (!make_simple(maker, cells[i], c, rel.data(), &box, &s2, &star)) continue;
+        out->made_scalar[i] = 1;
+        out->area2_scalar[i] = s2;
+        out->lower_scalar[i] = star_lower_bound2(profile, rel.data(), n_rays, c.x - ca_x, c.y - ca_y, star);
+    }
+#if SEGRT_X86_AVX2
+    if (star_bound_simd_available() && n_rays <= kPushRays && m > 0) {
+        out->lanes_done = true;
+        for (int64_t q = 0; q < m; q += 8) {
+            const float* rows[8];
+            int32_t x[8], y[8];
+            for (int64_t i = 0; i < 8; ++i) {
+                const int64_t cell = cells[std::min(q + i, m - 1)];  // spare lanes repeat the last
+                const Pt c = maker.centre(cell);
+                rows[i] = dist + cell * n_rays;
+                x[i] = (int32_t)c.x, y[i] = (int32_t)c.y;
+            }
+            PushLanes L;
+            push_bounds8_avx2(profile, rows, n_rays, maker.cos_t.data(), maker.sin_t.data(), x, y, (int32_t)ca_x,
+                              (int32_t)ca_y, &L);
+            for (int64_t i = 0; i < 8 && q + i < m; ++i) {
+                out->fallback[q + i] = (L.fallback >> i) & 1u;
+                out->lower_lanes[q + i] = L.lower2[i];
+                out->area2_lanes[q + i] = L.area2[i];
+            }
+        }
+    }
+#endif
+    return true;
+}
+
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
                         int64_t cb_x, int64_t cb_y, int reps) {
     PairSetup P(xy_a, n_a, ca_x, ca_y, xy_b, n_b, cb_x, cb_y);

@@ -133,6 +133,21 @@ OverlapBounds polygon_overlap_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca
 // Whether this CPU takes the vector lower bound (AVX2) where coordinates allow.
 bool star_bound_vectorised();
 
+// What a push computes for candidates (rows `cells` of dist, n_rays each, centres on the grid)
+// against kept polygon a (star-shaped about its centre (ca_x, ca_y), else nothing is filled and
+// false returned): twice the candidate's area and twice the lower bound on |a n candidate|,
+// eight at a time in lanes (where the CPU has AVX2 and 3 <= n_rays <= 64; `lanes_done` 0
+// otherwise) and one at a time as the scalar path makes them. made_scalar[i]: make_simple
+// accepted the candidate; fallback[i]: the lanes handed it back (out of their range).
+struct PushCheck {
+    std::vector<double> lower_lanes, lower_scalar;
+    std::vector<int64_t> area2_lanes, area2_scalar;
+    std::vector<uint8_t> fallback, made_scalar;
+    bool lanes_done = false;
+};
+bool push_bounds_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const float* dist, int n_rays,
+                    const int64_t* cells, int64_t m, int64_t width, int grid_y, int grid_x, PushCheck* out);
+
 // Seconds per exact overlap of one pair, over `reps` repetitions (a micro-benchmark).
 double bench_overlap_2d(const int64_t* xy_a, int n_a, int64_t ca_x, int64_t ca_y, const int64_t* xy_b, int n_b,
                         int64_t cb_x, int64_t cb_y, int reps);

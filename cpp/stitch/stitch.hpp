@@ -19,6 +19,9 @@ namespace stitch {
 
 using Box = std::array<int64_t, 3>;
 
+// rows of the destination requested ahead of the accumulate (box_fma)
+constexpr int64_t kPrefetchRows = 4;
+
 // One window's weighted prediction into the blended sum, for q in the box (box coordinates):
 //   dst[c, doff + q] += src[c, soff + q] * w[soff + q]
 // with the first and the last visit of a voxel folded in, so the sum needs no zeroing pass
@@ -52,6 +55,15 @@ bool box_fma(T* dst, int64_t C, const Box& dshape, const Box& doff, const S* src
             const T* ww = w + so;
             const T* cc = count != nullptr ? count + dof : nullptr;
             unsigned bad = 0;
+            if (r + kPrefetchRows < r1) {
+                // a row's destination is C short runs far apart, which the hardware prefetcher
+                // does not follow: request them a few rows ahead (measured: about 15 % of the
+                // call with the destination out of cache, as after a model's forward pass)
+                const int64_t p = r + kPrefetchRows, pa = p / box[1], pb = p % box[1];
+                const T* pd = dst + ((doff[0] + pa) * dshape[1] + (doff[1] + pb)) * dshape[2] + doff[2];
+                for (int64_t c = 0; c < C; ++c)
+                    for (int64_t x = 0; x < n; x += 64 / (int64_t)sizeof(T)) __builtin_prefetch(pd + c * dvox + x, 1);
+            }
             for (int64_t c = 0; c < C; ++c) {
                 T* __restrict d = dst + c * dvox + dof;
                 const S* __restrict s = src + c * svox + so;
