@@ -1158,10 +1158,11 @@ __attribute__((target_clones("avx2", "default"), unused)) bool make_simple(const
 // horizontal steps (reductions, per-block branches, the wrap from the last vertex to the
 // first). push_bounds8 takes eight candidates, one per lane, and walks their rays in step
 // (measured, 32 rays, rows in cache: 122 ns per candidate against 179 ns for the two
-// routines; in the 2D NMS at 2048^2, one thread, from 50 % to 45 % of its samples): each candidate's polygon as make_simple makes it (same float steps, so
-// the same lattice points), its twice-area and its own star test, and the bound of
-// star_lower_bound2_avx2 about a's centre (same terms; the sum runs over the rays in float,
-// n - 1 roundings of one sign each, far below the 1e-5 margin for n <= kPushRays).
+// routines; in the 2D NMS at 2048^2, one thread, from 50 % to 45 % of its samples): each
+// candidate's polygon as make_simple makes it (same float steps, so the same lattice points),
+// its twice-area and its own star test, and the bound of star_lower_bound2_avx2 about a's
+// centre (same terms; the sum runs over the rays in float, n - 1 roundings of one sign each,
+// far below the 1e-5 margin for n <= kPushRays).
 constexpr int kPushRays = 64;
 
 struct PushLanes {
