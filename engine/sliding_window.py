@@ -62,7 +62,8 @@ def _check_inputs(inputs, xp=np):
         raise ValueError(f"inputs must hold numbers, got dtype {x.dtype}")
     if x.dtype != np.float64:
         x = x.astype(np.float32, copy=False)
-    if x.size and bool(xp.isnan(x).any()):
+    # a NaN anywhere makes the minimum NaN: one reduction, no mask the size of the input
+    if x.size and bool(xp.isnan(x.min())):
         raise ValueError(f"inputs contain {int(xp.isnan(x).sum())} NaN value(s); clean or impute them first")
     return x
 
@@ -343,7 +344,7 @@ def sliding_window(inputs, roi_size, predictor, *, sw_batch_size=1, overlap=0.25
     batch = xp.empty((sw_batch_size, n_chan) + roi, x.dtype)
     out = labels = cells = n_classes = plan = count = None
     bar = _Progress(total, bool(progress))
-    tuner = stitch.ThreadTuner()
+    tuner = stitch.ThreadTuner(predictor)  # a choice settled by an earlier run with this predictor is kept
     for b0 in range(0, total, sw_batch_size):
         chunk = todo[b0:b0 + sw_batch_size]
         for b, (n, start, _) in enumerate(chunk):

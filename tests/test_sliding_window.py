@@ -250,6 +250,9 @@ def test_non_finite_scores_are_refused(device, reduce, bad):
         (dict(overlap=1.0), r"overlap must lie in \[0, 1\)"),
         (dict(overlap=-0.1), r"overlap must lie in \[0, 1\)"),
         (dict(inputs=np.full((1, 1, 20, 20), np.nan, np.float32)), "NaN"),
+        # one NaN among numbers (and infinities, which are allowed): found, and counted
+        (dict(inputs=np.where(np.arange(400).reshape(1, 1, 20, 20) == 237, np.nan,
+                              np.where(np.arange(400).reshape(1, 1, 20, 20) % 7 == 0, -np.inf, 1.0))), "1 NaN"),
         (dict(predictor=lambda b: b[:1]), "batch of 1 for 2 windows"),
         (dict(predictor=lambda b: b.astype(np.int32)), "floating-point"),
         (dict(predictor=lambda b: b[:, :, 0]), "array, got shape"),

@@ -2,6 +2,9 @@
 accumulate / normalize / argmax equal the NumPy reference exactly."""
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from conftest import fast_devices
@@ -179,9 +182,9 @@ def test_importance_map_is_cached_and_read_only():
         stitch.importance_map((8, 8), "gaussian", (0.1, 0.2, 0.3))
 
 
-def _tune(per_value_seconds):
+def _tune(per_value_seconds, predictor=None):
     """Feeds a tuner the per-value time each choice takes; returns it and the choices it made."""
-    tuner = stitch.ThreadTuner()
+    tuner = stitch.ThreadTuner(predictor)
     big = 2_000_000
     assert tuner.threads(10) == 1  # small blocks never wake the team
     seen = []
@@ -200,6 +203,28 @@ def test_thread_tuner_times_both_then_keeps_the_clearly_faster():
     assert tuner.choice == 1 and seen.count(0) == 1  # one try of the team settles it
     tuner, _ = _tune({0: 0.9e-9, 1: 1e-9})  # a close race keeps the single thread
     assert tuner.choice == 1
+
+
+def test_thread_tuner_remembers_the_choice_per_predictor():
+    """A run's settled choice is kept for later runs with the same predictor object (no trial
+    windows again); another predictor, or one that cannot be weakly referenced, starts afresh."""
+    class Predictor:
+        def __call__(self, batch):
+            return batch
+
+    first, other = Predictor(), Predictor()
+    tuner, seen = _tune({0: 3e-9, 1: 1e-9}, first)
+    assert tuner.choice == 1 and 0 in seen
+    again, seen = _tune({0: 1e-12, 1: 1e-9}, first)  # settled: the team is not tried again
+    assert again.choice == 1 and seen == [1] * 5
+    fresh, seen = _tune({0: 1e-9, 1: 3e-9}, other)
+    assert fresh.choice == 0 and 1 in seen
+    unhashable, _ = _tune({0: 3e-9, 1: 1e-9}, [first])  # a list: no memory, no error
+    assert unhashable.choice == 1 and stitch.ThreadTuner([first]).choice is None
+    gone = weakref.ref(first)
+    del first, tuner, again
+    gc.collect()
+    assert gone() is None  # the memory does not keep a predictor alive
 
 
 def test_device_errors_say_what_to_do():

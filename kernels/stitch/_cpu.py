@@ -6,6 +6,7 @@ of a sliding-window run picks by timing both (``ThreadTuner``).
 from __future__ import annotations
 
 import time
+import weakref
 
 import numpy as np
 
@@ -33,11 +34,21 @@ class ThreadTuner:
     pages are touched for the first time there, which is the OS's cost, not the threads'."""
 
     MARGIN = 0.8
+    # predictor -> the choice a run with it settled on: later runs with the same predictor start
+    # from it (each trial of the losing choice costs a window's accumulate)
+    _settled: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
-    def __init__(self):
+    def __init__(self, predictor=None):
         self.samples = {1: [], 0: []}
         self.choice = None
         self.skipped = False
+        self._predictor = None
+        if predictor is not None:
+            try:  # remembered for predictors that can be weakly referenced and hashed
+                self.choice = self._settled.get(predictor)
+                self._predictor = weakref.ref(predictor)
+            except TypeError:
+                pass
 
     def threads(self, n_values: int) -> int:
         if n_values < _PARALLEL_MIN:
@@ -60,6 +71,9 @@ class ThreadTuner:
             self.choice = 1
         elif min(len(v) for v in self.samples.values()) >= 2:
             self.choice = 0 if team < self.MARGIN * one else 1
+        predictor = self._predictor() if self._predictor is not None else None
+        if self.choice is not None and predictor is not None:
+            self._settled[predictor] = self.choice
 
 
 def accumulate(dst, dst_off, pred, weight, src_off, box, fresh, last, count, tuner=None) -> bool:
