@@ -1172,6 +1172,26 @@ struct PushLanes {
 };
 
 #if SEGRT_X86_AVX2
+// The eight candidates' own outlines, a step (p -> c, about their own centres) at a time:
+// twice the area and make_simple's star test, in int32 (coordinates below 2^11).
+struct PushOutline {
+    __m256i s2, bad, wraps;
+
+    __attribute__((target("avx2"), always_inline)) inline void step(const __m256i& Xp, const __m256i& Yp,
+                                                                     const __m256i& X, const __m256i& Y) {
+        const __m256i zero = _mm256_setzero_si256();
+        const __m256i cross = _mm256_sub_epi32(_mm256_mullo_epi32(Xp, Y), _mm256_mullo_epi32(Yp, X));
+        const __m256i dot = _mm256_add_epi32(_mm256_mullo_epi32(Xp, X), _mm256_mullo_epi32(Yp, Y));
+        s2 = _mm256_add_epi32(s2, cross);
+        // clockwise, or back through the centre
+        bad = _mm256_or_si256(bad, _mm256_or_si256(_mm256_cmpgt_epi32(zero, cross),
+                                                   _mm256_andnot_si256(_mm256_cmpgt_epi32(dot, zero),
+                                                                       _mm256_cmpeq_epi32(cross, zero))));
+        // into y >= 0 from y < 0: once around
+        wraps = _mm256_sub_epi32(wraps, _mm256_andnot_si256(_mm256_cmpgt_epi32(zero, Y), _mm256_cmpgt_epi32(zero, Yp)));
+    }
+};
+
 // rows[i]: candidate i's n rays (n in [3, kPushRays]); (cx[i], cy[i]): its centre; (zx, zy): a's.
 // Two passes over the rays, each with few values live (one pass kept more than the 16
 // registers hold): the vertices, their own star test and area, stored per vertex; then the
@@ -1211,7 +1231,8 @@ __attribute__((target("avx2"), unused)) void push_bounds8_avx2(const StarProfile
     const __m256i icx = _mm256_loadu_si256((const __m256i*)cx), icy = _mm256_loadu_si256((const __m256i*)cy);
     const __m256 px = _mm256_cvtepi32_ps(icx), py = _mm256_cvtepi32_ps(icy);
     __m256 fallback = zero;  // make_simple refuses the lane, or a coordinate about a's centre is past 2047
-    __m256i s2 = izero, own_bad = izero, own_wraps = izero, X0 = izero, Y0 = izero, Xp = izero, Yp = izero;
+    PushOutline own{izero, izero, izero};
+    __m256i X0 = izero, Y0 = izero, Xp = izero, Yp = izero;
     for (int k = 0; k < n; ++k) {
         const __m256 d = _mm256_load_ps(T[k]);
         fallback = _mm256_or_ps(fallback, _mm256_or_ps(_mm256_cmp_ps(d, zero, _CMP_NGE_UQ),  // NaN fails too
@@ -1219,18 +1240,10 @@ __attribute__((target("avx2"), unused)) void push_bounds8_avx2(const StarProfile
         const __m256i Lx = _mm256_cvttps_epi32(_mm256_add_ps(px, _mm256_mul_ps(d, _mm256_set1_ps(cos_t[k]))));
         const __m256i Ly = _mm256_cvttps_epi32(_mm256_add_ps(py, _mm256_mul_ps(d, _mm256_set1_ps(sin_t[k]))));
         const __m256i X = _mm256_sub_epi32(Lx, icx), Y = _mm256_sub_epi32(Ly, icy);
-        if (k == 0) {
+        if (k == 0)
             X0 = X, Y0 = Y;
-        } else {
-            const __m256i oc = _mm256_sub_epi32(_mm256_mullo_epi32(Xp, Y), _mm256_mullo_epi32(Yp, X));
-            const __m256i od = _mm256_add_epi32(_mm256_mullo_epi32(Xp, X), _mm256_mullo_epi32(Yp, Y));
-            s2 = _mm256_add_epi32(s2, oc);
-            own_bad = _mm256_or_si256(own_bad, _mm256_or_si256(_mm256_cmpgt_epi32(izero, oc),
-                                                               _mm256_andnot_si256(_mm256_cmpgt_epi32(od, izero),
-                                                                                   _mm256_cmpeq_epi32(oc, izero))));
-            own_wraps = _mm256_sub_epi32(own_wraps,
-                                         _mm256_andnot_si256(_mm256_cmpgt_epi32(izero, Y), _mm256_cmpgt_epi32(izero, Yp)));
-        }
+        else
+            own.step(Xp, Yp, X, Y);
         Xp = X, Yp = Y;
         const __m256 x = _mm256_cvtepi32_ps(_mm256_sub_epi32(Lx, _mm256_set1_epi32(zx)));
         const __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(Ly, _mm256_set1_epi32(zy)));
@@ -1255,16 +1268,7 @@ __attribute__((target("avx2"), unused)) void push_bounds8_avx2(const StarProfile
         _mm256_store_ps(VX[k], x);
         _mm256_store_ps(VY[k], y);
     }
-    {  // the step from the last vertex back to the first
-        const __m256i oc = _mm256_sub_epi32(_mm256_mullo_epi32(Xp, Y0), _mm256_mullo_epi32(Yp, X0));
-        const __m256i od = _mm256_add_epi32(_mm256_mullo_epi32(Xp, X0), _mm256_mullo_epi32(Yp, Y0));
-        s2 = _mm256_add_epi32(s2, oc);
-        own_bad = _mm256_or_si256(own_bad, _mm256_or_si256(_mm256_cmpgt_epi32(izero, oc),
-                                                           _mm256_andnot_si256(_mm256_cmpgt_epi32(od, izero),
-                                                                               _mm256_cmpeq_epi32(oc, izero))));
-        own_wraps = _mm256_sub_epi32(own_wraps,
-                                     _mm256_andnot_si256(_mm256_cmpgt_epi32(izero, Y0), _mm256_cmpgt_epi32(izero, Yp)));
-    }
+    own.step(Xp, Yp, X0, Y0);  // from the last vertex back to the first
     // pass 2: the steps about a's centre: its star test, and each counter-clockwise triangle
     // shrunk into the profile's least radius over its wedge (clockwise ones subtract)
     const __m256i wrap = _mm256_set1_epi32(kSectors - 1), span_max = _mm256_set1_epi32(kSpan - 1);
@@ -1317,8 +1321,8 @@ __attribute__((target("avx2"), unused)) void push_bounds8_avx2(const StarProfile
     // per lane: twice the area, the two star tests, the bound
     alignas(32) int32_t area[8], own_ok[8], star_ok[8];
     alignas(32) float p8[8], n8[8];
-    _mm256_store_si256((__m256i*)area, s2);
-    _mm256_store_si256((__m256i*)own_ok, _mm256_andnot_si256(own_bad, _mm256_cmpeq_epi32(own_wraps, one_i)));
+    _mm256_store_si256((__m256i*)area, own.s2);
+    _mm256_store_si256((__m256i*)own_ok, _mm256_andnot_si256(own.bad, _mm256_cmpeq_epi32(own.wraps, one_i)));
     _mm256_store_si256((__m256i*)star_ok, _mm256_andnot_si256(_mm256_castps_si256(bad), _mm256_cmpeq_epi32(wraps, one_i)));
     _mm256_store_ps(p8, pos);
     _mm256_store_ps(n8, neg);
