@@ -89,7 +89,8 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
     };
     std::unique_ptr<Slot[]> slots;
     // the same marks by rank: the suppression loop reads them in rank order (through the
-    // slots, each read was a cache miss: measured 4 % of the call)
+    // slots, each read was a cache miss: measured 4 % of the call); the slot keeps its own
+    // copy for the pushes' sift, which reads slots bucket by bucket
     std::unique_ptr<std::atomic<uint8_t>[]> dropped;
     if (pushing) {
         auto key_of = [&](const Pt& c) { return ((c.y - cy0) / bucket) * nbx + (c.x - cx0) / bucket; };
@@ -276,14 +277,17 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                     c.pushed.store(1, std::memory_order_relaxed);
                     dropped[c.rank].store(1, std::memory_order_relaxed);
                 };
+                // twice the intersection area past which K suppresses a candidate of twice-area s2
+                auto enough_for = [&](int64_t s2) {
+                    const float area = (float)(0.5 * (double)(s2 < 0 ? -s2 : s2));
+                    return (double)suppressing_area2(thresh, std::min((double)K.area, (double)area));
+                };
                 auto test_one = [&](Slot& c) {
                     Box box_k;
                     int64_t s2_k;
                     bool star_k = false;
                     if (!make_simple(maker, c.row, Pt{c.x, c.y}, push_rel.data(), &box_k, &s2_k, &star_k)) return;
-                    const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
-                    const int64_t enough = suppressing_area2(thresh, std::min((double)K.area, (double)area_k));
-                    if (star_lower_bound2(P, push_rel.data(), n_rays, c.x - K.z.x, c.y - K.z.y, star_k) >= (double)enough)
+                    if (star_lower_bound2(P, push_rel.data(), n_rays, c.x - K.z.x, c.y - K.z.y, star_k) >= enough_for(s2_k))
                         mark(c);
                 };
 #if SEGRT_X86_AVX2
@@ -313,10 +317,7 @@ std::vector<uint8_t> nms_2d(const float* dist, int n_rays, const int64_t* order,
                                 test_one(c);
                                 continue;
                             }
-                            const int64_t s2_k = L.area2[i];
-                            const float area_k = (float)(0.5 * (double)(s2_k < 0 ? -s2_k : s2_k));
-                            const int64_t enough = suppressing_area2(thresh, std::min((double)K.area, (double)area_k));
-                            if (L.lower2[i] >= (double)enough) mark(c);
+                            if (L.lower2[i] >= enough_for(L.area2[i])) mark(c);
                         }
                     }
                     return;
